@@ -1,0 +1,101 @@
+// Adam (Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015), with AMSGrad
+// (Reddi et al., ICLR 2018) and AdamW's decoupled weight decay (Loshchilov & Hutter, ICLR 2019),
+// in the torch.optim.Adam / AdamW formulation. Must match fusedopt.reference.adam.
+//
+//   g  = -g                          if maximize (before weight decay)
+//   g += wd * p                      coupled (Adam)      | p *= 1 - lr * wd   decoupled (AdamW)
+//   m  = beta1 * m + (1 - beta1) * g
+//   v  = beta2 * v + (1 - beta2) * g * g
+//   vmax = max(vmax, v)              AMSGrad: max over the uncorrected v, used in place of v
+//   p -= (lr / (1 - beta1^t)) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+//
+// eps is outside the sqrt and added after bias correction, as torch does (Keras' "epsilon hat" is
+// eps * sqrt(1 - beta2^t)). Buffers: param, grad, exp_avg, exp_avg_sq[, max_exp_avg_sq].
+#pragma once
+
+#include "../common.h"
+
+namespace fusedopt {
+
+struct AdamHyper {
+  double lr, beta1, beta2, eps, weight_decay;
+  bool amsgrad, maximize, decoupled_weight_decay;
+};
+
+FUSEDOPT_ISA_BEGIN
+
+template <class O>
+struct AdamScalars {
+  O beta1, one_minus_beta1, beta2, one_minus_beta2;
+  O step_size;     // lr / (1 - beta1^t)
+  O bc2_sqrt;      // sqrt(1 - beta2^t)
+  O eps, weight_decay;
+  O decay_factor;  // 1 - lr * wd (decoupled)
+};
+
+// Note [Step scalars in double]: everything that depends only on the step is folded here, once
+// per call, in double, and rounded once to the compute type.
+template <class O>
+inline AdamScalars<O> adam_scalars(const AdamHyper& h, int64_t step) {
+  const double t = static_cast<double>(step);
+  const double bc1 = 1.0 - std::pow(h.beta1, t);
+  const double bc2 = 1.0 - std::pow(h.beta2, t);
+  return {O(h.beta1),          O(1.0 - h.beta1),     O(h.beta2),
+          O(1.0 - h.beta2),    O(h.lr / bc1),        O(std::sqrt(bc2)),
+          O(h.eps),            O(h.weight_decay),    O(1.0 - h.lr * h.weight_decay)};
+}
+
+template <class O, bool Amsgrad, bool Maximize, WeightDecay WD>
+FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void adam_update(O& p, O g, O& m, O& v, O& vmax,
+                                                      const AdamScalars<O>& s) {
+  if constexpr (Maximize) g = -g;
+  if constexpr (WD == WeightDecay::L2) g = g + s.weight_decay * p;
+  if constexpr (WD == WeightDecay::Decoupled) p = p * s.decay_factor;
+  m = s.beta1 * m + s.one_minus_beta1 * g;
+  v = s.beta2 * v + s.one_minus_beta2 * g * g;
+  O v_used = v;
+  if constexpr (Amsgrad) {
+    vmax = nan_max(vmax, v);
+    v_used = vmax;
+  }
+  const O denom = fo_sqrt(v_used) / s.bc2_sqrt + s.eps;
+  p = p - s.step_size * (m / denom);
+}
+
+template <class S, bool Amsgrad, bool Maximize, WeightDecay WD>
+struct AdamAlgo {
+  using storage_t = S;
+  using O = opmath_t<S>;
+  static constexpr int kBuffers = Amsgrad ? 5 : 4;
+  AdamScalars<O> s;
+  FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void operator()(O* r) const {
+    if constexpr (Amsgrad) {
+      adam_update<O, true, Maximize, WD>(r[0], r[1], r[2], r[3], r[4], s);
+    } else {
+      O unused = O(0);
+      adam_update<O, false, Maximize, WD>(r[0], r[1], r[2], r[3], unused, s);
+    }
+  }
+};
+
+// The one place where Adam's run-time flags become template arguments; `run(algo)` applies the
+// algorithm object to the backend's tensor list.
+template <class Run>
+void adam_dispatch(DType dt, const AdamHyper& h, int64_t step, Run&& run) {
+  const WeightDecay wd = h.decoupled_weight_decay
+                             ? (h.weight_decay != 0.0 ? WeightDecay::Decoupled : WeightDecay::None)
+                             : coupled_decay(h.weight_decay);
+  dtype_switch(dt, [&](auto sv) {
+    using S = decltype(sv);
+    bool_switch(h.amsgrad, [&](auto A) {
+      bool_switch(h.maximize, [&](auto M) {
+        wd_switch(wd, [&](auto W) {
+          run(AdamAlgo<S, decltype(A)::value, decltype(M)::value, decltype(W)::value>{adam_scalars<opmath_t<S>>(h, step)});
+        });
+      });
+    });
+  });
+}
+
+FUSEDOPT_ISA_END
+}  // namespace fusedopt
