@@ -1,0 +1,433 @@
+"""The test oracle: every update rule of :mod:`fusedopt.functional`, in plain float64 NumPy.
+
+Written from the papers and the ``torch.optim`` 2.x documentation and single-tensor sources, not
+from the C++ kernels, and sharing no code with them or with :mod:`fusedopt.functional`: it imports
+NumPy only, so a bug in the kernels cannot hide here by being copied.
+``tests/test_reference_vs_torch.py`` checks it against ``torch.optim`` where PyTorch is installed.
+
+Each function has exactly the signature of its twin in :mod:`fusedopt.functional` (lists of arrays
+or a bare array, keyword-only hyper-parameters, the 1-based ``step``), so a test swaps one for the
+other by changing one name. Every array is read into a float64 copy, the update is computed in
+float64 with the operations written out as in the formula, and the results are stored back into
+the given arrays with ``arr[...] = result`` (rounded once to the array's own dtype). It is slow and
+simple on purpose; it does not check dtypes, memory order, alignment or overlap (the kernels' job),
+only what changes the meaning of the call: list lengths and shapes, ``step``, and the
+hyper-parameter combinations that :mod:`fusedopt.functional` refuses.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "sgd",
+    "adagrad",
+    "adadelta",
+    "rmsprop",
+    "adam",
+    "adamw",
+    "nadam",
+    "adamax",
+    "ewa",
+    "ewa_readout",
+]
+
+
+def _arrays(fn, name, x, n=None):
+    """``x`` as a list of arrays (a bare array is a list of one), checked against ``n`` entries."""
+    if isinstance(x, np.ndarray):
+        x = [x]
+    if not isinstance(x, (list, tuple)):
+        raise TypeError(
+            f"{fn}: {name} must be a list or tuple of numpy arrays, got {type(x).__name__}"
+        )
+    for i, a in enumerate(x):
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{fn}: {name}[{i}] is a {type(a).__name__}, expected a numpy.ndarray")
+    if n is not None and len(x) != n:
+        raise ValueError(f"{fn}: {name} has {len(x)} arrays, expected {n} (one per param)")
+    return list(x)
+
+
+def _check_shapes(fn, first, lists):
+    for name, arrays in lists.items():
+        for i, (a, p) in enumerate(zip(arrays, first)):
+            if a.shape != p.shape:
+                raise ValueError(
+                    f"{fn}: {name}[{i}] has shape {a.shape}, expected {p.shape} "
+                    f"(the shape of params[{i}])"
+                )
+
+
+def _check_step(fn, step):
+    if step < 1:
+        raise ValueError(f"{fn}: step must be >= 1, got {step}")
+
+
+def _lists(fn, params, step, **named):
+    """Normalise ``params`` and the other named lists (``None`` entries stay ``None``)."""
+    if step is not None:
+        _check_step(fn, step)
+    params = _arrays(fn, "params", params)
+    out = {}
+    for name, x in named.items():
+        out[name] = None if x is None else _arrays(fn, name, x, len(params))
+    _check_shapes(fn, params, {k: v for k, v in out.items() if v is not None})
+    return params, out
+
+
+def _f64(a):
+    """A float64 copy of ``a`` (never a view: the inputs are written only at the end)."""
+    return np.array(a, dtype=np.float64, copy=True)
+
+
+def sgd(
+    params,
+    grads,
+    momentum_buffers=None,
+    *,
+    step,
+    lr=1e-3,
+    momentum=0.0,
+    dampening=0.0,
+    weight_decay=0.0,
+    nesterov=False,
+    maximize=False,
+):
+    """SGD with (Nesterov) momentum, ``torch.optim.SGD``: ``g += wd*p``; ``buf = g`` at step 1,
+    else ``buf = momentum*buf + (1-dampening)*g``; ``g = g + momentum*buf`` (Nesterov) or ``buf``;
+    ``p -= lr*g``. Sutskever et al. (2013) for the momentum form torch uses."""
+    if nesterov and (momentum <= 0 or dampening != 0):
+        raise ValueError("sgd: Nesterov momentum requires a momentum and zero dampening")
+    if momentum != 0 and momentum_buffers is None:
+        raise ValueError("sgd: momentum_buffers are required when momentum != 0")
+    params, s = _lists(
+        "sgd", params, step, grads=grads,
+        momentum_buffers=momentum_buffers if momentum != 0 else None,
+    )
+    for i, param in enumerate(params):
+        p = _f64(param)
+        g = _f64(s["grads"][i])
+        if maximize:
+            g = -g
+        if weight_decay != 0:
+            g = g + weight_decay * p
+        if momentum != 0:
+            if step == 1:
+                buf = g.copy()
+            else:
+                buf = momentum * _f64(s["momentum_buffers"][i]) + (1.0 - dampening) * g
+            s["momentum_buffers"][i][...] = buf
+            g = g + momentum * buf if nesterov else buf
+        param[...] = p - lr * g
+
+
+def adagrad(
+    params,
+    grads,
+    state_sums,
+    *,
+    step,
+    lr=1e-2,
+    lr_decay=0.0,
+    weight_decay=0.0,
+    eps=1e-10,
+    maximize=False,
+):
+    """Adagrad (Duchi, Hazan & Singer, 2011), ``torch.optim.Adagrad``: ``g += wd*p``;
+    ``clr = lr / (1 + (t-1)*lr_decay)``; ``sum += g*g``; ``p -= clr*g/(sqrt(sum) + eps)``."""
+    params, s = _lists("adagrad", params, step, grads=grads, state_sums=state_sums)
+    clr = lr / (1.0 + (step - 1) * lr_decay)
+    for i, param in enumerate(params):
+        p = _f64(param)
+        g = _f64(s["grads"][i])
+        if maximize:
+            g = -g
+        if weight_decay != 0:
+            g = g + weight_decay * p
+        acc = _f64(s["state_sums"][i]) + g * g
+        s["state_sums"][i][...] = acc
+        param[...] = p - clr * g / (np.sqrt(acc) + eps)
+
+
+def adadelta(
+    params,
+    grads,
+    square_avgs,
+    acc_deltas,
+    *,
+    step,
+    lr=1.0,
+    rho=0.9,
+    eps=1e-6,
+    weight_decay=0.0,
+    maximize=False,
+):
+    """Adadelta (Zeiler, 2012), ``torch.optim.Adadelta``: ``g += wd*p``;
+    ``v = rho*v + (1-rho)*g^2``; ``d = sqrt(u + eps)/sqrt(v + eps)*g``;
+    ``u = rho*u + (1-rho)*d^2``; ``p -= lr*d``."""
+    params, s = _lists(
+        "adadelta", params, step, grads=grads, square_avgs=square_avgs, acc_deltas=acc_deltas
+    )
+    for i, param in enumerate(params):
+        p = _f64(param)
+        g = _f64(s["grads"][i])
+        if maximize:
+            g = -g
+        if weight_decay != 0:
+            g = g + weight_decay * p
+        v = rho * _f64(s["square_avgs"][i]) + (1.0 - rho) * g * g
+        u = _f64(s["acc_deltas"][i])
+        delta = np.sqrt(u + eps) / np.sqrt(v + eps) * g
+        u = rho * u + (1.0 - rho) * delta * delta
+        s["square_avgs"][i][...] = v
+        s["acc_deltas"][i][...] = u
+        param[...] = p - lr * delta
+
+
+def rmsprop(
+    params,
+    grads,
+    square_avgs,
+    momentum_buffers=None,
+    grad_avgs=None,
+    *,
+    step,
+    lr=1e-2,
+    alpha=0.99,
+    eps=1e-8,
+    weight_decay=0.0,
+    momentum=0.0,
+    centered=False,
+    maximize=False,
+):
+    """RMSprop (Hinton, 2012; centered form from Graves, 2013), ``torch.optim.RMSprop``:
+    ``g += wd*p``; ``v = alpha*v + (1-alpha)*g^2``; centered: ``gbar = alpha*gbar + (1-alpha)*g``,
+    ``d = sqrt(v - gbar^2) + eps``, else ``d = sqrt(v) + eps``; momentum:
+    ``buf = momentum*buf + g/d``, ``p -= lr*buf``, else ``p -= lr*g/d``."""
+    if momentum > 0 and momentum_buffers is None:
+        raise ValueError("rmsprop: momentum_buffers are required when momentum > 0")
+    if centered and grad_avgs is None:
+        raise ValueError("rmsprop: grad_avgs are required when centered=True")
+    params, s = _lists(
+        "rmsprop", params, step, grads=grads, square_avgs=square_avgs,
+        momentum_buffers=momentum_buffers if momentum > 0 else None,
+        grad_avgs=grad_avgs if centered else None,
+    )
+    for i, param in enumerate(params):
+        p = _f64(param)
+        g = _f64(s["grads"][i])
+        if maximize:
+            g = -g
+        if weight_decay != 0:
+            g = g + weight_decay * p
+        v = alpha * _f64(s["square_avgs"][i]) + (1.0 - alpha) * g * g
+        s["square_avgs"][i][...] = v
+        if centered:
+            gbar = alpha * _f64(s["grad_avgs"][i]) + (1.0 - alpha) * g
+            s["grad_avgs"][i][...] = gbar
+            avg = np.sqrt(v - gbar * gbar) + eps
+        else:
+            avg = np.sqrt(v) + eps
+        if momentum > 0:
+            buf = momentum * _f64(s["momentum_buffers"][i]) + g / avg
+            s["momentum_buffers"][i][...] = buf
+            param[...] = p - lr * buf
+        else:
+            param[...] = p - lr * g / avg
+
+
+def adam(
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_sqs,
+    max_exp_avg_sqs=None,
+    *,
+    step,
+    lr=1e-3,
+    betas=(0.9, 0.999),
+    eps=1e-8,
+    weight_decay=0.0,
+    amsgrad=False,
+    maximize=False,
+    decoupled_weight_decay=False,
+):
+    """Adam (Kingma & Ba, 2015), AMSGrad (Reddi et al., 2018), ``torch.optim.Adam``:
+    ``g += wd*p`` (L2) or ``p *= 1 - lr*wd`` (decoupled, AdamW); ``m = b1*m + (1-b1)*g``;
+    ``v = b2*v + (1-b2)*g^2``; AMSGrad: ``vmax = max(vmax, v)`` (NaN-propagating) used for ``v``;
+    ``p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)``."""
+    if amsgrad and max_exp_avg_sqs is None:
+        raise ValueError("adam: max_exp_avg_sqs are required when amsgrad=True")
+    params, s = _lists(
+        "adam", params, step, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs,
+        max_exp_avg_sqs=max_exp_avg_sqs if amsgrad else None,
+    )
+    beta1, beta2 = betas
+    bias_correction1 = 1.0 - beta1**step
+    bias_correction2 = 1.0 - beta2**step
+    for i, param in enumerate(params):
+        p = _f64(param)
+        g = _f64(s["grads"][i])
+        if maximize:
+            g = -g
+        if weight_decay != 0:
+            if decoupled_weight_decay:
+                p = p * (1.0 - lr * weight_decay)
+            else:
+                g = g + weight_decay * p
+        m = beta1 * _f64(s["exp_avgs"][i]) + (1.0 - beta1) * g
+        v = beta2 * _f64(s["exp_avg_sqs"][i]) + (1.0 - beta2) * g * g
+        s["exp_avgs"][i][...] = m
+        s["exp_avg_sqs"][i][...] = v
+        if amsgrad:
+            v = np.maximum(_f64(s["max_exp_avg_sqs"][i]), v)
+            s["max_exp_avg_sqs"][i][...] = v
+        denom = np.sqrt(v) / np.sqrt(bias_correction2) + eps
+        param[...] = p - (lr / bias_correction1) * m / denom
+
+
+def adamw(
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_sqs,
+    max_exp_avg_sqs=None,
+    *,
+    step,
+    lr=1e-3,
+    betas=(0.9, 0.999),
+    eps=1e-8,
+    weight_decay=1e-2,
+    amsgrad=False,
+    maximize=False,
+):
+    """AdamW (Loshchilov & Hutter, 2019), ``torch.optim.AdamW``: :func:`adam` with the decoupled
+    decay ``p *= 1 - lr*wd`` applied before the Adam step."""
+    adam(
+        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
+        step=step, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+        amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=True,
+    )
+
+
+def _nadam_mu(beta1, momentum_decay, t):
+    """torch's momentum schedule ``mu_t = beta1*(1 - 0.5*0.96^(t*momentum_decay))``."""
+    return beta1 * (1.0 - 0.5 * 0.96 ** (t * momentum_decay))
+
+
+def nadam(
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_sqs,
+    *,
+    step,
+    mu_product=None,
+    lr=2e-3,
+    betas=(0.9, 0.999),
+    eps=1e-8,
+    weight_decay=0.0,
+    momentum_decay=4e-3,
+    decoupled_weight_decay=False,
+    maximize=False,
+):
+    """NAdam (Dozat, 2016) in ``torch.optim.NAdam``'s form: ``mu_t``, ``mu_{t+1}`` from the
+    schedule; ``Pi_t = Pi_{t-1}*mu_t``; ``m = b1*m + (1-b1)*g``; ``v = b2*v + (1-b2)*g^2``;
+    ``d = sqrt(v/(1-b2^t)) + eps``;
+    ``p -= lr*(1-mu_t)/(1-Pi_t)*g/d + lr*mu_{t+1}/(1-Pi_t*mu_{t+1})*m/d``.
+    ``mu_product`` is ``Pi_{t-1}`` (``None``: the product over steps ``1..t-1``);
+    returns ``Pi_t``."""
+    params, s = _lists(
+        "nadam", params, step, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs
+    )
+    beta1, beta2 = betas
+    if mu_product is None:
+        mu_product = 1.0
+        for k in range(1, step):
+            mu_product *= _nadam_mu(beta1, momentum_decay, k)
+    mu = _nadam_mu(beta1, momentum_decay, step)
+    mu_next = _nadam_mu(beta1, momentum_decay, step + 1)
+    mu_product = float(mu_product) * mu
+    bias_correction2 = 1.0 - beta2**step
+    for i, param in enumerate(params):
+        p = _f64(param)
+        g = _f64(s["grads"][i])
+        if maximize:
+            g = -g
+        if weight_decay != 0:
+            if decoupled_weight_decay:
+                p = p * (1.0 - lr * weight_decay)
+            else:
+                g = g + weight_decay * p
+        m = beta1 * _f64(s["exp_avgs"][i]) + (1.0 - beta1) * g
+        v = beta2 * _f64(s["exp_avg_sqs"][i]) + (1.0 - beta2) * g * g
+        s["exp_avgs"][i][...] = m
+        s["exp_avg_sqs"][i][...] = v
+        denom = np.sqrt(v / bias_correction2) + eps
+        p = p - lr * (1.0 - mu) / (1.0 - mu_product) * g / denom
+        p = p - lr * mu_next / (1.0 - mu_product * mu_next) * m / denom
+        param[...] = p
+    return mu_product
+
+
+def adamax(
+    params,
+    grads,
+    exp_avgs,
+    exp_infs,
+    *,
+    step,
+    lr=2e-3,
+    betas=(0.9, 0.999),
+    eps=1e-8,
+    weight_decay=0.0,
+    maximize=False,
+):
+    """Adamax (Kingma & Ba, 2015, sec. 7.1), ``torch.optim.Adamax``: ``g += wd*p``;
+    ``m = b1*m + (1-b1)*g``; ``u = max(b2*u, |g| + eps)`` (NaN-propagating, eps inside);
+    ``p -= lr/(1-b1^t) * m/u``."""
+    params, s = _lists("adamax", params, step, grads=grads, exp_avgs=exp_avgs, exp_infs=exp_infs)
+    beta1, beta2 = betas
+    clr = lr / (1.0 - beta1**step)
+    for i, param in enumerate(params):
+        p = _f64(param)
+        g = _f64(s["grads"][i])
+        if maximize:
+            g = -g
+        if weight_decay != 0:
+            g = g + weight_decay * p
+        m = beta1 * _f64(s["exp_avgs"][i]) + (1.0 - beta1) * g
+        u = np.maximum(beta2 * _f64(s["exp_infs"][i]), np.abs(g) + eps)
+        s["exp_avgs"][i][...] = m
+        s["exp_infs"][i][...] = u
+        param[...] = p - clr * m / u
+
+
+def ewa(averages, values, *, beta):
+    """Exponentially weighted (moving) average, in place: ``avg = beta*avg + (1-beta)*x``
+    (the weight EMA of Polyak & Juditsky, 1992, in its exponential form)."""
+    averages = _arrays("ewa", "averages", averages)
+    values = _arrays("ewa", "values", values, len(averages))
+    for i, (avg, x) in enumerate(zip(averages, values)):
+        if x.shape != avg.shape:
+            raise ValueError(
+                f"ewa: values[{i}] has shape {x.shape}, expected {avg.shape} "
+                f"(the shape of averages[{i}])"
+            )
+        avg[...] = beta * _f64(avg) + (1.0 - beta) * _f64(x)
+
+
+def ewa_readout(averages, outs, *, beta, step):
+    """Bias-corrected read-out of an EWA that started at zero (Kingma & Ba, 2015, sec. 3):
+    ``out = avg / (1 - beta^t)``."""
+    _check_step("ewa_readout", step)
+    averages = _arrays("ewa_readout", "averages", averages)
+    outs = _arrays("ewa_readout", "outs", outs, len(averages))
+    for i, (avg, out) in enumerate(zip(averages, outs)):
+        if out.shape != avg.shape:
+            raise ValueError(
+                f"ewa_readout: outs[{i}] has shape {out.shape}, expected {avg.shape} "
+                f"(the shape of averages[{i}])"
+            )
+        out[...] = _f64(avg) / (1.0 - beta**step)
