@@ -1,6 +1,7 @@
 """fusedopt: fused, multi-tensor optimizer update kernels for people who write their own loops."""
 
-from . import functional, reference
+from . import functional, optim, reference, schedules
+from .optim import EMA, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RMSprop
 from ._core import build_info as _build_info
 
 __version__ = _build_info()["version"]
@@ -26,4 +27,8 @@ def set_num_threads(n):
     cpu.set_num_threads(n)
 
 
-__all__ = ["functional", "reference", "build_info", "get_num_threads", "set_num_threads", "__version__"]
+__all__ = [
+    "SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW", "NAdam", "Adamax", "EMA",
+    "functional", "optim", "reference", "schedules",
+    "build_info", "get_num_threads", "set_num_threads", "__version__",
+]

@@ -1,0 +1,626 @@
+"""The small base every optimizer class shares: param groups, named per-parameter state, the step
+count, ``lr`` as a float or a schedule, and ``state_dict`` / ``load_state_dict``.
+
+A subclass says only what is particular to its algorithm: its hyper-parameter checks (in torch's
+order, with torch's messages), the state arrays a group needs, and the one
+:mod:`fusedopt.functional` call that updates a list of tensors. The base turns each param group into
+that one call per step.
+
+Note [State is keyed by flat index]
+    NumPy arrays are not hashable, so per-parameter state is kept by the parameter's index in the
+    flattened list of all groups' params (the order ``step`` takes its grads in, and the keys of
+    ``state_dict()["state"]``, as in torch). ``opt.state`` also accepts the array itself as a key.
+    The ``params`` lists of ``param_groups`` are therefore fixed once added: ``step`` refuses to run
+    if one was edited (add parameters with :meth:`Optimizer.add_param_group`).
+
+Note [One call per group, split by step]
+    A group's tensors normally share one step count and go to the functional layer in one call.
+    They can hold different counts only after ``load_state_dict`` with a state dict that has no
+    state for some of them; such a group is split into one call per distinct step count (and per
+    ``mu_product`` for NAdam), in the order the counts first appear, each call with the learning
+    rate of its own step. SGD likewise separates momentum buffers that start at this step (momentum
+    just switched on) from running ones, since the two are updated differently.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+import numbers
+import operator
+from collections.abc import Mapping
+
+import numpy as np
+
+from .. import functional
+
+__all__ = ["Optimizer"]
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+# ---- hyper-parameter checks: torch.optim's texts -------------------------------------------------
+
+
+def _real(cls, key, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{cls}: {key} must be a real number, got {type(value).__name__}")
+
+
+def check_lr(cls, key, value):
+    """A float >= 0 or a schedule (any callable ``t -> float``)."""
+    if callable(value):
+        return
+    _real(cls, key, value)
+    if not 0.0 <= value:
+        raise ValueError(f"Invalid learning rate: {value}")
+
+
+def check_nonnegative(label):
+    """``value >= 0``, failing with torch's ``Invalid <label> value: <value>``."""
+
+    def check(cls, key, value):
+        _real(cls, key, value)
+        if not 0.0 <= value:
+            raise ValueError(f"Invalid {label} value: {value}")
+
+    return check
+
+
+def check_unit_interval(label):
+    """``0 <= value <= 1`` (Adadelta's ``rho``)."""
+
+    def check(cls, key, value):
+        _real(cls, key, value)
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"Invalid {label} value: {value}")
+
+    return check
+
+
+def check_real(cls, key, value):
+    _real(cls, key, value)
+
+
+def check_betas(cls, key, value):
+    """A pair, each in ``[0, 1)``."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"Invalid betas value: {value!r} (expected a pair (beta1, beta2))")
+    for i, beta in enumerate(value):
+        _real(cls, f"betas[{i}]", beta)
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {i}: {beta}")
+
+
+# ---- params --------------------------------------------------------------------------------------
+
+
+def _check_param(cls, where, p):
+    """What the kernels need of an array they update in place, checked when it is handed over."""
+    if not isinstance(p, np.ndarray):
+        raise TypeError(f"{cls}: {where} is a {type(p).__name__}, expected a numpy.ndarray")
+    if p.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{cls}: {where} has dtype {p.dtype}, expected float32 or float64")
+    if not p.flags.writeable:
+        raise ValueError(f"{cls}: {where} is read-only")
+    if not (p.flags.c_contiguous or p.flags.f_contiguous):
+        raise ValueError(
+            f"{cls}: {where} is not contiguous (params are updated in place, never through a copy; "
+            "pass a contiguous array)"
+        )
+    if not p.flags.aligned:
+        raise ValueError(f"{cls}: {where} is not aligned")
+
+
+def _span(p):
+    lo = p.__array_interface__["data"][0]
+    return lo, lo + p.nbytes
+
+
+def _as_list(cls, where, params, *, groups=True):
+    """``params`` as a list: a bare array is a list of one; any ordered iterable (a list, a tuple,
+    a generator) is taken in order; a set, whose order changes between runs, is refused."""
+    if isinstance(params, np.ndarray):
+        return [params]
+    if isinstance(params, (set, frozenset)):
+        raise TypeError(
+            f"{cls}: {where} is a set; optimizer parameters need to be organized in ordered "
+            "collections (a list), because the order of a set changes between runs"
+        )
+    if isinstance(params, (str, bytes, Mapping)) or not hasattr(params, "__iter__"):
+        what = "a list of arrays or a list of param-group dicts" if groups else "a list of arrays"
+        raise TypeError(f"{cls}: {where} must be a numpy array, {what}, got {type(params).__name__}")
+    return list(params)
+
+
+class _StateView(Mapping):
+    """``opt.state``: the per-parameter state dicts, by flat index or by the param array itself."""
+
+    __slots__ = ("_opt",)
+
+    def __init__(self, opt):
+        self._opt = opt
+
+    def __getitem__(self, key):
+        if isinstance(key, np.ndarray):
+            index = self._opt._index.get(id(key))
+            if index is None:
+                raise KeyError("this array is not a param of the optimizer")
+            key = index
+        return self._opt._state[key]
+
+    def __iter__(self):
+        return iter(sorted(self._opt._state))
+
+    def __len__(self):
+        return len(self._opt._state)
+
+    def __repr__(self):
+        return repr(dict(self.items()))
+
+
+class Optimizer:
+    """Base class of the optimizers (see :mod:`fusedopt.optim`); not used directly.
+
+    Attributes:
+        param_groups: list of dicts, each with ``"params"`` (its list of arrays) and every
+            hyper-parameter. Edit the hyper-parameters (``lr`` included, float or schedule) between
+            steps as in torch; the next step uses and checks the edited values.
+        state: read-only mapping from a param's flat index (or the param array) to its state dict:
+            ``"step"`` (completed updates, an int), the algorithm's named arrays, and for NAdam
+            ``"mu_product"`` (a float). Allocated at the first step that updates the param.
+        defaults: the constructor's hyper-parameters, used for keys a param group leaves out.
+    """
+
+    # The update functions the class calls; tests set it to fusedopt.reference on an instance to
+    # run the same bookkeeping over the oracle.
+    _functional = functional
+
+    # (key, check) in torch's order: the first failing check is the error raised.
+    _hyper_checks: tuple = ()
+    # Every state array the algorithm may hold, in torch's order; those always allocated.
+    _state_names: tuple = ()
+    _always: tuple = ()
+    # Per-parameter float state besides "step", with its value before the first step.
+    _scalar_state: dict = {}
+
+    # Every hyper-parameter name of every optimizer class, to recognise a foreign state dict.
+    _all_hyper_names: set = set()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        sig = inspect.signature(cls.__init__)
+        Optimizer._all_hyper_names.update(k for k in sig.parameters if k not in ("self", "params"))
+
+    def __init__(self, params, defaults):
+        cls = type(self).__name__
+        self._check_hyper(defaults)
+        self.defaults = dict(defaults)
+        self._bare = isinstance(params, np.ndarray)
+        groups = _as_list(cls, "params", params)
+        if not groups:
+            raise ValueError("optimizer got an empty parameter list")
+        given_groups = isinstance(groups[0], dict)
+        if not given_groups:
+            groups = [{"params": groups}]
+        self.param_groups = []
+        self._params = []  # flat, in group order
+        self._layouts = []  # (shape, dtype, C-contiguous) of each param, what its grad must match
+        self._index = {}  # id(param) -> flat index
+        self._slices = []  # (start, stop) of each group in _params
+        self._state = {}
+        for i, group in enumerate(groups):
+            self._add_group(group, f"param_groups[{i}]" if given_groups else None)
+
+    @property
+    def state(self):
+        return _StateView(self)
+
+    # ---- groups ----------------------------------------------------------------------------------
+
+    def add_param_group(self, param_group):
+        """Add a group (a dict with ``"params"`` and any hyper-parameters; the others come from
+        ``defaults``). Its params take the next flat indices. Nothing changes if it is refused."""
+        self._add_group(param_group, f"param_groups[{len(self.param_groups)}]")
+
+    def _add_group(self, param_group, where):
+        """``where`` names the group in messages; ``None`` when the user passed a plain list."""
+        cls = type(self).__name__
+        if not isinstance(param_group, dict):
+            raise TypeError(f"{cls}: param_group must be a dict, but got {type(param_group).__name__}")
+        if "params" not in param_group:
+            raise ValueError(f"{cls}: {where or 'param group'} has no 'params' entry")
+        prefix = f"{where}['params']" if where else "params"
+        params = _as_list(cls, prefix, param_group["params"])
+        for j, p in enumerate(params):
+            _check_param(cls, f"{prefix}[{j}]", p)
+        ids = {id(p) for p in params}
+        if len(ids) != len(params):
+            raise ValueError("optimizer contains a parameter group with duplicate parameters")
+        if any(i in self._index for i in ids):
+            raise ValueError("some parameters appear in more than one parameter group")
+        group = {"params": params}
+        for key, value in self.defaults.items():
+            group[key] = param_group.get(key, value)
+        for key, value in param_group.items():
+            if key not in group:
+                group[key] = value
+        self._check_hyper(group, where)
+        self._check_no_shared_memory(params)
+
+        start = len(self._params)
+        for j, p in enumerate(params):
+            self._index[id(p)] = start + j
+        self._params.extend(params)
+        self._layouts.extend((p.shape, p.dtype, bool(p.flags.c_contiguous)) for p in params)
+        self._slices.append((start, len(self._params)))
+        self.param_groups.append(group)
+
+    def _check_no_shared_memory(self, new_params):
+        """Two params sharing memory would be updated twice per step: refuse (views included)."""
+        spans = [(*_span(p), i) for i, p in enumerate(self._params + new_params) if p.size]
+        spans.sort()
+        reach = None
+        for lo, hi, i in spans:
+            if reach is not None and lo < reach[0]:
+                a, b = sorted((reach[1], i))
+                raise ValueError(
+                    f"{type(self).__name__}: params[{a}] and params[{b}] share memory "
+                    "(each would be updated once per step through the other)"
+                )
+            if reach is None or hi > reach[0]:
+                reach = (hi, i)
+
+    def _check_hyper(self, h, where=None):
+        cls = type(self).__name__
+        try:
+            for key, check in self._hyper_checks:
+                check(cls, key, h[key])
+            self._check_combination(h)
+        except ValueError as e:
+            if where is None:
+                raise
+            raise ValueError(f"{e} (in {where})") from None
+
+    def _check_combination(self, h):
+        """Checks across hyper-parameters (SGD's Nesterov rule)."""
+
+    # ---- the algorithm's part --------------------------------------------------------------------
+
+    def _buffer_names(self, group):
+        """The state arrays a step of ``group`` needs (allocated if missing)."""
+        return self._always
+
+    def _new_buffer(self, name, p, group):
+        return np.zeros_like(p)
+
+    def _call_keys(self, group, states):
+        """For each state (``None`` before the first step), what the tensors of one call must
+        share: a tuple of the step count, then the per-parameter scalars."""
+        fresh = (0, *self._scalar_state.values())
+        if not self._scalar_state:
+            return [fresh if s is None else (s["step"],) for s in states]
+        key = operator.itemgetter("step", *self._scalar_state)
+        return [fresh if s is None else key(s) for s in states]
+
+    def _update(self, fn, group, params, grads, buffers, *, step, lr, key):
+        """One call of ``fn.<algo>``; returns the new per-parameter scalars (dict) or None."""
+        raise NotImplementedError
+
+    # ---- step ------------------------------------------------------------------------------------
+
+    def step(self, grads):
+        """One update of every param, each group by one fused multi-tensor call.
+
+        Args:
+            grads: the gradients, one array per param in the flattened order of the groups' params
+                (a bare array if the optimizer was built on a bare array), each of the shape,
+                dtype and memory order of its param. They are only read.
+
+        Everything (grads, the groups' hyper-parameters, the learning rates their schedules give
+        at this step) is checked before any state is allocated or any array written.
+        """
+        cls = type(self).__name__
+        grads = self._check_grads(grads)
+        plan = []
+        for gi, (group, (start, stop)) in enumerate(self._groups_checked()):
+            keys = self._call_keys(group, map(self._state.get, range(start, stop)))
+            if keys.count(keys[0] if keys else None) == len(keys):
+                calls = {keys[0]: range(start, stop)} if keys else {}
+            else:
+                calls = {}
+                for i, key in zip(range(start, stop), keys):
+                    calls.setdefault(key, []).append(i)
+            for key, indices in calls.items():
+                plan.append((group, key, indices, self._resolve_lr(cls, gi, group["lr"], key[0])))
+        fn = self._functional
+        for group, key, indices, lr in plan:
+            self._run(fn, group, key, indices, lr, grads)
+
+    def _groups_checked(self):
+        cls = type(self).__name__
+        if len(self.param_groups) != len(self._slices):
+            raise ValueError(
+                f"{cls}.step: param_groups has {len(self.param_groups)} groups but "
+                f"{len(self._slices)} were added; add groups with add_param_group"
+            )
+        out = []
+        for gi, (group, (start, stop)) in enumerate(zip(self.param_groups, self._slices)):
+            params = group.get("params")
+            if (
+                not isinstance(params, list)
+                or len(params) != stop - start
+                or not all(map(operator.is_, params, self._params[start:stop]))
+            ):
+                raise ValueError(
+                    f"{cls}.step: param_groups[{gi}]['params'] changed since the group was added; "
+                    "add parameters with add_param_group"
+                )
+            missing = [k for k in self.defaults if k not in group]
+            if missing:
+                raise ValueError(f"{cls}.step: param_groups[{gi}] lacks {missing[0]!r}")
+            self._check_hyper(group, f"param_groups[{gi}]")
+            out.append((group, (start, stop)))
+        return out
+
+    def _check_grads(self, grads):
+        cls = type(self).__name__
+        n = len(self._params)
+        if isinstance(grads, np.ndarray) and self._bare:
+            grads = [grads]
+        if not isinstance(grads, (list, tuple)):
+            raise TypeError(f"{cls}.step: grads must be a list of numpy arrays (one per param), "
+                            f"got {type(grads).__name__}")
+        if len(grads) != n:
+            raise ValueError(f"{cls}.step: got {len(grads)} grads for {n} params")
+        ndarray = np.ndarray
+        for i, (g, (shape, dtype, c_order)) in enumerate(zip(grads, self._layouts)):
+            if not isinstance(g, ndarray) or g.dtype != dtype or g.shape != shape:
+                self._grad_error(i, g)
+            flags = g.flags
+            if not ((flags.c_contiguous if c_order else flags.f_contiguous) and flags.aligned):
+                self._grad_error(i, g)
+        return grads
+
+    def _grad_error(self, i, g):
+        """The message for a grad that failed the fast check in ``_check_grads``."""
+        cls = type(self).__name__
+        p = self._params[i]
+        if not isinstance(g, np.ndarray):
+            raise TypeError(f"{cls}.step: grads[{i}] is a {type(g).__name__}, expected a numpy.ndarray")
+        if g.dtype != p.dtype:
+            raise TypeError(
+                f"{cls}.step: grads[{i}] has dtype {g.dtype}, expected {p.dtype} (the dtype of params[{i}])"
+            )
+        if g.shape != p.shape:
+            raise ValueError(
+                f"{cls}.step: grads[{i}] has shape {g.shape}, expected {p.shape} (the shape of params[{i}])"
+            )
+        if not g.flags.aligned:
+            raise ValueError(f"{cls}.step: grads[{i}] is not aligned")
+        raise ValueError(
+            f"{cls}.step: grads[{i}] is not contiguous in the memory order of params[{i}] "
+            f"({'C' if p.flags.c_contiguous else 'F'})"
+        )
+
+    @staticmethod
+    def _resolve_lr(cls, gi, lr, t):
+        """The group's ``lr`` at ``t`` completed steps: the float itself, or ``schedule(t)``."""
+        if not callable(lr):
+            return float(lr)
+        value = lr(t)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Real)
+            or not math.isfinite(value)
+            or value < 0
+        ):
+            raise ValueError(
+                f"Invalid learning rate: {value!r} (from the schedule of param_groups[{gi}] at t={t})"
+            )
+        return float(value)
+
+    def _run(self, fn, group, key, indices, lr, grads):
+        """Allocate what is missing, make the call, then advance the counts (Note [One call per
+        group, split by step]). ``indices`` is a range (a whole group) or a list. A refused call
+        leaves the state as it was."""
+        if isinstance(indices, range):
+            params = self._params[indices.start : indices.stop]
+            grads = grads[indices.start : indices.stop]
+        else:
+            params = [self._params[i] for i in indices]
+            grads = [grads[i] for i in indices]
+        names = self._buffer_names(group)
+        needed = set(names)
+        states = []
+        created = []  # (index, name or None for a whole new state), to undo a refused call
+        for i, p in zip(indices, params):
+            state = self._state.get(i)
+            if state is None:
+                state = self._state[i] = {"step": 0, **self._scalar_state}
+                created.append((i, None))
+            if not state.keys() >= needed:
+                for name in names:
+                    if name not in state:
+                        state[name] = self._new_buffer(name, p, group)
+                        created.append((i, name))
+            states.append(state)
+        buffers = {name: [state[name] for state in states] for name in names}
+        step = key[0] + 1
+        try:
+            scalars = self._update(fn, group, params, grads, buffers, step=step, lr=lr, key=key)
+        except BaseException:
+            for i, name in reversed(created):
+                if name is None:
+                    del self._state[i]
+                else:
+                    del self._state[i][name]
+            raise
+        for state in states:
+            state["step"] = step
+            if scalars:
+                state.update(scalars)
+
+    # ---- state dict ------------------------------------------------------------------------------
+
+    def state_dict(self):
+        """The optimizer's state in torch's layout, every array copied:
+        ``{"state": {index: {"step": int, <name>: array, ...}}, "param_groups": [{..., "params":
+        [indices]}]}``. Group values (schedules included) are deep-copied."""
+        state = {
+            i: {k: v.copy(order="K") if isinstance(v, np.ndarray) else v for k, v in s.items()}
+            for i, s in sorted(self._state.items())
+        }
+        groups = []
+        for group, (start, stop) in zip(self.param_groups, self._slices):
+            packed = {k: copy.deepcopy(v) for k, v in group.items() if k != "params"}
+            packed["params"] = list(range(start, stop))
+            groups.append(packed)
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict):
+        """Replace the state and the groups' hyper-parameters by those of ``state_dict`` (as saved
+        by :meth:`state_dict`), copying every array into a new one laid out like its param.
+
+        Saved params are matched to this optimizer's by position within each group, as torch does.
+        Raises ``ValueError`` naming the entry when the group count, a group's size, a
+        hyper-parameter, a state name (from another algorithm), a shape or a dtype does not match;
+        nothing changes then. A resumed run continues bit for bit like an unbroken one.
+        """
+        cls = type(self).__name__
+        fail = f"{cls}.load_state_dict"
+        if not (isinstance(state_dict, Mapping) and {"state", "param_groups"} <= state_dict.keys()):
+            raise ValueError(f"{fail}: expected a dict with 'state' and 'param_groups'")
+        saved_groups = state_dict["param_groups"]
+        if not isinstance(saved_groups, (list, tuple)) or len(saved_groups) != len(self.param_groups):
+            n = len(saved_groups) if isinstance(saved_groups, (list, tuple)) else "no list of"
+            raise ValueError(
+                f"{fail}: the state dict has {n} param groups, this optimizer has {len(self.param_groups)}"
+            )
+        new_groups = []
+        id_map = {}  # saved param id -> flat index
+        for gi, (saved, group, (start, stop)) in enumerate(
+            zip(saved_groups, self.param_groups, self._slices)
+        ):
+            where = f"param_groups[{gi}]"
+            if not isinstance(saved, Mapping) or not isinstance(saved.get("params"), (list, tuple)):
+                raise ValueError(f"{fail}: {where} is not a dict with a 'params' list")
+            if len(saved["params"]) != stop - start:
+                raise ValueError(
+                    f"{fail}: {where} has {len(saved['params'])} params, "
+                    f"this optimizer's group has {stop - start}"
+                )
+            missing = [k for k in self.defaults if k not in saved]
+            if missing:
+                raise ValueError(
+                    f"{fail}: {where} lacks {missing[0]!r}; "
+                    f"was the state dict saved by another optimizer than {cls}?"
+                )
+            foreign = [k for k in saved if k in self._all_hyper_names and k not in self.defaults]
+            if foreign:
+                raise ValueError(
+                    f"{fail}: {where} has {foreign[0]!r}, which {cls} does not use; "
+                    "was the state dict saved by another optimizer?"
+                )
+            new = {"params": group["params"]}
+            new.update((k, copy.deepcopy(v)) for k, v in saved.items() if k != "params")
+            try:
+                self._check_hyper(new)
+            except ValueError as e:
+                raise ValueError(f"{fail}: {where}: {e}") from None
+            for sid, i in zip(saved["params"], range(start, stop)):
+                if sid in id_map:
+                    raise ValueError(f"{fail}: parameter id {sid!r} appears twice in param_groups")
+                id_map[sid] = i
+            new_groups.append(new)
+
+        saved_state = state_dict["state"]
+        if not isinstance(saved_state, Mapping):
+            raise ValueError(f"{fail}: 'state' is a {type(saved_state).__name__}, expected a dict")
+        new_state = {}
+        for sid, entry in saved_state.items():
+            if sid not in id_map:
+                raise ValueError(f"{fail}: state[{sid!r}] belongs to no parameter listed in param_groups")
+            i = id_map[sid]
+            new_state[i] = self._load_entry(fail, f"state[{sid!r}]", entry, i)
+
+        self._state = dict(sorted(new_state.items()))
+        for group, new in zip(self.param_groups, new_groups):
+            group.clear()
+            group.update(new)
+
+    def _load_entry(self, fail, where, entry, i):
+        cls = type(self).__name__
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"{fail}: {where} is a {type(entry).__name__}, expected a dict")
+        p = self._params[i]
+        out = {}
+        for name, value in entry.items():
+            if name == "step":
+                out["step"] = _as_step(fail, where, value)
+            elif name in self._scalar_state:
+                out[name] = _as_float(fail, f"{where}[{name!r}]", value)
+            elif name in self._state_names:
+                if value is None:  # torch keeps momentum_buffer=None when momentum == 0
+                    continue
+                if not isinstance(value, np.ndarray):
+                    raise TypeError(
+                        f"{fail}: {where}[{name!r}] is a {type(value).__name__}, expected a numpy.ndarray"
+                    )
+                if value.shape != p.shape:
+                    raise ValueError(
+                        f"{fail}: {where}[{name!r}] has shape {value.shape}, expected {p.shape} "
+                        f"(the shape of params[{i}])"
+                    )
+                if value.dtype != p.dtype:
+                    raise ValueError(
+                        f"{fail}: {where}[{name!r}] has dtype {value.dtype}, expected {p.dtype} "
+                        f"(the dtype of params[{i}])"
+                    )
+                out[name] = np.empty_like(p)
+                np.copyto(out[name], value)
+            else:
+                raise ValueError(
+                    f"{fail}: {where} has an entry {name!r}, which {cls} does not keep; "
+                    "was the state dict saved by another optimizer?"
+                )
+        for name in ("step", *self._scalar_state, *self._always):
+            if name not in out:
+                raise ValueError(f"{fail}: {where} lacks {name!r}")
+        order = ("step", *self._scalar_state, *self._state_names)
+        return {k: out[k] for k in order if k in out}
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__} ("]
+        for gi, group in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {gi}")
+            for key in sorted(group):
+                if key != "params":
+                    lines.append(f"    {key}: {group[key]!r}")
+        lines.append(")")
+        return "\n".join(lines)
+
+
+def _as_step(fail, where, value):
+    """A saved step count: an int >= 0; a float or 0-d array holding one (torch keeps a float
+    tensor) is taken as that int."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or value != int(value)
+        or value < 0
+    ):
+        raise ValueError(f"{fail}: {where}['step'] is {value!r}, expected an int >= 0")
+    return int(value)
+
+
+def _as_float(fail, where, value):
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{fail}: {where} is {value!r}, expected a float")
+    return float(value)

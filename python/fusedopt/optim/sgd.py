@@ -1,0 +1,113 @@
+"""SGD with optional (Nesterov) momentum, ``torch.optim.SGD``."""
+
+from __future__ import annotations
+
+from .optimizer import Optimizer, check_lr, check_nonnegative, check_real
+
+__all__ = ["SGD"]
+
+
+class SGD(Optimizer):
+    r"""Stochastic gradient descent with optional momentum and Nesterov momentum, as
+    ``torch.optim.SGD`` (same arguments, defaults, state names and error messages).
+
+    .. math::
+        g_t &\leftarrow \pm \nabla f(\theta_{t-1}) + \lambda \theta_{t-1} \\
+        b_t &\leftarrow g_t \ (t = 1), \qquad b_t \leftarrow \mu b_{t-1} + (1 - \tau) g_t \ (t > 1) \\
+        g_t &\leftarrow g_t + \mu b_t \ \text{(Nesterov)}, \qquad g_t \leftarrow b_t \ \text{(otherwise)} \\
+        \theta_t &\leftarrow \theta_{t-1} - \eta\, g_t
+
+    (the momentum lines only when :math:`\mu \ne 0`; a fresh momentum buffer takes the gradient
+    undamped, as in torch). This is the momentum form of Sutskever et al., "On the importance of
+    initialization and momentum in deep learning" (ICML 2013), with ``lr`` outside the buffer, so
+    changing ``lr`` mid-run does not rescale the accumulated momentum (Keras folds it in).
+
+    Args:
+        params: an array, a list of arrays, or a list of param-group dicts
+            (``{"params": [...], "lr": ..., ...}``). Float32 or float64, contiguous, updated in place.
+        lr (float or schedule): learning rate :math:`\eta` (default: 1e-3). A schedule
+            (:mod:`fusedopt.schedules`) is evaluated at the number of completed steps.
+        momentum (float): momentum factor :math:`\mu` (default: 0).
+        dampening (float): dampening :math:`\tau` for momentum (default: 0).
+        weight_decay (float): L2 penalty :math:`\lambda` added to the gradient (default: 0).
+        nesterov (bool): Nesterov momentum; needs ``momentum > 0`` and ``dampening == 0``
+            (default: False).
+        maximize (bool): ascend instead of descend, :math:`g = -\nabla f` (default: False).
+
+    State per param: ``step``, and ``momentum_buffer`` when ``momentum != 0``. Unlike torch, SGD
+    counts ``step`` too, so a schedule knows where it is.
+
+    >>> import numpy as np, fusedopt
+    >>> w = np.array([1.0, -2.0])
+    >>> opt = fusedopt.SGD([w], lr=0.1, momentum=0.9)
+    >>> for _ in range(2):
+    ...     opt.step([2 * w])  # the gradient of sum(w**2)
+    >>> w.round(6)
+    array([ 0.46, -0.92])
+    >>> opt.state[0]["momentum_buffer"].round(6)
+    array([ 3.4, -6.8])
+    """
+
+    _hyper_checks = (
+        ("lr", check_lr),
+        ("momentum", check_nonnegative("momentum")),
+        ("weight_decay", check_nonnegative("weight_decay")),
+        ("dampening", check_real),
+    )
+    _state_names = ("momentum_buffer",)
+
+    def __init__(
+        self,
+        params,
+        lr=1e-3,
+        momentum=0.0,
+        dampening=0.0,
+        weight_decay=0.0,
+        nesterov=False,
+        *,
+        maximize=False,
+    ):
+        super().__init__(
+            params,
+            dict(
+                lr=lr,
+                momentum=momentum,
+                dampening=dampening,
+                weight_decay=weight_decay,
+                nesterov=nesterov,
+                maximize=maximize,
+            ),
+        )
+
+    def _check_combination(self, h):
+        if h["nesterov"] and (h["momentum"] <= 0 or h["dampening"] != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+
+    def _buffer_names(self, group):
+        return ("momentum_buffer",) if group["momentum"] != 0 else ()
+
+    def _call_keys(self, group, states):
+        # Whether the momentum buffer is new (momentum just turned on, or a fresh param) decides
+        # how the call starts it, so fresh and running buffers go to separate calls.
+        on = group["momentum"] != 0
+        return [(0, on) if s is None else (s["step"], on and "momentum_buffer" not in s) for s in states]
+
+    def _update(self, fn, group, params, grads, buffers, *, step, lr, key):
+        # The functional's ``step`` only tells a fresh buffer (step 1: buf = g) from a running one,
+        # which may also be a loaded buffer with a step count of 0.
+        if key[1]:
+            step = 1
+        elif group["momentum"] != 0:
+            step = max(step, 2)
+        fn.sgd(
+            params,
+            grads,
+            buffers.get("momentum_buffer"),
+            step=step,
+            lr=lr,
+            momentum=group["momentum"],
+            dampening=group["dampening"],
+            weight_decay=group["weight_decay"],
+            nesterov=bool(group["nesterov"]),
+            maximize=bool(group["maximize"]),
+        )

@@ -1,0 +1,717 @@
+"""The optimizer classes: parity with fusedopt.reference, bookkeeping, state dicts and validation.
+
+Parity runs the same class twice on the same params and grads: once as shipped (over
+fusedopt.functional and the C++ kernels) and once with ``opt._functional = fusedopt.reference``, the
+float64 NumPy oracle. Two param groups with different hyper-parameters, one of them on a schedule,
+run 24 steps with ``param_groups[0]["lr"]`` halved after step 10; every param and every state entry
+is compared at the end.
+
+Tolerances (both sides store in the params' dtype; the kernels fold step scalars and may contract
+to FMA, so they differ from the oracle in the last bits of each step):
+    fp64: rtol 1e-12, atol 1e-13 * scale
+    fp32: rtol 1e-5,  atol 1e-6 * scale
+where scale = max(1, max |expected|) over the compared array: an element that is a small sum of
+large terms (a momentum buffer crossing zero) carries the absolute rounding of those terms.
+Configurations with coupled (L2) weight decay use eps >= 1e-3 for the reason in tests/algos.py
+(Note [eps with coupled weight decay]): with a tiny eps the first step is a step function of a
+gradient that may cancel to rounding noise in fp32.
+
+A run resumed from ``state_dict()`` must match an unbroken run bit for bit (same backend).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import pickle
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+import fusedopt
+from fusedopt import functional, reference
+from fusedopt.optim import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RMSprop
+from fusedopt.schedules import CosineDecay, ExponentialDecay, StepDecay, WarmupThen
+
+TOL = {np.float64: dict(rtol=1e-12, atol=1e-13), np.float32: dict(rtol=1e-5, atol=1e-6)}
+
+
+def assert_close(got, want, tol, what):
+    scale = max(1.0, float(np.max(np.abs(want), initial=0.0)))
+    np.testing.assert_allclose(got, want, rtol=tol["rtol"], atol=tol["atol"] * scale, err_msg=what)
+DTYPES = {"fp32": np.float32, "fp64": np.float64}
+STEPS = 24
+EDIT_AT = 10  # param_groups[0]["lr"] is halved before this 0-based step
+# group 0: a vector, an F-ordered matrix and a scalar-like array; group 1: a long vector, a matrix
+SHAPES = (((7,), (33, 5), (1,)), ((4097,), (3, 4)))
+F_ORDER = {(0, 1)}
+SCHEDULE = WarmupThen(4, ExponentialDecay(0.02, decay_rate=0.7, decay_steps=5))
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    cls: type
+    kwargs: dict  # constructor defaults
+    group1: dict  # group 1 overrides (group 0 takes the defaults)
+    states: tuple  # state names expected in group 0 and group 1
+    scalars: tuple = ()
+    extra: dict = field(default_factory=dict)
+
+
+CASES = (
+    Case("sgd-momentum", SGD, dict(lr=0.05, momentum=0.9, weight_decay=0.01),
+         dict(lr=SCHEDULE, momentum=0.5, dampening=0.2), (("momentum_buffer",), ("momentum_buffer",))),
+    Case("sgd-nesterov", SGD, dict(lr=0.03, momentum=0.8, nesterov=True),
+         dict(lr=SCHEDULE, momentum=0.0, nesterov=False, maximize=True), (("momentum_buffer",), ())),
+    Case("adagrad", Adagrad, dict(lr=0.1, lr_decay=0.01, initial_accumulator_value=0.1),
+         dict(lr=SCHEDULE, weight_decay=0.05, eps=1e-3, maximize=True), (("sum",), ("sum",))),
+    Case("adadelta", Adadelta, dict(lr=1.0, rho=0.95),
+         dict(lr=CosineDecay(2.0, decay_steps=30), rho=0.8, weight_decay=0.1, eps=1e-4),
+         (("square_avg", "acc_delta"), ("square_avg", "acc_delta"))),
+    Case("rmsprop-centered-momentum", RMSprop, dict(lr=0.01, momentum=0.9, centered=True),
+         dict(lr=SCHEDULE, alpha=0.9, momentum=0.0, centered=False, weight_decay=0.1, eps=1e-3),
+         (("square_avg", "momentum_buffer", "grad_avg"), ("square_avg",))),
+    Case("rmsprop-maximize", RMSprop, dict(lr=0.01, maximize=True),
+         dict(lr=SCHEDULE, momentum=0.5, centered=True, alpha=0.95),
+         (("square_avg",), ("square_avg", "momentum_buffer", "grad_avg"))),
+    Case("adam", Adam, dict(lr=0.01, weight_decay=0.01, eps=1e-3),
+         dict(lr=SCHEDULE, amsgrad=True, betas=(0.8, 0.99), maximize=True, weight_decay=0.0, eps=1e-8),
+         (("exp_avg", "exp_avg_sq"), ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"))),
+    Case("adam-decoupled", Adam, dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True),
+         dict(lr=SCHEDULE, amsgrad=True), (("exp_avg", "exp_avg_sq"), ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"))),
+    Case("adamw", AdamW, dict(lr=0.01),
+         dict(lr=SCHEDULE, weight_decay=0.1, amsgrad=True, betas=(0.85, 0.995)),
+         (("exp_avg", "exp_avg_sq"), ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"))),
+    Case("nadam", NAdam, dict(lr=0.01),
+         dict(lr=SCHEDULE, momentum_decay=8e-3, weight_decay=0.05, decoupled_weight_decay=True),
+         (("exp_avg", "exp_avg_sq"), ("exp_avg", "exp_avg_sq")), scalars=("mu_product",)),
+    Case("nadam-l2", NAdam, dict(lr=0.01, weight_decay=0.01, eps=1e-3),
+         dict(lr=StepDecay(0.05, step_size=6, gamma=0.5), betas=(0.8, 0.99), maximize=True),
+         (("exp_avg", "exp_avg_sq"), ("exp_avg", "exp_avg_sq")), scalars=("mu_product",)),
+    Case("adamax", Adamax, dict(lr=0.01),
+         dict(lr=SCHEDULE, betas=(0.8, 0.99), weight_decay=0.1, eps=1e-3, maximize=True),
+         (("exp_avg", "exp_inf"), ("exp_avg", "exp_inf"))),
+)
+CLASSES = (SGD, Adagrad, Adadelta, RMSprop, Adam, AdamW, NAdam, Adamax)
+
+
+def make_params(dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    groups = []
+    for gi, shapes in enumerate(SHAPES):
+        group = []
+        for j, shape in enumerate(shapes):
+            p = np.empty(shape, dtype=dtype, order="F" if (gi, j) in F_ORDER else "C")
+            p[...] = rng.standard_normal(shape)
+            group.append(p)
+        groups.append(group)
+    return groups
+
+
+def grads_at(params, k, seed=1):
+    """The grads of step k (0-based): the same for every run, laid out like their params."""
+    rng = np.random.default_rng([seed, k])
+    out = []
+    for p in params:
+        g = np.empty_like(p)
+        g[...] = rng.standard_normal(p.shape)
+        out.append(g)
+    return out
+
+
+def build(case, groups, module=None):
+    opt = case.cls([{"params": groups[0]}, {"params": groups[1], **case.group1}], **case.kwargs)
+    if module is not None:
+        opt._functional = module
+    return opt
+
+
+def flat(groups):
+    return [p for g in groups for p in g]
+
+
+def run(case, dtype, module, steps=STEPS, start=0, groups=None, opt=None):
+    groups = groups if groups is not None else make_params(dtype)
+    opt = opt if opt is not None else build(case, groups, module)
+    params = flat(groups)
+    for k in range(start, steps):
+        if k == EDIT_AT:
+            opt.param_groups[0]["lr"] *= 0.5
+        opt.step(grads_at(params, k))
+    return params, opt
+
+
+def assert_state_close(got, want, tol):
+    assert list(got) == list(want)
+    for i in want:
+        assert list(got[i]) == list(want[i]), i
+        for name, w in want[i].items():
+            g = got[i][name]
+            if isinstance(w, np.ndarray):
+                assert g.dtype == w.dtype and g.shape == w.shape
+                assert_close(g, w, tol, f"state[{i}][{name!r}]")
+            elif name == "step":
+                assert g == w and type(g) is int
+            else:
+                assert g == pytest.approx(w, rel=1e-14), (i, name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_matches_reference(case, dtype):
+    got_params, got = run(case, dtype, None)
+    want_params, want = run(case, dtype, reference)
+    tol = TOL[dtype]
+    for i, (g, w) in enumerate(zip(got_params, want_params)):
+        assert_close(g, w, tol, f"params[{i}]")
+    assert_state_close(got.state, want.state, tol)
+    # the state names are torch's, allocated per the group's options, laid out like the param
+    for i, p in enumerate(got_params):
+        state = got.state[i]
+        names = case.states[0 if i < len(SHAPES[0]) else 1]
+        assert tuple(state) == ("step", *case.scalars, *names)
+        assert state["step"] == STEPS
+        for name in names:
+            a = state[name]
+            assert (a.flags.c_contiguous, a.flags.f_contiguous) == (p.flags.c_contiguous, p.flags.f_contiguous)
+    assert got.param_groups[0]["lr"] == case.kwargs["lr"] * 0.5
+
+
+class CallLog:
+    """A stand-in for the functional module that records each call, then makes it."""
+
+    def __init__(self, module=functional):
+        self.module = module
+        self.calls = []
+
+    def __getattr__(self, name):
+        fn = getattr(self.module, name)
+
+        def call(*args, **kwargs):
+            params = args[0] if isinstance(args[0], list) else [args[0]]
+            self.calls.append((name, len(params), kwargs.get("step"), kwargs.get("lr")))
+            return fn(*args, **kwargs)
+
+        return call
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_one_call_per_group(case):
+    log = CallLog()
+    groups = make_params(np.float64)
+    _, opt = run(case, np.float64, log, steps=3, groups=groups)
+    # 3 steps x 2 groups, each call carrying the whole group
+    assert [n for _, n, _, _ in log.calls] == [3, 2] * 3
+    assert [s for _, _, s, _ in log.calls] == [1, 1, 2, 2, 3, 3]
+    # the schedule of group 1 is evaluated at the number of completed steps
+    assert [lr for _, _, _, lr in log.calls[1::2]] == [case.group1["lr"](t) for t in range(3)]
+
+
+def test_schedule_sees_completed_steps():
+    w = np.zeros(3)
+    schedule = StepDecay(1.0, step_size=2, gamma=0.5)
+    opt = SGD([w], lr=schedule)
+    g = np.ones(3)
+    seen = []
+    for _ in range(5):
+        before = w.copy()
+        opt.step([g])
+        seen.append(float((before - w)[0]))
+    assert seen == [1.0, 1.0, 0.5, 0.5, 0.25]
+
+
+def test_lr_edit_and_schedule_swap_mid_run():
+    w = np.zeros(2)
+    opt = SGD([w], lr=0.5)
+    g = np.ones(2)
+    opt.step([g])
+    opt.param_groups[0]["lr"] = 0.25
+    opt.step([g])
+    opt.param_groups[0]["lr"] = ExponentialDecay(1.0, 0.5, 1)  # t = 2 completed steps
+    opt.step([g])
+    np.testing.assert_array_equal(w, -(0.5 + 0.25 + 0.25) * g)
+
+
+def test_split_calls_after_partial_state():
+    """A group whose params hold different step counts goes out as one call per count, each with
+    the learning rate of its own step; the result matches the reference with the same split."""
+    dtype = np.float64
+    case = next(c for c in CASES if c.id == "nadam")
+    results = []
+    for module in (CallLog(), CallLog(reference)):
+        groups = make_params(dtype)
+        _, opt = run(case, dtype, module, steps=3, groups=groups)
+        sd = opt.state_dict()
+        del sd["state"][1], sd["state"][4]
+        fresh = build(case, groups, module)
+        fresh.load_state_dict(sd)
+        module.calls.clear()
+        run(case, dtype, module, steps=5, start=3, groups=groups, opt=fresh)
+        results.append((flat(groups), fresh, list(module.calls)))
+    (got_params, got, calls), (want_params, want, _) = results
+    # per step: group 0 splits into steps {4: [0, 2], 1: [1]}, group 1 into {4: [3], 1: [4]}
+    assert [(n, s) for _, n, s, _ in calls[:4]] == [(2, 4), (1, 1), (1, 4), (1, 1)]
+    assert [lr for *_, lr in calls[2:4]] == [SCHEDULE(3), SCHEDULE(0)]
+    assert got.state[1]["step"] == 2 and got.state[0]["step"] == 5
+    for i, (g, w) in enumerate(zip(got_params, want_params)):
+        assert_close(g, w, TOL[dtype], f"params[{i}]")
+    assert_state_close(got.state, want.state, TOL[dtype])
+
+
+def test_add_param_group_mid_run():
+    a, b = np.ones(4), np.ones(3)
+    opt = Adam([a], lr=0.1)
+    log = CallLog()
+    opt._functional = log
+    opt.step([np.ones(4)])
+    opt.add_param_group({"params": [b], "lr": 0.2, "amsgrad": True})
+    opt.step([np.ones(4), np.ones(3)])
+    assert [(n, s, lr) for _, n, s, lr in log.calls] == [(1, 1, 0.1), (1, 2, 0.1), (1, 1, 0.2)]
+    assert tuple(opt.state[b]) == ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    assert opt.state_dict()["param_groups"][1]["params"] == [1]
+
+
+def test_sgd_momentum_switched_on_mid_run_starts_from_the_gradient():
+    """torch starts a new momentum buffer at the gradient, undamped, whenever it is created."""
+    w = np.zeros(3)
+    opt = SGD([w], lr=0.1, dampening=0.5)
+    opt.step([np.ones(3)])
+    assert "momentum_buffer" not in opt.state[0]
+    opt.param_groups[0]["momentum"] = 0.9
+    g = np.array([1.0, 2.0, 3.0])
+    opt.step([g])
+    np.testing.assert_array_equal(opt.state[0]["momentum_buffer"], g)
+    opt.step([g])
+    np.testing.assert_allclose(opt.state[0]["momentum_buffer"], 0.9 * g + 0.5 * g, rtol=1e-15)
+
+
+def test_amsgrad_switched_on_mid_run_allocates_its_buffer():
+    w = np.ones(5)
+    opt = Adam([w], lr=0.1)
+    opt.step([np.ones(5)])
+    opt.param_groups[0]["amsgrad"] = True
+    opt.step([np.ones(5)])
+    assert opt.state[0]["max_exp_avg_sq"].shape == (5,)
+    assert opt.state[0]["step"] == 2
+
+
+def test_bare_array_and_state_by_param():
+    w = np.ones((2, 3), order="F")
+    opt = Adam(w, lr=0.1)
+    opt.step(np.full((2, 3), 2.0, order="F"))
+    np.testing.assert_allclose(w, 0.9)
+    assert opt.state[w] is opt.state[0]
+    assert opt.state[0]["exp_avg"].flags.f_contiguous
+    assert list(opt.state) == [0] and len(opt.state) == 1 and w in opt.state
+    with pytest.raises(KeyError):
+        opt.state[np.ones((2, 3))]
+    opt.step([np.ones((2, 3), order="F")])  # a list of one works too
+
+
+def test_dtypes_mixed_in_one_group():
+    a32, a64 = np.ones(5, np.float32), np.ones(6, np.float64)
+    log = CallLog()
+    opt = Adam([a32, a64], lr=0.1)
+    opt._functional = log
+    opt.step([np.ones(5, np.float32), np.ones(6)])
+    assert len(log.calls) == 1
+    assert opt.state[0]["exp_avg"].dtype == np.float32 and opt.state[1]["exp_avg"].dtype == np.float64
+
+
+def test_repr_lists_groups():
+    opt = Adam([{"params": [np.ones(2)]}, {"params": [np.ones(2)], "lr": 0.5}])
+    text = repr(opt)
+    assert text.startswith("Adam (\nParameter Group 0\n") and "Parameter Group 1" in text
+    assert "    lr: 0.5" in text
+
+
+def test_params_are_updated_in_place_never_copied():
+    w = np.ones(4)
+    view = w[:]
+    opt = SGD([w], lr=1.0)
+    opt.step([np.ones(4)])
+    assert opt.param_groups[0]["params"][0] is w
+    np.testing.assert_array_equal(view, 0.0)
+
+
+# ---- state dict ----------------------------------------------------------------------------------
+
+
+def bits(a):
+    return (a.dtype, a.shape, a.flags.f_contiguous and not a.flags.c_contiguous, a.tobytes(order="A"))
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_resume_is_bitwise_identical(case, dtype):
+    unbroken_params, unbroken = run(case, dtype, None)
+
+    stop = EDIT_AT + 3  # after the lr edit, mid-schedule
+    groups = make_params(dtype)
+    _, first = run(case, dtype, None, steps=stop, groups=groups)
+    saved = pickle.loads(pickle.dumps(first.state_dict()))
+    resumed_groups = [[p.copy(order="K") for p in g] for g in groups]
+    del first, groups
+    resumed = build(case, resumed_groups)
+    resumed.load_state_dict(saved)
+    assert resumed.param_groups[0]["lr"] == case.kwargs["lr"] * 0.5
+    params, _ = run(case, dtype, None, start=stop, groups=resumed_groups, opt=resumed)
+
+    for g, w in zip(params, unbroken_params):
+        assert bits(g) == bits(w)
+    assert list(resumed.state) == list(unbroken.state)
+    for i in unbroken.state:
+        a, b = resumed.state[i], unbroken.state[i]
+        assert list(a) == list(b)
+        for name in b:
+            if isinstance(b[name], np.ndarray):
+                assert bits(a[name]) == bits(b[name]), (i, name)
+            else:
+                assert a[name] == b[name] and type(a[name]) is type(b[name])
+
+
+def test_state_dict_layout_and_copies():
+    groups = make_params(np.float32)
+    case = next(c for c in CASES if c.id == "adam")
+    _, opt = run(case, np.float32, None, steps=2, groups=groups)
+    sd = opt.state_dict()
+    assert set(sd) == {"state", "param_groups"}
+    assert list(sd["state"]) == [0, 1, 2, 3, 4]
+    assert [g["params"] for g in sd["param_groups"]] == [[0, 1, 2], [3, 4]]
+    assert list(sd["param_groups"][0])[-1] == "params"
+    assert sd["param_groups"][1]["amsgrad"] is True and sd["param_groups"][1]["lr"] == SCHEDULE
+    assert sd["state"][1]["exp_avg"].flags.f_contiguous
+    sd["state"][0]["exp_avg"][...] = 123.0
+    sd["param_groups"][0]["lr"] = 99.0
+    assert not np.any(opt.state[0]["exp_avg"] == 123.0)
+    assert opt.param_groups[0]["lr"] == 0.01
+    # loading copies too
+    sd = opt.state_dict()
+    opt.load_state_dict(sd)
+    sd["state"][0]["exp_avg"][...] = 7.0
+    assert not np.any(opt.state[0]["exp_avg"] == 7.0)
+
+
+def test_load_keeps_group_dicts_and_accepts_torch_style_steps():
+    w = np.ones(3, np.float32)
+    opt = Adam([w], lr=0.1)
+    group = opt.param_groups[0]
+    opt.load_state_dict({
+        "state": {17: {"step": np.array(5.0, np.float32), "exp_avg": np.zeros(3, np.float32),
+                      "exp_avg_sq": np.zeros(3, np.float32)}},
+        "param_groups": [{**{k: v for k, v in group.items() if k != "params"}, "lr": 0.3, "params": [17]}],
+    })
+    assert opt.param_groups[0] is group and group["lr"] == 0.3 and group["params"][0] is w
+    assert opt.state[0]["step"] == 5 and type(opt.state[0]["step"]) is int
+
+
+def _adam_sd():
+    groups = make_params(np.float64)
+    case = next(c for c in CASES if c.id == "adam")
+    _, opt = run(case, np.float64, None, steps=2, groups=groups)
+    return opt
+
+
+def _sgd_sd(opt):
+    """An SGD run over params of the same shapes: same groups, another algorithm."""
+    groups = make_params(np.float64)
+    sgd = SGD([{"params": groups[0]}, {"params": groups[1]}], lr=0.1, momentum=0.9)
+    run_params = flat(groups)
+    sgd.step(grads_at(run_params, 0))
+    return sgd.state_dict()
+
+
+def _nadam_sd(opt):
+    o = NAdam([np.ones(2)])
+    o.step([np.ones(2)])
+    sd = o.state_dict()
+    del sd["state"][0]["mu_product"]
+    return sd
+
+
+def _edit(fn):
+    def make(opt):
+        sd = opt.state_dict()
+        fn(sd)
+        return sd
+
+    return make
+
+
+BAD_STATE_DICTS = [
+    ("not-a-dict", lambda opt: [1, 2], ValueError, "expected a dict with 'state' and 'param_groups'"),
+    ("group-count", _edit(lambda sd: sd["param_groups"].pop()), ValueError,
+     "the state dict has 1 param groups, this optimizer has 2"),
+    ("group-size", _edit(lambda sd: sd["param_groups"][1]["params"].pop()), ValueError,
+     "param_groups[1] has 1 params, this optimizer's group has 2"),
+    ("shape", _edit(lambda sd: sd["state"][3].update(exp_avg=np.zeros(4096))), ValueError,
+     "state[3]['exp_avg'] has shape (4096,), expected (4097,) (the shape of params[3])"),
+    ("dtype", _edit(lambda sd: sd["state"][2].update(exp_avg_sq=np.zeros(1, np.float32))), ValueError,
+     "state[2]['exp_avg_sq'] has dtype float32, expected float64 (the dtype of params[2])"),
+    ("not-an-array", _edit(lambda sd: sd["state"][2].update(exp_avg_sq=[0.0])), TypeError,
+     "state[2]['exp_avg_sq'] is a list, expected a numpy.ndarray"),
+    ("other-algorithm", _sgd_sd, ValueError,
+     "param_groups[0] lacks 'betas'; was the state dict saved by another optimizer than Adam?"),
+    ("foreign-hyper-parameter", _edit(lambda sd: sd["param_groups"][0].update(rho=0.9)), ValueError,
+     "param_groups[0] has 'rho', which Adam does not use; was the state dict saved by another optimizer?"),
+    ("foreign-state", _edit(lambda sd: sd["state"][0].update(exp_inf=np.zeros(7))), ValueError,
+     "state[0] has an entry 'exp_inf', which Adam does not keep; was the state dict saved by another optimizer?"),
+    ("missing-buffer", _edit(lambda sd: sd["state"][0].pop("exp_avg")), ValueError, "state[0] lacks 'exp_avg'"),
+    ("missing-step", _edit(lambda sd: sd["state"][0].pop("step")), ValueError, "state[0] lacks 'step'"),
+    ("negative-step", _edit(lambda sd: sd["state"][0].update(step=-1)), ValueError,
+     "state[0]['step'] is -1, expected an int >= 0"),
+    ("fractional-step", _edit(lambda sd: sd["state"][0].update(step=1.5)), ValueError,
+     "state[0]['step'] is 1.5, expected an int >= 0"),
+    ("unknown-param-id", _edit(lambda sd: sd["state"].update({9: sd["state"][0]})), ValueError,
+     "state[9] belongs to no parameter listed in param_groups"),
+    ("invalid-hyper-parameter", _edit(lambda sd: sd["param_groups"][1].update(lr=-1.0)), ValueError,
+     "param_groups[1]: Invalid learning rate: -1.0"),
+    ("invalid-betas", _edit(lambda sd: sd["param_groups"][0].update(betas=(0.9, 1.0))), ValueError,
+     "param_groups[0]: Invalid beta parameter at index 1: 1.0"),
+]
+
+
+@pytest.mark.parametrize("name,make,exc,message", BAD_STATE_DICTS, ids=[b[0] for b in BAD_STATE_DICTS])
+def test_bad_state_dict_changes_nothing(name, make, exc, message):
+    opt = _adam_sd()
+    before = opt.state_dict()
+    bad = make(opt)
+    with pytest.raises(exc) as info:
+        opt.load_state_dict(bad)
+    assert str(info.value).startswith("Adam.load_state_dict: ")
+    assert message in str(info.value)
+    after = opt.state_dict()
+    assert [{k: v for k, v in g.items()} for g in after["param_groups"]] == before["param_groups"]
+    for i in before["state"]:
+        for k, v in before["state"][i].items():
+            assert bits(after["state"][i][k]) == bits(v) if isinstance(v, np.ndarray) else after["state"][i][k] == v
+
+
+def test_nadam_state_needs_mu_product():
+    opt = NAdam([np.ones(2)])
+    with pytest.raises(ValueError, match=r"NAdam.load_state_dict: state\[0\] lacks 'mu_product'"):
+        opt.load_state_dict(_nadam_sd(opt))
+
+
+def test_adam_and_adamw_state_dicts_interchange():
+    a = AdamW([np.ones(2)], lr=0.1)
+    a.step([np.ones(2)])
+    b = Adam([np.ones(2)])
+    b.load_state_dict(a.state_dict())
+    assert b.param_groups[0]["decoupled_weight_decay"] is True and b.param_groups[0]["weight_decay"] == 1e-2
+
+
+# ---- constructor signatures and validation ---------------------------------------------------------
+
+# torch.optim 2.x's arguments that change the math, with their defaults (positional-or-keyword up to
+# the *, keyword-only after). The implementation switches (foreach, fused, capturable,
+# differentiable) are not taken: there is one implementation.
+SIGNATURES = {
+    SGD: ("lr=0.001 momentum=0.0 dampening=0.0 weight_decay=0.0 nesterov=False | maximize=False"),
+    Adagrad: ("lr=0.01 lr_decay=0.0 weight_decay=0.0 initial_accumulator_value=0.0 eps=1e-10 | maximize=False"),
+    Adadelta: ("lr=1.0 rho=0.9 eps=1e-06 weight_decay=0.0 | maximize=False"),
+    RMSprop: ("lr=0.01 alpha=0.99 eps=1e-08 weight_decay=0.0 momentum=0.0 centered=False | maximize=False"),
+    Adam: ("lr=0.001 betas=(0.9, 0.999) eps=1e-08 weight_decay=0.0 amsgrad=False "
+           "| maximize=False decoupled_weight_decay=False"),
+    AdamW: ("lr=0.001 betas=(0.9, 0.999) eps=1e-08 weight_decay=0.01 amsgrad=False | maximize=False"),
+    NAdam: ("lr=0.002 betas=(0.9, 0.999) eps=1e-08 weight_decay=0.0 momentum_decay=0.004 "
+            "decoupled_weight_decay=False | maximize=False"),
+    Adamax: ("lr=0.002 betas=(0.9, 0.999) eps=1e-08 weight_decay=0.0 | maximize=False"),
+}
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=[c.__name__ for c in CLASSES])
+def test_signature_is_torchs(cls):
+    positional, keyword = [], []
+    for p in list(inspect.signature(cls).parameters.values())[1:]:
+        (keyword if p.kind is p.KEYWORD_ONLY else positional).append(f"{p.name}={p.default!r}")
+    assert " ".join(positional) + " | " + " ".join(keyword) == SIGNATURES[cls]
+    assert getattr(fusedopt, cls.__name__) is cls
+
+
+# (class, kwargs, exception, message): torch.optim's own texts for the hyper-parameters
+HYPER_ERRORS = [
+    (SGD, dict(lr=-1.0), ValueError, "Invalid learning rate: -1.0"),
+    (SGD, dict(momentum=-0.5), ValueError, "Invalid momentum value: -0.5"),
+    (SGD, dict(weight_decay=-1e-4), ValueError, "Invalid weight_decay value: -0.0001"),
+    (SGD, dict(nesterov=True), ValueError, "Nesterov momentum requires a momentum and zero dampening"),
+    (SGD, dict(nesterov=True, momentum=0.9, dampening=0.1), ValueError,
+     "Nesterov momentum requires a momentum and zero dampening"),
+    (SGD, dict(lr="0.1"), TypeError, "SGD: lr must be a real number, got str"),
+    (Adagrad, dict(lr=-0.01), ValueError, "Invalid learning rate: -0.01"),
+    (Adagrad, dict(lr_decay=-1), ValueError, "Invalid lr_decay value: -1"),
+    (Adagrad, dict(weight_decay=-1), ValueError, "Invalid weight_decay value: -1"),
+    (Adagrad, dict(initial_accumulator_value=-0.1), ValueError, "Invalid initial_accumulator_value value: -0.1"),
+    (Adagrad, dict(eps=-1e-10), ValueError, "Invalid epsilon value: -1e-10"),
+    (Adadelta, dict(lr=-1.0), ValueError, "Invalid learning rate: -1.0"),
+    (Adadelta, dict(rho=1.1), ValueError, "Invalid rho value: 1.1"),
+    (Adadelta, dict(rho=-0.1), ValueError, "Invalid rho value: -0.1"),
+    (Adadelta, dict(eps=-1e-6), ValueError, "Invalid epsilon value: -1e-06"),
+    (Adadelta, dict(weight_decay=-0.1), ValueError, "Invalid weight_decay value: -0.1"),
+    (RMSprop, dict(lr=-1.0), ValueError, "Invalid learning rate: -1.0"),
+    (RMSprop, dict(eps=-1.0), ValueError, "Invalid epsilon value: -1.0"),
+    (RMSprop, dict(momentum=-1.0), ValueError, "Invalid momentum value: -1.0"),
+    (RMSprop, dict(weight_decay=-1.0), ValueError, "Invalid weight_decay value: -1.0"),
+    (RMSprop, dict(alpha=-1.0), ValueError, "Invalid alpha value: -1.0"),
+    (Adam, dict(lr=-1.0), ValueError, "Invalid learning rate: -1.0"),
+    (Adam, dict(lr=float("nan")), ValueError, "Invalid learning rate: nan"),
+    (Adam, dict(eps=-1.0), ValueError, "Invalid epsilon value: -1.0"),
+    (Adam, dict(betas=(1.0, 0.999)), ValueError, "Invalid beta parameter at index 0: 1.0"),
+    (Adam, dict(betas=(0.9, -0.1)), ValueError, "Invalid beta parameter at index 1: -0.1"),
+    (Adam, dict(betas=(0.9,)), ValueError, "Invalid betas value: (0.9,) (expected a pair (beta1, beta2))"),
+    (Adam, dict(weight_decay=-1.0), ValueError, "Invalid weight_decay value: -1.0"),
+    (AdamW, dict(lr=-1.0), ValueError, "Invalid learning rate: -1.0"),
+    (AdamW, dict(betas=(0.9, 1.0)), ValueError, "Invalid beta parameter at index 1: 1.0"),
+    (AdamW, dict(weight_decay=-1e-2), ValueError, "Invalid weight_decay value: -0.01"),
+    (NAdam, dict(lr=-1.0), ValueError, "Invalid learning rate: -1.0"),
+    (NAdam, dict(eps=-1.0), ValueError, "Invalid epsilon value: -1.0"),
+    (NAdam, dict(betas=(1.0, 0.0)), ValueError, "Invalid beta parameter at index 0: 1.0"),
+    (NAdam, dict(weight_decay=-1.0), ValueError, "Invalid weight_decay value: -1.0"),
+    (NAdam, dict(momentum_decay=-0.2), ValueError, "Invalid momentum_decay value: -0.2"),
+    (Adamax, dict(lr=-1.0), ValueError, "Invalid learning rate: -1.0"),
+    (Adamax, dict(eps=-1.0), ValueError, "Invalid epsilon value: -1.0"),
+    (Adamax, dict(betas=(0.9, 1.5)), ValueError, "Invalid beta parameter at index 1: 1.5"),
+    (Adamax, dict(weight_decay=-1.0), ValueError, "Invalid weight_decay value: -1.0"),
+]
+
+
+def _hyper_id(row):
+    cls, kwargs, _, _ = row
+    return f"{cls.__name__}-" + "-".join(f"{k}={v}" for k, v in kwargs.items())
+
+
+@pytest.mark.parametrize("cls,kwargs,exc,message", HYPER_ERRORS, ids=[_hyper_id(r) for r in HYPER_ERRORS])
+def test_hyper_parameter_errors(cls, kwargs, exc, message):
+    w = np.ones(3)
+    with pytest.raises(exc) as info:
+        cls([w], **kwargs)
+    assert type(info.value) is exc and str(info.value) == message
+    # the same value in a param group fails the same way, naming the group
+    with pytest.raises(exc) as info:
+        cls([{"params": [np.ones(2)]}, {"params": [w], **kwargs}])
+    if exc is ValueError:
+        assert str(info.value) == f"{message} (in param_groups[1])"
+    np.testing.assert_array_equal(w, 1.0)
+
+
+def _params_errors():
+    ro = np.ones(3)
+    ro.flags.writeable = False
+    base = np.ones(10)
+    return [
+        ("not-an-array", [np.ones(2), [1.0, 2.0]], {}, TypeError, "Adam: params[1] is a list, expected a numpy.ndarray"),
+        ("int-dtype", [np.ones(2), np.ones(2, np.int64)], {}, TypeError,
+         "Adam: params[1] has dtype int64, expected float32 or float64"),
+        ("float16", [np.ones(2, np.float16)], {}, TypeError, "Adam: params[0] has dtype float16, expected float32 or float64"),
+        ("group-index", [{"params": [np.ones(2)]}, {"params": [np.ones(2), "w"]}], {}, TypeError,
+         "Adam: param_groups[1]['params'][1] is a str, expected a numpy.ndarray"),
+        ("empty", [], {}, ValueError, "optimizer got an empty parameter list"),
+        ("read-only", [ro], {}, ValueError, "Adam: params[0] is read-only"),
+        ("not-contiguous", [np.ones((4, 4))[:, ::2]], {}, ValueError,
+         "Adam: params[0] is not contiguous (params are updated in place, never through a copy; "
+         "pass a contiguous array)"),
+        ("duplicate-across-groups", [{"params": [base]}, {"params": [base]}], {}, ValueError,
+         "some parameters appear in more than one parameter group"),
+        ("duplicate-in-group", [base, base], {}, ValueError,
+         "optimizer contains a parameter group with duplicate parameters"),
+        ("shared-memory", [base[:6], base[4:]], {}, ValueError,
+         "Adam: params[0] and params[1] share memory (each would be updated once per step through the other)"),
+        ("set", {np.float64(1.0)}, {}, TypeError, "Adam: params is a set; optimizer parameters need to be organized"),
+        ("scalar", 3.0, {}, TypeError,
+         "Adam: params must be a numpy array, a list of arrays or a list of param-group dicts, got float"),
+        ("dict", {"params": [np.ones(2)]}, {}, TypeError,
+         "Adam: params must be a numpy array, a list of arrays or a list of param-group dicts, got dict"),
+        ("group-without-params", [{"lr": 0.1}], {}, ValueError, "Adam: param_groups[0] has no 'params' entry"),
+        ("group-not-dict", [{"params": [np.ones(2)]}, [np.ones(2)]], {}, TypeError,
+         "Adam: param_group must be a dict, but got list"),
+    ]
+
+
+@pytest.mark.parametrize("name,params,kwargs,exc,message", _params_errors(), ids=[r[0] for r in _params_errors()])
+def test_params_errors(name, params, kwargs, exc, message):
+    with pytest.raises(exc) as info:
+        Adam(params, **kwargs)
+    assert type(info.value) is exc and str(info.value).startswith(message)
+
+
+def test_params_from_a_generator():
+    arrays = [np.ones(2), np.ones(3)]
+    opt = SGD((a for a in arrays), lr=1.0)
+    opt.step([np.ones(2), np.ones(3)])
+    assert all(np.all(a == 0.0) for a in arrays)
+
+
+def test_add_param_group_refused_changes_nothing():
+    a = np.ones(2)
+    opt = Adam([a])
+    with pytest.raises(ValueError, match="some parameters appear in more than one parameter group"):
+        opt.add_param_group({"params": [np.ones(3), a]})
+    with pytest.raises(ValueError, match=r"Invalid learning rate: -1 \(in param_groups\[1\]\)"):
+        opt.add_param_group({"params": [np.ones(3)], "lr": -1})
+    assert len(opt.param_groups) == 1
+    opt.step([np.ones(2)])
+
+
+# ---- step errors: nothing allocated or written ---------------------------------------------------
+
+
+def _step_errors():
+    f32 = np.ones(3, np.float32)
+    return [
+        ("too-few", lambda p: p[:-1], ValueError, "Adam.step: got 4 grads for 5 params"),
+        ("not-a-list", lambda p: p[0], TypeError,
+         "Adam.step: grads must be a list of numpy arrays (one per param), got ndarray"),
+        ("not-an-array", lambda p: p[:4] + [[1.0]], TypeError, "Adam.step: grads[4] is a list, expected a numpy.ndarray"),
+        ("shape", lambda p: p[:3] + [np.ones(4096), p[4]], ValueError,
+         "Adam.step: grads[3] has shape (4096,), expected (4097,) (the shape of params[3])"),
+        ("dtype", lambda p: [f32 if i == 0 else g for i, g in enumerate(p)], TypeError, "Adam.step: grads[0] has dtype"),
+        ("memory-order", lambda p: [np.ascontiguousarray(g) if i == 1 else g for i, g in enumerate(p)], ValueError,
+         "Adam.step: grads[1] is not contiguous in the memory order of params[1] (F)"),
+    ]
+
+
+@pytest.mark.parametrize("name,make,exc,message", _step_errors(), ids=[r[0] for r in _step_errors()])
+@pytest.mark.parametrize("after", [0, 2], ids=["first-step", "later-step"])
+def test_step_errors_change_nothing(name, make, exc, message, after):
+    case = next(c for c in CASES if c.id == "adam")
+    groups = make_params(np.float64)
+    params, opt = run(case, np.float64, None, steps=after, groups=groups)
+    before = [bits(p) for p in params]
+    state_before = copy.deepcopy(opt.state_dict())
+    with pytest.raises(exc) as info:
+        opt.step(make(grads_at(params, 0)))
+    assert str(info.value).startswith(message)
+    assert [bits(p) for p in params] == before
+    assert list(opt.state) == list(state_before["state"])
+    for i, s in state_before["state"].items():
+        assert all(bits(opt.state[i][k]) == bits(v) for k, v in s.items() if isinstance(v, np.ndarray))
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda opt: opt.param_groups[1].update(lr=-0.1), "Invalid learning rate: -0.1 (in param_groups[1])"),
+        (lambda opt: opt.param_groups[1].update(betas=(0.9, 1.0)),
+         "Invalid beta parameter at index 1: 1.0 (in param_groups[1])"),
+        (lambda opt: opt.param_groups[1].update(lr=lambda t: -1.0),
+         "Invalid learning rate: -1.0 (from the schedule of param_groups[1] at t=2)"),
+        (lambda opt: opt.param_groups[1]["params"].append(np.ones(2)),
+         "Adam.step: param_groups[1]['params'] changed since the group was added; add parameters with add_param_group"),
+        (lambda opt: opt.param_groups.append({"params": [np.ones(2)]}),
+         "Adam.step: param_groups has 3 groups but 2 were added; add groups with add_param_group"),
+    ],
+    ids=["negative-lr", "bad-beta", "schedule-negative", "params-edited", "group-appended"],
+)
+def test_bad_group_edit_fails_before_any_write(edit, message):
+    case = next(c for c in CASES if c.id == "adam")
+    groups = make_params(np.float64)
+    params, opt = run(case, np.float64, None, steps=2, groups=groups)
+    before = [bits(p) for p in params]
+    edit(opt)
+    with pytest.raises(ValueError) as info:
+        opt.step(grads_at(params, 2))
+    assert str(info.value) == message
+    assert [bits(p) for p in params] == before
+    assert all(opt.state[i]["step"] == 2 for i in range(5))
