@@ -24,8 +24,10 @@ Note [One call per group, split by step]
 
 from __future__ import annotations
 
+import collections
 import copy
 import inspect
+import itertools
 import math
 import numbers
 import operator
@@ -210,6 +212,7 @@ class Optimizer:
         self._index = {}  # id(param) -> flat index
         self._slices = []  # (start, stop) of each group in _params
         self._state = {}
+        self._checked = {}  # group index -> the hyper-parameter values last checked
         for i, group in enumerate(groups):
             self._add_group(group, f"param_groups[{i}]" if given_groups else None)
 
@@ -322,21 +325,51 @@ class Optimizer:
         at this step) is checked before any state is allocated or any array written.
         """
         cls = type(self).__name__
-        grads = self._check_grads(grads)
+        grads = self._grads_list(grads)
         plan = []
         for gi, (group, (start, stop)) in enumerate(self._groups_checked()):
-            keys = self._call_keys(group, map(self._state.get, range(start, stop)))
-            if keys.count(keys[0] if keys else None) == len(keys):
-                calls = {keys[0]: range(start, stop)} if keys else {}
+            states = list(map(self._state.get, range(start, stop)))
+            key = self._uniform_key(group, states)
+            if key is not None:
+                calls = {key: range(start, stop)}
             else:
                 calls = {}
-                for i, key in zip(range(start, stop), keys):
-                    calls.setdefault(key, []).append(i)
-            for key, indices in calls.items():
-                plan.append((group, key, indices, self._resolve_lr(cls, gi, group["lr"], key[0])))
+                for i, k in zip(range(start, stop), self._call_keys(group, states)):
+                    calls.setdefault(k, []).append(i)
+                states = None
+            for k, indices in calls.items():
+                plan.append((group, k, indices, self._resolve_lr(cls, gi, group["lr"], k[0]), states))
+        # Note [Grads checked by the kernel call]: one call checks all its arrays in C++ before it
+        # writes anything, so with a single call the per-grad checks below are only needed to word
+        # the error; with several calls they run first, so that no call writes if any grad is bad.
+        if len(plan) > 1:
+            self._check_grads(grads)
         fn = self._functional
-        for group, key, indices, lr in plan:
-            self._run(fn, group, key, indices, lr, grads)
+        for group, key, indices, lr, states in plan:
+            try:
+                self._run(fn, group, key, indices, lr, grads, states)
+            except (TypeError, ValueError):
+                if len(plan) == 1:
+                    self._check_grads(grads)  # raises the optimizer's own message for a bad grad
+                raise
+
+    def _uniform_key(self, group, states):
+        """The call key (see ``_call_keys``) shared by every param of a group whose states all
+        exist, found without a Python loop; None if some state is missing or the keys differ."""
+        if not states:
+            return None
+        try:
+            keys = list(map(operator.itemgetter("step", *self._scalar_state), states))
+        except TypeError:  # a param without state yet (None)
+            return None
+        if keys.count(keys[0]) != len(keys):
+            return None
+        return self._full_key(group, states, keys[0] if self._scalar_state else (keys[0],))
+
+    def _full_key(self, group, states, key):
+        """``key`` completed with what else a subclass's ``_call_keys`` puts in it (SGD), or
+        None where that differs between the states."""
+        return key
 
     def _groups_checked(self):
         cls = type(self).__name__
@@ -360,11 +393,18 @@ class Optimizer:
             missing = [k for k in self.defaults if k not in group]
             if missing:
                 raise ValueError(f"{cls}.step: param_groups[{gi}] lacks {missing[0]!r}")
-            self._check_hyper(group, f"param_groups[{gi}]")
+            # Checking costs more than the kernel for small models: recheck only values that
+            # changed since the last check (compared by identity, so an edited value always is).
+            snapshot = tuple(map(group.__getitem__, self.defaults))
+            last = self._checked.get(gi)
+            if last is None or not all(map(operator.is_, snapshot, last)):
+                self._check_hyper(group, f"param_groups[{gi}]")
+                self._checked[gi] = snapshot
             out.append((group, (start, stop)))
         return out
 
-    def _check_grads(self, grads):
+    def _grads_list(self, grads):
+        """``grads`` as a list of the right length (a bare array for an optimizer built on one)."""
         cls = type(self).__name__
         n = len(self._params)
         if isinstance(grads, np.ndarray) and self._bare:
@@ -374,6 +414,10 @@ class Optimizer:
                             f"got {type(grads).__name__}")
         if len(grads) != n:
             raise ValueError(f"{cls}.step: got {len(grads)} grads for {n} params")
+        return grads
+
+    def _check_grads(self, grads):
+        """Each grad against its param's layout, with messages naming its flat index."""
         ndarray = np.ndarray
         for i, (g, (shape, dtype, c_order)) in enumerate(zip(grads, self._layouts)):
             if not isinstance(g, ndarray) or g.dtype != dtype or g.shape != shape:
@@ -421,16 +465,31 @@ class Optimizer:
             )
         return float(value)
 
-    def _run(self, fn, group, key, indices, lr, grads):
+    def _run(self, fn, group, key, indices, lr, grads, states=None):
         """Allocate what is missing, make the call, then advance the counts (Note [One call per
-        group, split by step]). ``indices`` is a range (a whole group) or a list. A refused call
-        leaves the state as it was."""
+        group, split by step]). ``indices`` is a range (a whole group) or a list; ``states`` is
+        given when every param of the range has its state already. A refused call leaves the
+        state as it was."""
         if isinstance(indices, range):
             params = self._params[indices.start : indices.stop]
             grads = grads[indices.start : indices.stop]
         else:
             params = [self._params[i] for i in indices]
             grads = [grads[i] for i in indices]
+        names = self._buffer_names(group)
+        if states is not None:
+            # The steady state: every buffer exists; gather the lists without a Python loop.
+            try:
+                buffers = {name: list(map(operator.itemgetter(name), states)) for name in names}
+            except KeyError:  # a buffer an option switched on needs: allocate it below
+                pass
+            else:
+                step = key[0] + 1
+                scalars = self._update(fn, group, params, grads, buffers, step=step, lr=lr, key=key)
+                _set_all(states, "step", step)
+                for k, v in (scalars or {}).items():
+                    _set_all(states, k, v)
+                return
         names = self._buffer_names(group)
         needed = set(names)
         states = []
@@ -600,6 +659,12 @@ class Optimizer:
                     lines.append(f"    {key}: {group[key]!r}")
         lines.append(")")
         return "\n".join(lines)
+
+
+def _set_all(dicts, key, value):
+    """``d[key] = value`` for every dict, looping in C (deque consumes the map)."""
+    collections.deque(map(operator.setitem, dicts, itertools.repeat(key), itertools.repeat(value)),
+                      maxlen=0)
 
 
 def _as_step(fail, where, value):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import operator
+
 from .optimizer import Optimizer, check_lr, check_nonnegative, check_real
 
 __all__ = ["SGD"]
@@ -91,6 +94,14 @@ class SGD(Optimizer):
         # how the call starts it, so fresh and running buffers go to separate calls.
         on = group["momentum"] != 0
         return [(0, on) if s is None else (s["step"], on and "momentum_buffer" not in s) for s in states]
+
+    def _full_key(self, group, states, key):
+        if group["momentum"] == 0:
+            return (*key, False)
+        have = list(map(operator.contains, states, itertools.repeat("momentum_buffer")))
+        if have.count(have[0]) != len(have):
+            return None
+        return (*key, not have[0])
 
     def _update(self, fn, group, params, grads, buffers, *, step, lr, key):
         # The functional's ``step`` only tells a fresh buffer (step 1: buf = g) from a running one,
