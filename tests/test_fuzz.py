@@ -108,9 +108,12 @@ def test_random_calls_match_reference_fp32(algo, data):
     """float32 kernels on ordinary values against the float64 reference."""
     hp = data.draw(hyper(algo))
     # float32 has no headroom for the extremes of the fp64 test (a 1e30 gradient squares to inf
-    # there and not in the reference); those are covered in float64 above.
-    assume(hp.get("eps", 1.0) >= 1e-8 and hp.get("lr", 0.0) <= 0.1)
-    assume(not (hp.get("weight_decay") and hp.get("eps", 1.0) < 1e-3))  # Note [eps with coupled weight decay]
+    # there and not in the reference); those are covered in float64 above. The values are moved
+    # into range rather than filtered with assume(), which would reject most draws.
+    if "eps" in hp:
+        hp["eps"] = max(hp["eps"], 1e-3 if hp.get("weight_decay") else 1e-8)  # Note [eps with coupled weight decay]
+    if "lr" in hp:
+        hp["lr"] = min(hp["lr"], 0.1)
     sizes = data.draw(st.lists(st.integers(0, 3000), min_size=1, max_size=6))
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
     cfg = algo.configs[0]
