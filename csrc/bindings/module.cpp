@@ -18,6 +18,9 @@ namespace py = pybind11;
 using namespace py::literals;
 
 namespace fusedopt::bindings {
+#if defined(FUSEDOPT_WITH_CUDA)
+void def_cuda(py::module_& m);  // cuda.cpp: the submodule _core.cuda
+#endif
 namespace {
 
 using Betas = std::pair<double, double>;
@@ -250,7 +253,11 @@ py::dict build_info() {
 #else
   d["openmp"] = false;
 #endif
+#if defined(FUSEDOPT_WITH_CUDA)
+  d["cuda"] = true;
+#else
   d["cuda"] = false;
+#endif
   const cpu::IsaInfo* isas = nullptr;
   const int n = cpu::compiled_isas(&isas);
   py::list compiled, supported;
@@ -303,5 +310,8 @@ PYBIND11_MODULE(_core, m) {
   apply_simd_env();
   py::module_ cpu = m.def_submodule("cpu", "Fused multi-tensor update kernels for NumPy arrays.");
   def_cpu(cpu);
+#if defined(FUSEDOPT_WITH_CUDA)
+  def_cuda(m);
+#endif
   m.def("build_info", &build_info, "How this module was built and what it runs on.");
 }

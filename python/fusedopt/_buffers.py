@@ -1,25 +1,364 @@
 """The one place that decides which backend a list of buffers goes to.
 
 NumPy arrays go to ``_core.cpu``, which checks every array itself (dtype, shape, memory order,
-writeability, alignment, overlap) in C++, where checking a few thousand arrays costs microseconds.
-Anything else is refused here with a ``TypeError`` that names what was given.
+writeability, alignment, overlap) in C++, where checking a few thousand arrays costs microseconds;
+deciding that costs one look at the first parameter, never a pass over the list.
+
+CUDA arrays go to ``_core.cuda`` through :class:`_CudaBackend`: any object exposing
+``__cuda_array_interface__`` (CuPy, PyTorch CUDA tensors, Numba) or DLPack on a CUDA device. Each
+array is read here (pointer, shape, dtype, layout, read-only flag, device) and refused with a
+``TypeError`` or ``ValueError`` naming it before anything is launched; the C++ side checks the
+pointers again (null, alignment, overlap, and with the driver that every buffer is device memory
+of one device). The update is queued on the producer's current stream (PyTorch's or CuPy's current
+stream, else the stream of the ``__cuda_array_interface__``, else the legacy default stream), so it
+is ordered after the user's earlier work there and nothing synchronizes.
+
+Anything else is refused with a ``TypeError`` that names what was given.
 """
 
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 
 from . import _core
 
+_cuda = getattr(_core, "cuda", None)  # None when built without CUDA
+
+# DLPack device types (dlpack.h): memory the CUDA kernels can update in place.
+_KDL_CUDA = 2
+_KDL_CUDA_MANAGED = 13
+_DLPACK_DEVICES = (_KDL_CUDA, _KDL_CUDA_MANAGED)
+
+# __cuda_array_interface__ stream values with a fixed meaning (v3 of the interface).
+_LEGACY_STREAM = 1  # cudaStreamLegacy; a stream handle of 0 means the same to the CUDA runtime
+
+_C, _F = 1, 2  # layout flags: C-contiguous, Fortran-contiguous
+
+_DTYPES = {"f4": "float32", "f8": "float64"}
+
+
+def cuda_available():
+    """Whether fusedopt was built with CUDA **and** a CUDA device can be used here."""
+    return _cuda is not None and _cuda.is_available()
+
 
 def as_list(x):
     """A bare array is a list of one; lists and tuples pass through; anything else is left for the
     backend to refuse with a message that names the argument."""
-    if isinstance(x, np.ndarray):
+    if isinstance(x, (list, tuple)) or x is None:
+        return x
+    if isinstance(x, np.ndarray) or _is_cuda_array(x):
         return [x]
     return x
 
 
 def backend(arrays):
-    """The ``_core`` submodule that updates ``arrays`` (a list or tuple, already normalised)."""
-    return _core.cpu
+    """The backend that updates ``arrays`` (a list or tuple, already normalised): ``_core.cpu``
+    unless the first array is a CUDA array. One look at the first element, so that a NumPy call
+    pays nothing per array here."""
+    try:
+        first = arrays[0]
+    except Exception:  # empty, or not a sequence: the CPU backend refuses it with a message
+        return _core.cpu
+    if type(first) is np.ndarray or not isinstance(arrays, (list, tuple)):
+        return _core.cpu
+    return _CUDA if _is_cuda_array(first) else _core.cpu
+
+
+def full_like(x, fill_value):
+    """A new contiguous array of ``x``'s shape and dtype, filled with ``fill_value``, in the same
+    array library and on the same device as ``x`` (NumPy, CuPy or PyTorch): optimizer state."""
+    if isinstance(x, np.ndarray):
+        return np.full(x.shape, fill_value, dtype=x.dtype)
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        return torch.full(x.shape, fill_value, dtype=x.dtype, device=x.device)
+    cupy = sys.modules.get("cupy")
+    if cupy is not None and isinstance(x, cupy.ndarray):
+        with x.device:
+            return cupy.full(x.shape, fill_value, dtype=x.dtype)
+    raise TypeError(
+        f"cannot allocate optimizer state like a {type(x).__name__}: fusedopt allocates NumPy, "
+        "CuPy and PyTorch arrays; create the state buffers yourself and use fusedopt.functional"
+    )
+
+
+def _is_cuda_array(x):
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        return x.is_cuda
+    if hasattr(x, "__cuda_array_interface__"):
+        return True
+    dlpack_device = getattr(x, "__dlpack_device__", None)
+    if dlpack_device is None or not hasattr(x, "__dlpack__"):
+        return False
+    try:
+        return dlpack_device()[0] in _DLPACK_DEVICES
+    except Exception:  # a producer that cannot say is not a CUDA array to us
+        return False
+
+
+def _layout(shape, strides, itemsize):
+    """Layout flags (_C, _F) of an array with ``strides`` in bytes (``None``: C-contiguous)."""
+    if strides is None:
+        return _C | (_F if sum(n != 1 for n in shape) <= 1 else 0)
+    if 0 in shape:
+        return _C | _F
+    flags = 0
+    expect = itemsize
+    for n, s in zip(reversed(shape), reversed(strides)):
+        if n != 1 and s != expect:
+            break
+        expect *= n
+    else:
+        flags |= _C
+    expect = itemsize
+    for n, s in zip(shape, strides):
+        if n != 1 and s != expect:
+            break
+        expect *= n
+    else:
+        flags |= _F
+    return flags
+
+
+class _View:
+    """What the CUDA backend needs of one array. ``device`` is None where the interface does not
+    say (the C++ side checks it then); ``stream`` is the __cuda_array_interface__ v3 stream."""
+
+    __slots__ = ("ptr", "shape", "dtype", "layout", "readonly", "device", "stream", "keep")
+
+    def __init__(self, ptr, shape, dtype, layout, readonly, device, stream=None, keep=None):
+        self.ptr = ptr
+        self.shape = shape
+        self.dtype = dtype  # "float32", "float64", or another dtype's name (refused later)
+        self.layout = layout
+        self.readonly = readonly
+        self.device = device
+        self.stream = stream
+        self.keep = keep  # a DLPack capsule that must outlive the launch
+
+
+def _torch_view(t):
+    shape = tuple(t.shape)
+    dtype = str(t.dtype).removeprefix("torch.")
+    if t.is_contiguous():
+        layout = _C | (_F if sum(n != 1 for n in shape) <= 1 else 0)
+    else:
+        itemsize = t.element_size()
+        layout = _layout(shape, tuple(s * itemsize for s in t.stride()), itemsize)
+    # A tensor that requires grad is updated in place through its storage, as torch.optim does
+    # under no_grad. Tensors of 0 elements may have no storage (data_ptr 0); they are skipped.
+    return _View(t.data_ptr(), shape, dtype, layout, False, t.get_device())
+
+
+def _cai_view(x, cai):
+    version = cai.get("version", 0)
+    shape = tuple(cai["shape"])
+    typestr = cai["typestr"]
+    if typestr[0] in "<|=" and typestr[1:] in _DTYPES:
+        dtype = _DTYPES[typestr[1:]]
+    else:
+        try:
+            dtype = np.dtype(typestr).name + ("" if typestr[0] in "<|=" else " (big-endian)")
+        except TypeError:
+            dtype = repr(typestr)
+    itemsize = int(typestr[2:]) if typestr[2:].isdigit() else 1
+    if cai.get("mask") is not None:
+        raise ValueError("has a mask; masked arrays are not supported")
+    ptr, readonly = cai["data"]
+    layout = _layout(shape, cai.get("strides"), itemsize)
+    device = None
+    cupy = sys.modules.get("cupy")
+    if cupy is not None and isinstance(x, cupy.ndarray):
+        device = x.device.id
+    stream = cai.get("stream") if version >= 3 else None
+    return _View(ptr, shape, dtype, layout, bool(readonly), device, stream)
+
+
+def _dlpack_view(x, stream):
+    from . import _dlpack
+
+    return _dlpack.view(x, stream, _View, _layout)
+
+
+def _view(x, stream):
+    """The _View of ``x``, or None if ``x`` is not a CUDA array. ``stream`` is the launch stream
+    (handed to DLPack producers, which order their pending work before it)."""
+    if type(x) is np.ndarray:
+        return None
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        return _torch_view(x) if x.is_cuda else None
+    cai = getattr(x, "__cuda_array_interface__", None)
+    if cai is not None:
+        return _cai_view(x, cai)
+    if _is_cuda_array(x):
+        return _dlpack_view(x, stream)
+    return None
+
+
+def _launch_stream(x):
+    """The stream to queue on for arrays whose first parameter is ``x``: the producer's current
+    stream on that array's device."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        return torch.cuda.current_stream(x.device).cuda_stream
+    cupy = sys.modules.get("cupy")
+    if cupy is not None and isinstance(x, cupy.ndarray):
+        with x.device:
+            return cupy.cuda.get_current_stream().ptr
+    cai = getattr(x, "__cuda_array_interface__", None)
+    if cai is not None and cai.get("version", 0) >= 3 and cai.get("stream") is not None:
+        return int(cai["stream"])
+    return 0
+
+
+def _where(x):
+    return "host memory (numpy.ndarray)" if isinstance(x, np.ndarray) else f"a {type(x).__name__}"
+
+
+# The list arguments of each _core.cuda function, in the positional order fusedopt.functional
+# passes them, each with whether the kernel writes it: every list but the gradient-like input.
+_LISTS = {
+    "sgd": (("params", True), ("grads", False), ("momentum_buffers", True)),
+    "adagrad": (("params", True), ("grads", False), ("state_sums", True)),
+    "adadelta": (("params", True), ("grads", False), ("square_avgs", True), ("acc_deltas", True)),
+    "rmsprop": (("params", True), ("grads", False), ("square_avgs", True),
+                ("momentum_buffers", True), ("grad_avgs", True)),
+    "adam": (("params", True), ("grads", False), ("exp_avgs", True), ("exp_avg_sqs", True),
+             ("max_exp_avg_sqs", True)),
+    "nadam": (("params", True), ("grads", False), ("exp_avgs", True), ("exp_avg_sqs", True)),
+    "adamax": (("params", True), ("grads", False), ("exp_avgs", True), ("exp_infs", True)),
+    "ewa": (("averages", True), ("values", False)),
+    "ewa_readout": (("averages", False), ("outs", True)),
+}
+
+
+def _cuda_call(fn, lists, args, hyper):
+    """Check the CUDA arrays of one call and hand their pointers to ``_core.cuda.<fn>``."""
+    if _cuda is None:
+        raise TypeError(
+            f"{fn}: got CUDA arrays, but this build of fusedopt has no CUDA kernels "
+            "(build_info()['cuda'] is False); rebuild with nvcc on PATH"
+        )
+    if len(args) > len(lists):
+        raise TypeError(f"{fn}: takes {len(lists)} lists of arrays, got {len(args)}")
+    first_name = lists[0][0]
+    ref = args[0]
+    n = len(ref)
+    stream = _launch_stream(ref[0])
+    views = []
+    for (name, written), arr in zip(lists, args):
+        if arr is None:
+            views.append(None)
+            continue
+        if not isinstance(arr, (list, tuple)):
+            raise TypeError(
+                f"{fn}: {name} must be a list or tuple of CUDA arrays, got {type(arr).__name__}"
+            )
+        if len(arr) != n:
+            raise ValueError(f"{fn}: {name} has {len(arr)} arrays, expected {n} (one per param)")
+        col = []
+        for i, x in enumerate(arr):
+            try:
+                col.append(_view(x, stream))
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"{fn}: {name}[{i}] {e}") from None
+        views.append(col)
+
+    p_views = views[0]
+    ptrs, sizes, dtypes, waits = [], [], [], set()
+    device = None
+    for (name, written), arr, vs in zip(lists, args, views):
+        if vs is None:
+            ptrs.append(None)
+            continue
+        col = []
+        for i, v in enumerate(vs):
+            p = p_views[i]
+            if v is None:
+                raise TypeError(
+                    f"{fn}: {name}[{i}] is {_where(arr[i])}, but {first_name}[0] is a CUDA array; "
+                    "all arrays of one call must be on one CUDA device"
+                )
+            if v is p:
+                if v.dtype not in ("float32", "float64"):
+                    raise TypeError(
+                        f"{fn}: {name}[{i}] has dtype {v.dtype}, expected float32 or float64"
+                    )
+            elif v.dtype != p.dtype:
+                raise TypeError(
+                    f"{fn}: {name}[{i}] has dtype {v.dtype}, expected {p.dtype} "
+                    f"(the dtype of {first_name}[{i}])"
+                )
+            if v.shape != p.shape:
+                raise ValueError(
+                    f"{fn}: {name}[{i}] has shape {v.shape}, expected {p.shape} "
+                    f"(the shape of {first_name}[{i}])"
+                )
+            if written and v.readonly:
+                raise ValueError(f"{fn}: {name}[{i}] is read-only")
+            if not v.layout:
+                raise ValueError(
+                    f"{fn}: {name}[{i}] is not contiguous "
+                    "(fusedopt never copies a buffer; pass a contiguous array)"
+                )
+            order = _C if p.layout & _C else _F
+            if not v.layout & order:
+                raise ValueError(
+                    f"{fn}: {name}[{i}] has a different memory order "
+                    f"({'C' if v.layout & _C else 'F'}) than {first_name}[{i}] "
+                    f"({'C' if order == _C else 'F'})"
+                )
+            if v.device is not None:
+                if device is None:
+                    device = (v.device, f"{name}[{i}]")
+                elif v.device != device[0]:
+                    raise ValueError(
+                        f"{fn}: {name}[{i}] is on cuda:{v.device}, expected cuda:{device[0]} "
+                        f"(the device of {device[1]})"
+                    )
+            if v.stream is not None and v.stream != stream:
+                waits.add(v.stream)
+            col.append(v.ptr)
+        ptrs.append(col)
+    for v in p_views:
+        sizes.append(_numel(v.shape))
+        dtypes.append(v.dtype)
+    dtype = dtypes[0] if dtypes and all(d == dtypes[0] for d in dtypes) else dtypes
+    # 0 and 1 both name the legacy default stream: no wait between them.
+    same = {stream, _LEGACY_STREAM} if stream in (0, _LEGACY_STREAM) else {stream}
+    wait = [w for w in waits if w not in same] or None
+    return getattr(_cuda, fn)(
+        *ptrs, sizes=sizes, dtype=dtype, stream=stream, wait_streams=wait, **hyper
+    )
+
+
+def _numel(shape):
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+class _CudaBackend:
+    """Stands in for ``_core.cpu`` when the arrays are CUDA arrays: the same functions and
+    arguments, turned into device pointers, sizes, dtype and the producer's stream."""
+
+    def __init__(self):
+        for fn, lists in _LISTS.items():
+            setattr(self, fn, self._caller(fn, lists))
+
+    @staticmethod
+    def _caller(fn, lists):
+        def call(*args, **hyper):
+            return _cuda_call(fn, lists, args, hyper)
+
+        call.__name__ = fn
+        return call
+
+
+_CUDA = _CudaBackend()
