@@ -1,0 +1,372 @@
+"""Timing: every implementation of one (workload, algorithm) pair on the same buffers, interleaved.
+
+A *group* is one workload and one algorithm. Its implementations (the ceiling, fusedopt, the NumPy
+peer, the torch peers) share one set of buffers, so they move the same bytes through the same
+pages. After warm-up, each round runs every implementation once in a fresh random order, and the
+medians and quartiles are taken per implementation over the rounds: drift on a shared, noisy
+machine hits every implementation alike, so the ratios within a group are fair.
+
+Gradients are positive (uniform in [1e-4, 1e-3]). The ceiling adds the gradient to every state
+buffer, and a positive gradient keeps every variance positive whatever the interleaving, so no
+implementation ever computes on NaN (each group records whether its buffers stayed finite).
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from algorithms import torch_kwargs
+
+# Implementations, in table order. "ceiling" is the memory wall the others are measured against.
+IMPLS = ("ceiling", "fusedopt", "numpy", "torch-loop", "torch-foreach", "torch-fused")
+PEERS = IMPLS[2:]
+TORCH_MODES = {
+    "torch-loop": {"foreach": False},
+    "torch-foreach": {"foreach": True},
+    "torch-fused": {"fused": True},
+}
+
+
+@dataclass
+class Impl:
+    name: str
+    step: Callable[[], None]
+    calls: int = 1  # calls of the implementation per step() (Python-overhead blocks)
+    before: Callable[[], None] | None = None  # untimed, before every timed call
+
+
+@dataclass
+class Policy:
+    """How long to time a group: ``warmup`` calls of each implementation, then at least
+    ``min_rounds`` rounds, then more until ``budget_s`` seconds were measured or ``max_rounds``."""
+
+    warmup: int = 2
+    min_rounds: int = 5
+    max_rounds: int = 200
+    budget_s: float = 5.0
+
+
+@dataclass
+class Group:
+    impls: list
+    buffers: list  # every buffer of the group, for the finiteness check
+    notes: list = field(default_factory=list)
+
+
+def import_torch():
+    """torch, or None when it is not installed (an optional peer)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+# --------------------------------------------------------------------------------------------
+# Buffers and implementations
+
+
+def make_arrays(sizes, algo, rng):
+    """params (standard normal), grads (positive, see the module doc) and states at their initial
+    value, as NumPy fp32. Every page is written here, so no implementation pays first-touch page
+    faults inside the timed region."""
+    params = [rng.standard_normal(n, dtype=np.float32) for n in sizes]
+    grads = [rng.uniform(1e-4, 1e-3, size=n).astype(np.float32) for n in sizes]
+    states = {}
+    for s in algo.states:
+        bufs = [np.empty(n, np.float32) for n in sizes]
+        for b in bufs:
+            b.fill(algo.init.get(s, 0.0))
+        states[s] = bufs
+    return params, grads, states
+
+
+class Stepper:
+    """Calls ``fn(params, grads, states, step, carry)`` with a 1-based step count of its own and
+    threads the carry (NAdam's ``mu_product``)."""
+
+    def __init__(self, fn, params, grads, states):
+        self.fn, self.params, self.grads, self.states = fn, params, grads, states
+        self.t, self.carry = 0, None
+
+    def __call__(self):
+        self.t += 1
+        self.carry = self.fn(self.params, self.grads, self.states, self.t, self.carry)
+
+
+def torch_impls(torch, algo, tp, tg, tstates, wanted, notes):
+    """The torch peers of ``algo`` on the torch tensors ``tp``, ``tg``, ``tstates`` (which view
+    the group's buffers). A torch optimizer creates its state at its first step: that step runs
+    here, as warm-up; then each state tensor is copied into the group's buffer of the same name
+    and replaced by it, so torch reads and writes the same memory as everyone else.
+
+    Each optimizer gets parameter tensors of its own (views of the same memory) so that its
+    ``.grad`` is its own. An optimizer that writes into ``.grad`` (torch 2.13's foreach SGD with
+    Nesterov adds the momentum into it) would corrupt the shared gradients: it is given a private
+    copy instead, refreshed from the shared gradients before every call, outside the timing."""
+    out = []
+    if algo.torch_cls is None:
+        for name, fn in (("torch-loop", algo.torch_loop), ("torch-foreach", algo.torch_foreach)):
+            if name in wanted and fn is not None:
+                out.append(Impl(name, (lambda fn=fn: fn(tp, tg))))
+        if "torch-fused" in wanted:
+            notes.append(f"{algo.name}: torch has no fused implementation")
+        return out
+    cls = getattr(torch.optim, algo.torch_cls)
+    for name, mode in TORCH_MODES.items():
+        if name not in wanted:
+            continue
+        params = [t.detach() for t in tp]
+        for p, g in zip(params, tg):
+            p.grad = g
+        before = [g.clone() for g in tg]
+        try:
+            opt = cls(params, **torch_kwargs(algo), **mode)
+            opt.step()
+        except (TypeError, RuntimeError, ValueError) as e:
+            msg = str(e).splitlines()[0][:100]
+            notes.append(f"{algo.name}: torch.optim.{algo.torch_cls}(**{mode}) unavailable: {msg}")
+            continue
+        refresh = None
+        with torch.no_grad():
+            if not all(torch.equal(a, b) for a, b in zip(before, tg)):
+                for a, b in zip(tg, before):
+                    a.copy_(b)
+                private = [g.clone() for g in tg]
+                for p, g in zip(params, private):
+                    p.grad = g
+                notes.append(f"{algo.name}: torch.optim.{algo.torch_cls}(**{mode}) writes into "
+                             "p.grad; it runs on a private copy of the gradients, refreshed "
+                             "before every call outside the timing")
+                refresh = (lambda private=private: torch._foreach_copy_(private, tg))
+            for i, p in enumerate(params):
+                st = opt.state[p]
+                for s in algo.states:
+                    if isinstance(st.get(s), torch.Tensor) and st[s].shape == p.shape:
+                        tstates[s][i].copy_(st[s])
+                        st[s] = tstates[s][i]
+        del before
+        out.append(Impl(name, opt.step, before=refresh))
+    return out
+
+
+def cpu_group(algo, sizes, rng, torch, wanted):
+    """The implementations of one CPU group, on one set of NumPy buffers."""
+    from fusedopt import _core
+
+    params, grads, states = make_arrays(sizes, algo, rng)
+    g = Group([], params + grads + [b for v in states.values() for b in v])
+    if "ceiling" in wanted:
+        lists = [states[s] for s in algo.states]
+        g.impls.append(Impl("ceiling", lambda: _core.cpu.rmw(params, grads, lists)))
+    if "fusedopt" in wanted:
+        g.impls.append(Impl("fusedopt", Stepper(algo.fusedopt, params, grads, states)))
+    if "numpy" in wanted:
+        g.impls.append(Impl("numpy", Stepper(algo.numpy, params, grads, states)))
+    torch_wanted = [w for w in wanted if w.startswith("torch")]
+    if torch is not None and torch_wanted:
+        tp = [torch.from_numpy(p) for p in params]
+        tg = [torch.from_numpy(x) for x in grads]
+        ts = {s: [torch.from_numpy(b) for b in v] for s, v in states.items()}
+        g.impls += torch_impls(torch, algo, tp, tg, ts, torch_wanted, g.notes)
+    return g
+
+
+def all_finite(buffers):
+    return all(bool(np.isfinite(np.asarray(b)).all()) for b in buffers)
+
+
+# --------------------------------------------------------------------------------------------
+# Timing
+
+
+def perf_timer(fn):
+    t0 = time.perf_counter_ns()
+    fn()
+    return (time.perf_counter_ns() - t0) * 1e-9
+
+
+def time_group(impls, policy, rng, timer=perf_timer):
+    """Warm-up, then rounds of every implementation once in a fresh random order; returns the
+    seconds per call of each implementation, one entry per round."""
+    for impl in impls:
+        for _ in range(policy.warmup):
+            if impl.before is not None:
+                impl.before()
+            impl.step()
+    times = {impl.name: [] for impl in impls}
+    was_enabled = gc.isenabled()
+    gc.disable()  # a collection inside a timed call is noise that lands on one implementation
+    try:
+        spent, rounds = 0.0, 0
+        while rounds < policy.min_rounds or (
+            rounds < policy.max_rounds and spent < policy.budget_s
+        ):
+            for k in rng.permutation(len(impls)):
+                if impls[k].before is not None:
+                    impls[k].before()
+                dt = timer(impls[k].step)
+                times[impls[k].name].append(dt / impls[k].calls)
+                spent += dt
+            rounds += 1
+    finally:
+        if was_enabled:
+            gc.enable()
+    return times
+
+
+def stats(ts):
+    a = np.asarray(ts, dtype=np.float64)
+    return {
+        "median_s": float(np.median(a)),
+        "p25_s": float(np.percentile(a, 25)),
+        "p75_s": float(np.percentile(a, 75)),
+        "min_s": float(a.min()),
+        "rounds": int(a.size),
+    }
+
+
+def group_rows(workload, algo, elements, times):
+    """One row per implementation: time statistics, GB/s by the algorithm's minimum bytes, % of
+    this group's ceiling (ceiling time / time) and fusedopt's speedup over it (time / fusedopt's
+    time)."""
+    nbytes = algo.bytes_per_elem * elements
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    rows = []
+    for impl in IMPLS:
+        if impl not in times:
+            continue
+        st = stats(times[impl])
+        rows.append({
+            "workload": workload,
+            "algo": algo.name,
+            "impl": impl,
+            "bytes_per_elem": algo.bytes_per_elem,
+            "bytes": nbytes,
+            **st,
+            "gbps": nbytes / st["median_s"] / 1e9,
+            "pct_ceiling": 100.0 * med["ceiling"] / st["median_s"] if "ceiling" in med else None,
+            "fusedopt_speedup": st["median_s"] / med["fusedopt"] if "fusedopt" in med else None,
+        })
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Agreement: the peers must compute the same update, or the comparison is meaningless.
+
+AGREE_SIZES = (33, 1000, 4097, 65539)  # 65539: a 64Ki-element chunk and a tail
+AGREE_STEPS = 5
+
+
+def agreement(algo, torch, rng, wanted):
+    """Runs each implementation ``AGREE_STEPS`` steps from the same start and reports, per peer,
+    its largest difference from fusedopt relative to the scale of the buffer (max |x - ref| /
+    max |ref|, the worst over params, grads and states; the grads must come back untouched).
+    Recorded, never asserted: the tests assert on fusedopt itself."""
+    seed = int(rng.integers(1 << 31))
+    final = {}
+    for impl in ("fusedopt",) + tuple(w for w in PEERS if w in wanted):
+        group = cpu_group(algo, AGREE_SIZES, np.random.default_rng(seed), torch,
+                          ["fusedopt" if impl == "fusedopt" else impl])
+        if not group.impls:
+            continue
+        done = 1 if impl.startswith("torch") and algo.torch_cls is not None else 0
+        for _ in range(AGREE_STEPS - done):
+            if group.impls[0].before is not None:
+                group.impls[0].before()
+            group.impls[0].step()
+        final[impl] = [np.array(b, np.float64) for b in group.buffers]
+    ref = final.pop("fusedopt")
+    out = {}
+    for impl, bufs in final.items():
+        err = 0.0
+        for x, r in zip(bufs, ref):
+            scale = max(float(np.abs(r).max()), 1e-30)
+            err = max(err, float(np.abs(x - r).max()) / scale)
+        out[impl] = err if np.isfinite(err) else float("nan")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Python overhead: a step over many tiny tensors costs almost nothing but the call itself.
+
+
+def overhead(algos, torch, rng, sizes, quick):
+    """Per-step seconds over ``sizes`` (many tiny tensors), timed in blocks of calls so the timer
+    does not dominate. fusedopt and its ceiling (``rmw``: the bindings' floor, validating and
+    dispatching the same lists) for every algorithm; every peer for Adam."""
+    rows = []
+    rounds = 3 if quick else 30
+    for algo in algos:
+        wanted = list(IMPLS) if algo.name == "adam" else ["ceiling", "fusedopt"]
+        group = cpu_group(algo, sizes, rng, torch, wanted)
+        blocks = []
+        for impl in group.impls:
+            once = perf_timer(impl.step)
+            # About 2 ms per block, between 2 and 200 calls.
+            n = max(2, min(200, int(2e-3 / max(once, 1e-7))))
+            blocks.append(Impl(impl.name, (lambda s=impl.step, n=n: [s() for _ in range(n)]), n))
+        policy = Policy(warmup=1, min_rounds=rounds, max_rounds=rounds, budget_s=0.0)
+        times = time_group(blocks, policy, rng)
+        for b in blocks:
+            rows.append({"algo": algo.name, "impl": b.name, "tensors": len(sizes),
+                         "elements_each": sizes[0], "calls_per_block": b.calls,
+                         **stats(times[b.name])})
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Other processes: the machine is shared. Measure how much CPU the rest of it used while a group
+# was timed, and optionally wait for a quiet moment before timing.
+
+
+class CpuMonitor:
+    """CPU time used by *other* processes (all CPUs' busy time from /proc/stat minus this
+    process's), as a share of the machine's capacity over an interval. None where /proc/stat
+    does not exist."""
+
+    def __init__(self):
+        import os
+
+        self.os = os
+        self.ncpu = os.cpu_count() or 1
+        self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.start = self.sample()
+
+    def sample(self):
+        try:
+            with open("/proc/stat") as f:
+                vals = [int(x) for x in f.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        busy = (sum(vals) - vals[3] - vals[4]) / self.tick  # minus idle and iowait
+        t = self.os.times()
+        return busy, t.user + t.system, time.monotonic()
+
+    def others_share(self, since=None):
+        """Share of the machine's CPU capacity other processes used since ``since`` (a sample;
+        default: this monitor's last reset)."""
+        a, b = since or self.start, self.sample()
+        if a is None or b is None or b[2] <= a[2]:
+            return None
+        return max(0.0, ((b[0] - a[0]) - (b[1] - a[1])) / ((b[2] - a[2]) * self.ncpu))
+
+    def reset(self):
+        self.start = self.sample()
+
+    def wait_quiet(self, max_wait_s, threshold=0.1, window_s=0.5):
+        """Waits (up to ``max_wait_s``) for a ``window_s`` in which other processes used less
+        than ``threshold`` of the machine; returns the seconds waited."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < max_wait_s:
+            s = self.sample()
+            time.sleep(window_s)
+            share = self.others_share(s)
+            if share is None or share < threshold:
+                break
+        return time.monotonic() - t0

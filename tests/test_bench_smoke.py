@@ -1,0 +1,121 @@
+"""The benchmark harness (bench/run.py) runs end to end on tiny sizes and writes its JSON.
+
+Speed is never asserted, here or in the harness; this only checks that a run completes and records
+what bench/README.md says it records. torch and matplotlib are optional peers: the first run hides
+them (as on a machine without them), the second uses torch where it is installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import fusedopt
+
+REPO = Path(__file__).resolve().parent.parent
+RUN = REPO / "bench" / "run.py"
+
+TOP_KEYS = {"schema", "device", "quick", "machine", "threads", "versions", "commit", "started",
+            "duration_s", "config", "algorithms", "workloads", "notes", "results", "overhead",
+            "agreement", "groups", "machine_load", "targets"}
+ROW_KEYS = {"workload", "algo", "impl", "bytes_per_elem", "bytes", "median_s", "p25_s", "p75_s",
+            "min_s", "rounds", "gbps", "pct_ceiling", "fusedopt_speedup"}
+
+
+def child_env():
+    """This environment, with the fusedopt this test imported (installed or built in place)
+    first on the path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(fusedopt.__file__).resolve().parent.parent), env.get("PYTHONPATH", "")]
+    )
+    return env
+
+
+def run_bench(tmp_path, args, hide=()):
+    """Runs bench/run.py in a fresh interpreter with the modules in ``hide`` made unimportable;
+    returns the parsed JSON it wrote."""
+    code = (
+        "import runpy, sys\n"
+        f"for m in {list(hide)!r}:\n"
+        "    sys.modules[m] = None\n"
+        f"sys.argv = [{str(RUN)!r}] + {list(args)!r}\n"
+        f"runpy.run_path({str(RUN)!r}, run_name='__main__')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=child_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    files = sorted(tmp_path.glob("*-cpu.json"))
+    assert len(files) == 1, (files, proc.stdout[-2000:])
+    assert files[0].with_suffix(".md").is_file()
+    return json.loads(files[0].read_text()), proc.stdout
+
+
+def test_quick_run_without_optional_dependencies(tmp_path):
+    algos = ["adam", "sgd-nesterov", "rmsprop-centered", "nadam", "ewa"]
+    workloads = ["flat16M", "model200"]
+    out, _ = run_bench(
+        tmp_path,
+        ["--quick", "--threads", "1", "--out", str(tmp_path), "--algos", ",".join(algos),
+         "--workloads", ",".join(workloads)],
+        hide=("torch", "matplotlib"),
+    )
+    assert TOP_KEYS <= out.keys()
+    assert out["device"] == "cpu" and out["quick"] is True
+    assert out["versions"]["torch"] is None and out["versions"]["matplotlib"] is None
+    assert any("torch is not installed" in n for n in out["notes"])
+    assert any("matplotlib is not installed" in n for n in out["notes"])
+    assert not list(tmp_path.glob("*.png"))
+    assert out["threads"]["fusedopt"] == 1
+    assert {"cpu_model", "flags", "flags_of_note", "logical_cpus"} <= out["machine"].keys()
+    assert out["versions"]["fusedopt"] == fusedopt.__version__
+    assert set(out["workloads"]) == set(workloads)
+
+    rows = out["results"]
+    assert all(ROW_KEYS <= r.keys() for r in rows)
+    got = {(r["workload"], r["algo"], r["impl"]) for r in rows}
+    want = {(w, a, i) for w in workloads for a in algos for i in ("ceiling", "fusedopt", "numpy")}
+    assert got == want
+    for r in rows:
+        assert r["median_s"] > 0 and r["p25_s"] <= r["median_s"] <= r["p75_s"]
+        assert r["rounds"] == 3
+        assert math.isfinite(r["gbps"]) and r["pct_ceiling"] > 0
+        assert r["bytes"] == r["bytes_per_elem"] * out["workloads"][r["workload"]]["elements"]
+    bpe = {r["algo"]: r["bytes_per_elem"] for r in rows}
+    assert bpe == {"adam": 28, "sgd-nesterov": 20, "rmsprop-centered": 28, "nadam": 28, "ewa": 12}
+    assert set(out["groups"]) == {f"{w}/{a}" for w in workloads for a in algos}
+    assert all(g["finite"] for g in out["groups"].values())
+
+    assert {o["algo"] for o in out["overhead"]} == set(algos)
+    assert all(o["median_s"] > 0 for o in out["overhead"])
+    # The NumPy peers compute the same update as fusedopt (fp32 rounding apart).
+    assert set(out["agreement"]) == set(algos)
+    assert all(v["numpy"] < 1e-5 for v in out["agreement"].values()), out["agreement"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
+def test_quick_run_with_torch_peers(tmp_path):
+    out, _ = run_bench(tmp_path, ["--quick", "--threads", "1", "--out", str(tmp_path),
+                                  "--workloads", "incache256K", "--no-chart", "--no-overhead"])
+    impls = {(r["algo"], r["impl"]) for r in out["results"]}
+    for peer in ("torch-loop", "torch-foreach", "torch-fused"):
+        assert ("adam", peer) in impls
+    assert ("nadam", "torch-foreach") in impls and ("nadam", "torch-fused") not in impls
+    assert out["versions"]["torch"] is not None and out["threads"]["torch"] == 1
+    for algo, peers in out["agreement"].items():
+        for peer, err in peers.items():
+            assert err < 1e-5, (algo, peer, err)
+
+
+def test_unknown_algorithm_is_refused():
+    proc = subprocess.run([sys.executable, str(RUN), "--quick", "--algos", "adamz"], cwd=REPO,
+                          env=child_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "unknown: adamz" in proc.stderr
