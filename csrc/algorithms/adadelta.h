@@ -8,7 +8,8 @@
 //   acc_delta  = rho * acc_delta + (1 - rho) * delta * delta
 //   p -= lr * delta                                  lr = 1 is the paper's rule
 //
-// Buffers: param, grad, square_avg, acc_delta.
+// delta is evaluated as sqrt((acc_delta + eps) / (square_avg + eps)) * g: the same value with one
+// square root instead of two. Buffers: param, grad, square_avg, acc_delta.
 #pragma once
 
 #include "../common.h"
@@ -38,7 +39,7 @@ FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void adadelta_update(O& p, O g, O& square_a
   if constexpr (Maximize) g = -g;
   if constexpr (WD == WeightDecay::L2) g = g + s.weight_decay * p;
   square_avg = s.rho * square_avg + s.one_minus_rho * g * g;
-  const O delta = fo_sqrt(acc_delta + s.eps) / fo_sqrt(square_avg + s.eps) * g;
+  const O delta = fo_sqrt((acc_delta + s.eps) / (square_avg + s.eps)) * g;
   acc_delta = s.rho * acc_delta + s.one_minus_rho * delta * delta;
   p = p - s.lr * delta;
 }

@@ -14,6 +14,10 @@
 //   p -= lr * mu_next / (1 - mu_product_t * mu_next) * m / denom
 //
 // Keras uses 0.96^t (no momentum_decay) and one global product: not this.
+//
+// Evaluated in the order of Note [Adam's efficient order] (adam.h): with c = sqrt(1 - beta2^t),
+//   p -= (c * coef_g * g + c * coef_m * m) / (sqrt(v) + eps * c),
+// the same update with one division instead of three.
 // Buffers: param, grad, exp_avg, exp_avg_sq.
 #pragma once
 
@@ -31,10 +35,10 @@ FUSEDOPT_ISA_BEGIN
 template <class O>
 struct NadamScalars {
   O beta1, one_minus_beta1, beta2, one_minus_beta2;
-  O bc2;      // 1 - beta2^t
-  O coef_g;   // lr * (1 - mu_t) / (1 - mu_product_t)
-  O coef_m;   // lr * mu_next / (1 - mu_product_t * mu_next)
-  O eps, weight_decay, decay_factor;
+  O coef_g;   // sqrt(1 - beta2^t) * lr * (1 - mu_t) / (1 - mu_product_t)
+  O coef_m;   // sqrt(1 - beta2^t) * lr * mu_next / (1 - mu_product_t * mu_next)
+  O eps;      // eps * sqrt(1 - beta2^t)
+  O weight_decay, decay_factor;
 };
 
 inline double nadam_mu(const NadamHyper& h, int64_t t) {
@@ -50,15 +54,14 @@ inline NadamScalars<O> nadam_scalars(const NadamHyper& h, int64_t step, double m
   const double mu_next = nadam_mu(h, step + 1);
   const double mu_product = mu_product_prev * mu;
   *mu_product_new = mu_product;
-  const double bc2 = 1.0 - std::pow(h.beta2, static_cast<double>(step));
+  const double c = std::sqrt(1.0 - std::pow(h.beta2, static_cast<double>(step)));
   return {O(h.beta1),
           O(1.0 - h.beta1),
           O(h.beta2),
           O(1.0 - h.beta2),
-          O(bc2),
-          O(h.lr * (1.0 - mu) / (1.0 - mu_product)),
-          O(h.lr * mu_next / (1.0 - mu_product * mu_next)),
-          O(h.eps),
+          O(c * h.lr * (1.0 - mu) / (1.0 - mu_product)),
+          O(c * h.lr * mu_next / (1.0 - mu_product * mu_next)),
+          O(h.eps * c),
           O(h.weight_decay),
           O(1.0 - h.lr * h.weight_decay)};
 }
@@ -71,9 +74,7 @@ FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void nadam_update(O& p, O g, O& m, O& v,
   if constexpr (WD == WeightDecay::Decoupled) p = p * s.decay_factor;
   m = s.beta1 * m + s.one_minus_beta1 * g;
   v = s.beta2 * v + s.one_minus_beta2 * g * g;
-  const O denom = fo_sqrt(v / s.bc2) + s.eps;
-  p = p - s.coef_g * (g / denom);
-  p = p - s.coef_m * (m / denom);
+  p = p - (s.coef_g * g + s.coef_m * m) / (fo_sqrt(v) + s.eps);
 }
 
 template <class S, bool Maximize, WeightDecay WD>
