@@ -17,12 +17,6 @@ constexpr int kFlagWriteable = npy::NPY_ARRAY_WRITEABLE_;
 
 std::atomic<int> g_threads{0};
 
-std::string type_name(py::handle h) { return Py_TYPE(h.ptr())->tp_name; }
-
-std::string item(const char* arg, size_t i) {
-  return std::string(arg) + "[" + std::to_string(i) + "]";
-}
-
 std::string dtype_str(py::handle a) { return py::str(a.attr("dtype")).cast<std::string>(); }
 
 std::string shape_str(const py::detail::PyArray_Proxy* a) {
@@ -36,24 +30,6 @@ std::string shape_str(const py::detail::PyArray_Proxy* a) {
 }
 
 const char* order_str(int flags) { return (flags & kFlagC) ? "C" : "F"; }
-
-struct Fail {
-  const char* fn;
-  [[noreturn]] void type(const std::string& msg) const {
-    throw py::type_error(std::string(fn) + ": " + msg);
-  }
-  [[noreturn]] void value(const std::string& msg) const {
-    throw py::value_error(std::string(fn) + ": " + msg);
-  }
-};
-
-// An interval of memory one call touches, for the overlap check.
-struct Span {
-  uintptr_t lo, hi;
-  bool written;
-  int arg;
-  size_t index;
-};
 
 }  // namespace
 
@@ -175,20 +151,7 @@ Batch::Batch(const char* fn, std::initializer_list<ListArg> args) {
 
   // 3. No written buffer may share memory with any other buffer of the call (grads may share
   //    memory with each other: they are only read).
-  std::sort(spans.begin(), spans.end(), [](const Span& x, const Span& y) { return x.lo < y.lo; });
-  const Span* reach_any = nullptr;      // the span reaching furthest so far
-  const Span* reach_written = nullptr;  // the written span reaching furthest so far
-  for (const Span& s : spans) {
-    const Span* other = nullptr;
-    if (s.written && reach_any && s.lo < reach_any->hi) other = reach_any;
-    if (!other && reach_written && s.lo < reach_written->hi) other = reach_written;
-    if (other) {
-      fail.value(item(a[s.arg].name, s.index) + " overlaps " +
-                 item(a[other->arg].name, other->index));
-    }
-    if (!reach_any || s.hi > reach_any->hi) reach_any = &s;
-    if (s.written && (!reach_written || s.hi > reach_written->hi)) reach_written = &s;
-  }
+  check_no_overlap(fail, a, spans);
 
   for (auto& wl : per_dtype) {
     if (wl.total > 0) lists_.push_back(std::move(wl));

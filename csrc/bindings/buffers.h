@@ -11,19 +11,13 @@
 #include <vector>
 
 #include "../cpu/kernels.h"
+#include "checks.h"
 
 namespace fusedopt::bindings {
 
 namespace py = pybind11;
 
 #pragma GCC visibility push(hidden)  // as pybind11 builds the module
-
-// One list argument of a call. By convention the first is written (params), the second is only
-// read (grads), the rest are written state.
-struct ListArg {
-  const char* name;
-  py::handle list;
-};
 
 // The tensors of one dtype, cut into chunks; built by Batch.
 struct WorkList {

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "../cuda/kernels.h"
+#include "checks.h"
 
 namespace py = pybind11;
 using namespace py::literals;
@@ -28,23 +29,6 @@ namespace fusedopt::bindings {
 namespace {
 
 using Betas = std::pair<double, double>;
-
-struct Fail {
-  const char* fn;
-  [[noreturn]] void type(const std::string& msg) const {
-    throw py::type_error(std::string(fn) + ": " + msg);
-  }
-  [[noreturn]] void value(const std::string& msg) const {
-    throw py::value_error(std::string(fn) + ": " + msg);
-  }
-};
-
-std::string type_name(py::handle h) { return Py_TYPE(h.ptr())->tp_name; }
-std::string type_name(PyObject* o) { return Py_TYPE(o)->tp_name; }
-
-std::string item(const char* arg, size_t i) {
-  return std::string(arg) + "[" + std::to_string(i) + "]";
-}
 
 std::string hex(uintptr_t p) {
   char buf[2 + 16 + 1];
@@ -67,21 +51,6 @@ void cuda_call(const char* fn, F&& f) {
     throw std::runtime_error(std::string(fn) + ": " + e.what());
   }
 }
-
-// One list argument of a call, in kernel order: the first is written, the second only read, the
-// rest written (as for _core.cpu).
-struct PtrArg {
-  const char* name;
-  py::handle list;
-};
-
-// An interval of device memory one call touches, for the overlap check.
-struct Span {
-  uintptr_t lo, hi;
-  bool written;
-  int arg;
-  size_t index;
-};
 
 bool is_seq(py::handle h) { return PyList_Check(h.ptr()) || PyTuple_Check(h.ptr()); }
 PyObject* at(py::handle seq, size_t i) { return PySequence_Fast_ITEMS(seq.ptr())[i]; }
@@ -113,7 +82,7 @@ DType parse_dtype(const Fail& fail, const std::string& what, py::handle h) {
 // A validated call on device buffers: one DeviceList per dtype present, all on one device.
 class DeviceBatch {
  public:
-  DeviceBatch(const char* fn, std::initializer_list<PtrArg> args, py::handle sizes,
+  DeviceBatch(const char* fn, std::initializer_list<ListArg> args, py::handle sizes,
               py::handle dtype, uintptr_t stream, py::handle wait_streams);
 
   // Queues the waits, then fn(list) for each dtype group, with the GIL released.
@@ -140,11 +109,11 @@ class DeviceBatch {
   std::vector<uintptr_t> waits_;
 };
 
-DeviceBatch::DeviceBatch(const char* fn, std::initializer_list<PtrArg> args, py::handle sizes,
+DeviceBatch::DeviceBatch(const char* fn, std::initializer_list<ListArg> args, py::handle sizes,
                          py::handle dtype, uintptr_t stream, py::handle wait_streams)
     : fn_(fn), stream_(stream) {
   const Fail fail{fn};
-  const PtrArg* a = args.begin();
+  const ListArg* a = args.begin();
   const int nargs = static_cast<int>(args.size());
 
   // 1. Every list is a list or tuple, all of one length; sizes too.
@@ -217,23 +186,7 @@ DeviceBatch::DeviceBatch(const char* fn, std::initializer_list<PtrArg> args, py:
   }
 
   // 4. No written buffer may share memory with any other buffer of the call.
-  // (ties in list order, so that the message is the same on every platform)
-  std::sort(spans.begin(), spans.end(), [](const Span& x, const Span& y) {
-    return x.lo != y.lo ? x.lo < y.lo : (x.arg != y.arg ? x.arg < y.arg : x.index < y.index);
-  });
-  const Span* reach_any = nullptr;
-  const Span* reach_written = nullptr;
-  for (const Span& s : spans) {
-    const Span* other = nullptr;
-    if (s.written && reach_any && s.lo < reach_any->hi) other = reach_any;
-    if (!other && reach_written && s.lo < reach_written->hi) other = reach_written;
-    if (other) {
-      fail.value(item(a[s.arg].name, s.index) + " overlaps " +
-                 item(a[other->arg].name, other->index));
-    }
-    if (!reach_any || s.hi > reach_any->hi) reach_any = &s;
-    if (s.written && (!reach_written || s.hi > reach_written->hi)) reach_written = &s;
-  }
+  check_no_overlap(fail, a, spans);
 
   // 5. The streams to wait for (optional).
   if (!wait_streams.is_none()) {
@@ -294,7 +247,7 @@ void def_kernels(py::module_& m) {
         if (use_buf && !given(momentum_buffers)) {
           throw py::value_error("sgd: momentum_buffers are required when momentum != 0");
         }
-        const PtrArg p{"params", params}, g{"grads", grads}, mb{"momentum_buffers", momentum_buffers};
+        const ListArg p{"params", params}, g{"grads", grads}, mb{"momentum_buffers", momentum_buffers};
         DeviceBatch b = use_buf ? DeviceBatch("sgd", {p, g, mb}, sizes, dtype, stream, wait)
                                 : DeviceBatch("sgd", {p, g}, sizes, dtype, stream, wait);
         const SgdHyper h{lr, momentum, dampening, weight_decay, nesterov, maximize};
@@ -348,10 +301,10 @@ void def_kernels(py::module_& m) {
         if (centered && !given(grad_avgs)) {
           throw py::value_error("rmsprop: grad_avgs are required when centered=True");
         }
-        const PtrArg p{"params", params}, g{"grads", grads}, sq{"square_avgs", square_avgs},
+        const ListArg p{"params", params}, g{"grads", grads}, sq{"square_avgs", square_avgs},
             mb{"momentum_buffers", momentum_buffers}, ga{"grad_avgs", grad_avgs};
         // Buffer order is the kernel's: param, grad, square_avg[, momentum_buffer][, grad_avg].
-        auto batch = [&](std::initializer_list<PtrArg> l) {
+        auto batch = [&](std::initializer_list<ListArg> l) {
           return DeviceBatch("rmsprop", l, sizes, dtype, stream, wait);
         };
         DeviceBatch b = use_buf ? (centered ? batch({p, g, sq, mb, ga}) : batch({p, g, sq, mb}))
@@ -373,7 +326,7 @@ void def_kernels(py::module_& m) {
         if (amsgrad && !given(max_exp_avg_sqs)) {
           throw py::value_error("adam: max_exp_avg_sqs are required when amsgrad=True");
         }
-        const PtrArg p{"params", params}, g{"grads", grads}, m{"exp_avgs", exp_avgs},
+        const ListArg p{"params", params}, g{"grads", grads}, m{"exp_avgs", exp_avgs},
             v{"exp_avg_sqs", exp_avg_sqs}, vmax{"max_exp_avg_sqs", max_exp_avg_sqs};
         DeviceBatch b = amsgrad ? DeviceBatch("adam", {p, g, m, v, vmax}, sizes, dtype, stream, wait)
                                 : DeviceBatch("adam", {p, g, m, v}, sizes, dtype, stream, wait);
