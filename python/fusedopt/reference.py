@@ -81,6 +81,22 @@ def _f64(a):
     return np.array(a, dtype=np.float64, copy=True)
 
 
+
+def _decayed(param, grad, maximize, weight_decay, decoupled_lr=None):
+    """float64 ``(p, g)`` after the first lines every rule shares, in torch's order: ``g = -g``
+    for maximize, then weight decay, coupled ``g + wd * p`` or, given ``decoupled_lr``,
+    decoupled ``p * (1 - lr * wd)``. A zero decay leaves both untouched (0 * inf would be NaN)."""
+    p = _f64(param)
+    g = _f64(grad)
+    if maximize:
+        g = -g
+    if weight_decay != 0:
+        if decoupled_lr is not None:
+            p = p * (1.0 - decoupled_lr * weight_decay)
+        else:
+            g = g + weight_decay * p
+    return p, g
+
 def sgd(
     params,
     grads,
@@ -106,12 +122,7 @@ def sgd(
         momentum_buffers=momentum_buffers if momentum != 0 else None,
     )
     for i, param in enumerate(params):
-        p = _f64(param)
-        g = _f64(s["grads"][i])
-        if maximize:
-            g = -g
-        if weight_decay != 0:
-            g = g + weight_decay * p
+        p, g = _decayed(param, s["grads"][i], maximize, weight_decay)
         if momentum != 0:
             if step == 1:
                 buf = g.copy()
@@ -139,12 +150,7 @@ def adagrad(
     params, s = _lists("adagrad", params, step, grads=grads, state_sums=state_sums)
     clr = lr / (1.0 + (step - 1) * lr_decay)
     for i, param in enumerate(params):
-        p = _f64(param)
-        g = _f64(s["grads"][i])
-        if maximize:
-            g = -g
-        if weight_decay != 0:
-            g = g + weight_decay * p
+        p, g = _decayed(param, s["grads"][i], maximize, weight_decay)
         acc = _f64(s["state_sums"][i]) + g * g
         s["state_sums"][i][...] = acc
         param[...] = p - clr * g / (np.sqrt(acc) + eps)
@@ -170,12 +176,7 @@ def adadelta(
         "adadelta", params, step, grads=grads, square_avgs=square_avgs, acc_deltas=acc_deltas
     )
     for i, param in enumerate(params):
-        p = _f64(param)
-        g = _f64(s["grads"][i])
-        if maximize:
-            g = -g
-        if weight_decay != 0:
-            g = g + weight_decay * p
+        p, g = _decayed(param, s["grads"][i], maximize, weight_decay)
         v = rho * _f64(s["square_avgs"][i]) + (1.0 - rho) * g * g
         u = _f64(s["acc_deltas"][i])
         delta = np.sqrt(u + eps) / np.sqrt(v + eps) * g
@@ -215,12 +216,7 @@ def rmsprop(
         grad_avgs=grad_avgs if centered else None,
     )
     for i, param in enumerate(params):
-        p = _f64(param)
-        g = _f64(s["grads"][i])
-        if maximize:
-            g = -g
-        if weight_decay != 0:
-            g = g + weight_decay * p
+        p, g = _decayed(param, s["grads"][i], maximize, weight_decay)
         v = alpha * _f64(s["square_avgs"][i]) + (1.0 - alpha) * g * g
         s["square_avgs"][i][...] = v
         if centered:
@@ -267,15 +263,8 @@ def adam(
     bias_correction1 = 1.0 - beta1**step
     bias_correction2 = 1.0 - beta2**step
     for i, param in enumerate(params):
-        p = _f64(param)
-        g = _f64(s["grads"][i])
-        if maximize:
-            g = -g
-        if weight_decay != 0:
-            if decoupled_weight_decay:
-                p = p * (1.0 - lr * weight_decay)
-            else:
-                g = g + weight_decay * p
+        p, g = _decayed(param, s["grads"][i], maximize, weight_decay,
+                        lr if decoupled_weight_decay else None)
         m = beta1 * _f64(s["exp_avgs"][i]) + (1.0 - beta1) * g
         v = beta2 * _f64(s["exp_avg_sqs"][i]) + (1.0 - beta2) * g * g
         s["exp_avgs"][i][...] = m
@@ -351,15 +340,8 @@ def nadam(
     mu_product = float(mu_product) * mu
     bias_correction2 = 1.0 - beta2**step
     for i, param in enumerate(params):
-        p = _f64(param)
-        g = _f64(s["grads"][i])
-        if maximize:
-            g = -g
-        if weight_decay != 0:
-            if decoupled_weight_decay:
-                p = p * (1.0 - lr * weight_decay)
-            else:
-                g = g + weight_decay * p
+        p, g = _decayed(param, s["grads"][i], maximize, weight_decay,
+                        lr if decoupled_weight_decay else None)
         m = beta1 * _f64(s["exp_avgs"][i]) + (1.0 - beta1) * g
         v = beta2 * _f64(s["exp_avg_sqs"][i]) + (1.0 - beta2) * g * g
         s["exp_avgs"][i][...] = m
@@ -391,12 +373,7 @@ def adamax(
     beta1, beta2 = betas
     clr = lr / (1.0 - beta1**step)
     for i, param in enumerate(params):
-        p = _f64(param)
-        g = _f64(s["grads"][i])
-        if maximize:
-            g = -g
-        if weight_decay != 0:
-            g = g + weight_decay * p
+        p, g = _decayed(param, s["grads"][i], maximize, weight_decay)
         m = beta1 * _f64(s["exp_avgs"][i]) + (1.0 - beta1) * g
         u = np.maximum(beta2 * _f64(s["exp_infs"][i]), np.abs(g) + eps)
         s["exp_avgs"][i][...] = m
