@@ -336,6 +336,53 @@ def test_params_are_updated_in_place_never_copied():
     np.testing.assert_array_equal(view, 0.0)
 
 
+def page_offset(a):
+    return a.ctypes.data % 4096
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+def test_large_state_gets_its_own_page_offsets(order, dtype):
+    # Note [State at its own 4 KiB offset]: a large param's state buffers start at page offsets
+    # of their own, keep the param's layout, and the update is the one plain allocations give.
+    rng = np.random.default_rng(5)
+    w0 = np.asarray(rng.standard_normal((96, 200)), dtype=dtype, order=order)  # >= 75 KiB
+    grads = [np.asarray(rng.standard_normal(w0.shape), dtype=dtype, order=order) for _ in range(3)]
+    w = w0.copy(order=order)
+    opt = RMSprop([w], lr=1e-2, momentum=0.9, centered=True)
+    for g in grads:
+        opt.step([g])
+    state = opt.state[w]
+    bufs = [state[k] for k in ("square_avg", "momentum_buffer", "grad_avg")]
+    offsets = {page_offset(w), *(page_offset(b) for b in bufs)}
+    assert len(offsets) == 4, offsets
+    for b in bufs:
+        assert b.shape == w.shape and b.dtype == w.dtype
+        assert b.flags.c_contiguous == (order == "C") and b.flags.f_contiguous == (order == "F")
+        assert b.ctypes.data % b.dtype.alignment == 0
+    # The same steps on buffers from np.zeros_like: bitwise the same result.
+    w2 = w0.copy(order=order)
+    sq, mom, gavg = (np.zeros_like(w2) for _ in range(3))
+    for t, g in enumerate(grads, 1):
+        functional.rmsprop([w2], [g], [sq], [mom], [gavg], step=t, lr=1e-2, momentum=0.9,
+                           centered=True)
+    assert bits(w) == bits(w2)
+    assert bits(state["square_avg"]) == bits(sq) and bits(state["grad_avg"]) == bits(gavg)
+    # A reload allocates the same way.
+    opt2 = RMSprop([w2], lr=1e-2, momentum=0.9, centered=True)
+    opt2.load_state_dict(opt.state_dict())
+    s2 = opt2.state[w2]
+    assert len({page_offset(w2), *(page_offset(s2[k]) for k in s2 if k != "step")}) == 4
+    assert bits(s2["momentum_buffer"]) == bits(state["momentum_buffer"])
+
+
+def test_small_state_is_a_plain_allocation():
+    w = np.zeros(100, np.float32)
+    opt = Adam([w])
+    opt.step([np.ones(100, np.float32)])
+    assert all(opt.state[w][k].base is None for k in ("exp_avg", "exp_avg_sq"))
+
+
 # ---- state dict ----------------------------------------------------------------------------------
 
 

@@ -67,6 +67,43 @@ def backend(arrays):
     return _CUDA if _is_cuda_array(first) else _core.cpu
 
 
+# Note [State at its own 4 KiB offset]
+# A large NumPy allocation starts at the same offset in its page as every other one (glibc maps
+# it, NumPy adds its header), so the param, the gradient and every state buffer of a tensor
+# usually share their address bits 0-11. A core then cannot tell a load of v[i] from an older,
+# not yet retired store to m[i] at the same page offset ("4K aliasing"), and the load waits. The
+# kernels load every buffer of an element before storing any in the source, but the compiler may
+# sink a load below a store, and which one it sinks depends on the algorithm and the tuning: in
+# cache (or when memory is fast) that cost 10-30% on some algorithms and nothing on others
+# (bench/README.md, "4K aliasing"). Optimizer state is ours to allocate, so each state buffer of
+# a large tensor is placed at its own offset in the page, _STAGGER bytes apart from the param's
+# and from each other (a multiple of the 64-byte line, not of a power of two larger than that),
+# at the cost of one page per buffer. Small tensors are left alone: malloc spreads them anyway,
+# and a page would be a large share of them.
+_STAGGER = 1088
+_STAGGER_MIN_BYTES = 64 << 10
+
+
+def state_like(x, fill_value, slot):
+    """Optimizer state for ``x`` filled with ``fill_value`` (:func:`full_like`); a large NumPy
+    buffer starts ``_STAGGER * (slot + 1)`` bytes (mod 4 KiB) after ``x``'s page offset, so no two
+    state buffers (``slot`` 0, 1, ...) and the param share their low address bits (Note [State at
+    its own 4 KiB offset]). In ``x``'s memory order (C or Fortran), aligned for its dtype."""
+    if not isinstance(x, np.ndarray):
+        return full_like(x, fill_value)
+    if x.nbytes < _STAGGER_MIN_BYTES:
+        return np.full_like(x, fill_value)
+    page = 4096
+    raw = np.empty(x.nbytes + page, dtype=np.uint8)
+    want = (x.ctypes.data + _STAGGER * (slot + 1)) % page
+    want -= want % x.dtype.alignment
+    off = (want - raw.ctypes.data) % page
+    order = "F" if x.flags.f_contiguous and not x.flags.c_contiguous else "C"
+    out = raw[off:off + x.nbytes].view(x.dtype).reshape(x.shape, order=order)
+    out.fill(fill_value)
+    return out
+
+
 def full_like(x, fill_value):
     """A new contiguous array of ``x``'s shape and dtype, filled with ``fill_value``, in the same
     array library and on the same device as ``x`` (NumPy, CuPy or PyTorch): optimizer state."""

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .. import functional
+from .. import _buffers, functional
 from .optimizer import _as_list, _as_step, _check_param
 
 __all__ = ["EMA"]
@@ -64,7 +64,7 @@ class EMA:
             _check_param("EMA", f"params[{i}]", p)
         self._decay = float(decay)
         self._params = params
-        self._averages = [np.zeros_like(p) for p in params]
+        self._averages = [_buffers.state_like(p, 0.0, 0) for p in params]
         self.num_updates = 0
 
     @property

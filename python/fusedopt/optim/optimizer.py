@@ -35,7 +35,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .. import functional
+from .. import _buffers, functional
 
 __all__ = ["Optimizer"]
 
@@ -296,7 +296,7 @@ class Optimizer:
         return self._always
 
     def _new_buffer(self, name, p, group):
-        return np.zeros_like(p)
+        return _buffers.state_like(p, 0.0, self._state_names.index(name))
 
     def _call_keys(self, group, states):
         """For each state (``None`` before the first step), what the tensors of one call must
@@ -637,7 +637,7 @@ class Optimizer:
                         f"{fail}: {where}[{name!r}] has dtype {value.dtype}, expected {p.dtype} "
                         f"(the dtype of params[{i}])"
                     )
-                out[name] = np.empty_like(p)
+                out[name] = _buffers.state_like(p, 0.0, self._state_names.index(name))
                 np.copyto(out[name], value)
             else:
                 raise ValueError(
