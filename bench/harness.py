@@ -71,17 +71,26 @@ def import_torch():
 # Buffers and implementations
 
 
-def make_arrays(sizes, algo, rng):
+def make_arrays(sizes, algo, rng, plain_state=False):
     """params (standard normal), grads (positive, see the module doc) and states at their initial
     value, as NumPy fp32. Every page is written here, so no implementation pays first-touch page
-    faults inside the timed region."""
+    faults inside the timed region.
+
+    The states are allocated as fusedopt's optimizer classes allocate them (each large buffer at
+    its own 4 KiB page offset, Note [State at its own 4 KiB offset] in ``fusedopt/_buffers.py``);
+    ``plain_state`` gives plain ``np.empty`` buffers instead, which all share the params' page
+    offset. Either way every implementation of the group works on these same buffers."""
+    from fusedopt import _buffers
+
     params = [rng.standard_normal(n, dtype=np.float32) for n in sizes]
     grads = [rng.uniform(1e-4, 1e-3, size=n).astype(np.float32) for n in sizes]
     states = {}
-    for s in algo.states:
-        bufs = [np.empty(n, np.float32) for n in sizes]
-        for b in bufs:
-            b.fill(algo.init.get(s, 0.0))
+    for slot, s in enumerate(algo.states):
+        fill = algo.init.get(s, 0.0)
+        if plain_state:
+            bufs = [np.full(n, fill, np.float32) for n in sizes]
+        else:
+            bufs = [_buffers.state_like(p, fill, slot) for p in params]
         states[s] = bufs
     return params, grads, states
 
@@ -155,11 +164,11 @@ def torch_impls(torch, algo, tp, tg, tstates, wanted, notes):
     return out
 
 
-def cpu_group(algo, sizes, rng, torch, wanted):
+def cpu_group(algo, sizes, rng, torch, wanted, plain_state=False):
     """The implementations of one CPU group, on one set of NumPy buffers."""
     from fusedopt import _core
 
-    params, grads, states = make_arrays(sizes, algo, rng)
+    params, grads, states = make_arrays(sizes, algo, rng, plain_state)
     g = Group([], params + grads + [b for v in states.values() for b in v])
     if "ceiling" in wanted:
         lists = [states[s] for s in algo.states]

@@ -14,6 +14,7 @@ device-to-device copy of the same bytes). It prints a table per workload and wri
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import sys
 import time
@@ -68,6 +69,9 @@ def parse_args(argv):
                         "more than --noisy of the CPUs meanwhile; the quietest attempt is kept")
     p.add_argument("--noisy", type=float, default=0.1,
                    help="share of the CPUs used by other processes that makes a group noisy")
+    p.add_argument("--plain-state", action="store_true",
+                   help="CPU: allocate the state buffers with np.full (all at the params' page "
+                        "offset) instead of as fusedopt's optimizer classes do (4K-staggered)")
     p.add_argument("--no-chart", action="store_true")
     p.add_argument("--no-overhead", action="store_true")
     return p.parse_args(argv)
@@ -153,7 +157,7 @@ def main(argv=None):
         make_group = G.cuda_group
     else:
         timer = harness.perf_timer
-        make_group = harness.cpu_group
+        make_group = functools.partial(harness.cpu_group, plain_state=args.plain_state)
 
     machine = report.machine_info()
     stem = f"{args.machine or report.machine_slug(machine)}-{args.device}"
@@ -230,6 +234,8 @@ def main(argv=None):
                    "seed": args.seed, "time_scale": args.time_scale,
                    "wait_quiet_s": args.wait_quiet, "retries": args.retries,
                    "noisy": args.noisy,
+                   "state_alloc": "plain np.full" if args.plain_state
+                   else "fusedopt._buffers.state_like (4K-staggered)",
                    "policy": {wl: CPU_POLICY.get(wl) for wl in wls} if not args.quick
                    else QUICK_POLICY},
         "algorithms": {a.name: {"hp": a.hp, "states": list(a.states), "buffers": a.nbuf,
