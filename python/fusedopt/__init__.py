@@ -2,7 +2,7 @@
 
 from . import functional, optim, reference, schedules
 from .optim import EMA, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RMSprop
-from ._buffers import cuda_available
+from ._buffers import cuda_available, state_like
 from ._core import build_info as _build_info
 
 __version__ = _build_info()["version"]
@@ -31,5 +31,6 @@ def set_num_threads(n):
 __all__ = [
     "SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW", "NAdam", "Adamax", "EMA",
     "functional", "optim", "reference", "schedules",
-    "build_info", "cuda_available", "get_num_threads", "set_num_threads", "__version__",
+    "build_info", "cuda_available", "get_num_threads", "set_num_threads", "state_like",
+    "__version__",
 ]
