@@ -376,6 +376,15 @@ def test_large_state_gets_its_own_page_offsets(order, dtype):
     assert bits(s2["momentum_buffer"]) == bits(state["momentum_buffer"])
 
 
+def test_state_like_other_array_libraries():
+    with pytest.raises(TypeError, match="cannot allocate optimizer state like a list"):
+        fusedopt.state_like([1.0, 2.0])
+    torch = pytest.importorskip("torch")  # optional: torch tensors keep their layout too
+    x = torch.zeros(3, 5, dtype=torch.float64).t()
+    s = fusedopt.state_like(x, 0.5, slot=1)
+    assert s.stride() == x.stride() and s.dtype == x.dtype and bool((s == 0.5).all())
+
+
 def test_small_state_is_a_plain_allocation():
     w = np.zeros(100, np.float32)
     opt = Adam([w])

@@ -102,7 +102,18 @@ def state_like(x, fill_value=0.0, slot=0):
     3
     """
     if not isinstance(x, np.ndarray):
-        return full_like(x, fill_value)
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(x, torch.Tensor):
+            return torch.full_like(x, fill_value)
+        cupy = sys.modules.get("cupy")
+        if cupy is not None and isinstance(x, cupy.ndarray):
+            with x.device:
+                return cupy.full_like(x, fill_value)
+        raise TypeError(
+            f"cannot allocate optimizer state like a {type(x).__name__}: fusedopt allocates "
+            "NumPy, CuPy and PyTorch arrays; create the state buffers yourself and use "
+            "fusedopt.functional"
+        )
     if x.nbytes < _STAGGER_MIN_BYTES:
         return np.full_like(x, fill_value)
     page = 4096
@@ -114,24 +125,6 @@ def state_like(x, fill_value=0.0, slot=0):
     out = raw[off:off + x.nbytes].view(x.dtype).reshape(x.shape, order=order)
     out.fill(fill_value)
     return out
-
-
-def full_like(x, fill_value):
-    """A new contiguous array of ``x``'s shape and dtype, filled with ``fill_value``, in the same
-    array library and on the same device as ``x`` (NumPy, CuPy or PyTorch): optimizer state."""
-    if isinstance(x, np.ndarray):
-        return np.full(x.shape, fill_value, dtype=x.dtype)
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(x, torch.Tensor):
-        return torch.full(x.shape, fill_value, dtype=x.dtype, device=x.device)
-    cupy = sys.modules.get("cupy")
-    if cupy is not None and isinstance(x, cupy.ndarray):
-        with x.device:
-            return cupy.full(x.shape, fill_value, dtype=x.dtype)
-    raise TypeError(
-        f"cannot allocate optimizer state like a {type(x).__name__}: fusedopt allocates NumPy, "
-        "CuPy and PyTorch arrays; create the state buffers yourself and use fusedopt.functional"
-    )
 
 
 def _is_cuda_array(x):
