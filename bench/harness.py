@@ -77,10 +77,10 @@ def make_arrays(sizes, algo, rng, plain_state=False):
     faults inside the timed region.
 
     The states are allocated as fusedopt's optimizer classes allocate them (each large buffer at
-    its own 4 KiB page offset, Note [State at its own 4 KiB offset] in ``fusedopt/_buffers.py``);
+    its own 4 KiB page offset, Note [State at its own 4 KiB offset] in ``fusedopt/_arrays.py``);
     ``plain_state`` gives plain ``np.empty`` buffers instead, which all share the params' page
     offset. Either way every implementation of the group works on these same buffers."""
-    from fusedopt import _buffers
+    import fusedopt
 
     params = [rng.standard_normal(n, dtype=np.float32) for n in sizes]
     grads = [rng.uniform(1e-4, 1e-3, size=n).astype(np.float32) for n in sizes]
@@ -90,7 +90,7 @@ def make_arrays(sizes, algo, rng, plain_state=False):
         if plain_state:
             bufs = [np.full(n, fill, np.float32) for n in sizes]
         else:
-            bufs = [_buffers.state_like(p, fill, slot) for p in params]
+            bufs = [fusedopt.state_like(p, fill, slot) for p in params]
         states[s] = bufs
     return params, grads, states
 

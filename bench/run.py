@@ -235,7 +235,7 @@ def main(argv=None):
                    "wait_quiet_s": args.wait_quiet, "retries": args.retries,
                    "noisy": args.noisy,
                    "state_alloc": "plain np.full" if args.plain_state
-                   else "fusedopt._buffers.state_like (4K-staggered)",
+                   else "fusedopt.state_like (4K-staggered)",
                    "policy": {wl: CPU_POLICY.get(wl) for wl in wls} if not args.quick
                    else QUICK_POLICY},
         "algorithms": {a.name: {"hp": a.hp, "states": list(a.states), "buffers": a.nbuf,

@@ -15,7 +15,7 @@ MODULES = [
     "fusedopt.optim.nadam",
     "fusedopt.optim.adamax",
     "fusedopt.optim.ema",
-    "fusedopt._buffers",  # state_like
+    "fusedopt._arrays",  # state_like
 ]
 
 

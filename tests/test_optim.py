@@ -718,7 +718,7 @@ def _step_errors():
     return [
         ("too-few", lambda p: p[:-1], ValueError, "Adam.step: got 4 grads for 5 params"),
         ("not-a-list", lambda p: p[0], TypeError,
-         "Adam.step: grads must be a list of numpy arrays (one per param), got ndarray"),
+         "Adam.step: grads must be a list of arrays (one per param), got ndarray"),
         ("not-an-array", lambda p: p[:4] + [[1.0]], TypeError, "Adam.step: grads[4] is a list, expected a numpy.ndarray"),
         ("shape", lambda p: p[:3] + [np.ones(4096), p[4]], ValueError,
          "Adam.step: grads[3] has shape (4096,), expected (4097,) (the shape of params[3])"),

@@ -67,66 +67,6 @@ def backend(arrays):
     return _CUDA if _is_cuda_array(first) else _core.cpu
 
 
-# Note [State at its own 4 KiB offset]
-# A large NumPy allocation starts at the same offset in its page as every other one (glibc maps
-# it, NumPy adds its header), so the param, the gradient and every state buffer of a tensor
-# usually share their address bits 0-11. A core then cannot tell a load of v[i] from an older,
-# not yet retired store to m[i] at the same page offset ("4K aliasing"), and the load waits. The
-# kernels load every buffer of an element before storing any in the source, but the compiler may
-# sink a load below a store, and which one it sinks depends on the algorithm and the tuning: in
-# cache (or when memory is fast) that cost 10-30% on some algorithms and nothing on others
-# (bench/README.md, "4K aliasing"). Optimizer state is ours to allocate, so each state buffer of
-# a large tensor is placed at its own offset in the page, _STAGGER bytes apart from the param's
-# and from each other (a multiple of the 64-byte line, not of a power of two larger than that),
-# at the cost of one page per buffer. Small tensors are left alone: malloc spreads them anyway,
-# and a page would be a large share of them.
-_STAGGER = 1088
-_STAGGER_MIN_BYTES = 64 << 10
-
-
-def state_like(x, fill_value=0.0, slot=0):
-    """A new optimizer-state buffer for param ``x``, filled with ``fill_value``: same shape, dtype,
-    memory order (C or Fortran), array library and device. Give each state buffer of one param its
-    own ``slot`` (0, 1, 2, ...).
-
-    For a NumPy param of 64 KiB or more, the buffer starts ``1088 * (slot + 1)`` bytes (mod 4 KiB)
-    after the param's offset in its page, so the param and its state buffers never share their low
-    12 address bits; buffers that do ("4K aliasing") make the CPU kernels up to 1.3x slower in cache
-    (Note [State at its own 4 KiB offset]). The optimizer classes allocate their state this way; use
-    it for the state you pass to :mod:`fusedopt.functional`:
-
-    >>> import numpy as np, fusedopt
-    >>> w = np.zeros((256, 128), np.float32)
-    >>> m, v = fusedopt.state_like(w, slot=0), fusedopt.state_like(w, slot=1)
-    >>> len({w.ctypes.data % 4096, m.ctypes.data % 4096, v.ctypes.data % 4096})
-    3
-    """
-    if not isinstance(x, np.ndarray):
-        torch = sys.modules.get("torch")
-        if torch is not None and isinstance(x, torch.Tensor):
-            return torch.full_like(x, fill_value)
-        cupy = sys.modules.get("cupy")
-        if cupy is not None and isinstance(x, cupy.ndarray):
-            with x.device:
-                return cupy.full_like(x, fill_value)
-        raise TypeError(
-            f"cannot allocate optimizer state like a {type(x).__name__}: fusedopt allocates "
-            "NumPy, CuPy and PyTorch arrays; create the state buffers yourself and use "
-            "fusedopt.functional"
-        )
-    if x.nbytes < _STAGGER_MIN_BYTES:
-        return np.full_like(x, fill_value)
-    page = 4096
-    raw = np.empty(x.nbytes + page, dtype=np.uint8)
-    want = (x.ctypes.data + _STAGGER * (slot + 1)) % page
-    want -= want % x.dtype.alignment
-    off = (want - raw.ctypes.data) % page
-    order = "F" if x.flags.f_contiguous and not x.flags.c_contiguous else "C"
-    out = raw[off:off + x.nbytes].view(x.dtype).reshape(x.shape, order=order)
-    out.fill(fill_value)
-    return out
-
-
 def _is_cuda_array(x):
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(x, torch.Tensor):

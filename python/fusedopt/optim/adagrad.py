@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _buffers
+from .. import _arrays
 from .optimizer import Optimizer, check_lr, check_nonnegative
 
 __all__ = ["Adagrad"]
@@ -81,7 +81,7 @@ class Adagrad(Optimizer):
         )
 
     def _new_buffer(self, name, p, group):
-        return _buffers.state_like(p, group["initial_accumulator_value"], 0)
+        return _arrays.state_like(p, group["initial_accumulator_value"], 0)
 
     def _update(self, fn, group, params, grads, buffers, *, step, lr, key):
         fn.adagrad(

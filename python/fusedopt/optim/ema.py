@@ -5,10 +5,8 @@ from __future__ import annotations
 import numbers
 from collections.abc import Mapping
 
-import numpy as np
-
-from .. import _buffers, functional
-from .optimizer import _as_list, _as_step, _check_param
+from .. import _arrays, functional
+from .optimizer import _as_list, _as_step, _check_param, _load_array
 
 __all__ = ["EMA"]
 
@@ -29,8 +27,10 @@ class EMA:
 
     Args:
         params: the params to average: an array or a list of arrays (float32 or float64,
-            contiguous). Their shapes, dtypes and memory orders fix those of the averages; they are
-            also what :meth:`update` and :meth:`copy_to` use when called without arguments.
+            contiguous; NumPy arrays, or CUDA arrays of CuPy or PyTorch). Their shapes, dtypes,
+            memory orders and devices fix those of the averages, which are allocated with the same
+            library; they are also what :meth:`update` and :meth:`copy_to` use when called without
+            arguments.
         decay (float): :math:`\beta`, in [0, 1) (default: 0.999).
 
     Each :meth:`update` is one :func:`fusedopt.functional.ewa` call over all the arrays; the
@@ -56,15 +56,14 @@ class EMA:
             raise TypeError(f"EMA: decay must be a real number, got {type(decay).__name__}")
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA: decay must be in [0, 1), got decay={decay}")
-        self._bare = isinstance(params, np.ndarray)
+        self._bare = _arrays.looks_like_array(params)
         params = _as_list("EMA", "params", params, groups=False)
         if not params:
             raise ValueError("EMA: got an empty parameter list")
-        for i, p in enumerate(params):
-            _check_param("EMA", f"params[{i}]", p)
+        self._metas = [_check_param("EMA", f"params[{i}]", p) for i, p in enumerate(params)]
         self._decay = float(decay)
         self._params = params
-        self._averages = [_buffers.state_like(p, 0.0, 0) for p in params]
+        self._averages = [_arrays.state_like(p, 0.0, 0) for p in params]
         self.num_updates = 0
 
     @property
@@ -76,19 +75,27 @@ class EMA:
         """``params`` (or those given at construction), checked against the averages."""
         if params is None:
             return self._params
-        if isinstance(params, np.ndarray) and self._bare:
+        if self._bare and _arrays.looks_like_array(params):
             params = [params]
         if not isinstance(params, (list, tuple)):
-            raise TypeError(f"EMA.{fn}: params must be a list of numpy arrays, got {type(params).__name__}")
+            raise TypeError(f"EMA.{fn}: params must be a list of arrays, got {type(params).__name__}")
         if len(params) != len(self._averages):
             raise ValueError(f"EMA.{fn}: got {len(params)} arrays for {len(self._averages)} averages")
-        for i, (p, a) in enumerate(zip(params, self._averages)):
-            if not isinstance(p, np.ndarray):
-                raise TypeError(f"EMA.{fn}: params[{i}] is a {type(p).__name__}, expected a numpy.ndarray")
-            if p.dtype != a.dtype:
-                raise TypeError(f"EMA.{fn}: params[{i}] has dtype {p.dtype}, expected {a.dtype}")
-            if p.shape != a.shape:
-                raise ValueError(f"EMA.{fn}: params[{i}] has shape {p.shape}, expected {a.shape}")
+        for i, (p, m) in enumerate(zip(params, self._metas)):
+            try:
+                pm = _arrays.describe(p)[1]
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"EMA.{fn}: params[{i}] {e}") from None
+            if pm is None:
+                raise TypeError(f"EMA.{fn}: params[{i}] is a {type(p).__name__}, expected "
+                                f"{'a numpy.ndarray' if m.place == _arrays.CPU else 'a CUDA array'}")
+            if pm.place != m.place:
+                raise TypeError(f"EMA.{fn}: params[{i}] is {_arrays.kind(p)}, but its average is "
+                                f"{_arrays.kind(self._averages[i])}")
+            if pm.dtype != m.dtype:
+                raise TypeError(f"EMA.{fn}: params[{i}] has dtype {pm.dtype}, expected {m.dtype}")
+            if pm.shape != m.shape:
+                raise ValueError(f"EMA.{fn}: params[{i}] has shape {pm.shape}, expected {m.shape}")
         return list(params)
 
     def update(self, params=None):
@@ -106,7 +113,7 @@ class EMA:
         """New arrays holding the bias-corrected averages :math:`\\bar\\theta_k` (a bare array if
         the EMA was built on one)."""
         self._check_updated("averages")
-        outs = [np.empty_like(a) for a in self._averages]
+        outs = [_arrays.adapter_of(a).empty_like(a) for a in self._averages]
         self._functional.ewa_readout(self._averages, outs, beta=self._decay, step=self.num_updates)
         return outs[0] if self._bare else outs
 
@@ -125,7 +132,7 @@ class EMA:
         return {
             "decay": self._decay,
             "num_updates": self.num_updates,
-            "averages": {i: a.copy(order="K") for i, a in enumerate(self._averages)},
+            "averages": {i: _arrays.copy(a) for i, a in enumerate(self._averages)},
         }
 
     def load_state_dict(self, state_dict):
@@ -143,18 +150,10 @@ class EMA:
         if not isinstance(saved, Mapping) or sorted(saved) != list(range(len(self._averages))):
             n = len(saved) if isinstance(saved, Mapping) else "no dict of"
             raise ValueError(f"{fail}: the state dict has {n} averages, this EMA has {len(self._averages)}")
-        new = []
-        for i, a in enumerate(self._averages):
-            v = saved[i]
-            if not isinstance(v, np.ndarray):
-                raise TypeError(f"{fail}: averages[{i}] is a {type(v).__name__}, expected a numpy.ndarray")
-            if v.shape != a.shape:
-                raise ValueError(f"{fail}: averages[{i}] has shape {v.shape}, expected {a.shape}")
-            if v.dtype != a.dtype:
-                raise ValueError(f"{fail}: averages[{i}] has dtype {v.dtype}, expected {a.dtype}")
-            out = np.empty_like(a)
-            np.copyto(out, v)
-            new.append(out)
+        new = [
+            _load_array(fail, f"averages[{i}]", saved[i], p, m, i, 0)
+            for i, (p, m) in enumerate(zip(self._params, self._metas))
+        ]
         self._averages = new
         self.num_updates = num_updates
 

@@ -35,11 +35,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .. import _buffers, functional
+from .. import _arrays, functional
 
 __all__ = ["Optimizer"]
 
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_FLOAT_DTYPES = ("float32", "float64")
 
 
 # ---- hyper-parameter checks: torch.optim's texts -------------------------------------------------
@@ -99,31 +99,42 @@ def check_betas(cls, key, value):
 
 
 def _check_param(cls, where, p):
-    """What the kernels need of an array they update in place, checked when it is handed over."""
-    if not isinstance(p, np.ndarray):
-        raise TypeError(f"{cls}: {where} is a {type(p).__name__}, expected a numpy.ndarray")
-    if p.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{cls}: {where} has dtype {p.dtype}, expected float32 or float64")
-    if not p.flags.writeable:
+    """What the kernels need of an array they update in place, checked when it is handed over;
+    returns its :class:`fusedopt._arrays.Meta`. A NumPy array, or a CUDA array of a library the
+    classes can allocate state with (CuPy, PyTorch)."""
+    try:
+        ad, m = _arrays.describe(p)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{cls}: {where} {e}") from None
+    if ad is None:
+        if _arrays.is_cuda_array(p):
+            raise TypeError(
+                f"{cls}: {where} is a CUDA array of type {type(p).__name__}, whose library the "
+                "optimizer classes cannot allocate state with (they use CuPy or PyTorch); allocate "
+                "the state yourself and use fusedopt.functional"
+            )
+        raise TypeError(
+            f"{cls}: {where} is a {type(p).__name__}, expected a numpy.ndarray "
+            "(or a CUDA array of CuPy or PyTorch)"
+        )
+    if m.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{cls}: {where} has dtype {m.dtype}, expected float32 or float64")
+    if m.readonly:
         raise ValueError(f"{cls}: {where} is read-only")
-    if not (p.flags.c_contiguous or p.flags.f_contiguous):
+    if not m.order:
         raise ValueError(
             f"{cls}: {where} is not contiguous (params are updated in place, never through a copy; "
             "pass a contiguous array)"
         )
-    if not p.flags.aligned:
+    if not m.aligned:
         raise ValueError(f"{cls}: {where} is not aligned")
-
-
-def _span(p):
-    lo = p.__array_interface__["data"][0]
-    return lo, lo + p.nbytes
+    return m
 
 
 def _as_list(cls, where, params, *, groups=True):
     """``params`` as a list: a bare array is a list of one; any ordered iterable (a list, a tuple,
     a generator) is taken in order; a set, whose order changes between runs, is refused."""
-    if isinstance(params, np.ndarray):
+    if _arrays.looks_like_array(params):
         return [params]
     if isinstance(params, (set, frozenset)):
         raise TypeError(
@@ -145,7 +156,7 @@ class _StateView(Mapping):
         self._opt = opt
 
     def __getitem__(self, key):
-        if isinstance(key, np.ndarray):
+        if not isinstance(key, numbers.Integral):
             index = self._opt._index.get(id(key))
             if index is None:
                 raise KeyError("this array is not a param of the optimizer")
@@ -199,7 +210,7 @@ class Optimizer:
         cls = type(self).__name__
         self._check_hyper(defaults)
         self.defaults = dict(defaults)
-        self._bare = isinstance(params, np.ndarray)
+        self._bare = _arrays.looks_like_array(params)
         groups = _as_list(cls, "params", params)
         if not groups:
             raise ValueError("optimizer got an empty parameter list")
@@ -208,7 +219,8 @@ class Optimizer:
             groups = [{"params": groups}]
         self.param_groups = []
         self._params = []  # flat, in group order
-        self._layouts = []  # (shape, dtype, C-contiguous) of each param, what its grad must match
+        self._metas = []  # the Meta of each param: what its grad must match, and where it lives
+        self._mixed = []  # per group: whether its params live in more than one place
         self._index = {}  # id(param) -> flat index
         self._slices = []  # (start, stop) of each group in _params
         self._state = {}
@@ -236,8 +248,7 @@ class Optimizer:
             raise ValueError(f"{cls}: {where or 'param group'} has no 'params' entry")
         prefix = f"{where}['params']" if where else "params"
         params = _as_list(cls, prefix, param_group["params"])
-        for j, p in enumerate(params):
-            _check_param(cls, f"{prefix}[{j}]", p)
+        metas = [_check_param(cls, f"{prefix}[{j}]", p) for j, p in enumerate(params)]
         ids = {id(p) for p in params}
         if len(ids) != len(params):
             raise ValueError("optimizer contains a parameter group with duplicate parameters")
@@ -250,19 +261,21 @@ class Optimizer:
             if key not in group:
                 group[key] = value
         self._check_hyper(group, where)
-        self._check_no_shared_memory(params)
+        self._check_no_shared_memory(metas)
 
         start = len(self._params)
         for j, p in enumerate(params):
             self._index[id(p)] = start + j
         self._params.extend(params)
-        self._layouts.extend((p.shape, p.dtype, bool(p.flags.c_contiguous)) for p in params)
+        self._metas.extend(metas)
+        self._mixed.append(len({m.place for m in metas}) > 1)
         self._slices.append((start, len(self._params)))
         self.param_groups.append(group)
 
-    def _check_no_shared_memory(self, new_params):
-        """Two params sharing memory would be updated twice per step: refuse (views included)."""
-        spans = [(*_span(p), i) for i, p in enumerate(self._params + new_params) if p.size]
+    def _check_no_shared_memory(self, new_metas):
+        """Two params sharing memory would be updated twice per step: refuse (views included).
+        Host and device addresses never coincide (CUDA's unified virtual addressing)."""
+        spans = [(*m.span, i) for i, m in enumerate(self._metas + new_metas) if m.span[1]]
         spans.sort()
         reach = None
         for lo, hi, i in spans:
@@ -296,7 +309,7 @@ class Optimizer:
         return self._always
 
     def _new_buffer(self, name, p, group):
-        return _buffers.state_like(p, 0.0, self._state_names.index(name))
+        return _arrays.state_like(p, 0.0, self._state_names.index(name))
 
     def _call_keys(self, group, states):
         """For each state (``None`` before the first step), what the tensors of one call must
@@ -329,15 +342,16 @@ class Optimizer:
         plan = []
         for gi, (group, (start, stop)) in enumerate(self._groups_checked()):
             states = list(map(self._state.get, range(start, stop)))
-            key = self._uniform_key(group, states)
+            key = None if self._mixed[gi] else self._uniform_key(group, states)
             if key is not None:
-                calls = {key: range(start, stop)}
+                calls = {(key, None): range(start, stop)}
             else:
                 calls = {}
-                for i, k in zip(range(start, stop), self._call_keys(group, states)):
-                    calls.setdefault(k, []).append(i)
+                places = [self._metas[i].place for i in range(start, stop)]
+                for i, k, place in zip(range(start, stop), self._call_keys(group, states), places):
+                    calls.setdefault((k, place), []).append(i)
                 states = None
-            for k, indices in calls.items():
+            for (k, _), indices in calls.items():
                 plan.append((group, k, indices, self._resolve_lr(cls, gi, group["lr"], k[0]), states))
         # Note [Grads checked by the kernel call]: one call checks all its arrays in C++ before it
         # writes anything, so with a single call the per-grad checks below are only needed to word
@@ -407,45 +421,75 @@ class Optimizer:
         """``grads`` as a list of the right length (a bare array for an optimizer built on one)."""
         cls = type(self).__name__
         n = len(self._params)
-        if isinstance(grads, np.ndarray) and self._bare:
+        if self._bare and _arrays.looks_like_array(grads):
             grads = [grads]
         if not isinstance(grads, (list, tuple)):
-            raise TypeError(f"{cls}.step: grads must be a list of numpy arrays (one per param), "
+            raise TypeError(f"{cls}.step: grads must be a list of arrays (one per param), "
                             f"got {type(grads).__name__}")
         if len(grads) != n:
             raise ValueError(f"{cls}.step: got {len(grads)} grads for {n} params")
         return grads
 
     def _check_grads(self, grads):
-        """Each grad against its param's layout, with messages naming its flat index."""
+        """Each grad against its param (type, place, dtype, shape, memory order), with messages
+        naming its flat index. NumPy grads of NumPy params take a fast path."""
         ndarray = np.ndarray
-        for i, (g, (shape, dtype, c_order)) in enumerate(zip(grads, self._layouts)):
-            if not isinstance(g, ndarray) or g.dtype != dtype or g.shape != shape:
-                self._grad_error(i, g)
+        cpu = _arrays.CPU
+        for i, (g, m) in enumerate(zip(grads, self._metas)):
+            if m.place != cpu or not isinstance(g, ndarray):
+                self._check_grad(i, g, m)
+                continue
+            if g.dtype.name != m.dtype or g.shape != m.shape:
+                self._grad_error(i, g, None)
             flags = g.flags
-            if not ((flags.c_contiguous if c_order else flags.f_contiguous) and flags.aligned):
-                self._grad_error(i, g)
+            if not ((flags.c_contiguous if m.order == "C" else flags.f_contiguous) and flags.aligned):
+                self._grad_error(i, g, None)
         return grads
 
-    def _grad_error(self, i, g):
-        """The message for a grad that failed the fast check in ``_check_grads``."""
+    def _check_grad(self, i, g, m):
+        try:
+            gm = _arrays.describe(g)[1]
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{type(self).__name__}.step: grads[{i}] {e}") from None
+        if (
+            gm is None
+            or gm.place != m.place
+            or (gm.dtype, gm.shape) != (m.dtype, m.shape)
+            or gm.order != m.order
+            or not gm.aligned
+        ):
+            self._grad_error(i, g, gm)
+
+    def _grad_error(self, i, g, gm):
+        """The message for a grad that failed the check in ``_check_grads``; ``gm`` its Meta
+        (None: to be read here)."""
         cls = type(self).__name__
-        p = self._params[i]
-        if not isinstance(g, np.ndarray):
-            raise TypeError(f"{cls}.step: grads[{i}] is a {type(g).__name__}, expected a numpy.ndarray")
-        if g.dtype != p.dtype:
+        m = self._metas[i]
+        if gm is None:
+            gm = _arrays.describe(g)[1]
+        if gm is None:
+            what = (
+                "a numpy.ndarray" if m.place == _arrays.CPU
+                else f"a CUDA array on {_arrays.place_name(m.place)} (the device of params[{i}])"
+            )
+            raise TypeError(f"{cls}.step: grads[{i}] is a {type(g).__name__}, expected {what}")
+        if gm.place != m.place:
             raise TypeError(
-                f"{cls}.step: grads[{i}] has dtype {g.dtype}, expected {p.dtype} (the dtype of params[{i}])"
+                f"{cls}.step: grads[{i}] is {_arrays.kind(g)}, but params[{i}] is "
+                f"{_arrays.kind(self._params[i])}; a grad must be where its param is"
             )
-        if g.shape != p.shape:
+        if gm.dtype != m.dtype:
+            raise TypeError(
+                f"{cls}.step: grads[{i}] has dtype {gm.dtype}, expected {m.dtype} (the dtype of params[{i}])"
+            )
+        if gm.shape != m.shape:
             raise ValueError(
-                f"{cls}.step: grads[{i}] has shape {g.shape}, expected {p.shape} (the shape of params[{i}])"
+                f"{cls}.step: grads[{i}] has shape {gm.shape}, expected {m.shape} (the shape of params[{i}])"
             )
-        if not g.flags.aligned:
+        if not gm.aligned:
             raise ValueError(f"{cls}.step: grads[{i}] is not aligned")
         raise ValueError(
-            f"{cls}.step: grads[{i}] is not contiguous in the memory order of params[{i}] "
-            f"({'C' if p.flags.c_contiguous else 'F'})"
+            f"{cls}.step: grads[{i}] is not contiguous in the memory order of params[{i}] ({m.order})"
         )
 
     @staticmethod
@@ -528,7 +572,7 @@ class Optimizer:
         ``{"state": {index: {"step": int, <name>: array, ...}}, "param_groups": [{..., "params":
         [indices]}]}``. Group values (schedules included) are deep-copied."""
         state = {
-            i: {k: v.copy(order="K") if isinstance(v, np.ndarray) else v for k, v in s.items()}
+            i: {k: v if isinstance(v, (int, float)) else _arrays.copy(v) for k, v in s.items()}
             for i, s in sorted(self._state.items())
         }
         groups = []
@@ -623,22 +667,8 @@ class Optimizer:
             elif name in self._state_names:
                 if value is None:  # torch keeps momentum_buffer=None when momentum == 0
                     continue
-                if not isinstance(value, np.ndarray):
-                    raise TypeError(
-                        f"{fail}: {where}[{name!r}] is a {type(value).__name__}, expected a numpy.ndarray"
-                    )
-                if value.shape != p.shape:
-                    raise ValueError(
-                        f"{fail}: {where}[{name!r}] has shape {value.shape}, expected {p.shape} "
-                        f"(the shape of params[{i}])"
-                    )
-                if value.dtype != p.dtype:
-                    raise ValueError(
-                        f"{fail}: {where}[{name!r}] has dtype {value.dtype}, expected {p.dtype} "
-                        f"(the dtype of params[{i}])"
-                    )
-                out[name] = _buffers.state_like(p, 0.0, self._state_names.index(name))
-                np.copyto(out[name], value)
+                out[name] = _load_array(fail, f"{where}[{name!r}]", value, p, self._metas[i], i,
+                                        self._state_names.index(name))
             else:
                 raise ValueError(
                     f"{fail}: {where} has an entry {name!r}, which {cls} does not keep; "
@@ -670,8 +700,7 @@ def _set_all(dicts, key, value):
 def _as_step(fail, where, value):
     """A saved step count: an int >= 0; a float or 0-d array holding one (torch keeps a float
     tensor) is taken as that int."""
-    if isinstance(value, np.ndarray) and value.ndim == 0:
-        value = value.item()
+    value = _as_scalar(value)
     if (
         isinstance(value, bool)
         or not isinstance(value, numbers.Real)
@@ -684,8 +713,36 @@ def _as_step(fail, where, value):
 
 
 def _as_float(fail, where, value):
-    if isinstance(value, np.ndarray) and value.ndim == 0:
-        value = value.item()
+    value = _as_scalar(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{fail}: {where} is {value!r}, expected a float")
     return float(value)
+
+
+def _as_scalar(value):
+    """A 0-d array of any library (torch keeps ``step`` as a tensor) as its Python number."""
+    if not isinstance(value, numbers.Number) and getattr(value, "shape", None) == () \
+            and hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def _load_array(fail, where, value, p, m, i, slot):
+    """A new state buffer for param ``p`` (Meta ``m``, flat index ``i``) holding the saved
+    ``value``: an array of NumPy, CuPy or PyTorch on any device, moved to ``p``'s."""
+    sd = _arrays.shape_dtype(value)
+    if sd is None:
+        raise TypeError(
+            f"{fail}: {where} is a {type(value).__name__}, expected a numpy.ndarray "
+            "(or a CuPy or PyTorch array)"
+        )
+    shape, dtype = sd
+    if shape != m.shape:
+        raise ValueError(
+            f"{fail}: {where} has shape {shape}, expected {m.shape} (the shape of params[{i}])"
+        )
+    if dtype != m.dtype:
+        raise ValueError(
+            f"{fail}: {where} has dtype {dtype}, expected {m.dtype} (the dtype of params[{i}])"
+        )
+    return _arrays.load_like(p, value, slot)

@@ -1,0 +1,342 @@
+"""What the optimizer classes and :class:`fusedopt.EMA` need of the arrays they are given and of
+the state they allocate, for each array library they can hold state in: NumPy (host memory, updated
+by ``_core.cpu``), and for CUDA memory PyTorch and CuPy (updated by ``_core.cuda``).
+
+:mod:`fusedopt.functional` needs none of this: it takes any CUDA array (``__cuda_array_interface__``
+or DLPack) and leaves allocation to the caller. The classes must also *create* arrays (state like a
+param, copies for ``state_dict``, values loaded by ``load_state_dict``), which takes the library
+that made the param; an :class:`_Adapter` says how, one per library. A CUDA array of another
+library (Numba, a DLPack-only producer) is refused by the classes with a message that points to
+:mod:`fusedopt.functional`.
+
+Nothing here runs per step on the steady path: params are described once, when they are added;
+grads are described only to word an error, or when a step makes several kernel calls (Note [Grads
+checked by the kernel call] in ``optim/optimizer.py``).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import NamedTuple
+
+import numpy as np
+
+from . import _buffers
+
+CPU = "cpu"  # the place of host (NumPy) arrays; a CUDA array's place is ("cuda", device index)
+
+
+def place_name(place):
+    return CPU if place == CPU else f"cuda:{place[1]}"
+
+
+class Meta(NamedTuple):
+    """What the classes check and remember of one array."""
+
+    place: object  # CPU or ("cuda", index)
+    shape: tuple
+    dtype: str  # "float32", "float64", or another dtype's name (refused by the checks)
+    order: str  # "C", "F" (contiguous, in that order; "C" when both), or "" (not contiguous)
+    span: tuple  # (first byte, one past the last byte); (0, 0) for an empty array
+    readonly: bool
+    aligned: bool
+
+
+# ---- the adapters --------------------------------------------------------------------------------
+
+
+class _Adapter:
+    """One array library: which arrays it owns, how to describe them, make new ones like them,
+    copy them on their device, read them back to the host and write values into them."""
+
+    label = ""  # how messages name it
+
+    def owns(self, x):
+        raise NotImplementedError
+
+    def meta(self, x):
+        raise NotImplementedError
+
+    def full_like(self, x, fill_value, slot):
+        """A new array of ``x``'s shape, dtype, memory order and device, filled."""
+        raise NotImplementedError
+
+    def empty_like(self, x):
+        """A new, uninitialised array like ``x`` (shape, dtype, memory order, device)."""
+        raise NotImplementedError
+
+    def copy(self, x):
+        """A copy of ``x`` in the same library, on the same device, in the same memory order."""
+        raise NotImplementedError
+
+    def to_host(self, x):
+        """``x``'s values as a NumPy array (a view where the memory is the host's)."""
+        raise NotImplementedError
+
+    def write(self, dst, src):
+        """Copy ``src`` (an array of this library, or a NumPy array) into ``dst``, which this
+        library owns; shapes and dtypes were checked."""
+        raise NotImplementedError
+
+
+def _order(c, f):
+    return "C" if c else ("F" if f else "")
+
+
+class _NumPy(_Adapter):
+    label = "numpy.ndarray"
+
+    def owns(self, x):
+        return isinstance(x, np.ndarray)
+
+    def meta(self, x):
+        lo = x.__array_interface__["data"][0]
+        return Meta(CPU, x.shape, x.dtype.name, _order(x.flags.c_contiguous, x.flags.f_contiguous),
+                    (lo, lo + x.nbytes) if x.size else (0, 0), not x.flags.writeable,
+                    x.flags.aligned)
+
+    def full_like(self, x, fill_value, slot):
+        return _staggered(x, fill_value, slot)
+
+    def empty_like(self, x):
+        return np.empty_like(x)
+
+    def copy(self, x):
+        return x.copy(order="K")
+
+    def to_host(self, x):
+        return x
+
+    def write(self, dst, src):
+        np.copyto(dst, src)
+
+
+def _view_meta(v):
+    """Meta of a ``_buffers._View`` (a CUDA array)."""
+    order = "C" if v.layout & _buffers._C else ("F" if v.layout & _buffers._F else "")
+    nbytes = _numel(v.shape) * (8 if v.dtype == "float64" else 4)
+    span = (v.ptr, v.ptr + nbytes) if nbytes else (0, 0)
+    return Meta(("cuda", v.device), v.shape, v.dtype, order, span, v.readonly, True)
+
+
+class _Torch(_Adapter):
+    """CUDA tensors of PyTorch. A param that requires grad is updated in place through its storage
+    (as torch.optim does under ``no_grad``); its state never requires grad."""
+
+    label = "torch.Tensor"
+
+    def owns(self, x):
+        torch = sys.modules.get("torch")
+        return torch is not None and isinstance(x, torch.Tensor) and x.is_cuda
+
+    def meta(self, x):
+        return _view_meta(_buffers._torch_view(x))
+
+    def full_like(self, x, fill_value, slot):
+        torch = sys.modules["torch"]
+        return torch.full_like(x, fill_value, requires_grad=False)  # keeps x's strides
+
+    def empty_like(self, x):
+        return sys.modules["torch"].empty_like(x, requires_grad=False)
+
+    def copy(self, x):
+        return x.detach().clone()  # on x's device, strides kept
+
+    def to_host(self, x):
+        return x.detach().cpu().numpy()
+
+    def write(self, dst, src):
+        torch = sys.modules["torch"]
+        if isinstance(src, np.ndarray):
+            src = torch.from_numpy(np.ascontiguousarray(src))
+        with torch.no_grad():
+            dst.copy_(src)  # across devices too
+
+
+class _CuPy(_Adapter):
+    label = "cupy.ndarray"
+
+    def owns(self, x):
+        cupy = sys.modules.get("cupy")
+        return cupy is not None and isinstance(x, cupy.ndarray)
+
+    def meta(self, x):
+        return _view_meta(_buffers._cai_view(x, x.__cuda_array_interface__))
+
+    def full_like(self, x, fill_value, slot):
+        cupy = sys.modules["cupy"]
+        with x.device:
+            return cupy.full_like(x, fill_value)  # order "K"
+
+    def empty_like(self, x):
+        with x.device:
+            return sys.modules["cupy"].empty_like(x)
+
+    def copy(self, x):
+        with x.device:
+            return x.copy(order="K")
+
+    def to_host(self, x):
+        return x.get()
+
+    def write(self, dst, src):
+        cupy = sys.modules["cupy"]
+        if not isinstance(src, np.ndarray) and src.device != dst.device:
+            src = src.get()  # another device: through the host, which needs no peer access
+        with dst.device:
+            cupy.copyto(dst, cupy.asarray(src))
+
+
+# The libraries the classes allocate with, NumPy first (the common case). Tests append an adapter
+# for a host-memory stand-in of a CUDA library.
+_ADAPTERS = [_NumPy(), _Torch(), _CuPy()]
+_NUMPY = _ADAPTERS[0]
+
+
+def adapter_of(x):
+    """The adapter owning ``x``, or None."""
+    for ad in _ADAPTERS:
+        if ad.owns(x):
+            return ad
+    return None
+
+
+def is_cuda_array(x):
+    return _buffers._is_cuda_array(x)
+
+
+def looks_like_array(x):
+    """Whether ``x`` is one array (of any library, supported or not) rather than a list of them:
+    a bare param is a list of one, and is then refused by name if it is not supported."""
+    return isinstance(x, np.ndarray) or any(
+        hasattr(x, a) for a in ("__cuda_array_interface__", "__dlpack__", "__array_interface__")
+    )
+
+
+def kind(x):
+    """How messages name what ``x`` is."""
+    if isinstance(x, np.ndarray):
+        return "host memory (numpy.ndarray)"
+    ad = adapter_of(x)
+    if ad is not None:
+        return f"a {type(x).__name__} on {place_name(ad.meta(x).place)}"
+    return f"a {type(x).__name__}"
+
+
+def describe(x):
+    """``(adapter, Meta)`` of ``x``, or ``(None, None)`` if no adapter owns it. A CUDA array whose
+    interface cannot be read raises ``TypeError`` / ``ValueError`` (e.g. a masked array)."""
+    ad = adapter_of(x)
+    if ad is None:
+        return None, None
+    return ad, ad.meta(x)
+
+
+def copy(x):
+    """A copy of a state array of the classes, in its library and on its device."""
+    return adapter_of(x).copy(x)
+
+
+def _torch_tensor(x):
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def shape_dtype(x):
+    """``(shape, dtype name)`` of a saved array: of a library the adapters know, or a PyTorch
+    tensor on any device (a state dict of ``torch.optim``); None for anything else."""
+    if _torch_tensor(x):
+        return tuple(x.shape), str(x.dtype).removeprefix("torch.")
+    ad = adapter_of(x)
+    if ad is None:
+        return None
+    m = ad.meta(x)
+    return m.shape, m.dtype
+
+
+def load_like(p, value, slot):
+    """A new state buffer for param ``p`` in ``slot`` holding the saved ``value`` (checked by
+    :func:`shape_dtype`), in ``p``'s library, device and memory order. A value of another library
+    goes through host memory, so any pair of libraries and devices works."""
+    ad = adapter_of(p)
+    out = ad.full_like(p, 0.0, slot)
+    if not ad.owns(value):
+        if _torch_tensor(value):
+            value = value.detach().cpu().numpy()
+        else:
+            value = adapter_of(value).to_host(value)
+    ad.write(out, value)
+    return out
+
+
+def _numel(shape):
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+# ---- state_like ----------------------------------------------------------------------------------
+
+# Note [State at its own 4 KiB offset]
+# A large NumPy allocation starts at the same offset in its page as every other one (glibc maps
+# it, NumPy adds its header), so the param, the gradient and every state buffer of a tensor
+# usually share their address bits 0-11. A core then cannot tell a load of v[i] from an older,
+# not yet retired store to m[i] at the same page offset ("4K aliasing"), and the load waits. The
+# kernels load every buffer of an element before storing any in the source, but the compiler may
+# sink a load below a store, and which one it sinks depends on the algorithm and the tuning: in
+# cache (or when memory is fast) that cost 10-30% on some algorithms and nothing on others
+# (bench/README.md, "4K aliasing"). Optimizer state is ours to allocate, so each state buffer of
+# a large tensor is placed at its own offset in the page, _STAGGER bytes apart from the param's
+# and from each other (a multiple of the 64-byte line, not of a power of two larger than that),
+# at the cost of one page per buffer. Small tensors are left alone: malloc spreads them anyway,
+# and a page would be a large share of them.
+_STAGGER = 1088
+_STAGGER_MIN_BYTES = 64 << 10
+
+
+def state_like(x, fill_value=0.0, slot=0):
+    """A new optimizer-state buffer for param ``x``, filled with ``fill_value``: same shape, dtype,
+    memory order (C or Fortran), array library and device. Give each state buffer of one param its
+    own ``slot`` (0, 1, 2, ...).
+
+    For a NumPy param of 64 KiB or more, the buffer starts ``1088 * (slot + 1)`` bytes (mod 4 KiB)
+    after the param's offset in its page, so the param and its state buffers never share their low
+    12 address bits; buffers that do ("4K aliasing") make the CPU kernels up to 1.3x slower in cache
+    (Note [State at its own 4 KiB offset]). The optimizer classes allocate their state this way; use
+    it for the state you pass to :mod:`fusedopt.functional`. CuPy arrays and PyTorch tensors get
+    their library's ``full_like`` (on the device of ``x``; a tensor's state never requires grad).
+
+    >>> import numpy as np, fusedopt
+    >>> w = np.zeros((256, 128), np.float32)
+    >>> m, v = fusedopt.state_like(w, slot=0), fusedopt.state_like(w, slot=1)
+    >>> len({w.ctypes.data % 4096, m.ctypes.data % 4096, v.ctypes.data % 4096})
+    3
+    """
+    if isinstance(x, np.ndarray):
+        return _staggered(x, fill_value, slot)
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):  # a CPU tensor too: torch allocates it
+        return torch.full_like(x, fill_value, requires_grad=False)
+    ad = adapter_of(x)
+    if ad is None:
+        raise TypeError(
+            f"cannot allocate optimizer state like a {type(x).__name__}: fusedopt allocates "
+            "NumPy, CuPy and PyTorch arrays; create the state buffers yourself and use "
+            "fusedopt.functional"
+        )
+    return ad.full_like(x, fill_value, slot)
+
+
+def _staggered(x, fill_value, slot):
+    if x.nbytes < _STAGGER_MIN_BYTES:
+        return np.full_like(x, fill_value)
+    page = 4096
+    raw = np.empty(x.nbytes + page, dtype=np.uint8)
+    want = (x.ctypes.data + _STAGGER * (slot + 1)) % page
+    want -= want % x.dtype.alignment
+    off = (want - raw.ctypes.data) % page
+    order = "F" if x.flags.f_contiguous and not x.flags.c_contiguous else "C"
+    out = raw[off:off + x.nbytes].view(x.dtype).reshape(x.shape, order=order)
+    out.fill(fill_value)
+    return out
