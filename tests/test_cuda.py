@@ -711,10 +711,51 @@ def test_optimizer_classes_keep_state_on_the_device(lib, cls, kw):
     for h, d in zip(host, dev):
         np.testing.assert_allclose(lib.to_host(d), h, rtol=2e-5, atol=2e-6)
     sd = opt_d.state_dict()
-    for entry in sd["state"].values():
+    for i, entry in sd["state"].items():
         for name, value in entry.items():
             if name != "step" and not isinstance(value, (int, float)):
                 assert type(value) is type(dev[0]), (name, type(value))
+                live = opt_d.state[i][name]
+                assert value.data_ptr() != live.data_ptr() if lib.name == "torch" \
+                    else value.data.ptr != live.data.ptr, (i, name)
+    # the device's state dict resumes on the host, and the host's on the device
+    opt_h2 = getattr(fusedopt, cls)([a.copy() for a in host], **kw)
+    opt_h2.load_state_dict(sd)
+    opt_d.load_state_dict(opt_h.state_dict())
+    host2 = [p for g in opt_h2.param_groups for p in g["params"]]
+    for _ in range(2):
+        grads = [rng.standard_normal(a.shape).astype(np.float32) for a in host]
+        opt_h.step(grads)
+        opt_h2.step(grads)
+        opt_d.step([lib.to_device(g) for g in grads])
+    for h, h2, d in zip(host, host2, dev):
+        np.testing.assert_allclose(h2, h, rtol=2e-5, atol=2e-6)
+        np.testing.assert_allclose(lib.to_host(d), h, rtol=2e-5, atol=2e-6)
+    for entry in opt_d.state.values():
+        for name, value in entry.items():
+            if name != "step" and not isinstance(value, (int, float)):
+                assert type(value) is type(dev[0]), (name, type(value))
+
+
+@requires_gpu
+def test_ema_keeps_averages_on_the_device(lib):
+    rng = np.random.default_rng(8)
+    host = [rng.standard_normal(s).astype(np.float32) for s in ((5, 3), (1000,))]
+    dev = [lib.to_device(a) for a in host]
+    ema_h, ema_d = fusedopt.EMA(host, decay=0.9), fusedopt.EMA(dev, decay=0.9)
+    for _ in range(3):
+        for h, d in zip(host, dev):
+            h[...] = rng.standard_normal(h.shape)
+            d[...] = lib.to_device(h)
+        ema_h.update()
+        ema_d.update()
+    outs = ema_d.averages()
+    assert all(type(o) is type(dev[0]) for o in outs)
+    for o, h in zip(outs, ema_h.averages()):
+        np.testing.assert_allclose(lib.to_host(o), h, rtol=1e-6, atol=1e-7)
+    ema_d.copy_to()
+    for d, h in zip(dev, ema_h.averages()):
+        np.testing.assert_allclose(lib.to_host(d), h, rtol=1e-6, atol=1e-7)
 
 
 @requires_gpu

@@ -49,7 +49,7 @@ class _Adapter:
     """One array library: which arrays it owns, how to describe them, make new ones like them,
     copy them on their device, read them back to the host and write values into them."""
 
-    label = ""  # how messages name it
+    label = ""  # how messages name one of its arrays, with the article
 
     def owns(self, x):
         raise NotImplementedError
@@ -84,7 +84,7 @@ def _order(c, f):
 
 
 class _NumPy(_Adapter):
-    label = "numpy.ndarray"
+    label = "a numpy.ndarray"
 
     def owns(self, x):
         return isinstance(x, np.ndarray)
@@ -123,7 +123,7 @@ class _Torch(_Adapter):
     """CUDA tensors of PyTorch. A param that requires grad is updated in place through its storage
     (as torch.optim does under ``no_grad``); its state never requires grad."""
 
-    label = "torch.Tensor"
+    label = "a torch.Tensor"
 
     def owns(self, x):
         torch = sys.modules.get("torch")
@@ -154,7 +154,7 @@ class _Torch(_Adapter):
 
 
 class _CuPy(_Adapter):
-    label = "cupy.ndarray"
+    label = "a cupy.ndarray"
 
     def owns(self, x):
         cupy = sys.modules.get("cupy")
@@ -219,7 +219,7 @@ def kind(x):
         return "host memory (numpy.ndarray)"
     ad = adapter_of(x)
     if ad is not None:
-        return f"a {type(x).__name__} on {place_name(ad.meta(x).place)}"
+        return f"{ad.label} on {place_name(ad.meta(x).place)}"
     return f"a {type(x).__name__}"
 
 

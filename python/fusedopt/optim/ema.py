@@ -33,8 +33,8 @@ class EMA:
             arguments.
         decay (float): :math:`\beta`, in [0, 1) (default: 0.999).
 
-    Each :meth:`update` is one :func:`fusedopt.functional.ewa` call over all the arrays; the
-    averages are kept in the dtype of their params.
+    Each :meth:`update` is one :func:`fusedopt.functional.ewa` call over all the arrays (one per
+    device where they live on several); the averages are kept in the dtype of their params.
 
     >>> import numpy as np, fusedopt
     >>> w = np.array([0.0, 10.0])
@@ -61,6 +61,11 @@ class EMA:
         if not params:
             raise ValueError("EMA: got an empty parameter list")
         self._metas = [_check_param("EMA", f"params[{i}]", p) for i, p in enumerate(params)]
+        # One fused call per place (host, or a CUDA device) the arrays live in, in first-seen order.
+        by_place = {}
+        for i, m in enumerate(self._metas):
+            by_place.setdefault(m.place, []).append(i)
+        self._parts = None if len(by_place) == 1 else list(by_place.values())
         self._decay = float(decay)
         self._params = params
         self._averages = [_arrays.state_like(p, 0.0, 0) for p in params]
@@ -96,13 +101,19 @@ class EMA:
                 raise TypeError(f"EMA.{fn}: params[{i}] has dtype {pm.dtype}, expected {m.dtype}")
             if pm.shape != m.shape:
                 raise ValueError(f"EMA.{fn}: params[{i}] has shape {pm.shape}, expected {m.shape}")
+            if pm.order != m.order or not pm.aligned:
+                raise ValueError(
+                    f"EMA.{fn}: params[{i}] is not contiguous in the memory order of its average "
+                    f"({m.order}) or not aligned"
+                )
         return list(params)
 
     def update(self, params=None):
         """Fold the current values of ``params`` (default: the params given at construction) into
         the averages: one fused call over every array."""
         params = self._arrays("update", params)
-        self._functional.ewa(self._averages, params, beta=self._decay)
+        for avgs, ps in self._split(self._averages, params):
+            self._functional.ewa(avgs, ps, beta=self._decay)
         self.num_updates += 1
 
     def _check_updated(self, fn):
@@ -114,7 +125,8 @@ class EMA:
         the EMA was built on one)."""
         self._check_updated("averages")
         outs = [_arrays.adapter_of(a).empty_like(a) for a in self._averages]
-        self._functional.ewa_readout(self._averages, outs, beta=self._decay, step=self.num_updates)
+        for avgs, os in self._split(self._averages, outs):
+            self._functional.ewa_readout(avgs, os, beta=self._decay, step=self.num_updates)
         return outs[0] if self._bare else outs
 
     def copy_to(self, params=None):
@@ -124,7 +136,14 @@ class EMA:
         self._check_updated("copy_to")
         for i, p in enumerate(params):
             _check_param("EMA.copy_to", f"params[{i}]", p)
-        self._functional.ewa_readout(self._averages, params, beta=self._decay, step=self.num_updates)
+        for avgs, ps in self._split(self._averages, params):
+            self._functional.ewa_readout(avgs, ps, beta=self._decay, step=self.num_updates)
+
+    def _split(self, averages, others):
+        """The lists of one call per place, all of them checked already."""
+        if self._parts is None:
+            return [(averages, others)]
+        return [([averages[i] for i in part], [others[i] for i in part]) for part in self._parts]
 
     def state_dict(self):
         """``{"decay": float, "num_updates": int, "averages": {index: array}}``, the raw

@@ -197,6 +197,8 @@ class Optimizer:
     _always: tuple = ()
     # Per-parameter float state besides "step", with its value before the first step.
     _scalar_state: dict = {}
+    # Whether a loaded state entry may lack "step" (then 0): torch.optim.SGD keeps no step count.
+    _step_optional = False
 
     # Every hyper-parameter name of every optimizer class, to recognise a foreign state dict.
     _all_hyper_names: set = set()
@@ -220,6 +222,7 @@ class Optimizer:
         self.param_groups = []
         self._params = []  # flat, in group order
         self._metas = []  # the Meta of each param: what its grad must match, and where it lives
+        self._layouts = []  # (shape, numpy dtype, C order) of a NumPy param, None for a device one
         self._mixed = []  # per group: whether its params live in more than one place
         self._index = {}  # id(param) -> flat index
         self._slices = []  # (start, stop) of each group in _params
@@ -268,6 +271,10 @@ class Optimizer:
             self._index[id(p)] = start + j
         self._params.extend(params)
         self._metas.extend(metas)
+        self._layouts.extend(
+            (m.shape, np.dtype(m.dtype), m.order == "C") if m.place == _arrays.CPU else None
+            for m in metas
+        )
         self._mixed.append(len({m.place for m in metas}) > 1)
         self._slices.append((start, len(self._params)))
         self.param_groups.append(group)
@@ -434,15 +441,15 @@ class Optimizer:
         """Each grad against its param (type, place, dtype, shape, memory order), with messages
         naming its flat index. NumPy grads of NumPy params take a fast path."""
         ndarray = np.ndarray
-        cpu = _arrays.CPU
-        for i, (g, m) in enumerate(zip(grads, self._metas)):
-            if m.place != cpu or not isinstance(g, ndarray):
-                self._check_grad(i, g, m)
+        for i, (g, layout) in enumerate(zip(grads, self._layouts)):
+            if layout is None or not isinstance(g, ndarray):
+                self._check_grad(i, g, self._metas[i])
                 continue
-            if g.dtype.name != m.dtype or g.shape != m.shape:
+            shape, dtype, c_order = layout
+            if g.dtype != dtype or g.shape != shape:
                 self._grad_error(i, g, None)
             flags = g.flags
-            if not ((flags.c_contiguous if m.order == "C" else flags.f_contiguous) and flags.aligned):
+            if not ((flags.c_contiguous if c_order else flags.f_contiguous) and flags.aligned):
                 self._grad_error(i, g, None)
         return grads
 
@@ -674,6 +681,8 @@ class Optimizer:
                     f"{fail}: {where} has an entry {name!r}, which {cls} does not keep; "
                     "was the state dict saved by another optimizer?"
                 )
+        if "step" not in out and self._step_optional:
+            out["step"] = 0
         for name in ("step", *self._scalar_state, *self._always):
             if name not in out:
                 raise ValueError(f"{fail}: {where} lacks {name!r}")

@@ -38,7 +38,8 @@ class SGD(Optimizer):
         maximize (bool): ascend instead of descend, :math:`g = -\nabla f` (default: False).
 
     State per param: ``step``, and ``momentum_buffer`` when ``momentum != 0``. Unlike torch, SGD
-    counts ``step`` too, so a schedule knows where it is.
+    counts ``step`` too, so a schedule knows where it is; a state dict of ``torch.optim.SGD``
+    (which has none) loads with ``step`` 0 and its momentum buffers continue.
 
     >>> import numpy as np, fusedopt
     >>> w = np.array([1.0, -2.0])
@@ -58,6 +59,9 @@ class SGD(Optimizer):
         ("dampening", check_real),
     )
     _state_names = ("momentum_buffer",)
+    # torch.optim.SGD's state dicts have no step count: a loaded entry without one counts 0
+    # completed steps (a schedule in lr starts again at t=0), and its momentum buffer continues.
+    _step_optional = True
 
     def __init__(
         self,

@@ -1,0 +1,137 @@
+"""Swapping in for ``torch.optim`` mid-run: a ``torch.optim`` state dict (CPU tensors, ``step`` and
+NAdam's ``mu_product`` as 0-d tensors, torch's extra group keys) loads into the fusedopt class of the
+same name over NumPy params, and the run continues as torch's does. Also the PyTorch adapter of
+``fusedopt._arrays``, which the classes use for CUDA tensors, exercised here on CPU tensors (its
+calls are device-agnostic).
+
+Skipped when PyTorch is not installed (it is not a dependency); CI runs it in its torch step.
+
+Tolerance: float64 throughout, rtol 1e-12 and atol 1e-13 * max(1, max |torch|) after three more
+steps: the kernels fold step scalars and use Adam's efficient order (Note [Adam's efficient order]),
+so they differ from torch in the last bits of each step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import fusedopt  # noqa: E402
+from fusedopt import _arrays  # noqa: E402
+
+CONFIGS = [
+    ("SGD", dict(lr=0.05, momentum=0.9, weight_decay=0.01)),
+    ("SGD", dict(lr=0.05, momentum=0.8, nesterov=True)),
+    ("Adagrad", dict(lr=0.1, lr_decay=0.01, initial_accumulator_value=0.1)),
+    ("Adadelta", dict(lr=1.0, rho=0.9, weight_decay=0.1)),
+    ("RMSprop", dict(lr=0.01, momentum=0.9, centered=True)),
+    ("Adam", dict(lr=0.01, amsgrad=True, weight_decay=0.01)),
+    ("AdamW", dict(lr=0.01, weight_decay=0.1)),
+    ("NAdam", dict(lr=0.01, momentum_decay=8e-3)),
+    ("NAdam", dict(lr=0.01, weight_decay=0.05, decoupled_weight_decay=True)),
+    ("Adamax", dict(lr=0.01, weight_decay=0.1)),
+]
+SHAPES = [(300,), (7, 5), (1,)]
+
+
+@pytest.fixture(autouse=True)
+def float64_scalars():
+    """torch keeps ``step`` and NAdam's ``mu_product`` as tensors of the default dtype: float64
+    keeps them as exact as fusedopt's Python floats (float32 would be torch's own rounding)."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
+
+
+def grads(k):
+    rng = np.random.default_rng([4, k])
+    return [rng.standard_normal(s) for s in SHAPES]
+
+
+@pytest.mark.parametrize("name, kw", CONFIGS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CONFIGS)])
+def test_torch_state_dict_continues_in_fusedopt(name, kw):
+    rng = np.random.default_rng(2)
+    t_params = [torch.tensor(rng.standard_normal(s), requires_grad=True) for s in SHAPES]
+    t_opt = getattr(torch.optim, name)(t_params, **kw)
+
+    def torch_step(k):
+        for p, g in zip(t_params, grads(k)):
+            p.grad = torch.from_numpy(g.copy())
+        t_opt.step()
+
+    for k in range(3):
+        torch_step(k)
+    sd = t_opt.state_dict()
+    if name != "SGD":  # torch's SGD keeps no step count: fusedopt's loads as step 0
+        assert isinstance(sd["state"][0]["step"], torch.Tensor)  # what the loader must take
+    params = [p.detach().numpy().copy() for p in t_params]
+    opt = getattr(fusedopt, name)(params, **kw)
+    opt.load_state_dict(sd)
+    for i, s in opt.state.items():
+        assert s["step"] == (0 if name == "SGD" else 3) and type(s["step"]) is int
+        for key, v in s.items():
+            if key not in ("step", "mu_product"):
+                assert type(v) is np.ndarray and v.dtype == np.float64, (i, key)
+    for k in range(3, 6):
+        torch_step(k)
+        opt.step(grads(k))
+    for i, (got, p) in enumerate(zip(params, t_params)):
+        want = p.detach().numpy()
+        scale = max(1.0, float(np.max(np.abs(want))))
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13 * scale, err_msg=f"params[{i}]")
+    for i, s in opt.state.items():
+        for key, v in s.items():
+            if key == "step":
+                assert v == (3 if name == "SGD" else int(t_opt.state[t_params[i]][key].item()))
+                continue
+            want = t_opt.state[t_params[i]][key]
+            if key == "mu_product":
+                assert v == pytest.approx(float(want), rel=1e-13)
+            else:
+                w = want.numpy()
+                np.testing.assert_allclose(v, w, rtol=1e-12, atol=1e-13 * max(1.0, np.max(np.abs(w))),
+                                           err_msg=f"state[{i}][{key!r}]")
+
+
+def test_torch_state_of_another_dtype_is_refused_by_name():
+    t_params = [torch.zeros(4, dtype=torch.float32, requires_grad=True)]
+    t_opt = torch.optim.Adam(t_params)
+    t_params[0].grad = torch.ones(4, dtype=torch.float32)
+    t_opt.step()
+    opt = fusedopt.Adam([np.zeros(4)], lr=1e-3)
+    with pytest.raises(ValueError, match=r"state\[0\]\['exp_avg'\] has dtype float32, expected "
+                                         r"float64 \(the dtype of params\[0\]\)"):
+        opt.load_state_dict(t_opt.state_dict())
+    assert len(opt.state) == 0
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_torch_adapter(order):
+    """The calls the classes make for a CUDA tensor, on a CPU tensor: allocation like the param
+    (strides kept, never requiring grad), copies that do not alias, writes from NumPy (any
+    order) and from another tensor, and reading back."""
+    ad = _arrays._Torch()
+    base = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    p = (base if order == "C" else base.t().contiguous().t()).requires_grad_()
+    full = ad.full_like(p, 0.25, 1)
+    assert full.stride() == p.stride() and not full.requires_grad
+    assert full.dtype == p.dtype and bool((full == 0.25).all())
+    empty = ad.empty_like(p)
+    assert empty.stride() == p.stride() and empty.shape == p.shape and not empty.requires_grad
+    c = ad.copy(p)
+    assert c.stride() == p.stride() and c.data_ptr() != p.data_ptr() and not c.requires_grad
+    assert torch.equal(c, p.detach())
+    src = np.asfortranarray(np.arange(12, dtype=np.float32).reshape(3, 4) * -1.0)
+    ad.write(full, src)
+    assert np.array_equal(ad.to_host(full), src)
+    ad.write(full, c)
+    assert np.array_equal(ad.to_host(full), p.detach().numpy())
+    assert _arrays.shape_dtype(p) == ((3, 4), "float32")
+    # a CPU tensor's saved value loads into a NumPy param (through the host)
+    w = np.zeros((3, 4), np.float32, order=order)
+    got = _arrays.load_like(w, p, 0)
+    assert type(got) is np.ndarray and np.array_equal(got, p.detach().numpy())
+    assert got.flags.f_contiguous == (order == "F")
