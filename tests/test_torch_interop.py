@@ -13,6 +13,8 @@ so they differ from torch in the last bits of each step.
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 import pytest
 
@@ -135,3 +137,107 @@ def test_torch_adapter(order):
     got = _arrays.load_like(w, p, 0)
     assert type(got) is np.ndarray and np.array_equal(got, p.detach().numpy())
     assert got.flags.f_contiguous == (order == "F")
+
+
+# ---- the PyTorch fast path of the CUDA backend (Note [The PyTorch fast path]) -------------------
+# _buffers._torch_fast reads a call's tensors with C-level maps; here over CPU tensors, with
+# ``device_of`` standing in for Tensor.get_device. It must give exactly what the general path
+# reads (pointers, sizes, dtype), and give up (None) on anything irregular, so that the general
+# path words the error.
+
+
+def _device0(t):
+    return 0
+
+
+def _call(n=5, dtype=torch.float32, nbuf=3):
+    shapes = [(3, 4), (7,), (1,), (0,), (2, 3, 2)][:n]
+    return [[torch.randn(s, dtype=dtype) for s in shapes] for _ in range(nbuf)]
+
+
+def _fast(args, device_of=_device0):
+    from fusedopt import _buffers
+
+    return _buffers._torch_fast(torch, args, device_of)
+
+
+def test_torch_fast_path_reads_what_the_general_path_reads():
+    from fusedopt import _buffers
+
+    args = _call()
+    args[0] = [torch.nn.Parameter(t) for t in args[0]]  # params usually are
+    ptrs, sizes, dtype = _fast(args)
+    assert dtype == "float32"
+    assert sizes == [t.numel() for t in args[0]]
+    for got, arr in zip(ptrs, args):
+        assert got == [_buffers._torch_view(t).ptr for t in arr]
+    # a tuple, an absent optional list, mixed dtypes (one name per tensor)
+    args = _call()
+    args[1] = tuple(args[1])
+    mixed = [t.double() if i % 2 else t for i, t in enumerate(args[0])]
+    ptrs, _, dtype = _fast([mixed, [t.clone() for t in mixed], None])
+    assert dtype == ["float32", "float64", "float32", "float64", "float32"] and ptrs[2] is None
+
+
+class _Sub(torch.Tensor):
+    pass
+
+
+def _edit(k, i, make):
+    def edit(args):
+        args[k][i] = make(args[k][i])
+        return args
+    return edit
+
+
+IRREGULAR = {
+    "subclass": _edit(1, 2, lambda t: t.as_subclass(_Sub)),
+    "not-a-tensor": _edit(2, 0, lambda t: t.numpy()),
+    "transposed": _edit(1, 0, lambda t: t.t().contiguous().t()),
+    "strided": _edit(2, 1, lambda t: torch.zeros(14)[::2]),
+    "negative-view": _edit(1, 1, lambda t: t._neg_view()),
+    "dtype-of-param": _edit(0, 0, lambda t: t.half()),
+    "dtype-mismatch": _edit(2, 4, lambda t: t.double()),
+    "shape-mismatch": _edit(1, 0, lambda t: t.reshape(4, 3).contiguous()),
+    "length": lambda args: [args[0], args[1][:-1], args[2]],
+    "list-type": lambda args: [args[0], set(args[1]), args[2]],
+    "empty": lambda args: [[], [], []],
+}
+
+
+@pytest.mark.parametrize("name", IRREGULAR)
+def test_torch_fast_path_gives_up_on_anything_irregular(name):
+    args = IRREGULAR[name](_call())
+    assert _fast(args) is None
+
+
+def test_torch_fast_path_needs_one_cuda_device():
+    args = _call()
+    assert _fast(args, lambda t: -1) is None  # CPU tensors: get_device() is -1
+    other = {id(args[0][2]), id(args[1][1])}
+    assert _fast(args, lambda t: 1 if id(t) in other else 0) is None  # two devices
+    grad = args[1][1]
+    assert _fast(args, lambda t: 1 if t is grad else 0) is None  # a grad on another device
+
+
+def test_negative_view_refused_by_the_general_path():
+    from fusedopt import _buffers
+
+    with pytest.raises(ValueError, match="negative view"):
+        _buffers._torch_view(torch.zeros(3)._neg_view())
+
+
+@pytest.mark.parametrize("name", [n for n in IRREGULAR if n not in ("length", "list-type", "empty")])
+def test_grads_match_check_of_the_classes(name):
+    """``torch_lists_match`` (the classes' grad check on several calls) accepts matching grads and
+    refuses every irregular one, so that each grad is then looked at and the bad one named."""
+    from fusedopt import _buffers
+
+    params, grads, _ = _call()
+    assert _buffers.torch_lists_match(grads, params, _device0)
+    assert not _buffers.torch_lists_match(grads, params, lambda t: -1)
+    edited = IRREGULAR[name]([list(params), list(grads), [t.clone() for t in grads]])
+    if all(map(operator.is_, edited[0], params)):  # a grad list was edited: it is refused
+        assert not all(_buffers.torch_lists_match(g, params, _device0) for g in edited[1:])
+    else:  # a param was edited: no grad list matches it
+        assert not _buffers.torch_lists_match(grads, edited[0], _device0)

@@ -18,6 +18,7 @@ Anything else is refused with a ``TypeError`` that names what was given.
 
 from __future__ import annotations
 
+import operator
 import sys
 
 import numpy as np
@@ -124,6 +125,8 @@ class _View:
 
 
 def _torch_view(t):
+    if t.is_neg():
+        raise ValueError("is a negative view (torch's lazy negation); call .resolve_neg() first")
     shape = tuple(t.shape)
     dtype = str(t.dtype).removeprefix("torch.")
     if t.is_contiguous():
@@ -232,6 +235,14 @@ def _cuda_call(fn, lists, args, hyper):
     ref = args[0]
     n = len(ref)
     stream = _launch_stream(ref[0])
+    torch = sys.modules.get("torch")
+    if torch is not None and type(ref[0]) in _plain_tensor_types(torch):
+        fast = _torch_fast(torch, args)
+        if fast is not None:
+            ptrs, sizes, dtype = fast
+            return getattr(_cuda, fn)(
+                *ptrs, sizes=sizes, dtype=dtype, stream=stream, wait_streams=None, **hyper
+            )
     views = []
     for (name, written), arr in zip(lists, args):
         if arr is None:
@@ -317,6 +328,95 @@ def _cuda_call(fn, lists, args, hyper):
     return getattr(_cuda, fn)(
         *ptrs, sizes=sizes, dtype=dtype, stream=stream, wait_streams=wait, **hyper
     )
+
+
+# Note [The PyTorch fast path]
+# Reading a tensor through _torch_view and checking it in _cuda_call's loops costs about 2 us of
+# Python per tensor: 160 ms for a step over 20,000 params with three buffers each. The common
+# call -- every array a plain, contiguous CUDA tensor of its param's dtype, device and shape, one
+# device for the call -- is read instead with one C-level map per fact over each list (type,
+# negative bit, contiguity, dtype, device, shape, data pointer), about 0.5 us per tensor.
+# Anything else (another array library, a tensor subclass, Fortran order, a mismatch, an error to
+# word) goes to the general path, which reads each array and names the first bad one. The C++
+# side checks the pointers themselves either way (null, alignment, overlap, device memory).
+
+
+def _plain_tensor_types(torch):
+    types = _TORCH_TYPES.get(id(torch))
+    if types is None:
+        types = _TORCH_TYPES[id(torch)] = frozenset((torch.Tensor, torch.nn.Parameter))
+    return types
+
+
+_TORCH_TYPES = {}
+_DTYPE = operator.attrgetter("dtype")
+_SHAPE = operator.attrgetter("shape")
+
+
+def _torch_facts(torch, arr, device_of):
+    """(dtypes, devices, shapes) of a list of plain, contiguous tensors without a negative bit,
+    or None."""
+    T = torch.Tensor
+    if type(arr) not in (list, tuple) or not set(map(type, arr)) <= _plain_tensor_types(torch):
+        return None
+    if any(map(T.is_neg, arr)) or not all(map(T.is_contiguous, arr)):
+        return None
+    return list(map(_DTYPE, arr)), list(map(device_of, arr)), list(map(_SHAPE, arr))
+
+
+def _torch_fast(torch, args, device_of=None):
+    """``(pointer lists, sizes, dtype)`` for ``_core.cuda`` when every array of the call is a
+    plain, contiguous CUDA tensor matching its param (dtype, device, shape) and all are on one
+    device; None otherwise (Note [The PyTorch fast path]). ``device_of`` (a tensor's device
+    index, ``Tensor.get_device`` by default) lets the tests run it over CPU tensors."""
+    T = torch.Tensor
+    device_of = device_of or T.get_device
+    params = args[0]
+    if not params:
+        return None
+    facts = _torch_facts(torch, params, device_of)
+    if facts is None:
+        return None
+    dtypes, devices, _ = facts
+    if devices[0] < 0 or devices.count(devices[0]) != len(devices):
+        return None
+    names = _TORCH_FLOATS.get(id(torch))
+    if names is None:
+        names = _TORCH_FLOATS[id(torch)] = {torch.float32: "float32", torch.float64: "float64"}
+    if dtypes.count(dtypes[0]) == len(dtypes):
+        dtype = names.get(dtypes[0])
+        if dtype is None:
+            return None
+    else:
+        dtype = [names.get(d) for d in dtypes]
+        if None in dtype:
+            return None
+    ptrs = []
+    for arr in args:
+        if arr is None:
+            ptrs.append(None)
+            continue
+        if arr is not params and _torch_facts(torch, arr, device_of) != facts:
+            return None
+        ptrs.append(list(map(T.data_ptr, arr)))
+    return ptrs, list(map(T.numel, params)), dtype
+
+
+_TORCH_FLOATS = {}
+
+
+def torch_lists_match(arrays, params, device_of=None):
+    """Whether ``arrays`` are plain, contiguous CUDA tensors, each of the dtype, device and shape of
+    the tensor at its index in ``params`` (themselves plain and contiguous): the check of the
+    PyTorch fast path, for the optimizer classes' grads. False means "look at each one".
+    ``device_of`` as in :func:`_torch_fast`."""
+    torch = sys.modules.get("torch")
+    if torch is None or not params or type(params[0]) not in _plain_tensor_types(torch):
+        return False
+    device_of = device_of or torch.Tensor.get_device
+    facts = _torch_facts(torch, params, device_of)
+    return facts is not None and min(facts[1]) >= 0 and (
+        _torch_facts(torch, arrays, device_of) == facts)
 
 
 def _numel(shape):

@@ -35,7 +35,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .. import _arrays, functional
+from .. import _arrays, _buffers, functional
 
 __all__ = ["Optimizer"]
 
@@ -441,8 +441,12 @@ class Optimizer:
         """Each grad against its param (type, place, dtype, shape, memory order), with messages
         naming its flat index. NumPy grads of NumPy params take a fast path."""
         ndarray = np.ndarray
+        device = []  # indices of device params
         for i, (g, layout) in enumerate(zip(grads, self._layouts)):
-            if layout is None or not isinstance(g, ndarray):
+            if layout is None:
+                device.append(i)
+                continue
+            if not isinstance(g, ndarray):
                 self._check_grad(i, g, self._metas[i])
                 continue
             shape, dtype, c_order = layout
@@ -451,6 +455,11 @@ class Optimizer:
             flags = g.flags
             if not ((flags.c_contiguous if c_order else flags.f_contiguous) and flags.aligned):
                 self._grad_error(i, g, None)
+        if device and not _buffers.torch_lists_match(
+            [grads[i] for i in device], [self._params[i] for i in device]
+        ):
+            for i in device:
+                self._check_grad(i, grads[i], self._metas[i])
         return grads
 
     def _check_grad(self, i, g, m):
