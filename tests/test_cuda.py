@@ -551,6 +551,29 @@ def test_bad_device_inputs_modify_nothing(lib):
 
 
 @requires_gpu
+@pytest.mark.parametrize("where", [0, 37, 99])
+def test_host_memory_among_views_of_one_allocation_is_refused(lib, where):
+    """Note [One driver query per allocation]: 100 params carved out of one device allocation are
+    vouched for by one query, but a host buffer among them (in any position, so anywhere in
+    address order) is still refused by name, and nothing is written."""
+    xp = lib.mod
+    big = lib.to_device(np.zeros((100, 16), np.float32))
+    params = [big[i] for i in range(100)]
+    grads = [lib.to_device(np.ones(16, np.float32)) for _ in range(100)]
+    host = np.zeros(16, np.float32)
+    fake = FakeDeviceArray(host.ctypes.data, shape=(16,))
+    grads_bad = list(grads)
+    grads_bad[where] = fake
+    with pytest.raises(TypeError, match=rf"grads\[{where}\] = 0x[0-9a-f]+ is host memory"):
+        functional.sgd(params, grads_bad, step=1, lr=1.0)
+    lib.synchronize()
+    assert not lib.to_host(big).any()
+    functional.sgd(params, grads, step=1, lr=1.0)  # and the same call with the device grad runs
+    lib.synchronize()
+    assert bool((big == -1.0).all()) if lib.name == "torch" else bool(xp.all(big == -1.0))
+
+
+@requires_gpu
 def test_arrays_on_two_devices_are_refused(lib):
     if lib.device_count() < 2:
         pytest.skip("needs two CUDA devices")

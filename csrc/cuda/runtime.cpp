@@ -1,6 +1,7 @@
 // The CUDA runtime queries of kernels.h and the error helper of check.h. Plain C++ against the
 // runtime API (linked statically: see CMakeLists.txt), so a machine without a driver can still
 // load the module; every query reports "no driver" as an answer, never as a crash.
+#include <cuda.h>  // types only: the driver is reached through the runtime's entry-point query
 #include <cuda_runtime_api.h>
 
 #include <stdexcept>
@@ -38,6 +39,43 @@ PointerInfo pointer_info(const void* p) {
     case cudaMemoryTypeHost: return {MemoryKind::Host, a.device};
     default: return {MemoryKind::Unregistered, -1};
   }
+}
+
+namespace {
+
+using AddressRangeFn = CUresult (*)(CUdeviceptr* base, size_t* size, CUdeviceptr p);
+
+// cuMemGetAddressRange (v2, CUDA >= 3.2), looked up once; null where the driver lacks it.
+AddressRangeFn address_range_fn() {
+  static const AddressRangeFn fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+#if CUDART_VERSION >= 12050
+    const cudaError_t err =
+        cudaGetDriverEntryPointByVersion("cuMemGetAddressRange", &f, 3020, cudaEnableDefault, &found);
+#else
+    const cudaError_t err = cudaGetDriverEntryPoint("cuMemGetAddressRange", &f, cudaEnableDefault, &found);
+#endif
+    if (err != cudaSuccess || found != cudaDriverEntryPointSuccess) {
+      cudaGetLastError();
+      return static_cast<AddressRangeFn>(nullptr);
+    }
+    return reinterpret_cast<AddressRangeFn>(f);
+  }();
+  return fn;
+}
+
+}  // namespace
+
+bool allocation_range(const void* p, uintptr_t* base, size_t* size) {
+  const AddressRangeFn fn = address_range_fn();
+  if (fn == nullptr) return false;
+  CUdeviceptr b = 0;
+  size_t n = 0;
+  if (fn(&b, &n, reinterpret_cast<CUdeviceptr>(p)) != CUDA_SUCCESS) return false;
+  *base = static_cast<uintptr_t>(b);
+  *size = n;
+  return true;
 }
 
 void stream_wait(int device, uintptr_t stream, uintptr_t other) {
