@@ -305,21 +305,33 @@ def agreement(algo, torch, rng, wanted):
 # Python overhead: a step over many tiny tensors costs almost nothing but the call itself.
 
 
-def overhead(algos, torch, rng, sizes, quick):
+def overhead(algos, torch, rng, sizes, quick, make_group=None, sync=None):
     """Per-step seconds over ``sizes`` (many tiny tensors), timed in blocks of calls so the timer
     does not dominate. fusedopt and its ceiling (``rmw``: the bindings' floor, validating and
-    dispatching the same lists) for every algorithm; every peer for Adam."""
+    dispatching the same lists) for every algorithm; every peer for Adam.
+
+    On the GPU (``make_group=gpu.cuda_group``, ``sync`` = ``torch.cuda.synchronize``) a block ends
+    with one synchronisation, so a step's time is its host cost (Python, checks, launches) unless
+    the device is the slower side; the ceiling is then one copy launch."""
     rows = []
     rounds = 3 if quick else 30
+    make_group = make_group or cpu_group
     for algo in algos:
         wanted = list(IMPLS) if algo.name == "adam" else ["ceiling", "fusedopt"]
-        group = cpu_group(algo, sizes, rng, torch, wanted)
+        group = make_group(algo, sizes, rng, torch, wanted)
         blocks = []
         for impl in group.impls:
             once = perf_timer(impl.step)
             # About 2 ms per block, between 2 and 200 calls.
             n = max(2, min(200, int(2e-3 / max(once, 1e-7))))
-            blocks.append(Impl(impl.name, (lambda s=impl.step, n=n: [s() for _ in range(n)]), n))
+
+            def block(s=impl.step, n=n):
+                for _ in range(n):
+                    s()
+                if sync is not None:
+                    sync()
+
+            blocks.append(Impl(impl.name, block, n))
         policy = Policy(warmup=1, min_rounds=rounds, max_rounds=rounds, budget_s=0.0)
         times = time_group(blocks, policy, rng)
         for b in blocks:

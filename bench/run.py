@@ -205,9 +205,14 @@ def main(argv=None):
         print("\n" + report.detail_table(rows, wl), flush=True)
 
     overhead_rows = []
-    if not args.no_overhead and not gpu:
+    if not args.no_overhead:
         sizes = [W.OVERHEAD_SIZE] * (W.OVERHEAD_TENSORS if not args.quick else 20)
-        overhead_rows = harness.overhead(algos, torch, rng, sizes, args.quick)
+        if gpu:  # host cost per step: Python, checks and launches (Note in harness.overhead)
+            overhead_rows = harness.overhead(algos, torch, rng, sizes, args.quick,
+                                             make_group=G.cuda_group,
+                                             sync=torch.cuda.synchronize)
+        else:
+            overhead_rows = harness.overhead(algos, torch, rng, sizes, args.quick)
         print("\n" + report.overhead_table(overhead_rows), flush=True)
 
     others_whole = monitor.others_share(run_start)
