@@ -157,24 +157,35 @@ def assert_same_state(got, want):
                 assert g == w and type(g) is type(w), (i, name)
 
 
+def state_arrays(state):
+    """(index, name, array) of every state array."""
+    return [(i, k, v) for i, s in state.items() for k, v in s.items()
+            if k not in ("step", "mu_product")]
+
+
+def run_beside_host(case, groups, placed):
+    """``case`` run over the NumPy ``groups`` and over ``placed`` (their twins, some or all on
+    emulated devices); the params and states must agree bit for bit. Returns the placed run's
+    optimizer and flat params."""
+    opt_h, opt = build(case, groups), build(case, placed)
+    params, placed_params = flat(groups), flat(placed)
+    drive(opt_h, params, 0, STEPS, lambda i, g: g)
+    drive(opt, placed_params, 0, STEPS, like(placed_params))
+    for i, (h, d) in enumerate(zip(params, placed_params)):
+        assert_same_bits(d, h, f"params[{i}]")
+    assert_same_state(opt.state, opt_h.state)
+    return opt, placed_params
+
+
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_classes_on_device_arrays_match_host(case, dtype, emulated_cuda):
     groups = make_params(dtype)
-    dev_groups = on_device(groups)
-    opt_h, opt_d = build(case, groups), build(case, dev_groups)
-    params, d_params = flat(groups), flat(dev_groups)
-    drive(opt_h, params, 0, STEPS, lambda i, g: g)
-    drive(opt_d, d_params, 0, STEPS, like(d_params))
-    for i, (h, d) in enumerate(zip(params, d_params)):
-        assert_same_bits(d, h, f"params[{i}]")
-    assert_same_state(opt_d.state, opt_h.state)
+    opt_d, d_params = run_beside_host(case, groups, on_device(groups))
     # every state array is the param's library, on its device, laid out like it
-    for i, s in opt_d.state.items():
-        for name, v in s.items():
-            if name not in ("step", "mu_product"):
-                assert isinstance(v, Emu) and v.device == 0, (i, name)
-                assert v.a.flags.f_contiguous == d_params[i].a.flags.f_contiguous, (i, name)
+    for i, name, v in state_arrays(opt_d.state):
+        assert isinstance(v, Emu) and v.device == 0, (i, name)
+        assert v.a.flags.f_contiguous == d_params[i].a.flags.f_contiguous, (i, name)
     assert opt_d.state[d_params[3]] is opt_d.state[3]
     # one launch per group and step, all on the CUDA backend
     assert len(emulated_cuda.calls) == 2 * STEPS
@@ -190,18 +201,10 @@ def test_a_group_spanning_devices_makes_one_call_per_device(case, emulated_cuda)
     place = {(0, 0): 1, (0, 1): 0, (0, 2): None, (1, 0): 0, (1, 1): 1}
     mixed = [[p.copy(order="K") if place[gi, j] is None else Emu(p.copy(order="K"), place[gi, j])
               for j, p in enumerate(g)] for gi, g in enumerate(groups)]
-    opt_h, opt_m = build(case, groups), build(case, mixed)
-    params, m_params = flat(groups), flat(mixed)
-    drive(opt_h, params, 0, STEPS, lambda i, g: g)
-    drive(opt_m, m_params, 0, STEPS, like(m_params))
-    for i, (h, m) in enumerate(zip(params, m_params)):
-        assert_same_bits(m, h, f"params[{i}]")
-    assert_same_state(opt_m.state, opt_h.state)
-    for i, s in opt_m.state.items():
-        for name, v in s.items():
-            if name not in ("step", "mu_product"):
-                p = m_params[i]
-                assert type(v) is type(p) and getattr(v, "device", None) == getattr(p, "device", None)
+    opt_m, m_params = run_beside_host(case, groups, mixed)
+    for i, name, v in state_arrays(opt_m.state):
+        p = m_params[i]
+        assert type(v) is type(p) and getattr(v, "device", None) == getattr(p, "device", None)
     # per step: group 0 on cuda:1 and cuda:0 (its host param goes to the CPU), group 1 on both
     devices = [dev for _, dev in emulated_cuda.calls]
     assert devices == [1, 0, 0, 1] * STEPS
@@ -215,12 +218,10 @@ def test_state_dict_stays_on_the_device_and_loads_anywhere(case, emulated_cuda):
     d_params = flat(dev_groups)
     drive(opt_d, d_params, 0, 5, like(d_params))
     sd = opt_d.state_dict()
-    for i, s in sd["state"].items():
-        for name, v in s.items():
-            if name not in ("step", "mu_product"):
-                live = opt_d.state[i][name]
-                assert isinstance(v, Emu) and v.device == 0 and v.a is not live.a, (i, name)
-                assert not np.shares_memory(v.a, live.a), (i, name)
+    for i, name, v in state_arrays(sd["state"]):
+        live = opt_d.state[i][name]
+        assert isinstance(v, Emu) and v.device == 0 and v.a is not live.a, (i, name)
+        assert not np.shares_memory(v.a, live.a), (i, name)
 
     # the unbroken runs, on the host and on the device
     ref_groups = make_params(np.float64)
@@ -245,10 +246,8 @@ def test_state_dict_stays_on_the_device_and_loads_anywhere(case, emulated_cuda):
     d1_params = flat(dev1_groups)
     drive(dev1, d1_params, 0, 5, like(d1_params))
     dev1.load_state_dict(host_sd)
-    for i, s in dev1.state.items():
-        for name, v in s.items():
-            if name not in ("step", "mu_product"):
-                assert isinstance(v, Emu) and v.device == 1, (i, name)
+    for i, name, v in state_arrays(dev1.state):
+        assert isinstance(v, Emu) and v.device == 1, (i, name)
     drive(dev1, d1_params, 5, STEPS, like(d1_params))
     assert_same_state(dev1.state, ref.state)
 
