@@ -289,8 +289,7 @@ def _signature(algo):
     cfg = algo.config(algo.full)
     lists = tuple((n, r) for n, r in algo.args if r != "state" or algo.uses(n, cfg.hp))
     names = tuple(n for n, _ in lists)
-    # adamw calls adam, whose kernel names itself "adam"; accept either spelling.
-    err = "adamw?" if algo.name == "adamw" else algo.name
+    err = algo.name  # adamw re-words the messages of the adam kernel it calls
     return Signature(algo.name, err, lists, names, dict(cfg.hp), optional=tuple(algo.needs))
 
 

@@ -240,11 +240,17 @@ def adamw(
 ):
     r"""AdamW (Loshchilov & Hutter, 2019): :func:`adam` with decoupled weight decay,
     ``p <- p * (1 - lr * weight_decay)`` before the Adam step; default ``weight_decay=1e-2``."""
-    adam(
-        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
-        step=step, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-        amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=True,
-    )
+    try:
+        adam(
+            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
+            step=step, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+            amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=True,
+        )
+    except (TypeError, ValueError, RuntimeError) as e:  # the kernels' messages name adam
+        text = str(e)
+        if type(e) in (TypeError, ValueError, RuntimeError) and text.startswith("adam: "):
+            raise type(e)("adamw: " + text[len("adam: "):]) from None
+        raise
 
 
 def nadam(

@@ -253,10 +253,17 @@ def adam(
     ``g += wd*p`` (L2) or ``p *= 1 - lr*wd`` (decoupled, AdamW); ``m = b1*m + (1-b1)*g``;
     ``v = b2*v + (1-b2)*g^2``; AMSGrad: ``vmax = max(vmax, v)`` (NaN-propagating) used for ``v``;
     ``p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)``."""
+    _adam("adam", params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, lr, betas, eps,
+          weight_decay, amsgrad, maximize, decoupled_weight_decay)
+
+
+def _adam(fn, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, lr, betas, eps,
+          weight_decay, amsgrad, maximize, decoupled_weight_decay):
+    """Adam and AdamW; ``fn`` names the function in messages."""
     if amsgrad and max_exp_avg_sqs is None:
-        raise ValueError("adam: max_exp_avg_sqs are required when amsgrad=True")
+        raise ValueError(f"{fn}: max_exp_avg_sqs are required when amsgrad=True")
     params, s = _lists(
-        "adam", params, step, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs,
+        fn, params, step, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs,
         max_exp_avg_sqs=max_exp_avg_sqs if amsgrad else None,
     )
     beta1, beta2 = betas
@@ -293,11 +300,8 @@ def adamw(
 ):
     """AdamW (Loshchilov & Hutter, 2019), ``torch.optim.AdamW``: :func:`adam` with the decoupled
     decay ``p *= 1 - lr*wd`` applied before the Adam step."""
-    adam(
-        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
-        step=step, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-        amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=True,
-    )
+    _adam("adamw", params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, lr, betas, eps,
+          weight_decay, amsgrad, maximize, True)
 
 
 def _nadam_mu(beta1, momentum_decay, t):
