@@ -41,7 +41,8 @@ struct Span {
 };
 
 // Refuses (ValueError "<a> overlaps <b>") a call in which a written buffer shares memory with any
-// other buffer; read-only buffers may share memory with each other. Sorts spans.
+// other buffer; read-only buffers may share memory with each other. Leaves `spans` sorted by
+// address (ties in argument order), which the CUDA bindings' driver check relies on.
 void check_no_overlap(const Fail& fail, const ListArg* args, std::vector<Span>& spans);
 
 #pragma GCC visibility pop

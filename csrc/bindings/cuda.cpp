@@ -52,6 +52,11 @@ void cuda_call(const char* fn, F&& f) {
   }
 }
 
+// Memory the kernels cannot update: plain (unregistered) or pinned host memory.
+bool is_host(const cuda::PointerInfo& info) {
+  return info.kind == cuda::MemoryKind::Unregistered || info.kind == cuda::MemoryKind::Host;
+}
+
 bool is_seq(py::handle h) { return PyList_Check(h.ptr()) || PyTuple_Check(h.ptr()); }
 PyObject* at(py::handle seq, size_t i) { return PySequence_Fast_ITEMS(seq.ptr())[i]; }
 size_t seq_len(py::handle seq) { return static_cast<size_t>(PySequence_Fast_GET_SIZE(seq.ptr())); }
@@ -211,20 +216,16 @@ DeviceBatch::DeviceBatch(const char* fn, std::initializer_list<ListArg> args, py
   // allocations, so that is not an error). The messages still name the first bad buffer in
   // argument order.
   if (spans.empty()) return;
-  std::vector<size_t> by_address(spans.size());
-  for (size_t j = 0; j < spans.size(); ++j) by_address[j] = j;
-  std::sort(by_address.begin(), by_address.end(),
-            [&](size_t x, size_t y) { return spans[x].lo < spans[y].lo; });
-  std::vector<cuda::PointerInfo> infos(spans.size());
+  std::vector<cuda::PointerInfo> infos(spans.size());  // spans[j]'s answer
   uintptr_t known_lo = 0, known_hi = 0;  // the last allocation checked; empty at first
   cuda::PointerInfo known{};
-  for (size_t j : by_address) {
+  for (size_t j = 0; j < spans.size(); ++j) {  // in address order: check_no_overlap sorted them
     const Span& s = spans[j];
     if (!(s.lo >= known_lo && s.hi <= known_hi)) {
       cuda_call(fn, [&] { known = cuda::pointer_info(reinterpret_cast<const void*>(s.lo)); });
       uintptr_t base = 0;
       size_t size = 0;
-      if (known.kind != cuda::MemoryKind::Unregistered && known.kind != cuda::MemoryKind::Host &&
+      if (!is_host(known) &&
           cuda::allocation_range(reinterpret_cast<const void*>(s.lo), &base, &size) &&
           base <= s.lo && s.hi <= base + size) {
         known_lo = base;
@@ -236,30 +237,35 @@ DeviceBatch::DeviceBatch(const char* fn, std::initializer_list<ListArg> args, py
     }
     infos[j] = known;
   }
-  std::vector<size_t> by_argument(spans.size());
-  for (size_t j = 0; j < spans.size(); ++j) by_argument[j] = j;
-  std::sort(by_argument.begin(), by_argument.end(), [&](size_t x, size_t y) {
+  // The call's device is that of its first buffer in argument order; the error names the first
+  // buffer, in argument order, that is host memory or on another device.
+  const auto before = [&](size_t x, size_t y) {
     return spans[x].arg != spans[y].arg ? spans[x].arg < spans[y].arg
                                         : spans[x].index < spans[y].index;
-  });
-  const Span* first = nullptr;
-  for (size_t j : by_argument) {
-    const Span& s = spans[j];
-    const cuda::PointerInfo& info = infos[j];
-    if (info.kind == cuda::MemoryKind::Unregistered || info.kind == cuda::MemoryKind::Host) {
-      fail.type(item(a[s.arg].name, s.index) + " = " + hex(s.lo) +
-                " is host memory, expected CUDA device memory (host and device arrays cannot be "
-                "mixed in one call)");
-    }
-    if (first == nullptr) {
-      first = &s;
-      device_ = info.device;
-    } else if (info.device != device_) {
-      fail.value(item(a[s.arg].name, s.index) + " is on cuda:" + std::to_string(info.device) +
-                 ", expected cuda:" + std::to_string(device_) + " (the device of " +
-                 item(a[first->arg].name, first->index) + ")");
+  };
+  const size_t n_spans = spans.size();
+  size_t first = 0;
+  for (size_t j = 1; j < n_spans; ++j) {
+    if (before(j, first)) first = j;
+  }
+  device_ = infos[first].device;
+  size_t bad = n_spans;
+  for (size_t j = 0; j < n_spans; ++j) {
+    if ((is_host(infos[j]) || infos[j].device != device_) && (bad == n_spans || before(j, bad))) {
+      bad = j;
     }
   }
+  if (bad == n_spans) return;
+  const Span& s = spans[bad];
+  if (is_host(infos[bad])) {
+    fail.type(item(a[s.arg].name, s.index) + " = " + hex(s.lo) +
+              " is host memory, expected CUDA device memory (host and device arrays cannot be "
+              "mixed in one call)");
+  }
+  const Span& f = spans[first];
+  fail.value(item(a[s.arg].name, s.index) + " is on cuda:" + std::to_string(infos[bad].device) +
+             ", expected cuda:" + std::to_string(device_) + " (the device of " +
+             item(a[f.arg].name, f.index) + ")");
 }
 
 bool given(const py::object& o) { return !o.is_none(); }
