@@ -114,7 +114,7 @@ class _NumPy(_Adapter):
 def _view_meta(v):
     """Meta of a ``_buffers._View`` (a CUDA array)."""
     order = "C" if v.layout & _buffers._C else ("F" if v.layout & _buffers._F else "")
-    nbytes = _numel(v.shape) * (8 if v.dtype == "float64" else 4)
+    nbytes = _buffers._numel(v.shape) * (8 if v.dtype == "float64" else 4)
     span = (v.ptr, v.ptr + nbytes) if nbytes else (0, 0)
     return Meta(("cuda", v.device), v.shape, v.dtype, order, span, v.readonly, True)
 
@@ -190,7 +190,7 @@ class _CuPy(_Adapter):
 # The libraries the classes allocate with, NumPy first (the common case). Tests append an adapter
 # for a host-memory stand-in of a CUDA library.
 _ADAPTERS = [_NumPy(), _Torch(), _CuPy()]
-_NUMPY = _ADAPTERS[0]
+_NUMPY, _TORCH = _ADAPTERS[:2]
 
 
 def adapter_of(x):
@@ -223,13 +223,42 @@ def kind(x):
     return f"a {type(x).__name__}"
 
 
-def describe(x):
+def mismatch(x, ref, where):
+    """``(Meta of x, wrong)``: ``wrong`` is the first of "place", "dtype", "shape", "aligned",
+    "order" in which array ``x`` differs from the Meta ``ref``, "type" if ``x`` is not an array the
+    classes take (its Meta is then None), or None: what an array handed in for ``ref`` (a grad for
+    its param, a param for its average) must match. ``where`` as in :func:`describe`."""
+    m = describe(x, where)[1]
+    return m, _first_difference(m, ref)
+
+
+def _first_difference(m, ref):
+    if m is None:
+        return "type"
+    if m.place != ref.place:
+        return "place"
+    if m.dtype != ref.dtype:
+        return "dtype"
+    if m.shape != ref.shape:
+        return "shape"
+    if not m.aligned:
+        return "aligned"
+    if m.order != ref.order:
+        return "order"
+    return None
+
+
+def describe(x, where):
     """``(adapter, Meta)`` of ``x``, or ``(None, None)`` if no adapter owns it. A CUDA array whose
-    interface cannot be read raises ``TypeError`` / ``ValueError`` (e.g. a masked array)."""
+    interface cannot be read raises ``TypeError`` / ``ValueError`` (e.g. a masked array), its
+    message prefixed with ``where`` (how the caller names ``x``)."""
     ad = adapter_of(x)
     if ad is None:
         return None, None
-    return ad, ad.meta(x)
+    try:
+        return ad, ad.meta(x)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{where} {e}") from None
 
 
 def copy(x):
@@ -260,20 +289,10 @@ def load_like(p, value, slot):
     goes through host memory, so any pair of libraries and devices works."""
     ad = adapter_of(p)
     out = ad.full_like(p, 0.0, slot)
-    if not ad.owns(value):
-        if _torch_tensor(value):
-            value = value.detach().cpu().numpy()
-        else:
-            value = adapter_of(value).to_host(value)
+    if not ad.owns(value):  # a CPU tensor has no adapter, but _Torch reads it back all the same
+        value = (_TORCH if _torch_tensor(value) else adapter_of(value)).to_host(value)
     ad.write(out, value)
     return out
-
-
-def _numel(shape):
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 # ---- state_like ----------------------------------------------------------------------------------
@@ -315,9 +334,8 @@ def state_like(x, fill_value=0.0, slot=0):
     """
     if isinstance(x, np.ndarray):
         return _staggered(x, fill_value, slot)
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(x, torch.Tensor):  # a CPU tensor too: torch allocates it
-        return torch.full_like(x, fill_value, requires_grad=False)
+    if _torch_tensor(x):  # a CPU tensor too: torch allocates it
+        return _TORCH.full_like(x, fill_value, slot)
     ad = adapter_of(x)
     if ad is None:
         raise TypeError(

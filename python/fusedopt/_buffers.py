@@ -342,13 +342,21 @@ def _cuda_call(fn, lists, args, hyper):
 
 
 def _plain_tensor_types(torch):
-    types = _TORCH_TYPES.get(id(torch))
-    if types is None:
-        types = _TORCH_TYPES[id(torch)] = frozenset((torch.Tensor, torch.nn.Parameter))
-    return types
+    return _torch_consts(torch)[0]
 
 
-_TORCH_TYPES = {}
+def _torch_consts(torch):
+    """(the plain tensor types, {torch float dtype: its name}), made once per torch module."""
+    consts = _TORCH_CONSTS.get(id(torch))
+    if consts is None:
+        consts = _TORCH_CONSTS[id(torch)] = (
+            frozenset((torch.Tensor, torch.nn.Parameter)),
+            {torch.float32: "float32", torch.float64: "float64"},
+        )
+    return consts
+
+
+_TORCH_CONSTS = {}
 _DTYPE = operator.attrgetter("dtype")
 _SHAPE = operator.attrgetter("shape")
 
@@ -364,6 +372,14 @@ def _torch_facts(torch, arr, device_of):
     return list(map(_DTYPE, arr)), list(map(device_of, arr)), list(map(_SHAPE, arr))
 
 
+def _torch_param_facts(torch, params, device_of):
+    """``_torch_facts`` of a non-empty list of params that are all on CUDA devices, or None."""
+    if not params:
+        return None
+    facts = _torch_facts(torch, params, device_of)
+    return facts if facts is not None and min(facts[1]) >= 0 else None
+
+
 def _torch_fast(torch, args, device_of=None):
     """``(pointer lists, sizes, dtype)`` for ``_core.cuda`` when every array of the call is a
     plain, contiguous CUDA tensor matching its param (dtype, device, shape) and all are on one
@@ -372,17 +388,13 @@ def _torch_fast(torch, args, device_of=None):
     T = torch.Tensor
     device_of = device_of or T.get_device
     params = args[0]
-    if not params:
-        return None
-    facts = _torch_facts(torch, params, device_of)
+    facts = _torch_param_facts(torch, params, device_of)
     if facts is None:
         return None
     dtypes, devices, _ = facts
-    if devices[0] < 0 or devices.count(devices[0]) != len(devices):
+    if devices.count(devices[0]) != len(devices):
         return None
-    names = _TORCH_FLOATS.get(id(torch))
-    if names is None:
-        names = _TORCH_FLOATS[id(torch)] = {torch.float32: "float32", torch.float64: "float64"}
+    names = _torch_consts(torch)[1]
     if dtypes.count(dtypes[0]) == len(dtypes):
         dtype = names.get(dtypes[0])
         if dtype is None:
@@ -402,9 +414,6 @@ def _torch_fast(torch, args, device_of=None):
     return ptrs, list(map(T.numel, params)), dtype
 
 
-_TORCH_FLOATS = {}
-
-
 def torch_lists_match(arrays, params, device_of=None):
     """Whether ``arrays`` are plain, contiguous CUDA tensors, each of the dtype, device and shape of
     the tensor at its index in ``params`` (themselves plain and contiguous): the check of the
@@ -414,9 +423,8 @@ def torch_lists_match(arrays, params, device_of=None):
     if torch is None or not params or type(params[0]) not in _plain_tensor_types(torch):
         return False
     device_of = device_of or torch.Tensor.get_device
-    facts = _torch_facts(torch, params, device_of)
-    return facts is not None and min(facts[1]) >= 0 and (
-        _torch_facts(torch, arrays, device_of) == facts)
+    facts = _torch_param_facts(torch, params, device_of)
+    return facts is not None and _torch_facts(torch, arrays, device_of) == facts
 
 
 def _numel(shape):

@@ -87,21 +87,18 @@ class EMA:
         if len(params) != len(self._averages):
             raise ValueError(f"EMA.{fn}: got {len(params)} arrays for {len(self._averages)} averages")
         for i, (p, m) in enumerate(zip(params, self._metas)):
-            try:
-                pm = _arrays.describe(p)[1]
-            except (TypeError, ValueError) as e:
-                raise type(e)(f"EMA.{fn}: params[{i}] {e}") from None
-            if pm is None:
+            pm, wrong = _arrays.mismatch(p, m, f"EMA.{fn}: params[{i}]")
+            if wrong == "type":
                 raise TypeError(f"EMA.{fn}: params[{i}] is a {type(p).__name__}, expected "
                                 f"{'a numpy.ndarray' if m.place == _arrays.CPU else 'a CUDA array'}")
-            if pm.place != m.place:
+            if wrong == "place":
                 raise TypeError(f"EMA.{fn}: params[{i}] is {_arrays.kind(p)}, but its average is "
                                 f"{_arrays.kind(self._averages[i])}")
-            if pm.dtype != m.dtype:
+            if wrong == "dtype":
                 raise TypeError(f"EMA.{fn}: params[{i}] has dtype {pm.dtype}, expected {m.dtype}")
-            if pm.shape != m.shape:
+            if wrong == "shape":
                 raise ValueError(f"EMA.{fn}: params[{i}] has shape {pm.shape}, expected {m.shape}")
-            if pm.order != m.order or not pm.aligned:
+            if wrong is not None:  # "aligned" or "order"
                 raise ValueError(
                     f"EMA.{fn}: params[{i}] is not contiguous in the memory order of its average "
                     f"({m.order}) or not aligned"

@@ -102,10 +102,7 @@ def _check_param(cls, where, p):
     """What the kernels need of an array they update in place, checked when it is handed over;
     returns its :class:`fusedopt._arrays.Meta`. A NumPy array, or a CUDA array of a library the
     classes can allocate state with (CuPy, PyTorch)."""
-    try:
-        ad, m = _arrays.describe(p)
-    except (TypeError, ValueError) as e:
-        raise type(e)(f"{cls}: {where} {e}") from None
+    ad, m = _arrays.describe(p, f"{cls}: {where}")
     if ad is None:
         if _arrays.is_cuda_array(p):
             raise TypeError(
@@ -439,7 +436,9 @@ class Optimizer:
 
     def _check_grads(self, grads):
         """Each grad against its param (type, place, dtype, shape, memory order), with messages
-        naming its flat index. NumPy grads of NumPy params take a fast path."""
+        naming its flat index. NumPy grads of NumPy params take a fast path, PyTorch grads of
+        PyTorch params another (``torch_lists_match``); anything they refuse is looked at by
+        ``_check_grad``, which words the error."""
         ndarray = np.ndarray
         device = []  # indices of device params
         for i, (g, layout) in enumerate(zip(grads, self._layouts)):
@@ -447,66 +446,50 @@ class Optimizer:
                 device.append(i)
                 continue
             if not isinstance(g, ndarray):
-                self._check_grad(i, g, self._metas[i])
+                self._check_grad(i, g)
                 continue
             shape, dtype, c_order = layout
-            if g.dtype != dtype or g.shape != shape:
-                self._grad_error(i, g, None)
             flags = g.flags
-            if not ((flags.c_contiguous if c_order else flags.f_contiguous) and flags.aligned):
-                self._grad_error(i, g, None)
+            if (g.dtype != dtype or g.shape != shape or not flags.aligned
+                    or not (flags.c_contiguous if c_order else flags.f_contiguous)):
+                self._check_grad(i, g)
         if device and not _buffers.torch_lists_match(
             [grads[i] for i in device], [self._params[i] for i in device]
         ):
             for i in device:
-                self._check_grad(i, grads[i], self._metas[i])
+                self._check_grad(i, grads[i])
         return grads
 
-    def _check_grad(self, i, g, m):
-        try:
-            gm = _arrays.describe(g)[1]
-        except (TypeError, ValueError) as e:
-            raise type(e)(f"{type(self).__name__}.step: grads[{i}] {e}") from None
-        if (
-            gm is None
-            or gm.place != m.place
-            or (gm.dtype, gm.shape) != (m.dtype, m.shape)
-            or gm.order != m.order
-            or not gm.aligned
-        ):
-            self._grad_error(i, g, gm)
-
-    def _grad_error(self, i, g, gm):
-        """The message for a grad that failed the check in ``_check_grads``; ``gm`` its Meta
-        (None: to be read here)."""
+    def _check_grad(self, i, g):
+        """Raises the message for the first way grad ``i`` does not match its param, if any."""
         cls = type(self).__name__
         m = self._metas[i]
-        if gm is None:
-            gm = _arrays.describe(g)[1]
-        if gm is None:
+        gm, wrong = _arrays.mismatch(g, m, f"{cls}.step: grads[{i}]")
+        if wrong == "type":
             what = (
                 "a numpy.ndarray" if m.place == _arrays.CPU
                 else f"a CUDA array on {_arrays.place_name(m.place)} (the device of params[{i}])"
             )
             raise TypeError(f"{cls}.step: grads[{i}] is a {type(g).__name__}, expected {what}")
-        if gm.place != m.place:
+        if wrong == "place":
             raise TypeError(
                 f"{cls}.step: grads[{i}] is {_arrays.kind(g)}, but params[{i}] is "
                 f"{_arrays.kind(self._params[i])}; a grad must be where its param is"
             )
-        if gm.dtype != m.dtype:
+        if wrong == "dtype":
             raise TypeError(
                 f"{cls}.step: grads[{i}] has dtype {gm.dtype}, expected {m.dtype} (the dtype of params[{i}])"
             )
-        if gm.shape != m.shape:
+        if wrong == "shape":
             raise ValueError(
                 f"{cls}.step: grads[{i}] has shape {gm.shape}, expected {m.shape} (the shape of params[{i}])"
             )
-        if not gm.aligned:
+        if wrong == "aligned":
             raise ValueError(f"{cls}.step: grads[{i}] is not aligned")
-        raise ValueError(
-            f"{cls}.step: grads[{i}] is not contiguous in the memory order of params[{i}] ({m.order})"
-        )
+        if wrong == "order":
+            raise ValueError(
+                f"{cls}.step: grads[{i}] is not contiguous in the memory order of params[{i}] ({m.order})"
+            )
 
     @staticmethod
     def _resolve_lr(cls, gi, lr, t):
