@@ -8,7 +8,7 @@ on the GPU.
 
 from __future__ import annotations
 
-from harness import Group, Impl, Stepper, torch_impls
+from harness import Group, Impl, Stepper, class_step, torch_impls
 
 
 def available(torch):
@@ -47,6 +47,8 @@ def cuda_group(algo, sizes, rng, torch, wanted):
         else:
             g.notes.append("fusedopt: this build has no CUDA backend (build_info()['cuda'] is "
                            "False); skipped")
+    if "fusedopt-class" in wanted and fusedopt_has_cuda():
+        g.impls.append(Impl("fusedopt-class", class_step(algo, params, grads)))
     if "numpy" in wanted:
         g.notes.append("numpy: no NumPy peer on the GPU")
     torch_wanted = [w for w in wanted if w.startswith("torch")]

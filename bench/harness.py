@@ -175,6 +175,8 @@ def cpu_group(algo, sizes, rng, torch, wanted, plain_state=False):
         g.impls.append(Impl("ceiling", lambda: _core.cpu.rmw(params, grads, lists)))
     if "fusedopt" in wanted:
         g.impls.append(Impl("fusedopt", Stepper(algo.fusedopt, params, grads, states)))
+    if "fusedopt-class" in wanted:
+        g.impls.append(Impl("fusedopt-class", class_step(algo, params, grads)))
     if "numpy" in wanted:
         g.impls.append(Impl("numpy", Stepper(algo.numpy, params, grads, states)))
     torch_wanted = [w for w in wanted if w.startswith("torch")]
@@ -184,6 +186,18 @@ def cpu_group(algo, sizes, rng, torch, wanted, plain_state=False):
         ts = {s: [torch.from_numpy(b) for b in v] for s, v in states.items()}
         g.impls += torch_impls(torch, algo, tp, tg, ts, torch_wanted, g.notes)
     return g
+
+
+def class_step(algo, params, grads):
+    """A step of fusedopt's optimizer class for ``algo`` (``EMA.update`` for EWA, averaging the
+    grads) on these params and grads, with the state the class allocates itself: what a training
+    loop calls, bookkeeping included."""
+    import fusedopt.optim as O
+
+    if algo.torch_cls is None:
+        return O.EMA(grads, decay=algo.hp["beta"]).update
+    opt = getattr(O, algo.torch_cls)(params, **torch_kwargs(algo))
+    return lambda: opt.step(grads)
 
 
 def all_finite(buffers):
@@ -307,8 +321,10 @@ def agreement(algo, torch, rng, wanted):
 
 def overhead(algos, torch, rng, sizes, quick, make_group=None, sync=None):
     """Per-step seconds over ``sizes`` (many tiny tensors), timed in blocks of calls so the timer
-    does not dominate. fusedopt and its ceiling (``rmw``: the bindings' floor, validating and
-    dispatching the same lists) for every algorithm; every peer for Adam.
+    does not dominate. fusedopt (the functional call), fusedopt's optimizer class
+    (``fusedopt-class``: the step a training loop makes, with its bookkeeping) and the ceiling
+    (``rmw``: the bindings' floor, validating and dispatching the same lists) for every algorithm;
+    every peer for Adam.
 
     On the GPU (``make_group=gpu.cuda_group``, ``sync`` = ``torch.cuda.synchronize``) a block ends
     with one synchronisation, so a step's time is its host cost (Python, checks, launches) unless
@@ -318,6 +334,7 @@ def overhead(algos, torch, rng, sizes, quick, make_group=None, sync=None):
     make_group = make_group or cpu_group
     for algo in algos:
         wanted = list(IMPLS) if algo.name == "adam" else ["ceiling", "fusedopt"]
+        wanted.insert(2, "fusedopt-class")
         group = make_group(algo, sizes, rng, torch, wanted)
         blocks = []
         for impl in group.impls:

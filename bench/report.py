@@ -171,10 +171,12 @@ def targets(rows, overhead_rows, device):
         s = _speedup(rows, r, "torch-fused")
         if s is not None:
             add("adam incache256K speedup over torch fused", s, 1.4, s >= 1.4, "x")
-    o = next((o for o in overhead_rows if o["algo"] == "adam" and o["impl"] == "fusedopt"), None)
-    if o is not None:
-        us = o["median_s"] * 1e6
-        add(f"adam step over {o['tensors']} tiny tensors (Python overhead)", us, 30, us <= 30, "us")
+    for impl, what in (("fusedopt", "functional call"), ("fusedopt-class", "optimizer class step")):
+        o = next((o for o in overhead_rows if o["algo"] == "adam" and o["impl"] == impl), None)
+        if o is not None:
+            us = o["median_s"] * 1e6
+            add(f"adam {what} over {o['tensors']} tiny tensors (Python overhead)", us, 30,
+                us <= 30, "us")
     return out
 
 

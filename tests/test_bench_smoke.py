@@ -94,6 +94,9 @@ def test_quick_run_without_optional_dependencies(tmp_path):
     assert all(g["finite"] for g in out["groups"].values())
 
     assert {o["algo"] for o in out["overhead"]} == set(algos)
+    # every algorithm's overhead: the functional call, the optimizer class step, the ceiling
+    for a in algos:
+        assert {"ceiling", "fusedopt", "fusedopt-class"} <= {o["impl"] for o in out["overhead"] if o["algo"] == a}
     assert all(o["median_s"] > 0 for o in out["overhead"])
     # The NumPy peers compute the same update as fusedopt (fp32 rounding apart).
     assert set(out["agreement"]) == set(algos)

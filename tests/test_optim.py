@@ -745,6 +745,68 @@ def test_step_errors_change_nothing(name, make, exc, message, after):
         assert all(bits(opt.state[i][k]) == bits(v) for k, v in s.items() if isinstance(v, np.ndarray))
 
 
+def _read_only(a):
+    a.flags.writeable = False
+    return a
+
+
+def _later_call_refusals():
+    """Refusals that only the kernel's own check makes, all in group 1 (params[3] and
+    params[4]): the call of group 0 comes first and must not be made."""
+    return [
+        ("grad-is-its-param", lambda ps, gs: gs[:3] + [ps[3], gs[4]], "adam: grads[3] overlaps params[3]"),
+        ("grad-views-a-param", lambda ps, gs: gs[:4] + [ps[4].view()], "adam: grads[4] overlaps params[4]"),
+        ("param-made-read-only", lambda ps, gs: (_read_only(ps[4]), gs)[1], "adam: params[4] is read-only"),
+    ]
+
+
+def state_snapshot(opt):
+    return {i: {k: bits(v) if isinstance(v, np.ndarray) else v for k, v in s.items()}
+            for i, s in opt.state_dict()["state"].items()}
+
+
+@pytest.mark.parametrize("name,make,message", _later_call_refusals(), ids=[r[0] for r in _later_call_refusals()])
+@pytest.mark.parametrize("after", [0, 2], ids=["first-step", "later-step"])
+def test_refusal_by_a_later_call_changes_nothing(name, make, message, after):
+    """Note [Every call checked before the first]: a step of two groups checks both calls before
+    it makes either; the message names the step's own indices."""
+    case = next(c for c in CASES if c.id == "adam")
+    groups = make_params(np.float64)
+    params, opt = run(case, np.float64, None, steps=after, groups=groups)
+    before = [bits(p) for p in params]
+    state_before = state_snapshot(opt)
+    try:
+        with pytest.raises(ValueError) as info:
+            opt.step(make(params, grads_at(params, after)))
+    finally:
+        params[4].flags.writeable = True
+    assert str(info.value) == message
+    assert [bits(p) for p in params] == before
+    assert state_snapshot(opt) == state_before
+
+
+def test_refusal_by_the_second_call_of_a_split_group_changes_nothing():
+    """A group split by step count (a param without state after load_state_dict) is two calls;
+    the second one's refusal is found before the first is made, and named by flat index."""
+    params = [np.linspace(-1, 1, 5 + i) for i in range(3)]
+    opt = Adam(params, lr=0.1)
+    for k in range(2):
+        opt.step(grads_at(params, k))
+    saved = opt.state_dict()
+    del saved["state"][0]
+    opt.load_state_dict(saved)
+    before = [bits(p) for p in params]
+    state_before = state_snapshot(opt)
+    grads = grads_at(params, 2)
+    with pytest.raises(ValueError) as info:
+        opt.step(grads[:2] + [params[2]])
+    assert str(info.value) == "adam: grads[2] overlaps params[2]"
+    assert [bits(p) for p in params] == before
+    assert state_snapshot(opt) == state_before  # param 0's new state was taken back
+    opt.step(grads)
+    assert [opt.state[i]["step"] for i in range(3)] == [1, 3, 3]
+
+
 @pytest.mark.parametrize(
     "edit,message",
     [

@@ -86,6 +86,14 @@ class HostCuda:
     def __init__(self):
         self.calls = []
 
+    def check(self, fn, args, *, sizes, dtype, stream, wait_streams):
+        """``_core.cuda.check``: the arrays behind the pointers checked by ``_core.cpu.check``
+        (which refuses what the kernel would), and the one-device rule; nothing recorded."""
+        devices = {_MEMORY[p][1] for _, ptrs in args for p in ptrs}
+        if len(devices) > 1:
+            raise ValueError(f"{fn}: arrays on devices {sorted(devices)} in one call")
+        _core.cpu.check(fn, [(name, [_MEMORY[p][0] for p in ptrs]) for name, ptrs in args])
+
     def __getattr__(self, fn):
         cpu = getattr(_core.cpu, fn)
 
@@ -93,9 +101,10 @@ class HostCuda:
             devices = {_MEMORY[p][1] for ptrs in ptr_lists if ptrs for p in ptrs}
             if len(devices) > 1:
                 raise ValueError(f"{fn}: arrays on devices {sorted(devices)} in one call")
-            self.calls.append((fn, devices.pop() if devices else None))
             lists = [None if ptrs is None else [_MEMORY[p][0] for p in ptrs] for ptrs in ptr_lists]
-            return cpu(*lists, **hyper)
+            out = cpu(*lists, **hyper)  # refuses before it writes, as the CUDA binding does
+            self.calls.append((fn, devices.pop() if devices else None))  # a launch: it passed
+            return out
 
         return call
 
@@ -299,6 +308,28 @@ def test_bad_device_grads_change_nothing(name, make, exc, message, after, n_grou
         opt.step(grads)
     assert str(info.value).startswith("Adam.step: ")
     assert message.format(i=bad) in str(info.value)
+    assert len(emulated_cuda.calls) == launches
+    for p, b in zip(params, before):
+        assert_same_bits(p, b, "param")
+    assert_same_state(opt.state_dict()["state"], state_before["state"])
+
+
+@pytest.mark.parametrize("n_groups", [1, 2], ids=["one-call", "two-calls"])
+@pytest.mark.parametrize("after", [0, 2], ids=["first-step", "later-step"])
+def test_device_grad_that_is_its_param_changes_nothing(after, n_groups, emulated_cuda):
+    """A refusal only the pointer check makes (a grad overlapping a written buffer), in the last
+    group: with two groups it is found before the first group's launch (``_core.cuda.check``)."""
+    params, opt = adam_on_device(n_groups)
+    drive(opt, params, 0, after, like(params))
+    before = [host(p).copy(order="K") for p in params]
+    state_before = opt.state_dict()
+    launches = len(emulated_cuda.calls)
+    bad = len(params) - 1
+    grads = [Emu(np.zeros_like(host(p))) for p in params]
+    grads[bad] = Emu(host(params[bad]))
+    with pytest.raises(ValueError) as info:
+        opt.step(grads)
+    assert str(info.value) == f"adam: grads[{bad}] overlaps params[{bad}]"
     assert len(emulated_cuda.calls) == launches
     for p, b in zip(params, before):
         assert_same_bits(p, b, "param")

@@ -44,10 +44,8 @@ cpu::WorkView WorkList::view(int max_threads) const {
   return {tensors.data(), chunks.data(), static_cast<int64_t>(chunks.size()), total, max_threads};
 }
 
-Batch::Batch(const char* fn, std::initializer_list<ListArg> args) {
+Batch::Batch(const char* fn, const ListArg* a, int nargs) {
   const Fail fail{fn};
-  const ListArg* a = args.begin();
-  const int nargs = static_cast<int>(args.size());
 
   // 1. Every argument is a list or tuple, all of one length.
   std::vector<py::sequence> seqs;

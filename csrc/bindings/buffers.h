@@ -31,7 +31,9 @@ struct WorkList {
 // A validated multi-tensor call: one work list per dtype present.
 class Batch {
  public:
-  Batch(const char* fn, std::initializer_list<ListArg> args);
+  Batch(const char* fn, std::initializer_list<ListArg> args)
+      : Batch(fn, args.begin(), static_cast<int>(args.size())) {}
+  Batch(const char* fn, const ListArg* args, int nargs);
   const std::vector<WorkList>& lists() const { return lists_; }
 
  private:

@@ -88,7 +88,11 @@ DType parse_dtype(const Fail& fail, const std::string& what, py::handle h) {
 class DeviceBatch {
  public:
   DeviceBatch(const char* fn, std::initializer_list<ListArg> args, py::handle sizes,
-              py::handle dtype, uintptr_t stream, py::handle wait_streams);
+              py::handle dtype, uintptr_t stream, py::handle wait_streams)
+      : DeviceBatch(fn, args.begin(), static_cast<int>(args.size()), sizes, dtype, stream,
+                    wait_streams) {}
+  DeviceBatch(const char* fn, const ListArg* args, int nargs, py::handle sizes, py::handle dtype,
+              uintptr_t stream, py::handle wait_streams);
 
   // Queues the waits, then fn(list) for each dtype group, with the GIL released.
   template <class F>
@@ -114,12 +118,10 @@ class DeviceBatch {
   std::vector<uintptr_t> waits_;
 };
 
-DeviceBatch::DeviceBatch(const char* fn, std::initializer_list<ListArg> args, py::handle sizes,
+DeviceBatch::DeviceBatch(const char* fn, const ListArg* a, int nargs, py::handle sizes,
                          py::handle dtype, uintptr_t stream, py::handle wait_streams)
     : fn_(fn), stream_(stream) {
   const Fail fail{fn};
-  const ListArg* a = args.begin();
-  const int nargs = static_cast<int>(args.size());
 
   // 1. Every list is a list or tuple, all of one length; sizes too.
   for (int k = 0; k < nargs; ++k) {
@@ -446,6 +448,35 @@ void def_kernels(py::module_& m) {
         b.run([&](const cuda::DeviceList& l) { cuda::ewa_readout(l, h, step); });
       },
       "averages"_a, "outs"_a, py::kw_only(), FUSEDOPT_DEVICE_ARGS, "beta"_a, "step"_a);
+
+  m.def(
+      "check",
+      [](const std::string& fn, py::list args, py::object sizes, py::object dtype,
+         uintptr_t stream, py::object wait) {
+        const size_t nargs = args.size();
+        if (nargs < 2 || nargs > static_cast<size_t>(kMaxBuffers)) {
+          throw py::value_error("check: args must hold 2 to " + std::to_string(kMaxBuffers) +
+                                " (name, list) pairs, got " + std::to_string(nargs));
+        }
+        std::vector<std::string> names(nargs);
+        std::vector<ListArg> lists(nargs);
+        for (size_t k = 0; k < nargs; ++k) {
+          PyObject* pair = PyList_GET_ITEM(args.ptr(), k);
+          if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 ||
+              !PyUnicode_Check(PyTuple_GET_ITEM(pair, 0))) {
+            throw py::type_error("check: args[" + std::to_string(k) +
+                                 "] must be a (name, list) tuple");
+          }
+          names[k] = py::reinterpret_borrow<py::str>(PyTuple_GET_ITEM(pair, 0)).cast<std::string>();
+          lists[k] = {nullptr, PyTuple_GET_ITEM(pair, 1)};
+        }
+        for (size_t k = 0; k < nargs; ++k) lists[k].name = names[k].c_str();
+        DeviceBatch(fn.c_str(), lists.data(), static_cast<int>(nargs), sizes, dtype, stream, wait);
+      },
+      "fn"_a, "args"_a, py::kw_only(), FUSEDOPT_DEVICE_ARGS,
+      "Checks the pointer lists of one call as fn would (args: its (name, list) pairs in the "
+      "kernel's order: the first written, the second only read, the rest written), the driver "
+      "checks included, launching nothing. As _core.cpu.check.");
 }
 
 #undef FUSEDOPT_DEVICE_ARGS

@@ -222,8 +222,10 @@ _LISTS = {
 }
 
 
-def _cuda_call(fn, lists, args, hyper):
-    """Check the CUDA arrays of one call and hand their pointers to ``_core.cuda.<fn>``."""
+def _cuda_call(fn, lists, args, hyper, check=False):
+    """Check the CUDA arrays of one call and hand their pointers to ``_core.cuda.<fn>``; with
+    ``check``, to ``_core.cuda.check``, which checks them as ``<fn>`` would and launches nothing
+    (the optimizer classes' Note [Every call checked before the first])."""
     if _cuda is None:
         raise TypeError(
             f"{fn}: got CUDA arrays, but this build of fusedopt has no CUDA kernels "
@@ -240,9 +242,8 @@ def _cuda_call(fn, lists, args, hyper):
         fast = _torch_fast(torch, args)
         if fast is not None:
             ptrs, sizes, dtype = fast
-            return getattr(_cuda, fn)(
-                *ptrs, sizes=sizes, dtype=dtype, stream=stream, wait_streams=None, **hyper
-            )
+            return _launch(fn, lists, ptrs, hyper, check, sizes=sizes, dtype=dtype, stream=stream,
+                           wait_streams=None)
     views = []
     for (name, written), arr in zip(lists, args):
         if arr is None:
@@ -325,9 +326,15 @@ def _cuda_call(fn, lists, args, hyper):
     # 0 and 1 both name the legacy default stream: no wait between them.
     same = {stream, _LEGACY_STREAM} if stream in (0, _LEGACY_STREAM) else {stream}
     wait = [w for w in waits if w not in same] or None
-    return getattr(_cuda, fn)(
-        *ptrs, sizes=sizes, dtype=dtype, stream=stream, wait_streams=wait, **hyper
-    )
+    return _launch(fn, lists, ptrs, hyper, check, sizes=sizes, dtype=dtype, stream=stream,
+                   wait_streams=wait)
+
+
+def _launch(fn, lists, ptrs, hyper, check, **call):
+    if check:
+        pairs = [(name, col) for (name, _), col in zip(lists, ptrs) if col is not None]
+        return _cuda.check(fn, pairs, **call)
+    return getattr(_cuda, fn)(*ptrs, **call, **hyper)
 
 
 # Note [The PyTorch fast path]

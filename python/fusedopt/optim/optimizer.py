@@ -20,10 +20,26 @@ Note [One call per group, split by step]
     ``mu_product`` for NAdam), in the order the counts first appear, each call with the learning
     rate of its own step. SGD likewise separates momentum buffers that start at this step (momentum
     just switched on) from running ones, since the two are updated differently.
+
+Note [The steady-state step]
+    Most steps repeat the last one: the same params, hyper-parameters and state arrays, one step
+    count further. Gathering the state lists and writing ``step`` into every state dict cost more
+    than the fused call itself for small tensors (about 30 us of Python for 200 params, against
+    23 us for the call), so after a step that updated a whole group in one call the group keeps a
+    ``_Run``: its state dicts, its buffer lists and its call key. While the run lives, a step is one
+    call with those lists, and the new step count (and NAdam's ``mu_product``) is kept in the run
+    only; the state dicts receive it when anything can read them (``_flush``): ``state_dict()``,
+    and the first look at a group's state through ``opt.state``. Such a look hands out the dicts
+    themselves, which the user may keep and edit at any later time, so it also ends the run, and
+    the group takes the general path (reading every dict at every step) until
+    ``load_state_dict`` replaces its dicts. A run is also ended (after its flush) when the group's
+    hyper-parameters were edited, since they choose the buffers and the split. The params are
+    compared by identity at every step either way.
 """
 
 from __future__ import annotations
 
+import bisect
 import collections
 import copy
 import inspect
@@ -31,11 +47,12 @@ import itertools
 import math
 import numbers
 import operator
+import re
 from collections.abc import Mapping
 
 import numpy as np
 
-from .. import _arrays, _buffers, functional
+from .. import _arrays, _buffers, _core, functional
 
 __all__ = ["Optimizer"]
 
@@ -98,6 +115,97 @@ def check_betas(cls, key, value):
 # ---- params --------------------------------------------------------------------------------------
 
 
+class _Params(list):
+    """A group's ``params``: a list that counts its own edits, so that ``step`` can tell it
+    unchanged without comparing every element (Note [The steady-state step])."""
+
+    def __init__(self, items=()):
+        super().__init__(items)
+        self.edits = 0
+
+    def __reduce_ex__(self, protocol):  # a copy starts with no edits
+        return (_Params, (list(self),))
+
+
+def _counting(name):
+    method = getattr(list, name)
+
+    def edit(self, *args, **kwargs):
+        self.edits += 1
+        return method(self, *args, **kwargs)
+
+    edit.__name__ = name
+    return edit
+
+
+for _name in ("__setitem__", "__delitem__", "__iadd__", "__imul__", "append", "extend", "insert",
+              "pop", "remove", "clear", "sort", "reverse"):
+    setattr(_Params, _name, _counting(_name))
+del _name
+
+
+class _Call:
+    """One fused call of a step: its lists, and what ``_prepare`` allocated for it."""
+
+    __slots__ = ("gi", "group", "key", "indices", "lr", "params", "grads", "buffers", "run",
+                 "states", "created")
+
+    def __init__(self, gi, group, key, indices, lr, params, grads):
+        self.gi, self.group, self.key, self.indices, self.lr = gi, group, key, indices, lr
+        self.params, self.grads = params, grads
+        self.buffers = self.run = self.states = None
+        self.created = []  # (flat index, name or None for a whole new state dict)
+
+
+class _Check:
+    """Stands in for :mod:`fusedopt.functional` to check a call without making it (Note [Every
+    call checked before the first]): its lists go to ``_core.cpu.check`` (NumPy) or, as
+    pointers, to ``_core.cuda.check`` (device arrays), which refuse them exactly as the kernel
+    would."""
+
+    def __getattr__(self, fn):
+        lists = _buffers._LISTS[fn]
+        names = [name for name, _ in lists]
+
+        def check(*args, **kwargs):
+            given = dict(zip(names, args))
+            given.update((k, v) for k, v in kwargs.items() if k in names)
+            ordered = [_buffers.as_list(given.get(k)) for k in names]
+            if _buffers.backend(ordered[0]) is _core.cpu:
+                _core.cpu.check(fn, [(k, a) for k, a in zip(names, ordered) if a is not None])
+            else:
+                _buffers._cuda_call(fn, lists, ordered, {}, check=True)
+            return kwargs.get("mu_product")
+
+        return check
+
+
+_CHECK = _Check()
+_ITEM = re.compile(r"\b([a-z_]+)\[(\d+)\]")
+
+
+def _flat_indices(message, indices):
+    """A kernel's message about a call over ``indices`` (its ``grads[j]`` is the step's
+    ``grads[indices[j]]``), with the step's indices."""
+    if indices == range(len(indices)):
+        return message
+    return _ITEM.sub(lambda m: f"{m.group(1)}[{indices[int(m.group(2))]}]", message)
+
+
+class _Run:
+    """A group's steady state (Note [The steady-state step])."""
+
+    __slots__ = ("checked", "key", "extra", "states", "buffers", "stale")
+
+    def __init__(self, checked, key, n_scalars, states, buffers):
+        self.checked = checked  # the hyper-parameter snapshot the run was made under
+        self.key = key  # the call key of the next step: (step, *scalars, *extra)
+        self.extra = key[1 + n_scalars :]  # what else the key holds; fixed while the run lives
+        self.states = states  # the group's state dicts, in order
+        self.buffers = buffers  # name -> the group's list of that state array
+        self.stale = False  # whether the dicts' step and scalars lag behind ``key``
+
+
 def _check_param(cls, where, p):
     """What the kernels need of an array they update in place, checked when it is handed over;
     returns its :class:`fusedopt._arrays.Meta`. A NumPy array, or a CUDA array of a library the
@@ -152,13 +260,26 @@ class _StateView(Mapping):
     def __init__(self, opt):
         self._opt = opt
 
+    def _index(self, key):
+        if isinstance(key, numbers.Integral):
+            return key
+        index = self._opt._index.get(id(key))
+        if index is None:
+            raise KeyError("this array is not a param of the optimizer")
+        return index
+
     def __getitem__(self, key):
-        if not isinstance(key, numbers.Integral):
-            index = self._opt._index.get(id(key))
-            if index is None:
-                raise KeyError("this array is not a param of the optimizer")
-            key = index
-        return self._opt._state[key]
+        opt = self._opt
+        key = self._index(key)
+        state = opt._state[key]
+        opt._expose(key)  # the dict itself goes out (Note [The steady-state step])
+        return state
+
+    def __contains__(self, key):  # hands nothing out
+        try:
+            return self._index(key) in self._opt._state
+        except (KeyError, TypeError):
+            return False
 
     def __iter__(self):
         return iter(sorted(self._opt._state))
@@ -225,8 +346,16 @@ class Optimizer:
         self._slices = []  # (start, stop) of each group in _params
         self._state = {}
         self._checked = {}  # group index -> the hyper-parameter values last checked
+        self._plists = []  # per group: the _Params put in it, unedited while its edits == 0
+        self._runs = []  # per group: its _Run, or None (Note [The steady-state step])
+        self._exposed = []  # per group: whether its state dicts were handed out by opt.state
         for i, group in enumerate(groups):
             self._add_group(group, f"param_groups[{i}]" if given_groups else None)
+
+    def __setstate__(self, state):
+        """A copy (``copy.deepcopy``, pickle) holds new param arrays: index them anew."""
+        self.__dict__.update(state)
+        self._index = {id(p): i for i, p in enumerate(self._params)}
 
     @property
     def state(self):
@@ -254,7 +383,7 @@ class Optimizer:
             raise ValueError("optimizer contains a parameter group with duplicate parameters")
         if any(i in self._index for i in ids):
             raise ValueError("some parameters appear in more than one parameter group")
-        group = {"params": params}
+        group = {"params": _Params(params)}
         for key, value in self.defaults.items():
             group[key] = param_group.get(key, value)
         for key, value in param_group.items():
@@ -274,6 +403,9 @@ class Optimizer:
         )
         self._mixed.append(len({m.place for m in metas}) > 1)
         self._slices.append((start, len(self._params)))
+        self._plists.append(group["params"])
+        self._runs.append(None)
+        self._exposed.append(False)
         self.param_groups.append(group)
 
     def _check_no_shared_memory(self, new_metas):
@@ -345,6 +477,13 @@ class Optimizer:
         grads = self._grads_list(grads)
         plan = []
         for gi, (group, (start, stop)) in enumerate(self._groups_checked()):
+            run = self._runs[gi]
+            if run is not None:
+                if run.checked is self._checked[gi]:
+                    lr = self._resolve_lr(cls, gi, group["lr"], run.key[0])
+                    plan.append((gi, group, run.key, range(start, stop), lr, run))
+                    continue
+                self._end_run(gi)  # the hyper-parameters were edited
             states = list(map(self._state.get, range(start, stop)))
             key = None if self._mixed[gi] else self._uniform_key(group, states)
             if key is not None:
@@ -356,20 +495,58 @@ class Optimizer:
                     calls.setdefault((k, place), []).append(i)
                 states = None
             for (k, _), indices in calls.items():
-                plan.append((group, k, indices, self._resolve_lr(cls, gi, group["lr"], k[0]), states))
-        # Note [Grads checked by the kernel call]: one call checks all its arrays in C++ before it
-        # writes anything, so with a single call the per-grad checks below are only needed to word
-        # the error; with several calls they run first, so that no call writes if any grad is bad.
-        if len(plan) > 1:
-            self._check_grads(grads)
+                lr = self._resolve_lr(cls, gi, group["lr"], k[0])
+                plan.append((gi, group, k, indices, lr, states))
+        # Note [Every call checked before the first]: a call checks all its arrays in C++ before
+        # it writes anything, so a step of one call needs no other check (the per-grad checks only
+        # word the error in the optimizer's terms). A step of several calls (several groups, or a
+        # group split by step count or device) first checks every call as its kernel will
+        # (``_CHECK``: the NumPy calls in C++, the device calls' grads against their params), so
+        # that no call writes if a later one would refuse its arrays.
         fn = self._functional
-        for group, key, indices, lr, states in plan:
-            try:
-                self._run(fn, group, key, indices, lr, grads, states)
-            except (TypeError, ValueError):
-                if len(plan) == 1:
-                    self._check_grads(grads)  # raises the optimizer's own message for a bad grad
+        calls = []
+        made = 0  # calls made
+        current = 0  # the call being checked or made
+        try:
+            for entry in plan:
+                calls.append(self._prepare(*entry, grads))
+            if len(calls) > 1:
+                for current, call in enumerate(calls):
+                    self._make(_CHECK, call)
+            for current, call in enumerate(calls):
+                scalars = self._make(fn, call)
+                made += 1
+                self._finish(call, scalars)
+        except BaseException as e:
+            for call in calls[made:]:
+                self._undo(call)
+            if not isinstance(e, (TypeError, ValueError)):
                 raise
+            self._check_grads(grads)  # raises the optimizer's own message for a bad grad
+            if current < len(calls):
+                raise type(e)(_flat_indices(str(e), calls[current].indices)) from None
+            raise
+
+    def _flush(self, gi):
+        """Write group ``gi``'s step count and scalars from its run into its state dicts."""
+        run = self._runs[gi]
+        if run is None or not run.stale:
+            return
+        _set_all(run.states, "step", run.key[0])
+        for j, name in enumerate(self._scalar_state, 1):
+            _set_all(run.states, name, run.key[j])
+        run.stale = False
+
+    def _end_run(self, gi):
+        self._flush(gi)
+        self._runs[gi] = None
+
+    def _expose(self, index):
+        """``opt.state`` is handing out the state dict of flat index ``index``: its group goes back
+        to the general path (Note [The steady-state step])."""
+        gi = bisect.bisect_right(self._slices, (index, math.inf)) - 1
+        self._end_run(gi)
+        self._exposed[gi] = True
 
     def _uniform_key(self, group, states):
         """The call key (see ``_call_keys``) shared by every param of a group whose states all
@@ -399,7 +576,7 @@ class Optimizer:
         out = []
         for gi, (group, (start, stop)) in enumerate(zip(self.param_groups, self._slices)):
             params = group.get("params")
-            if (
+            if not (params is self._plists[gi] and params.edits == 0) and (
                 not isinstance(params, list)
                 or len(params) != stop - start
                 or not all(map(operator.is_, params, self._params[start:stop]))
@@ -408,12 +585,13 @@ class Optimizer:
                     f"{cls}.step: param_groups[{gi}]['params'] changed since the group was added; "
                     "add parameters with add_param_group"
                 )
-            missing = [k for k in self.defaults if k not in group]
-            if missing:
-                raise ValueError(f"{cls}.step: param_groups[{gi}] lacks {missing[0]!r}")
             # Checking costs more than the kernel for small models: recheck only values that
             # changed since the last check (compared by identity, so an edited value always is).
-            snapshot = tuple(map(group.__getitem__, self.defaults))
+            try:
+                snapshot = tuple(map(group.__getitem__, self.defaults))
+            except KeyError:
+                missing = [k for k in self.defaults if k not in group]
+                raise ValueError(f"{cls}.step: param_groups[{gi}] lacks {missing[0]!r}") from None
             last = self._checked.get(gi)
             if last is None or not all(map(operator.is_, snapshot, last)):
                 self._check_hyper(group, f"param_groups[{gi}]")
@@ -508,61 +686,85 @@ class Optimizer:
             )
         return float(value)
 
-    def _run(self, fn, group, key, indices, lr, grads, states=None):
-        """Allocate what is missing, make the call, then advance the counts (Note [One call per
-        group, split by step]). ``indices`` is a range (a whole group) or a list; ``states`` is
-        given when every param of the range has its state already. A refused call leaves the
-        state as it was."""
+    def _prepare(self, gi, group, key, indices, lr, states, grads):
+        """One call of a step, ready to make (Note [One call per group, split by step]):
+        ``indices`` is a range (a whole group) or a list; ``states`` is the group's ``_Run``, or
+        the list of its states when every param of the range has its state already, or None.
+        Buffers the call needs are allocated here; ``_undo`` removes them again."""
         if isinstance(indices, range):
             params = self._params[indices.start : indices.stop]
             grads = grads[indices.start : indices.stop]
         else:
             params = [self._params[i] for i in indices]
             grads = [grads[i] for i in indices]
+        call = _Call(gi, group, key, indices, lr, params, grads)
+        if isinstance(states, _Run):  # Note [The steady-state step]
+            call.run = states
+            call.buffers = states.buffers
+            return call
         names = self._buffer_names(group)
         if states is not None:
-            # The steady state: every buffer exists; gather the lists without a Python loop.
+            # Every state exists: gather the lists without a Python loop.
             try:
-                buffers = {name: list(map(operator.itemgetter(name), states)) for name in names}
+                call.buffers = {name: list(map(operator.itemgetter(name), states)) for name in names}
             except KeyError:  # a buffer an option switched on needs: allocate it below
                 pass
             else:
-                step = key[0] + 1
-                scalars = self._update(fn, group, params, grads, buffers, step=step, lr=lr, key=key)
-                _set_all(states, "step", step)
-                for k, v in (scalars or {}).items():
-                    _set_all(states, k, v)
-                return
-        names = self._buffer_names(group)
+                call.states = states
+                return call
         needed = set(names)
         states = []
-        created = []  # (index, name or None for a whole new state), to undo a refused call
         for i, p in zip(indices, params):
             state = self._state.get(i)
             if state is None:
                 state = self._state[i] = {"step": 0, **self._scalar_state}
-                created.append((i, None))
+                call.created.append((i, None))
             if not state.keys() >= needed:
                 for name in names:
                     if name not in state:
                         state[name] = self._new_buffer(name, p, group)
-                        created.append((i, name))
+                        call.created.append((i, name))
             states.append(state)
-        buffers = {name: [state[name] for state in states] for name in names}
-        step = key[0] + 1
-        try:
-            scalars = self._update(fn, group, params, grads, buffers, step=step, lr=lr, key=key)
-        except BaseException:
-            for i, name in reversed(created):
-                if name is None:
-                    del self._state[i]
-                else:
-                    del self._state[i][name]
-            raise
-        for state in states:
-            state["step"] = step
-            if scalars:
-                state.update(scalars)
+        call.buffers = {name: [state[name] for state in states] for name in names}
+        call.states = states
+        return call
+
+    def _make(self, fn, call):
+        """``fn.<algo>`` over the call's lists; the new per-parameter scalars (dict) or None."""
+        return self._update(fn, call.group, call.params, call.grads, call.buffers,
+                            step=call.key[0] + 1, lr=call.lr, key=call.key)
+
+    def _undo(self, call):
+        """Remove what ``_prepare`` allocated for a call that was not made."""
+        for i, name in reversed(call.created):
+            if name is None:
+                del self._state[i]
+            else:
+                del self._state[i][name]
+        call.created = []
+
+    def _finish(self, call, scalars):
+        """Advance the counts of a call that was made."""
+        step = call.key[0] + 1
+        run = call.run
+        if run is not None:
+            run.key = (step, *(scalars[k] for k in self._scalar_state), *run.extra)
+            run.stale = True
+            return
+        _set_all(call.states, "step", step)
+        for k, v in (scalars or {}).items():
+            _set_all(call.states, k, v)
+        self._start_run(call.gi, call.group, call.indices, call.states, call.buffers)
+
+    def _start_run(self, gi, group, indices, states, buffers):
+        """After a call that updated group ``gi`` whole: keep its run, unless its state was handed
+        out or its params live in several places (Note [The steady-state step])."""
+        start, stop = self._slices[gi]
+        if self._exposed[gi] or self._mixed[gi] or list(indices) != list(range(start, stop)):
+            return
+        key = self._uniform_key(group, states)
+        if key is not None:
+            self._runs[gi] = _Run(self._checked[gi], key, len(self._scalar_state), states, buffers)
 
     # ---- state dict ------------------------------------------------------------------------------
 
@@ -570,6 +772,8 @@ class Optimizer:
         """The optimizer's state in torch's layout, every array copied:
         ``{"state": {index: {"step": int, <name>: array, ...}}, "param_groups": [{..., "params":
         [indices]}]}``. Group values (schedules included) are deep-copied."""
+        for gi in range(len(self._runs)):
+            self._flush(gi)
         state = {
             i: {k: v if isinstance(v, (int, float)) else _arrays.copy(v) for k, v in s.items()}
             for i, s in sorted(self._state.items())
@@ -648,6 +852,8 @@ class Optimizer:
             new_state[i] = self._load_entry(fail, f"state[{sid!r}]", entry, i)
 
         self._state = dict(sorted(new_state.items()))
+        self._runs = [None] * len(self._runs)  # new dicts, none handed out yet
+        self._exposed = [False] * len(self._exposed)
         for group, new in zip(self.param_groups, new_groups):
             group.clear()
             group.update(new)

@@ -1,0 +1,258 @@
+"""Note [The steady-state step] (python/fusedopt/optim/optimizer.py): a group that repeats its last
+step keeps its state lists and its step count in a ``_Run`` and writes the count into the state
+dicts only when something can read them. Every test here runs the same optimizer twice on the same
+backend, once free to take that path and once on the general path (its state looked at through
+``opt.state`` before every step, which hands the dicts out and so keeps the group off the run), and
+asks for the same bits: params, every state entry, step counts and NAdam's ``mu_product``.
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import numpy as np
+import pytest
+
+from fusedopt.optim import SGD, Adam, NAdam
+from test_optim import CASES, DTYPES, EDIT_AT, STEPS, build, flat, grads_at, make_params
+
+
+def bits(a):
+    return a.tobytes(), a.dtype.str, a.shape
+
+
+def expose(opt):
+    """Look at one state dict of every group (on the general path from then on)."""
+    for start, _ in opt._slices:
+        if start in opt.state:
+            opt.state[start]
+
+
+def state_bits(opt):
+    sd = opt.state_dict()["state"]
+    return {
+        i: {k: bits(v) if isinstance(v, np.ndarray) else (type(v), v) for k, v in s.items()}
+        for i, s in sd.items()
+    }
+
+
+def drive(case, dtype, general, steps=STEPS, edits=None, peek_at=()):
+    """``case`` for ``steps`` steps (lr of group 0 halved at EDIT_AT, ``edits[k](opt)`` before
+    step k); ``general``: expose the state before every step. ``peek_at``: steps before which
+    ``state_dict()`` is taken (a flush on the run's path)."""
+    groups = make_params(dtype)
+    opt = build(case, groups)
+    params = flat(groups)
+    for k in range(steps):
+        if k == EDIT_AT:
+            opt.param_groups[0]["lr"] *= 0.5
+        if edits and k in edits:
+            edits[k](opt)
+        if general:
+            expose(opt)
+        if k in peek_at:
+            opt.state_dict()
+        opt.step(grads_at(params, k))
+    return params, opt
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_run_matches_general_path_bitwise(case, dtype):
+    fast_params, fast = drive(case, dtype, general=False, peek_at=(3, 17))
+    slow_params, slow = drive(case, dtype, general=True)
+    # the two runs took the two paths
+    assert all(r is not None for r in fast._runs) and all(r is None for r in slow._runs)
+    assert [bits(p) for p in fast_params] == [bits(p) for p in slow_params]
+    assert state_bits(fast) == state_bits(slow)
+    assert all(fast.state[i]["step"] == STEPS for i in range(len(fast_params)))
+
+
+EDITS = {
+    # options that change which buffers a group holds, or how its call is split
+    "adam-amsgrad-on": (Adam, dict(lr=0.01), {6: lambda o: o.param_groups[0].update(amsgrad=True)}),
+    "sgd-momentum-on": (SGD, dict(lr=0.05), {5: lambda o: o.param_groups[1].update(momentum=0.9)}),
+    "sgd-momentum-off-on": (SGD, dict(lr=0.05, momentum=0.9),
+                            {4: lambda o: o.param_groups[0].update(momentum=0.0),
+                             8: lambda o: o.param_groups[0].update(momentum=0.5)}),
+    "nadam-betas": (NAdam, dict(lr=0.01),
+                    {7: lambda o: o.param_groups[1].update(betas=(0.8, 0.99), momentum_decay=0.01)}),
+    # the same value written again: a new object, so the group is checked and its run restarts
+    "adam-same-lr": (Adam, dict(lr=0.01), {3: lambda o: o.param_groups[0].update(lr=0.01 * 1)}),
+}
+
+
+@pytest.mark.parametrize("name", EDITS)
+def test_hyper_parameter_edits_end_the_run(name):
+    cls, kwargs, edits = EDITS[name]
+    case = next(c for c in CASES if c.cls is cls)
+    case = type(case)(name, cls, kwargs, {}, case.states)
+    got_params, got = drive(case, np.float64, general=False, steps=12, edits=edits)
+    want_params, want = drive(case, np.float64, general=True, steps=12, edits=edits)
+    assert [bits(p) for p in got_params] == [bits(p) for p in want_params]
+    assert state_bits(got) == state_bits(want)
+
+
+def _adam_and_grads(n=4):
+    rng = np.random.default_rng(5)
+    params = [rng.standard_normal(3 + i) for i in range(n)]
+    grads = [[rng.standard_normal(p.shape) for p in params] for _ in range(8)]
+    return params, grads
+
+
+def test_a_state_dict_kept_by_the_user_stays_current_and_its_edits_count():
+    """A dict handed out by opt.state keeps receiving the step count, and the user's edits of it
+    (a new step count, a replaced buffer) take effect at the next step, as on the general path."""
+    results = []
+    for general in (False, True):
+        params, grads = _adam_and_grads()
+        opt = NAdam(params, lr=0.1)
+        opt.step(grads[0])
+        opt.step(grads[1])
+        if general:
+            expose(opt)
+        held = opt.state[2]
+        for k in range(2, 5):
+            if general:
+                expose(opt)
+            opt.step(grads[k])
+            assert held["step"] == k + 1 and held is opt.state[2]
+            assert held["mu_product"] == opt.state[0]["mu_product"]
+        held["step"] = 1  # param 2 restarts its bias correction: the group splits in two calls
+        replaced = np.full_like(held["exp_avg"], 0.25)
+        held["exp_avg"] = replaced
+        opt.step(grads[5])
+        opt.step(grads[6])
+        assert held["step"] == 3 and opt.state[0]["step"] == 7 and held["exp_avg"] is replaced
+        results.append(([bits(p) for p in params], state_bits(opt)))
+    assert results[0] == results[1]
+
+
+def test_steps_of_one_group_do_not_wait_for_a_look_at_another():
+    """opt.state of group 1 leaves group 0 on its run."""
+    params, grads = _adam_and_grads()
+    opt = Adam([{"params": params[:2]}, {"params": params[2:], "lr": 0.01}], lr=0.1)
+    opt.step(grads[0])
+    opt.state[3]["step"]
+    opt.step(grads[1])
+    assert opt._runs[0] is not None and opt._runs[1] is None
+    assert [opt.state[i]["step"] for i in range(4)] == [2, 2, 2, 2]
+
+
+def test_asking_what_has_state_leaves_the_run():
+    params, grads = _adam_and_grads()
+    opt = Adam(params, lr=0.1)
+    assert 0 not in opt.state and params[0] not in opt.state and len(opt.state) == 0
+    opt.step(grads[0])
+    assert 0 in opt.state and params[3] in opt.state and np.zeros(3) not in opt.state
+    assert 4 not in opt.state and "x" not in opt.state and list(opt.state) == [0, 1, 2, 3]
+    assert opt._runs[0] is not None
+    opt.state.get(1)
+    assert opt._runs[0] is None
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda ps: ps.__setitem__(1, np.zeros(4)),
+        lambda ps: ps.__setitem__(slice(0, 1), [np.zeros(3)]),
+        lambda ps: ps.append(np.zeros(2)),
+        lambda ps: ps.extend([np.zeros(2)]),
+        lambda ps: ps.insert(0, np.zeros(2)),
+        lambda ps: ps.pop(),
+        lambda ps: ps.remove(ps[0]),
+        lambda ps: ps.__delitem__(0),
+        lambda ps: ps.clear(),
+        lambda ps: ps.reverse(),
+        lambda ps: ps.sort(key=len, reverse=True),
+        lambda ps: ps.__iadd__([np.zeros(2)]),
+        lambda ps: ps.__imul__(2),
+    ],
+    ids=["setitem", "setslice", "append", "extend", "insert", "pop", "remove", "delitem", "clear",
+         "reverse", "sort", "iadd", "imul"],
+)
+def test_edited_params_list_is_refused_on_the_run(edit):
+    params, grads = _adam_and_grads()
+    opt = Adam(params, lr=0.1)
+    opt.step(grads[0])
+    opt.step(grads[1])
+    assert opt._runs[0] is not None
+    before = [bits(p) for p in params]
+    edit(opt.param_groups[0]["params"])
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\] changed since the group"):
+        opt.step(grads[2])
+    assert [bits(p) for p in params] == before
+    assert all(opt.state[i]["step"] == 2 for i in range(4))
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda g: g["params"].__setitem__(0, g["params"][0]),
+        lambda g: (g["params"].reverse(), g["params"].reverse()),
+        lambda g: g.update(params=list(g["params"])),
+    ],
+    ids=["same-item", "reversed-twice", "new-list"],
+)
+def test_params_list_edited_back_still_steps(edit):
+    """An edit that leaves the same arrays in the same order is not a change: the step runs (the
+    list is compared element by element from then on)."""
+    results = []
+    for do_edit in (True, False):
+        params, grads = _adam_and_grads()
+        opt = Adam(params, lr=0.1)
+        opt.step(grads[0])
+        if do_edit:
+            edit(opt.param_groups[0])
+        opt.step(grads[1])
+        opt.step(grads[2])
+        results.append(([bits(p) for p in params], state_bits(opt)))
+    assert results[0] == results[1]
+
+
+def test_load_state_dict_mid_run_continues_like_an_unbroken_run():
+    case = next(c for c in CASES if c.id == "nadam")
+    groups = make_params(np.float64)
+    opt = build(case, groups)
+    params = flat(groups)
+    for k in range(5):
+        opt.step(grads_at(params, k))
+    saved = opt.state_dict()
+    saved_params = [p.copy() for p in params]
+    for k in range(5, 9):  # steps that the load throws away
+        opt.step(grads_at(params, 100 + k))
+    for p, s in zip(params, saved_params):
+        p[...] = s
+    opt.load_state_dict(saved)
+    for k in range(5, 12):
+        if k == EDIT_AT:
+            opt.param_groups[0]["lr"] *= 0.5
+        opt.step(grads_at(params, k))
+
+    want_params, want = drive(case, np.float64, general=True, steps=12)
+    assert [bits(p) for p in params] == [bits(p) for p in want_params]
+    assert state_bits(opt) == state_bits(want)
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_copy_of_an_optimizer_mid_run(how):
+    """A copy continues like the original, touches none of its arrays, and finds its own params
+    in ``opt.state``."""
+    case = next(c for c in CASES if c.id == "adam")
+    groups = make_params(np.float32)
+    opt = build(case, groups)
+    params = flat(groups)
+    for k in range(4):
+        opt.step(grads_at(params, k))
+    twin = copy.deepcopy(opt) if how == "deepcopy" else pickle.loads(pickle.dumps(opt))
+    twin_params = flat([g["params"] for g in twin.param_groups])
+    assert all(a is not b for a, b in zip(params, twin_params))
+    for k in range(4, 9):
+        opt.step(grads_at(params, k))
+        twin.step(grads_at(twin_params, k))
+    assert [bits(p) for p in params] == [bits(p) for p in twin_params]
+    assert state_bits(opt) == state_bits(twin)
+    assert twin.state[twin_params[3]]["step"] == 9
+    with pytest.raises(KeyError):
+        twin.state[params[3]]
