@@ -761,6 +761,24 @@ def test_optimizer_classes_keep_state_on_the_device(lib, cls, kw):
 
 
 @requires_gpu
+def test_a_step_of_two_groups_refused_by_the_second_changes_nothing(lib):
+    """Note [Every call checked before the first] on a real device: group 1's grad is its own
+    param, which only the pointer check refuses (_core.cuda.check), before group 0's launch."""
+    rng = np.random.default_rng(9)
+    host = [rng.standard_normal(n).astype(np.float32) for n in (7, 300)]
+    dev = [lib.to_device(a) for a in host]
+    opt = fusedopt.Adam([{"params": [dev[0]]}, {"params": [dev[1]], "lr": 0.1}], lr=0.01)
+    opt.step([lib.to_device(np.ones_like(a)) for a in host])
+    before = [lib.to_host(d).copy() for d in dev]
+    steps = [opt.state[i]["step"] for i in range(2)]
+    with pytest.raises(ValueError, match=r"^adam: grads\[1\] overlaps params\[1\]$"):
+        opt.step([lib.to_device(np.ones_like(host[0])), dev[1]])
+    for d, b in zip(dev, before):
+        np.testing.assert_array_equal(lib.to_host(d), b)
+    assert [opt.state[i]["step"] for i in range(2)] == steps
+
+
+@requires_gpu
 def test_ema_keeps_averages_on_the_device(lib):
     rng = np.random.default_rng(8)
     host = [rng.standard_normal(s).astype(np.float32) for s in ((5, 3), (1000,))]

@@ -234,3 +234,11 @@ def test_decay_is_read_only_and_exported():
     assert ema.decay == 0.9
     assert fusedopt.EMA is EMA
     assert repr(ema) == "EMA(decay=0.9, arrays=1, num_updates=0)"
+
+
+def test_copy_to_overlapping_params_is_refused_in_emas_terms():
+    a, b = np.zeros(4), np.zeros(4)
+    ema = EMA([a, b], decay=0.9)
+    ema.update()
+    with pytest.raises(ValueError, match=r"^EMA.copy_to: params\[1\] overlaps params\[0\]$"):
+        ema.copy_to([a, a])

@@ -785,6 +785,20 @@ def test_refusal_by_a_later_call_changes_nothing(name, make, message, after):
     assert state_snapshot(opt) == state_before
 
 
+def test_grads_may_share_memory_in_a_step_of_several_calls():
+    """Grads are only read, so one array may be the grad of several params, in one call or in
+    several; the check before the first call (kernel order: params, grads, states) allows it."""
+    results = []
+    for share in (True, False):
+        params = [np.linspace(-1, 1, 6) + k for k in range(4)]
+        opt = Adam([{"params": params[:2]}, {"params": params[2:], "lr": 0.1}], lr=0.01)
+        g = np.linspace(0.5, 2.0, 6)
+        for _ in range(3):
+            opt.step([g] * 4 if share else [g.copy() for _ in range(4)])
+        results.append([bits(p) for p in params])
+    assert results[0] == results[1]
+
+
 def test_refusal_by_the_second_call_of_a_split_group_changes_nothing():
     """A group split by step count (a param without state after load_state_dict) is two calls;
     the second one's refusal is found before the first is made, and named by flat index."""

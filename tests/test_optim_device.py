@@ -413,6 +413,27 @@ def test_ema_on_device_arrays_matches_host(dtype, emulated_cuda):
         ema_d.update([d_params[0], params[1], *d_params[2:]])
 
 
+def test_ema_copy_to_over_two_places_refused_by_the_second_changes_nothing(emulated_cuda):
+    """EMA makes one call per place; params given to ``copy_to`` that overlap on the second place
+    are refused before the first place is written, and named by their own indices."""
+    rng = np.random.default_rng(4)
+    host_p = [rng.standard_normal(5 + i) for i in range(2)]
+    dev_p = [Emu(rng.standard_normal(3)), Emu(rng.standard_normal(3))]
+    ema = EMA(host_p + dev_p, decay=0.5)
+    ema.update()
+    for p in host_p:
+        p += 1.0  # so that copy_to would change them
+    before = [p.copy() for p in host_p]
+    launches = len(emulated_cuda.calls)
+    overlapping = host_p + [dev_p[0], Emu(dev_p[0].a)]
+    with pytest.raises(ValueError, match=r"^EMA.copy_to: params\[3\] overlaps params\[2\]$"):
+        ema.copy_to(overlapping)
+    assert all(np.array_equal(p, b) for p, b in zip(host_p, before))
+    assert len(emulated_cuda.calls) == launches
+    ema.copy_to()  # the same call with the EMA's own params goes through
+    assert not np.array_equal(host_p[0], before[0])
+
+
 def test_torch_cpu_tensor_param_is_refused_whole():
     """A CPU tensor is one (unsupported) array, not a list of its rows."""
     torch = pytest.importorskip("torch")

@@ -1,5 +1,7 @@
 #include "checks.h"
 
+#include "../common.h"
+
 #include <algorithm>
 
 namespace fusedopt::bindings {
@@ -13,6 +15,27 @@ std::string type_name(PyObject* o) { return Py_TYPE(o)->tp_name; }
 
 std::string item(const char* arg, size_t i) {
   return std::string(arg) + "[" + std::to_string(i) + "]";
+}
+
+std::vector<ListArg> named_lists(py::list args, std::vector<std::string>& names) {
+  const size_t nargs = args.size();
+  if (nargs < 2 || nargs > static_cast<size_t>(kMaxBuffers)) {
+    throw py::value_error("check: args must hold 2 to " + std::to_string(kMaxBuffers) +
+                          " (name, list) pairs, got " + std::to_string(nargs));
+  }
+  names.assign(nargs, std::string());
+  std::vector<ListArg> lists(nargs);
+  for (size_t k = 0; k < nargs; ++k) {
+    PyObject* pair = PyList_GET_ITEM(args.ptr(), k);
+    if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 ||
+        !PyUnicode_Check(PyTuple_GET_ITEM(pair, 0))) {
+      throw py::type_error("check: args[" + std::to_string(k) + "] must be a (name, list) tuple");
+    }
+    names[k] = py::reinterpret_borrow<py::str>(PyTuple_GET_ITEM(pair, 0)).cast<std::string>();
+    lists[k] = {nullptr, PyTuple_GET_ITEM(pair, 1)};
+  }
+  for (size_t k = 0; k < nargs; ++k) lists[k].name = names[k].c_str();
+  return lists;
 }
 
 void check_no_overlap(const Fail& fail, const ListArg* args, std::vector<Span>& spans) {

@@ -40,6 +40,10 @@ struct Span {
   size_t index;
 };
 
+// The (name, list) pairs of a check-only call (`check(fn, args)`), as ListArgs whose names point
+// into `names`; refuses anything but 2 to kMaxBuffers such pairs.
+std::vector<ListArg> named_lists(py::list args, std::vector<std::string>& names);
+
 // Refuses (ValueError "<a> overlaps <b>") a call in which a written buffer shares memory with any
 // other buffer; read-only buffers may share memory with each other. Leaves `spans` sorted by
 // address (ties in argument order), which the CUDA bindings' driver check relies on.

@@ -453,25 +453,10 @@ void def_kernels(py::module_& m) {
       "check",
       [](const std::string& fn, py::list args, py::object sizes, py::object dtype,
          uintptr_t stream, py::object wait) {
-        const size_t nargs = args.size();
-        if (nargs < 2 || nargs > static_cast<size_t>(kMaxBuffers)) {
-          throw py::value_error("check: args must hold 2 to " + std::to_string(kMaxBuffers) +
-                                " (name, list) pairs, got " + std::to_string(nargs));
-        }
-        std::vector<std::string> names(nargs);
-        std::vector<ListArg> lists(nargs);
-        for (size_t k = 0; k < nargs; ++k) {
-          PyObject* pair = PyList_GET_ITEM(args.ptr(), k);
-          if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 ||
-              !PyUnicode_Check(PyTuple_GET_ITEM(pair, 0))) {
-            throw py::type_error("check: args[" + std::to_string(k) +
-                                 "] must be a (name, list) tuple");
-          }
-          names[k] = py::reinterpret_borrow<py::str>(PyTuple_GET_ITEM(pair, 0)).cast<std::string>();
-          lists[k] = {nullptr, PyTuple_GET_ITEM(pair, 1)};
-        }
-        for (size_t k = 0; k < nargs; ++k) lists[k].name = names[k].c_str();
-        DeviceBatch(fn.c_str(), lists.data(), static_cast<int>(nargs), sizes, dtype, stream, wait);
+        std::vector<std::string> names;
+        const std::vector<ListArg> lists = named_lists(args, names);
+        DeviceBatch(fn.c_str(), lists.data(), static_cast<int>(lists.size()), sizes, dtype, stream,
+                    wait);
       },
       "fn"_a, "args"_a, py::kw_only(), FUSEDOPT_DEVICE_ARGS,
       "Checks the pointer lists of one call as fn would (args: its (name, list) pairs in the "

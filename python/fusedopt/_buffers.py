@@ -332,9 +332,18 @@ def _cuda_call(fn, lists, args, hyper, check=False):
 
 def _launch(fn, lists, ptrs, hyper, check, **call):
     if check:
-        pairs = [(name, col) for (name, _), col in zip(lists, ptrs) if col is not None]
-        return _cuda.check(fn, pairs, **call)
+        return _cuda.check(fn, kernel_order(lists, ptrs), **call)
     return getattr(_cuda, fn)(*ptrs, **call, **hyper)
+
+
+def kernel_order(lists, cols):
+    """The given lists of a call (``cols``, in ``_LISTS`` order, None where absent) as the
+    (name, list) pairs the kernels' checks take: the first written list, then the read-only one,
+    then the other written ones (``ewa_readout`` writes its second list, ``outs``)."""
+    present = [(name, written, col) for (name, written), col in zip(lists, cols) if col is not None]
+    written = [(name, col) for name, w, col in present if w]
+    read = [(name, col) for name, w, col in present if not w]
+    return written[:1] + read + written[1:]
 
 
 # Note [The PyTorch fast path]

@@ -6,7 +6,7 @@ import numbers
 from collections.abc import Mapping
 
 from .. import _arrays, functional
-from .optimizer import _as_list, _as_step, _check_param, _load_array
+from .optimizer import _CHECK, _as_list, _as_step, _check_param, _flat_indices, _load_array
 
 __all__ = ["EMA"]
 
@@ -109,8 +109,7 @@ class EMA:
         """Fold the current values of ``params`` (default: the params given at construction) into
         the averages: one fused call over every array."""
         params = self._arrays("update", params)
-        for avgs, ps in self._split(self._averages, params):
-            self._functional.ewa(avgs, ps, beta=self._decay)
+        self._calls("update", "ewa", self._averages, params, beta=self._decay)
         self.num_updates += 1
 
     def _check_updated(self, fn):
@@ -122,8 +121,8 @@ class EMA:
         the EMA was built on one)."""
         self._check_updated("averages")
         outs = [_arrays.adapter_of(a).empty_like(a) for a in self._averages]
-        for avgs, os in self._split(self._averages, outs):
-            self._functional.ewa_readout(avgs, os, beta=self._decay, step=self.num_updates)
+        self._calls("averages", "ewa_readout", self._averages, outs, beta=self._decay,
+                    step=self.num_updates)
         return outs[0] if self._bare else outs
 
     def copy_to(self, params=None):
@@ -133,14 +132,31 @@ class EMA:
         self._check_updated("copy_to")
         for i, p in enumerate(params):
             _check_param("EMA.copy_to", f"params[{i}]", p)
-        for avgs, ps in self._split(self._averages, params):
-            self._functional.ewa_readout(avgs, ps, beta=self._decay, step=self.num_updates)
+        self._calls("copy_to", "ewa_readout", self._averages, params, beta=self._decay,
+                    step=self.num_updates)
 
-    def _split(self, averages, others):
-        """The lists of one call per place, all of them checked already."""
+    def _calls(self, method, fn, averages, others, **hyper):
+        """``fn`` over the averages and ``others`` (the params, or new arrays): one call per place
+        the arrays live in, every call checked before the first is made (the optimizers' Note
+        [Every call checked before the first]). What only the kernel refuses (params given to
+        ``copy_to`` that overlap) is reported as ``EMA.<method>: params[i] ...``."""
         if self._parts is None:
-            return [(averages, others)]
-        return [([averages[i] for i in part], [others[i] for i in part]) for part in self._parts]
+            parts = [(range(len(averages)), averages, others)]
+        else:
+            parts = [(part, [averages[i] for i in part], [others[i] for i in part])
+                     for part in self._parts]
+        current = None
+        try:
+            if len(parts) > 1:
+                for current in parts:
+                    getattr(_CHECK, fn)(current[1], current[2], **hyper)
+            for current in parts:
+                getattr(self._functional, fn)(current[1], current[2], **hyper)
+        except ValueError as e:
+            message = _flat_indices(str(e), current[0])
+            message = message.replace(f"{fn}: ", f"EMA.{method}: ", 1)
+            message = message.replace("outs[", "params[").replace("values[", "params[")
+            raise ValueError(message) from None
 
     def state_dict(self):
         """``{"decay": float, "num_updates": int, "averages": {index: array}}``, the raw

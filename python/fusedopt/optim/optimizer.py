@@ -164,7 +164,9 @@ class _Check:
     would."""
 
     def __getattr__(self, fn):
-        lists = _buffers._LISTS[fn]
+        lists = _buffers._LISTS.get(fn)
+        if lists is None:
+            raise AttributeError(fn)
         names = [name for name, _ in lists]
 
         def check(*args, **kwargs):
@@ -172,7 +174,7 @@ class _Check:
             given.update((k, v) for k, v in kwargs.items() if k in names)
             ordered = [_buffers.as_list(given.get(k)) for k in names]
             if _buffers.backend(ordered[0]) is _core.cpu:
-                _core.cpu.check(fn, [(k, a) for k, a in zip(names, ordered) if a is not None])
+                _core.cpu.check(fn, _buffers.kernel_order(lists, ordered))
             else:
                 _buffers._cuda_call(fn, lists, ordered, {}, check=True)
             return kwargs.get("mu_product")
@@ -692,8 +694,11 @@ class Optimizer:
         the list of its states when every param of the range has its state already, or None.
         Buffers the call needs are allocated here; ``_undo`` removes them again."""
         if isinstance(indices, range):
-            params = self._params[indices.start : indices.stop]
-            grads = grads[indices.start : indices.stop]
+            if indices.start != 0 or indices.stop != len(self._params):  # else: all of them
+                params = self._params[indices.start : indices.stop]
+                grads = grads[indices.start : indices.stop]
+            else:
+                params = self._params
         else:
             params = [self._params[i] for i in indices]
             grads = [grads[i] for i in indices]
