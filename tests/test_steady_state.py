@@ -211,13 +211,19 @@ def test_params_list_edited_back_still_steps(edit):
     assert results[0] == results[1]
 
 
-def test_load_state_dict_mid_run_continues_like_an_unbroken_run():
-    case = next(c for c in CASES if c.id == "nadam")
-    groups = make_params(np.float64)
+def started(case_id, dtype, steps):
+    """test_optim's case ``case_id`` after ``steps`` steps of its grads: (params, optimizer)."""
+    case = next(c for c in CASES if c.id == case_id)
+    groups = make_params(dtype)
     opt = build(case, groups)
     params = flat(groups)
-    for k in range(5):
+    for k in range(steps):
         opt.step(grads_at(params, k))
+    return case, params, opt
+
+
+def test_load_state_dict_mid_run_continues_like_an_unbroken_run():
+    case, params, opt = started("nadam", np.float64, 5)
     saved = opt.state_dict()
     saved_params = [p.copy() for p in params]
     for k in range(5, 9):  # steps that the load throws away
@@ -239,12 +245,7 @@ def test_load_state_dict_mid_run_continues_like_an_unbroken_run():
 def test_copy_of_an_optimizer_mid_run(how):
     """A copy continues like the original, touches none of its arrays, and finds its own params
     in ``opt.state``."""
-    case = next(c for c in CASES if c.id == "adam")
-    groups = make_params(np.float32)
-    opt = build(case, groups)
-    params = flat(groups)
-    for k in range(4):
-        opt.step(grads_at(params, k))
+    _, params, opt = started("adam", np.float32, 4)
     twin = copy.deepcopy(opt) if how == "deepcopy" else pickle.loads(pickle.dumps(opt))
     twin_params = flat([g["params"] for g in twin.param_groups])
     assert all(a is not b for a, b in zip(params, twin_params))
