@@ -1,9 +1,8 @@
 """Note [The steady-state step] (python/fusedopt/optim/optimizer.py): a group that repeats its last
 step keeps its state lists and its step count in a ``_Run`` and writes the count into the state
 dicts only when something can read them. Every test here runs the same optimizer twice on the same
-backend, once free to take that path and once on the general path (its state looked at through
-``opt.state`` before every step, which hands the dicts out and so keeps the group off the run), and
-asks for the same bits: params, every state entry, step counts and NAdam's ``mu_product``.
+backend, once free to take that path and once on the general path (``general_path``: its runs
+switched off, so that every step reads and writes every state dict), and asks for the same bits: params, every state entry, step counts and NAdam's ``mu_product``.
 """
 
 from __future__ import annotations
@@ -15,6 +14,8 @@ import numpy as np
 import pytest
 
 from fusedopt.optim import SGD, Adam, NAdam
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_optim import CASES, DTYPES, EDIT_AT, STEPS, build, flat, grads_at, make_params
 
 
@@ -22,11 +23,10 @@ def bits(a):
     return a.tobytes(), a.dtype.str, a.shape
 
 
-def expose(opt):
-    """Look at one state dict of every group (on the general path from then on)."""
-    for start, _ in opt._slices:
-        if start in opt.state:
-            opt.state[start]
+def general_path(opt):
+    """Keep ``opt`` off the run for good: the reference every test compares with."""
+    opt._start_run = lambda *args: None
+    return opt
 
 
 def state_bits(opt):
@@ -39,18 +39,18 @@ def state_bits(opt):
 
 def drive(case, dtype, general, steps=STEPS, edits=None, peek_at=()):
     """``case`` for ``steps`` steps (lr of group 0 halved at EDIT_AT, ``edits[k](opt)`` before
-    step k); ``general``: expose the state before every step. ``peek_at``: steps before which
+    step k); ``general``: on the general path. ``peek_at``: steps before which
     ``state_dict()`` is taken (a flush on the run's path)."""
     groups = make_params(dtype)
     opt = build(case, groups)
+    if general:
+        general_path(opt)
     params = flat(groups)
     for k in range(steps):
         if k == EDIT_AT:
             opt.param_groups[0]["lr"] *= 0.5
         if edits and k in edits:
             edits[k](opt)
-        if general:
-            expose(opt)
         if k in peek_at:
             opt.state_dict()
         opt.step(grads_at(params, k))
@@ -108,14 +108,12 @@ def test_a_state_dict_kept_by_the_user_stays_current_and_its_edits_count():
     for general in (False, True):
         params, grads = _adam_and_grads()
         opt = NAdam(params, lr=0.1)
+        if general:
+            general_path(opt)
         opt.step(grads[0])
         opt.step(grads[1])
-        if general:
-            expose(opt)
         held = opt.state[2]
         for k in range(2, 5):
-            if general:
-                expose(opt)
             opt.step(grads[k])
             assert held["step"] == k + 1 and held is opt.state[2]
             assert held["mu_product"] == opt.state[0]["mu_product"]
@@ -257,3 +255,70 @@ def test_copy_of_an_optimizer_mid_run(how):
     assert twin.state[twin_params[3]]["step"] == 9
     with pytest.raises(KeyError):
         twin.state[params[3]]
+
+
+# ---- random interleavings ------------------------------------------------------------------------
+
+OPS = ("step", "step", "step", "look", "state_dict", "reload", "lr", "same-value", "params-noop",
+       "load-older", "edit-held")
+
+
+def _apply(op, opt, params, k, rng_choice, saved, held):
+    """One operation on an optimizer (``rng_choice``: a number in [0, 1) picking a param or a
+    group); returns the next grad index. ``held``: state dicts the "user" kept from a look."""
+    n = len(params)
+    if op == "step":
+        opt.step(grads_at(params, k))
+        return k + 1
+    if op == "look":
+        state = opt.state.get(int(rng_choice * n))
+        if state is not None:
+            held.append(state)
+    elif op == "edit-held" and held:  # a dict kept from an earlier look, edited now
+        state = held[int(rng_choice * len(held))]
+        state["step"] = max(state["step"] - 1, 0)
+    elif op == "state_dict":
+        opt.state_dict()
+    elif op == "reload":
+        opt.load_state_dict(opt.state_dict())
+    elif op == "lr":
+        g = opt.param_groups[int(rng_choice * len(opt.param_groups))]
+        if not callable(g["lr"]):
+            g["lr"] *= 0.5
+    elif op == "same-value":  # an equal value, a new object: the group is checked again
+        g = opt.param_groups[int(rng_choice * len(opt.param_groups))]
+        g["weight_decay"] = g["weight_decay"] * 1.0
+    elif op == "params-noop":
+        ps = opt.param_groups[int(rng_choice * len(opt.param_groups))]["params"]
+        ps[0] = ps[0]
+    elif op == "load-older" and saved:
+        opt.load_state_dict(saved[0])
+    return k
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    case_index=st.integers(0, len(CASES) - 1),
+    ops=st.lists(st.tuples(st.sampled_from(OPS), st.floats(0, 1, exclude_max=True)),
+                 min_size=1, max_size=30),
+)
+def test_random_interleavings_match_the_general_path(case_index, ops):
+    """Any sequence of steps, looks at the state, state dicts, reloads (of the current state or
+    of an older one), edits of the groups and of state dicts the user kept gives the bits of the
+    general path."""
+    case = CASES[case_index]
+    runs = []
+    for general in (False, True):
+        groups = make_params(np.float64)
+        opt = build(case, groups)
+        if general:
+            general_path(opt)
+        params = flat(groups)
+        k = 0
+        saved, held = [], []
+        for op, choice in ops:
+            if op == "load-older" and not saved:
+                saved.append(opt.state_dict())
+            k = _apply(op, opt, params, k, choice, saved, held)
+        runs.append(([bits(p) for p in params], state_bits(opt)))
+    assert runs[0] == runs[1]
