@@ -303,6 +303,10 @@ class Optimizer:
         state: read-only mapping from a param's flat index (or the param array) to its state dict:
             ``"step"`` (completed updates, an int), the algorithm's named arrays, and for NAdam
             ``"mu_product"`` (a float). Allocated at the first step that updates the param.
+            The dicts it returns are live (edits take effect at the next step); taking one out
+            moves its group from the steady-state step to the general one, which reads every
+            state dict at every step (Note [The steady-state step]). ``state_dict()`` (copies)
+            and ``p in opt.state`` do not.
         defaults: the constructor's hyper-parameters, used for keys a param group leaves out.
     """
 
