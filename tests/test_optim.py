@@ -751,9 +751,11 @@ def _read_only(a):
 
 
 def _later_call_refusals():
-    """Refusals that only the kernel's own check makes, all in group 1 (params[3] and
-    params[4]): the call of group 0 comes first and must not be made."""
+    """Refusals that only the kernel's own check makes, in group 1 (params[3] and params[4]):
+    the call of group 0 comes first and must not be made; and one in group 0, whose call checks
+    itself."""
     return [
+        ("group0-grad-is-its-param", lambda ps, gs: [ps[0]] + gs[1:], "adam: grads[0] overlaps params[0]"),
         ("grad-is-its-param", lambda ps, gs: gs[:3] + [ps[3], gs[4]], "adam: grads[3] overlaps params[3]"),
         ("grad-views-a-param", lambda ps, gs: gs[:4] + [ps[4].view()], "adam: grads[4] overlaps params[4]"),
         ("param-made-read-only", lambda ps, gs: (_read_only(ps[4]), gs)[1], "adam: params[4] is read-only"),

@@ -147,9 +147,8 @@ class EMA:
                      for part in self._parts]
         current = None
         try:
-            if len(parts) > 1:
-                for current in parts:
-                    getattr(_CHECK, fn)(current[1], current[2], **hyper)
+            for current in parts[1:]:  # the first call checks itself before it writes
+                getattr(_CHECK, fn)(current[1], current[2], **hyper)
             for current in parts:
                 getattr(self._functional, fn)(current[1], current[2], **hyper)
         except ValueError as e:

@@ -506,9 +506,9 @@ class Optimizer:
         # Note [Every call checked before the first]: a call checks all its arrays in C++ before
         # it writes anything, so a step of one call needs no other check (the per-grad checks only
         # word the error in the optimizer's terms). A step of several calls (several groups, or a
-        # group split by step count or device) first checks every call as its kernel will
-        # (``_CHECK``: the NumPy calls in C++, the device calls' grads against their params), so
-        # that no call writes if a later one would refuse its arrays.
+        # group split by step count or device) first checks every later call as its kernel will
+        # (``_CHECK``: ``_core.cpu.check`` or ``_core.cuda.check``), so that no call writes if a
+        # later one would refuse its arrays; the first call checks itself before it writes.
         fn = self._functional
         calls = []
         made = 0  # calls made
@@ -516,9 +516,8 @@ class Optimizer:
         try:
             for entry in plan:
                 calls.append(self._prepare(*entry, grads))
-            if len(calls) > 1:
-                for current, call in enumerate(calls):
-                    self._make(_CHECK, call)
+            for current, call in enumerate(calls[1:], 1):
+                self._make(_CHECK, call)
             for current, call in enumerate(calls):
                 scalars = self._make(fn, call)
                 made += 1
