@@ -227,7 +227,8 @@ void def_cpu(py::module_& cpu) {
       "fn"_a, "args"_a,
       "Checks the lists of one call as fn would (args: its (name, list) pairs in the kernel's "
       "order: the first written, the second only read, the rest written), writing nothing. "
-      "The optimizer classes check every call of a step this way before making any.");
+      "The optimizer classes check every call of a step but the first this way before making the "
+      "first.");
 
   cpu.def(
       "set_num_threads",

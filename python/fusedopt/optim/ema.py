@@ -109,7 +109,7 @@ class EMA:
         """Fold the current values of ``params`` (default: the params given at construction) into
         the averages: one fused call over every array."""
         params = self._arrays("update", params)
-        self._calls("update", "ewa", self._averages, params, beta=self._decay)
+        self._calls("update", "ewa", self._averages, params, True, beta=self._decay)
         self.num_updates += 1
 
     def _check_updated(self, fn):
@@ -121,7 +121,7 @@ class EMA:
         the EMA was built on one)."""
         self._check_updated("averages")
         outs = [_arrays.adapter_of(a).empty_like(a) for a in self._averages]
-        self._calls("averages", "ewa_readout", self._averages, outs, beta=self._decay,
+        self._calls("averages", "ewa_readout", self._averages, outs, False, beta=self._decay,
                     step=self.num_updates)
         return outs[0] if self._bare else outs
 
@@ -132,14 +132,15 @@ class EMA:
         self._check_updated("copy_to")
         for i, p in enumerate(params):
             _check_param("EMA.copy_to", f"params[{i}]", p)
-        self._calls("copy_to", "ewa_readout", self._averages, params, beta=self._decay,
+        self._calls("copy_to", "ewa_readout", self._averages, params, True, beta=self._decay,
                     step=self.num_updates)
 
-    def _calls(self, method, fn, averages, others, **hyper):
+    def _calls(self, method, fn, averages, others, others_are_params, **hyper):
         """``fn`` over the averages and ``others`` (the params, or new arrays): one call per place
-        the arrays live in, every call checked before the first is made (the optimizers' Note
-        [Every call checked before the first]). What only the kernel refuses (params given to
-        ``copy_to`` that overlap) is reported as ``EMA.<method>: params[i] ...``."""
+        the arrays live in, every call after the first checked before the first is made (the
+        optimizers' Note [Every call checked before the first]). What only the kernel refuses
+        (params given to ``copy_to`` that overlap) is reported as ``EMA.<method>: ...``, with
+        ``params[i]`` for the kernel's name of ``others`` when they are the params."""
         if self._parts is None:
             parts = [(range(len(averages)), averages, others)]
         else:
@@ -154,7 +155,8 @@ class EMA:
         except ValueError as e:
             message = _flat_indices(str(e), current[0])
             message = message.replace(f"{fn}: ", f"EMA.{method}: ", 1)
-            message = message.replace("outs[", "params[").replace("values[", "params[")
+            if others_are_params:
+                message = message.replace("outs[", "params[").replace("values[", "params[")
             raise ValueError(message) from None
 
     def state_dict(self):

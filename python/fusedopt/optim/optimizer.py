@@ -167,17 +167,14 @@ class _Check:
         lists = _buffers._LISTS.get(fn)
         if lists is None:
             raise AttributeError(fn)
-        names = [name for name, _ in lists]
 
-        def check(*args, **kwargs):
-            given = dict(zip(names, args))
-            given.update((k, v) for k, v in kwargs.items() if k in names)
-            ordered = [_buffers.as_list(given.get(k)) for k in names]
-            if _buffers.backend(ordered[0]) is _core.cpu:
-                _core.cpu.check(fn, _buffers.kernel_order(lists, ordered))
+        def check(*args, **hyper):  # the lists positionally, as every caller passes them
+            cols = [_buffers.as_list(a) for a in args]
+            if _buffers.backend(cols[0]) is _core.cpu:
+                _core.cpu.check(fn, _buffers.kernel_order(lists, cols))
             else:
-                _buffers._cuda_call(fn, lists, ordered, {}, check=True)
-            return kwargs.get("mu_product")
+                _buffers._cuda_call(fn, lists, cols, {}, check=True)
+            return hyper.get("mu_product")
 
         return check
 
@@ -280,7 +277,7 @@ class _StateView(Mapping):
     def __contains__(self, key):  # hands nothing out
         try:
             return self._index(key) in self._opt._state
-        except (KeyError, TypeError):
+        except KeyError:
             return False
 
     def __iter__(self):
