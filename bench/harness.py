@@ -2,9 +2,10 @@
 
 A *group* is one workload and one algorithm. Its implementations (the ceiling, fusedopt, the NumPy
 peer, the torch peers) share one set of buffers, so they move the same bytes through the same
-pages. After warm-up, each round runs every implementation once in a fresh random order, and the
-medians and quartiles are taken per implementation over the rounds: drift on a shared, noisy
-machine hits every implementation alike, so the ratios within a group are fair.
+pages. After warm-up, each round runs every implementation once in a fresh random order. Medians
+and quartiles of the times are taken per implementation over the rounds, and each ratio (% of the
+ceiling, speedup over a peer) round by round, between two calls timed a fraction of a second
+apart: drift on a shared, noisy machine hits both sides of such a ratio alike.
 
 Gradients are positive (uniform in [1e-4, 1e-3]). The ceiling adds the gradient to every state
 buffer, and a positive gradient keeps every variance positive whatever the interleaving, so no
@@ -254,10 +255,25 @@ def stats(ts):
     }
 
 
+def paired(num, den):
+    """Median and quartiles of the per-round ratios num[r] / den[r]: both were timed in the same
+    round, a fraction of a second apart, so a change of the machine's bandwidth between rounds
+    cancels out of each ratio."""
+    r = np.asarray(num, dtype=np.float64) / np.asarray(den, dtype=np.float64)
+    return float(np.median(r)), float(np.percentile(r, 25)), float(np.percentile(r, 75))
+
+
 def group_rows(workload, algo, elements, times):
     """One row per implementation: time statistics, GB/s by the algorithm's minimum bytes, % of
-    this group's ceiling (ceiling time / time) and fusedopt's speedup over it (time / fusedopt's
-    time)."""
+    this group's ceiling and fusedopt's speedup over it.
+
+    Two estimates of each ratio are given. The *paired* one (``pct_ceiling``,
+    ``fusedopt_speedup``) is the median of the ratios taken round by round: ceiling time / time,
+    time / fusedopt's time, each pair timed in the same round. It is the one the targets use. The
+    ratio of the two medians (``pct_ceiling_medians``, ``fusedopt_speedup_medians``) is given
+    beside it: on a quiet machine both agree, but where the machine's bandwidth changes during a
+    group (see bench/README.md) the two medians can come from different rounds, and the ratio of
+    medians then measures the machine rather than the kernel."""
     nbytes = algo.bytes_per_elem * elements
     med = {k: float(np.median(v)) for k, v in times.items()}
     rows = []
@@ -265,7 +281,7 @@ def group_rows(workload, algo, elements, times):
         if impl not in times:
             continue
         st = stats(times[impl])
-        rows.append({
+        row = {
             "workload": workload,
             "algo": algo.name,
             "impl": impl,
@@ -273,9 +289,19 @@ def group_rows(workload, algo, elements, times):
             "bytes": nbytes,
             **st,
             "gbps": nbytes / st["median_s"] / 1e9,
-            "pct_ceiling": 100.0 * med["ceiling"] / st["median_s"] if "ceiling" in med else None,
-            "fusedopt_speedup": st["median_s"] / med["fusedopt"] if "fusedopt" in med else None,
-        })
+            "pct_ceiling": None, "pct_ceiling_p25": None, "pct_ceiling_p75": None,
+            "pct_ceiling_medians": None,
+            "fusedopt_speedup": None, "fusedopt_speedup_medians": None,
+        }
+        if "ceiling" in times:
+            m, lo, hi = paired(times["ceiling"], times[impl])
+            row.update(pct_ceiling=100.0 * m, pct_ceiling_p25=100.0 * lo,
+                       pct_ceiling_p75=100.0 * hi,
+                       pct_ceiling_medians=100.0 * med["ceiling"] / st["median_s"])
+        if "fusedopt" in times:
+            row.update(fusedopt_speedup=paired(times[impl], times["fusedopt"])[0],
+                       fusedopt_speedup_medians=st["median_s"] / med["fusedopt"])
+        rows.append(row)
     return rows
 
 

@@ -181,8 +181,9 @@ def targets(rows, overhead_rows, device):
 
 
 def _speedup(rows, fo_row, peer):
+    """fusedopt's speedup over peer: the median of the per-round ratios (harness.group_rows)."""
     p = _row(rows, fo_row["workload"], fo_row["algo"], peer)
-    return p["median_s"] / fo_row["median_s"] if p else None
+    return p["fusedopt_speedup"] if p else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -216,16 +217,22 @@ def summary_table(rows, workload, groups=None):
         sp = [_f(_speedup(rows, fo, p), ".2f") for p in IMPLS[2:]]
         line = [algo, fo["bytes_per_elem"], _f(ce and ce["gbps"], ".1f"),
                 f"{_ms(fo['median_s'])} [{_ms(fo['p25_s'])}, {_ms(fo['p75_s'])}]",
-                _f(fo["gbps"], ".1f"), _f(fo["pct_ceiling"], ".1f"), *sp]
+                _f(fo["gbps"], ".1f"), _pct(fo), *sp]
         if groups is not None:
             share = groups.get(f"{workload}/{algo}", {}).get("others_cpu")
             line.append(_f(share and 100 * share, ".0f"))
         lines.append(line)
     header = ["algorithm", "B/elem", "ceiling GB/s", "fusedopt ms [p25, p75]", "GB/s",
-              "% ceiling", *(f"x {p}" for p in IMPLS[2:])]
+              "% ceiling [p25, p75]", *(f"x {p}" for p in IMPLS[2:])]
     if groups is not None:
         header.append("others' CPU %")
     return _table(header, lines)
+
+
+def _pct(r):
+    if r["pct_ceiling"] is None:
+        return "-"
+    return f"{r['pct_ceiling']:.1f} [{r['pct_ceiling_p25']:.0f}, {r['pct_ceiling_p75']:.0f}]"
 
 
 def detail_table(rows, workload):
@@ -235,10 +242,12 @@ def detail_table(rows, workload):
         if r["workload"] != workload:
             continue
         lines.append([r["algo"], r["impl"], _ms(r["median_s"]), _ms(r["p25_s"]), _ms(r["p75_s"]),
-                      _f(r["gbps"], ".1f"), _f(r["pct_ceiling"], ".1f"),
-                      _f(r["fusedopt_speedup"], ".2f"), r["rounds"]])
+                      _f(r["gbps"], ".1f"), _pct(r), _f(r["pct_ceiling_medians"], ".1f"),
+                      _f(r["fusedopt_speedup"], ".2f"), _f(r["fusedopt_speedup_medians"], ".2f"),
+                      r["rounds"]])
     header = ["algorithm", "implementation", "median ms", "p25 ms", "p75 ms", "GB/s",
-              "% ceiling", "fusedopt speedup", "rounds"]
+              "% ceiling [p25, p75]", "% ceiling (ratio of medians)", "fusedopt speedup",
+              "fusedopt speedup (ratio of medians)", "rounds"]
     return _table(header, lines)
 
 

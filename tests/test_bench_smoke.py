@@ -26,7 +26,8 @@ TOP_KEYS = {"schema", "device", "quick", "machine", "threads", "versions", "comm
             "duration_s", "config", "algorithms", "workloads", "notes", "results", "overhead",
             "agreement", "groups", "machine_load", "targets"}
 ROW_KEYS = {"workload", "algo", "impl", "bytes_per_elem", "bytes", "median_s", "p25_s", "p75_s",
-            "min_s", "rounds", "gbps", "pct_ceiling", "fusedopt_speedup"}
+            "min_s", "rounds", "gbps", "pct_ceiling", "pct_ceiling_p25", "pct_ceiling_p75",
+            "pct_ceiling_medians", "fusedopt_speedup", "fusedopt_speedup_medians"}
 
 
 def child_env():
@@ -122,3 +123,29 @@ def test_unknown_algorithm_is_refused():
                           env=child_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "unknown: adamz" in proc.stderr
+
+
+def test_ratios_are_taken_round_by_round():
+    """A ratio is the median of the per-round ratios, so that a change of the machine's bandwidth
+    between rounds cancels out; the ratio of the two medians is kept beside it."""
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import algorithms
+        import harness
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    # Rounds alternate between a slow and a fast machine, and fusedopt's slow rounds outnumber
+    # the ceiling's, so the two medians come from different kinds of round.
+    ceiling = [2.0, 1.0, 2.0, 1.0, 1.0]
+    fusedopt = [2.5, 1.25, 2.5, 1.25, 2.5]  # 80% of the ceiling in every round but the last
+    numpy_ = [5.0, 2.5, 5.0, 2.5, 2.5]  # 2x fusedopt's time in every round but the last
+    rows = harness.group_rows("w", algorithms.ALGOS["adam"], 1000,
+                              {"ceiling": ceiling, "fusedopt": fusedopt, "numpy": numpy_})
+    fo = next(r for r in rows if r["impl"] == "fusedopt")
+    npy = next(r for r in rows if r["impl"] == "numpy")
+    assert fo["pct_ceiling"] == pytest.approx(80.0)
+    assert (fo["pct_ceiling_p25"], fo["pct_ceiling_p75"]) == (pytest.approx(80.0), pytest.approx(80.0))
+    assert fo["pct_ceiling_medians"] == pytest.approx(100.0 * 1.0 / 2.5)
+    assert npy["fusedopt_speedup"] == pytest.approx(2.0)
+    assert npy["fusedopt_speedup_medians"] == pytest.approx(2.5 / 2.5)
+    assert fo["fusedopt_speedup"] == pytest.approx(1.0)
