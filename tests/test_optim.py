@@ -24,6 +24,8 @@ from __future__ import annotations
 import copy
 import inspect
 import pickle
+import sys
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -799,6 +801,99 @@ def test_grads_may_share_memory_in_a_step_of_several_calls():
             opt.step([g] * 4 if share else [g.copy() for _ in range(4)])
         results.append([bits(p) for p in params])
     assert results[0] == results[1]
+
+
+def test_each_numpy_call_of_a_step_reaches_its_kernel_once(monkeypatch):
+    """A step of one call makes it directly; a step of several prepares each call (checked once,
+    by the kernel function itself with prepare=True) and runs them after the last is checked."""
+    seen = []
+    kernel = fusedopt._core.cpu.adam
+
+    def counting(*args, **kwargs):
+        seen.append((len(args[0]), kwargs.get("prepare", False)))
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(fusedopt._core.cpu, "adam", counting)
+    params = [np.linspace(-1, 1, 4 + k) for k in range(5)]
+    grads = [np.full_like(p, 0.5) for p in params]
+    one = Adam([p.copy() for p in params], lr=0.1)
+    one.step(grads)
+    assert seen == [(5, False)]
+    seen.clear()
+    two = Adam([{"params": [p.copy() for p in params[:2]]},
+                {"params": [p.copy() for p in params[2:]], "lr": 0.1}], lr=0.1)
+    two.step(grads)
+    assert seen == [(2, True), (3, True)]
+    flat_params = two.param_groups[0]["params"] + two.param_groups[1]["params"]
+    for got, want in zip(flat_params, one.param_groups[0]["params"]):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_prepared_call_writes_nothing_until_run_and_runs_once():
+    """``_core.cpu.<fn>(..., prepare=True)``: the call checked, nothing written; calling it
+    writes what the direct call writes and returns its result, once; it keeps its arrays alive."""
+    def lists(seed):
+        rng = np.random.default_rng(seed)
+        return [[rng.standard_normal(7) for _ in range(3)] for _ in range(4)]
+
+    hyper = dict(step=3, mu_product=0.8, lr=0.01, betas=(0.9, 0.999), eps=1e-8,
+                 weight_decay=0.1, momentum_decay=4e-3, decoupled_weight_decay=False,
+                 maximize=False)
+    want = lists(0)
+    want_mu = fusedopt._core.cpu.nadam(*want, **hyper)
+    got = lists(0)
+    before = [[bits(a) for a in col] for col in got]
+    refs = lambda: [[sys.getrefcount(a) for a in col] for col in got]  # noqa: E731
+    counts = refs()
+    prepared = fusedopt._core.cpu.nadam(*got, **hyper, prepare=True)
+    assert [[bits(a) for a in col] for col in got] == before
+    assert prepared.result == want_mu
+    # It holds each array once (a tuple per list) until it has run, so the lists may change.
+    assert refs() == [[c + 1 for c in col] for col in counts]
+    assert prepared() == want_mu
+    assert refs() == counts
+    views = got
+    for col_got, col_want in zip(views, want):
+        for a, b in zip(col_got, col_want):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="nadam: this prepared call has run already"):
+        prepared()
+    # A refusal comes at once, before anything is kept.
+    bad = lists(1)
+    bad[2][1] = bad[0][1]
+    with pytest.raises(ValueError, match=r"nadam: exp_avgs\[1\] overlaps params\[1\]"):
+        fusedopt._core.cpu.nadam(*bad, **hyper, prepare=True)
+
+
+def test_calls_are_prepared_per_thread():
+    """While one thread prepares the calls of a step, another thread's calls run as usual."""
+    from fusedopt import _buffers
+
+    p, g, m, v = (np.ones(5), np.full(5, 0.5), np.zeros(5), np.zeros(5))
+    pending = []
+    done = []
+    with _buffers.preparing(pending):
+        with pytest.raises(RuntimeError, match="prepared already"):
+            with _buffers.preparing([]):
+                pass
+        functional.adam([p], [g], [m], [v], step=1, lr=0.1)
+        assert len(pending) == 1 and (p == 1).all()
+
+        def other():
+            q = np.ones(5)
+            functional.adam([q], [g], [np.zeros(5)], [np.zeros(5)], step=1, lr=0.1)
+            done.append(q)
+
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+    assert len(pending) == 1
+    np.testing.assert_allclose(done[0], 0.9)
+    assert (p == 1).all()
+    pending[0]()
+    np.testing.assert_array_equal(p, done[0])
+    functional.adam([p], [g], [m], [v], step=2, lr=0.1)  # outside: made at once
+    assert len(pending) == 1
 
 
 def test_refusal_by_the_second_call_of_a_split_group_changes_nothing():

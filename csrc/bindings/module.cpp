@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include <cstdlib>
+#include <functional>
 #include <string>
 #include <utility>
 
@@ -35,14 +36,71 @@ void run(const Batch& batch, F&& fn) {
 
 const cpu::KernelTable& K() { return cpu::active(); }
 
+using Go = std::function<void(DType, const cpu::WorkView&)>;
+
+// A call checked and ready to run: what a kernel function returns when called with
+// prepare=True. The optimizer classes prepare every call of a step before they run the first, so
+// that a step whose later call would be refused writes nothing, and each call is checked once
+// (Note [Every call checked before the first]). It keeps its arrays alive (a tuple of each list
+// as it was when checked) and runs once.
+class Prepared {
+ public:
+  Prepared(std::string fn, Batch b, Go go, py::tuple keep, py::object result)
+      : fn_(std::move(fn)),
+        batch_(std::move(b)),
+        go_(std::move(go)),
+        keep_(std::move(keep)),
+        result_(std::move(result)) {}
+
+  py::object operator()() {
+    if (done_) throw py::value_error(fn_ + ": this prepared call has run already");
+    done_ = true;
+    run(batch_, go_);
+    keep_ = py::tuple();
+    return result_;
+  }
+  const py::object& result() const { return result_; }
+
+ private:
+  std::string fn_;
+  Batch batch_;
+  Go go_;
+  py::tuple keep_;
+  py::object result_;
+  bool done_ = false;
+};
+
+// Runs the checked call now, or (prepare) hands it back as a Prepared; returns result either way
+// (the Prepared carries it).
+py::object finish(const char* fn, bool prepare, Batch&& b, Go go,
+                  std::initializer_list<py::handle> lists, py::object result = py::none()) {
+  if (!prepare) {
+    run(b, go);
+    return result;
+  }
+  py::tuple keep(lists.size());
+  size_t k = 0;
+  for (py::handle l : lists) {
+    PyObject* t = l.is_none() ? nullptr : PySequence_Tuple(l.ptr());
+    if (!l.is_none() && t == nullptr) throw py::error_already_set();
+    keep[k++] = t ? py::reinterpret_steal<py::object>(t) : py::none();
+  }
+  return py::cast(Prepared(fn, std::move(b), std::move(go), std::move(keep), std::move(result)));
+}
+
 bool given(const py::object& o) { return !o.is_none(); }
 
 void def_cpu(py::module_& cpu) {
+  py::class_<Prepared>(cpu, "Prepared",
+                       "A call checked and ready to run (a kernel function called with "
+                       "prepare=True); calling it runs it, once, and returns its result.")
+      .def("__call__", &Prepared::operator())
+      .def_property_readonly("result", &Prepared::result);
   cpu.def(
       "sgd",
       [](py::object params, py::object grads, py::object momentum_buffers, int64_t step,
          double lr, double momentum, double dampening, double weight_decay, bool nesterov,
-         bool maximize) {
+         bool maximize, bool prepare) {
         check_step("sgd", step);
         const bool use_buf = momentum != 0.0;
         if (use_buf && !given(momentum_buffers)) {
@@ -53,43 +111,51 @@ void def_cpu(py::module_& cpu) {
                                           {"momentum_buffers", momentum_buffers}})
                           : Batch("sgd", {{"params", params}, {"grads", grads}});
         const SgdHyper h{lr, momentum, dampening, weight_decay, nesterov, maximize};
-        run(b, [&](DType dt, const cpu::WorkView& w) { K().sgd(dt, w, h, step); });
+        return finish("sgd", prepare, std::move(b),
+                      [h, step](DType dt, const cpu::WorkView& w) { K().sgd(dt, w, h, step); },
+                      {params, grads, use_buf ? momentum_buffers : py::none()});
       },
       "params"_a, "grads"_a, "momentum_buffers"_a = py::none(), py::kw_only(), "step"_a,
-      "lr"_a, "momentum"_a, "dampening"_a, "weight_decay"_a, "nesterov"_a, "maximize"_a);
+      "lr"_a, "momentum"_a, "dampening"_a, "weight_decay"_a, "nesterov"_a, "maximize"_a,
+      "prepare"_a = false);
 
   cpu.def(
       "adagrad",
       [](py::object params, py::object grads, py::object state_sums, int64_t step, double lr,
-         double lr_decay, double weight_decay, double eps, bool maximize) {
+         double lr_decay, double weight_decay, double eps, bool maximize, bool prepare) {
         check_step("adagrad", step);
         Batch b("adagrad", {{"params", params}, {"grads", grads}, {"state_sums", state_sums}});
         const AdagradHyper h{lr, lr_decay, weight_decay, eps, maximize};
-        run(b, [&](DType dt, const cpu::WorkView& w) { K().adagrad(dt, w, h, step); });
+        return finish("adagrad", prepare, std::move(b),
+                      [h, step](DType dt, const cpu::WorkView& w) { K().adagrad(dt, w, h, step); },
+                      {params, grads, state_sums});
       },
       "params"_a, "grads"_a, "state_sums"_a, py::kw_only(), "step"_a, "lr"_a, "lr_decay"_a,
-      "weight_decay"_a, "eps"_a, "maximize"_a);
+      "weight_decay"_a, "eps"_a, "maximize"_a, "prepare"_a = false);
 
   cpu.def(
       "adadelta",
       [](py::object params, py::object grads, py::object square_avgs, py::object acc_deltas,
-         int64_t step, double lr, double rho, double eps, double weight_decay, bool maximize) {
+         int64_t step, double lr, double rho, double eps, double weight_decay, bool maximize,
+         bool prepare) {
         check_step("adadelta", step);
         Batch b("adadelta", {{"params", params},
                              {"grads", grads},
                              {"square_avgs", square_avgs},
                              {"acc_deltas", acc_deltas}});
         const AdadeltaHyper h{lr, rho, eps, weight_decay, maximize};
-        run(b, [&](DType dt, const cpu::WorkView& w) { K().adadelta(dt, w, h, step); });
+        return finish("adadelta", prepare, std::move(b),
+                      [h, step](DType dt, const cpu::WorkView& w) { K().adadelta(dt, w, h, step); },
+                      {params, grads, square_avgs, acc_deltas});
       },
       "params"_a, "grads"_a, "square_avgs"_a, "acc_deltas"_a, py::kw_only(), "step"_a, "lr"_a,
-      "rho"_a, "eps"_a, "weight_decay"_a, "maximize"_a);
+      "rho"_a, "eps"_a, "weight_decay"_a, "maximize"_a, "prepare"_a = false);
 
   cpu.def(
       "rmsprop",
       [](py::object params, py::object grads, py::object square_avgs, py::object momentum_buffers,
          py::object grad_avgs, int64_t step, double lr, double alpha, double eps,
-         double weight_decay, double momentum, bool centered, bool maximize) {
+         double weight_decay, double momentum, bool centered, bool maximize, bool prepare) {
         check_step("rmsprop", step);
         const bool use_buf = momentum > 0.0;
         if (use_buf && !given(momentum_buffers)) {
@@ -106,17 +172,21 @@ void def_cpu(py::module_& cpu) {
                           : (centered ? Batch("rmsprop", {p, g, sq, ga})
                                       : Batch("rmsprop", {p, g, sq}));
         const RmspropHyper h{lr, alpha, eps, weight_decay, momentum, centered, maximize};
-        run(b, [&](DType dt, const cpu::WorkView& w) { K().rmsprop(dt, w, h, step); });
+        return finish("rmsprop", prepare, std::move(b),
+                      [h, step](DType dt, const cpu::WorkView& w) { K().rmsprop(dt, w, h, step); },
+                      {params, grads, square_avgs, use_buf ? momentum_buffers : py::none(),
+                       centered ? grad_avgs : py::none()});
       },
       "params"_a, "grads"_a, "square_avgs"_a, "momentum_buffers"_a = py::none(),
       "grad_avgs"_a = py::none(), py::kw_only(), "step"_a, "lr"_a, "alpha"_a, "eps"_a,
-      "weight_decay"_a, "momentum"_a, "centered"_a, "maximize"_a);
+      "weight_decay"_a, "momentum"_a, "centered"_a, "maximize"_a, "prepare"_a = false);
 
   cpu.def(
       "adam",
       [](py::object params, py::object grads, py::object exp_avgs, py::object exp_avg_sqs,
          py::object max_exp_avg_sqs, int64_t step, double lr, Betas betas, double eps,
-         double weight_decay, bool amsgrad, bool maximize, bool decoupled_weight_decay) {
+         double weight_decay, bool amsgrad, bool maximize, bool decoupled_weight_decay,
+         bool prepare) {
         check_step("adam", step);
         if (amsgrad && !given(max_exp_avg_sqs)) {
           throw py::value_error("adam: max_exp_avg_sqs are required when amsgrad=True");
@@ -126,18 +196,21 @@ void def_cpu(py::module_& cpu) {
         Batch b = amsgrad ? Batch("adam", {p, g, m, v, vmax}) : Batch("adam", {p, g, m, v});
         const AdamHyper h{lr,      betas.first, betas.second,          eps, weight_decay,
                           amsgrad, maximize,    decoupled_weight_decay};
-        run(b, [&](DType dt, const cpu::WorkView& w) { K().adam(dt, w, h, step); });
+        return finish("adam", prepare, std::move(b),
+                      [h, step](DType dt, const cpu::WorkView& w) { K().adam(dt, w, h, step); },
+                      {params, grads, exp_avgs, exp_avg_sqs,
+                       amsgrad ? max_exp_avg_sqs : py::none()});
       },
       "params"_a, "grads"_a, "exp_avgs"_a, "exp_avg_sqs"_a, "max_exp_avg_sqs"_a = py::none(),
       py::kw_only(), "step"_a, "lr"_a, "betas"_a, "eps"_a, "weight_decay"_a, "amsgrad"_a,
-      "maximize"_a, "decoupled_weight_decay"_a);
+      "maximize"_a, "decoupled_weight_decay"_a, "prepare"_a = false);
 
   cpu.def(
       "nadam",
       [](py::object params, py::object grads, py::object exp_avgs, py::object exp_avg_sqs,
          int64_t step, py::object mu_product, double lr, Betas betas, double eps,
          double weight_decay, double momentum_decay, bool decoupled_weight_decay,
-         bool maximize) {
+         bool maximize, bool prepare) {
         check_step("nadam", step);
         const NadamHyper h{lr,           betas.first,    betas.second,           eps,
                            weight_decay, momentum_decay, decoupled_weight_decay, maximize};
@@ -151,50 +224,61 @@ void def_cpu(py::module_& cpu) {
                           {"grads", grads},
                           {"exp_avgs", exp_avgs},
                           {"exp_avg_sqs", exp_avg_sqs}});
-        double mu_new = mu_prev * nadam_mu(h, step);
-        run(b, [&](DType dt, const cpu::WorkView& w) {
-          K().nadam(dt, w, h, step, mu_prev, &mu_new);
-        });
-        return mu_new;
+        const double mu_new = mu_prev * nadam_mu(h, step);
+        return finish(
+            "nadam", prepare, std::move(b),
+            [h, step, mu_prev](DType dt, const cpu::WorkView& w) {
+              double mu = 0.0;  // the kernel's own product: the same expression as mu_new
+              K().nadam(dt, w, h, step, mu_prev, &mu);
+            },
+            {params, grads, exp_avgs, exp_avg_sqs}, py::float_(mu_new));
       },
       "params"_a, "grads"_a, "exp_avgs"_a, "exp_avg_sqs"_a, py::kw_only(), "step"_a,
       "mu_product"_a = py::none(), "lr"_a, "betas"_a, "eps"_a, "weight_decay"_a,
-      "momentum_decay"_a, "decoupled_weight_decay"_a, "maximize"_a);
+      "momentum_decay"_a, "decoupled_weight_decay"_a, "maximize"_a, "prepare"_a = false);
 
   cpu.def(
       "adamax",
       [](py::object params, py::object grads, py::object exp_avgs, py::object exp_infs,
-         int64_t step, double lr, Betas betas, double eps, double weight_decay, bool maximize) {
+         int64_t step, double lr, Betas betas, double eps, double weight_decay, bool maximize,
+         bool prepare) {
         check_step("adamax", step);
         Batch b("adamax", {{"params", params},
                            {"grads", grads},
                            {"exp_avgs", exp_avgs},
                            {"exp_infs", exp_infs}});
         const AdamaxHyper h{lr, betas.first, betas.second, eps, weight_decay, maximize};
-        run(b, [&](DType dt, const cpu::WorkView& w) { K().adamax(dt, w, h, step); });
+        return finish("adamax", prepare, std::move(b),
+                      [h, step](DType dt, const cpu::WorkView& w) { K().adamax(dt, w, h, step); },
+                      {params, grads, exp_avgs, exp_infs});
       },
       "params"_a, "grads"_a, "exp_avgs"_a, "exp_infs"_a, py::kw_only(), "step"_a, "lr"_a,
-      "betas"_a, "eps"_a, "weight_decay"_a, "maximize"_a);
+      "betas"_a, "eps"_a, "weight_decay"_a, "maximize"_a, "prepare"_a = false);
 
   cpu.def(
       "ewa",
-      [](py::object averages, py::object values, double beta) {
+      [](py::object averages, py::object values, double beta, bool prepare) {
         Batch b("ewa", {{"averages", averages}, {"values", values}});
         const EwaHyper h{beta};
-        run(b, [&](DType dt, const cpu::WorkView& w) { K().ewa(dt, w, h); });
+        return finish("ewa", prepare, std::move(b),
+                      [h](DType dt, const cpu::WorkView& w) { K().ewa(dt, w, h); },
+                      {averages, values});
       },
-      "averages"_a, "values"_a, py::kw_only(), "beta"_a);
+      "averages"_a, "values"_a, py::kw_only(), "beta"_a, "prepare"_a = false);
 
   cpu.def(
       "ewa_readout",
-      [](py::object averages, py::object outs, double beta, int64_t step) {
+      [](py::object averages, py::object outs, double beta, int64_t step, bool prepare) {
         check_step("ewa_readout", step);
         // Kernel order: the written buffer first, the read-only average second.
         Batch b("ewa_readout", {{"outs", outs}, {"averages", averages}});
         const EwaHyper h{beta};
-        run(b, [&](DType dt, const cpu::WorkView& w) { K().ewa_readout(dt, w, h, step); });
+        return finish(
+            "ewa_readout", prepare, std::move(b),
+            [h, step](DType dt, const cpu::WorkView& w) { K().ewa_readout(dt, w, h, step); },
+            {averages, outs});
       },
-      "averages"_a, "outs"_a, py::kw_only(), "beta"_a, "step"_a);
+      "averages"_a, "outs"_a, py::kw_only(), "beta"_a, "step"_a, "prepare"_a = false);
 
   cpu.def(
       "rmw",
@@ -227,8 +311,8 @@ void def_cpu(py::module_& cpu) {
       "fn"_a, "args"_a,
       "Checks the lists of one call as fn would (args: its (name, list) pairs in the kernel's "
       "order: the first written, the second only read, the rest written), writing nothing. "
-      "The optimizer classes check every call of a step but the first this way before making the "
-      "first.");
+      "The CPU twin of _core.cuda.check, with which the optimizer classes check the GPU calls of "
+      "a step before they make the first (NumPy calls are checked by fn(..., prepare=True)).");
 
   cpu.def(
       "set_num_threads",

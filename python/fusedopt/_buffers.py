@@ -18,8 +18,10 @@ Anything else is refused with a ``TypeError`` that names what was given.
 
 from __future__ import annotations
 
+import functools
 import operator
 import sys
+import threading
 
 import numpy as np
 
@@ -58,14 +60,87 @@ def as_list(x):
 def backend(arrays):
     """The backend that updates ``arrays`` (a list or tuple, already normalised): ``_core.cpu``
     unless the first array is a CUDA array. One look at the first element, so that a NumPy call
-    pays nothing per array here."""
+    pays nothing per array here. While this thread prepares the calls of a step
+    (:func:`preparing`), a stand-in that checks each call and keeps it for later."""
     try:
         first = arrays[0]
     except Exception:  # empty, or not a sequence: the CPU backend refuses it with a message
-        return _core.cpu
-    if type(first) is np.ndarray or not isinstance(arrays, (list, tuple)):
-        return _core.cpu
-    return _CUDA if _is_cuda_array(first) else _core.cpu
+        b = _core.cpu
+    else:
+        if type(first) is np.ndarray or not isinstance(arrays, (list, tuple)):
+            b = _core.cpu
+        else:
+            b = _CUDA if _is_cuda_array(first) else _core.cpu
+    pending = _prepare_state.pending
+    return b if pending is None else _Preparing(b, pending)
+
+
+# Note [Every call checked before the first] (optim/optimizer.py): a step of several calls
+# prepares them all, then runs them. While a thread prepares (``preparing(pending)``), every
+# backend call of fusedopt.functional is checked and kept in ``pending`` instead of made: on the
+# CPU, ``_core.cpu.<fn>(..., prepare=True)`` checks the call once and returns a
+# ``_core.cpu.Prepared`` that runs it; on a GPU, ``_core.cuda.check`` checks it and the launch is
+# kept for later (it checks its arrays once more when it runs). The functional layer's return
+# value is known at once: NAdam's new ``mu_product`` (the only one) comes with the Prepared, or,
+# for a GPU call, from the same C++ expression run over no arrays.
+class _PrepareState(threading.local):
+    pending = None  # a class default: reading it raises nothing in a thread that never set it
+
+
+_prepare_state = _PrepareState()
+
+
+class preparing:
+    """``with preparing(pending):`` the backend calls of this thread go to ``pending`` (a list of
+    callables, each running one call and returning its result) instead of being made."""
+
+    __slots__ = ("pending",)
+
+    def __init__(self, pending):
+        self.pending = pending
+
+    def __enter__(self):
+        if _prepare_state.pending is not None:
+            raise RuntimeError("fusedopt: calls are being prepared already in this thread")
+        _prepare_state.pending = self.pending
+        return self.pending
+
+    def __exit__(self, *exc):
+        _prepare_state.pending = None
+        return False
+
+
+class _Preparing:
+    """A backend's functions, each checking its call and keeping it in ``pending``."""
+
+    __slots__ = ("_backend", "_pending")
+
+    def __init__(self, backend, pending):
+        self._backend, self._pending = backend, pending
+
+    def __getattr__(self, fn):
+        pending = self._pending
+        if self._backend is _core.cpu:
+            kernel = getattr(_core.cpu, fn)
+
+            def call(*args, **hyper):
+                prepared = kernel(*args, prepare=True, **hyper)
+                pending.append(prepared)
+                return prepared.result
+
+            return call
+        lists = _LISTS.get(fn)
+        if lists is None:
+            raise AttributeError(fn)
+
+        def call_cuda(*args, **hyper):
+            _cuda_call(fn, lists, args, hyper, check=True)
+            pending.append(functools.partial(_cuda_call, fn, lists, args, hyper))
+            if fn == "nadam":
+                return _core.cpu.nadam([], [], [], [], **hyper)
+            return None
+
+        return call_cuda
 
 
 def _is_cuda_array(x):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numbers
 from collections.abc import Mapping
 
-from .. import _arrays, functional
-from .optimizer import _CHECK, _as_list, _as_step, _check_param, _flat_indices, _load_array
+from .. import _arrays, _buffers, functional
+from .optimizer import _as_list, _as_step, _check_param, _flat_indices, _load_array
 
 __all__ = ["EMA"]
 
@@ -137,8 +137,8 @@ class EMA:
 
     def _calls(self, method, fn, averages, others, others_are_params, **hyper):
         """``fn`` over the averages and ``others`` (the params, or new arrays): one call per place
-        the arrays live in, every call after the first checked before the first is made (the
-        optimizers' Note [Every call checked before the first]). What only the kernel refuses
+        the arrays live in, every call checked before the first is made (the optimizers' Note
+        [Every call checked before the first]). What only the kernel refuses
         (params given to ``copy_to`` that overlap) is reported as ``EMA.<method>: ...``, with
         ``params[i]`` for the kernel's name of ``others`` when they are the params."""
         if self._parts is None:
@@ -148,10 +148,16 @@ class EMA:
                      for part in self._parts]
         current = None
         try:
-            for current in parts[1:]:  # the first call checks itself before it writes
-                getattr(_CHECK, fn)(current[1], current[2], **hyper)
-            for current in parts:
+            if len(parts) == 1:  # the call checks itself before it writes
+                current = parts[0]
                 getattr(self._functional, fn)(current[1], current[2], **hyper)
+                return
+            pending = []
+            with _buffers.preparing(pending):
+                for current in parts:
+                    getattr(self._functional, fn)(current[1], current[2], **hyper)
+            for run in pending:
+                run()
         except ValueError as e:
             message = _flat_indices(str(e), current[0])
             message = message.replace(f"{fn}: ", f"EMA.{method}: ", 1)

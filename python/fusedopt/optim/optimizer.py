@@ -157,29 +157,6 @@ class _Call:
         self.created = []  # (flat index, name or None for a whole new state dict)
 
 
-class _Check:
-    """Stands in for :mod:`fusedopt.functional` to check a call without making it (Note [Every
-    call checked before the first]): its lists go to ``_core.cpu.check`` (NumPy) or, as
-    pointers, to ``_core.cuda.check`` (device arrays), which refuse them exactly as the kernel
-    would."""
-
-    def __getattr__(self, fn):
-        lists = _buffers._LISTS.get(fn)
-        if lists is None:
-            raise AttributeError(fn)
-
-        def check(*args, **hyper):  # the lists positionally, as every caller passes them
-            cols = [_buffers.as_list(a) for a in args]
-            if _buffers.backend(cols[0]) is _core.cpu:
-                _core.cpu.check(fn, _buffers.kernel_order(lists, cols))
-            else:
-                _buffers._cuda_call(fn, lists, cols, {}, check=True)
-            return hyper.get("mu_product")
-
-        return check
-
-
-_CHECK = _Check()
 _ITEM = re.compile(r"\b([a-z_]+)\[(\d+)\]")
 
 
@@ -503,9 +480,9 @@ class Optimizer:
         # Note [Every call checked before the first]: a call checks all its arrays in C++ before
         # it writes anything, so a step of one call needs no other check (the per-grad checks only
         # word the error in the optimizer's terms). A step of several calls (several groups, or a
-        # group split by step count or device) first checks every later call as its kernel will
-        # (``_CHECK``: ``_core.cpu.check`` or ``_core.cuda.check``), so that no call writes if a
-        # later one would refuse its arrays; the first call checks itself before it writes.
+        # group split by step count or device) prepares every call first (``_buffers.preparing``:
+        # each is checked as its kernel checks it and kept, not made), then runs them, so that no
+        # call writes if a later one would refuse its arrays, and a NumPy call is checked once.
         fn = self._functional
         calls = []
         made = 0  # calls made
@@ -513,10 +490,21 @@ class Optimizer:
         try:
             for entry in plan:
                 calls.append(self._prepare(*entry, grads))
-            for current, call in enumerate(calls[1:], 1):
-                self._make(_CHECK, call)
-            for current, call in enumerate(calls):
-                scalars = self._make(fn, call)
+            if len(calls) == 1:
+                self._finish(calls[0], self._make(fn, calls[0]))
+                return
+            pending = []
+            ready = []  # per call: its scalars, and how many of ``pending`` are its own
+            with _buffers.preparing(pending):
+                for current, call in enumerate(calls):
+                    before = len(pending)
+                    scalars = self._make(fn, call)
+                    ready.append((scalars, len(pending) - before))
+            k = 0
+            for current, (call, (scalars, n)) in enumerate(zip(calls, ready)):
+                for run in pending[k : k + n]:
+                    run()
+                k += n
                 made += 1
                 self._finish(call, scalars)
         except BaseException as e:
