@@ -873,7 +873,7 @@ def test_calls_are_prepared_per_thread():
     pending = []
     done = []
     with _buffers.preparing(pending):
-        with pytest.raises(RuntimeError, match="prepared already"):
+        with pytest.raises(RuntimeError, match="staged already"):
             with _buffers.preparing([]):
                 pass
         functional.adam([p], [g], [m], [v], step=1, lr=0.1)

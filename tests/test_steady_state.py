@@ -184,6 +184,84 @@ def test_edited_params_list_is_refused_on_the_run(edit):
     assert all(opt.state[i]["step"] == 2 for i in range(4))
 
 
+def _reverse_shape(p):
+    p.shape = p.shape[::-1]
+
+
+def _flip_dtype(p):
+    p.dtype = np.int64 if p.dtype == np.float64 else np.float64
+
+
+@pytest.mark.parametrize(
+    "change,undo,message",
+    [
+        (lambda p: p.setflags(write=False), lambda p: p.setflags(write=True),
+         "adam: params[1] is read-only"),
+        (_reverse_shape, _reverse_shape, "grads[1] has shape (2, 3), expected (3, 2)"),
+        (_flip_dtype, _flip_dtype, "params[1] has dtype int64"),
+    ],
+    ids=["read-only", "shape", "dtype"],
+)
+@pytest.mark.parametrize("two_groups", [False, True], ids=["one-group", "two-groups"])
+def test_param_changed_in_place_on_the_run(change, undo, message, two_groups):
+    """Note [The plan of a run]: a run's call skips the checks of arrays it saw at the last step
+    only while they are unchanged; a param changed in place between steps is refused as on the
+    general path, changing nothing, and once changed back the run goes on as the general path."""
+    outcomes = []
+    for general in (False, True):
+        rng = np.random.default_rng(7)
+        params = [rng.standard_normal(s) for s in [(4,), (2, 3), (5,)]]
+        grads = [[rng.standard_normal(p.shape) for p in params] for _ in range(6)]
+        opt = Adam([{"params": params[:2]}, {"params": params[2:]}] if two_groups else params,
+                   lr=0.1)
+        if general:
+            general_path(opt)
+        for k in range(3):
+            opt.step(grads[k])
+        assert (opt._runs[0] is None) == general
+        before = [bits(p) for p in params]
+        change(params[1])
+        with pytest.raises((TypeError, ValueError)) as info:
+            opt.step(grads[3])
+        assert message in str(info.value)
+        undo(params[1])
+        assert [bits(p) for p in params] == before
+        for k in range(3, 6):
+            opt.step(grads[k])
+        outcomes.append((type(info.value), str(info.value), [bits(p) for p in params],
+                         state_bits(opt)))
+    assert outcomes[0] == outcomes[1]
+
+
+def test_grads_through_the_run_are_checked_as_on_the_general_path():
+    """The grads are new at every step: each is checked against its param and against every
+    array the call writes, on the run as on the general path."""
+    bad = [
+        lambda ps, gs: gs.__setitem__(1, gs[1].astype(np.float32)),
+        lambda ps, gs: gs.__setitem__(2, gs[2][:-1]),
+        lambda ps, gs: gs.__setitem__(0, ps[0]),
+        lambda ps, gs: gs.__setitem__(3, np.repeat(gs[3], 2)[::2]),  # not contiguous
+    ]
+    for make in bad:
+        outcomes = []
+        for general in (False, True):
+            params, grads = _adam_and_grads()
+            opt = Adam(params, lr=0.1)
+            if general:
+                general_path(opt)
+            opt.step(grads[0])
+            opt.step(grads[1])
+            before = [bits(p) for p in params]
+            g = [x.copy() for x in grads[2]]
+            make(params, g)
+            with pytest.raises((TypeError, ValueError)) as info:
+                opt.step(g)
+            assert [bits(p) for p in params] == before
+            opt.step(grads[3])
+            outcomes.append((type(info.value), str(info.value), [bits(p) for p in params]))
+        assert outcomes[0] == outcomes[1]
+
+
 @pytest.mark.parametrize(
     "edit",
     [

@@ -157,3 +157,130 @@ Batch::Batch(const char* fn, const ListArg* a, int nargs) {
 }
 
 }  // namespace fusedopt::bindings
+
+namespace fusedopt::bindings {
+
+// Note [The plan of a run] (buffers.h).
+bool Plan::accepts(const char* fn, const ListArg* a, int nargs) const {
+  if (fn_.empty() || nargs != nargs_ || fn_ != fn) return false;
+  const size_t n = n_;
+  for (int k = 0; k < nargs; ++k) {
+    PyObject* l = a[k].list.ptr();
+    if ((!PyList_Check(l) && !PyTuple_Check(l)) ||
+        static_cast<size_t>(PySequence_Fast_GET_SIZE(l)) != n) {
+      return false;
+    }
+  }
+  // The written arrays: the same objects, unchanged in everything the full check looked at.
+  size_t h = 0;
+  for (int k = 0; k < nargs; ++k) {
+    if (k == 1) continue;
+    PyObject** items = PySequence_Fast_ITEMS(a[k].list.ptr());
+    for (size_t i = 0; i < n; ++i, ++h) {
+      if (items[i] != held_[h].ptr()) return false;
+      const auto* arr = py::detail::array_proxy(items[i]);
+      const Seen& s = seen_[h];
+      if (arr->data != s.data || arr->flags != s.flags || arr->nd != s.nd) return false;
+      const auto* d = py::detail::array_descriptor_proxy(arr->descr);
+      if (d->type_num != s.type_num || d->byteorder != s.byteorder) return false;
+      const int64_t* dims = dims_.data() + dims_at_[i];
+      for (int q = 0; q < arr->nd; ++q) {
+        if (arr->dimensions[q] != dims[q]) return false;
+      }
+    }
+  }
+  // The grads: what the full check asks of a read-only array, against its (unchanged) param.
+  auto& api = npy::get();
+  PyObject** grads = PySequence_Fast_ITEMS(a[1].list.ptr());
+  for (size_t i = 0; i < n; ++i) {
+    PyObject* o = grads[i];
+    if (!api.PyArray_Check_(o)) return false;
+    const auto* arr = py::detail::array_proxy(o);
+    const Seen& p = seen_[i];  // param i
+    const auto* d = py::detail::array_descriptor_proxy(arr->descr);
+    if (d->type_num != p.type_num || d->byteorder == '>' || arr->nd != p.nd) return false;
+    const int64_t* dims = dims_.data() + dims_at_[i];
+    int64_t numel = 1;
+    for (int q = 0; q < arr->nd; ++q) {
+      if (arr->dimensions[q] != dims[q]) return false;
+      numel *= dims[q];
+    }
+    const int order = p.flags & (kFlagC | kFlagF);
+    if ((arr->flags & order) == 0 || !(arr->flags & kFlagAligned)) return false;
+    if (numel == 0) continue;
+    const auto lo = reinterpret_cast<uintptr_t>(arr->data);
+    const uintptr_t hi = lo + static_cast<uintptr_t>(numel) * (p.type_num == npy::NPY_FLOAT_ ? 4 : 8);
+    // The written spans are disjoint and sorted, so their ends are sorted too: the first one
+    // ending after lo is the only one that can reach into [lo, hi).
+    auto w = std::upper_bound(written_.begin(), written_.end(), lo,
+                              [](uintptr_t x, const std::pair<uintptr_t, uintptr_t>& s) {
+                                return x < s.second;
+                              });
+    if (w != written_.end() && w->first < hi) return false;
+  }
+  return true;
+}
+
+void Plan::remember(const char* fn, const ListArg* a, int nargs, const Batch& b) {
+  const size_t n = static_cast<size_t>(PySequence_Fast_GET_SIZE(a[0].list.ptr()));
+  fn_.clear();  // nothing remembered until complete
+  held_.clear();
+  seen_.clear();
+  dims_.clear();
+  dims_at_.clear();
+  at_.assign(n, {-1, -1});
+  written_.clear();
+  int list_of[2] = {-1, -1};  // dtype (0: float32, 1: float64) -> index in b.lists()
+  for (size_t w = 0; w < b.lists().size(); ++w) {
+    list_of[b.lists()[w].dtype == DType::Float32 ? 0 : 1] = static_cast<int>(w);
+  }
+  int64_t next[2] = {0, 0};
+  for (int k = 0; k < nargs; ++k) {
+    if (k == 1) continue;
+    PyObject** items = PySequence_Fast_ITEMS(a[k].list.ptr());
+    for (size_t i = 0; i < n; ++i) {
+      const auto* arr = py::detail::array_proxy(items[i]);
+      const auto* d = py::detail::array_descriptor_proxy(arr->descr);
+      held_.push_back(py::reinterpret_borrow<py::object>(items[i]));
+      seen_.push_back({arr->data, arr->flags, d->type_num, d->byteorder, arr->nd});
+      int64_t numel = 1;
+      for (int q = 0; q < arr->nd; ++q) numel *= arr->dimensions[q];
+      if (k == 0) {
+        dims_at_.push_back(dims_.size());
+        dims_.insert(dims_.end(), arr->dimensions, arr->dimensions + arr->nd);
+        if (numel > 0) {
+          const int dt = d->type_num == npy::NPY_FLOAT_ ? 0 : 1;
+          at_[i] = {list_of[dt], next[dt]++};
+        }
+      }
+      if (numel > 0) {
+        const auto lo = reinterpret_cast<uintptr_t>(arr->data);
+        written_.push_back({lo, lo + static_cast<uintptr_t>(numel) *
+                                         (d->type_num == npy::NPY_FLOAT_ ? 4 : 8)});
+      }
+    }
+  }
+  std::sort(written_.begin(), written_.end());
+  batch_ = b;
+  n_ = n;
+  nargs_ = nargs;
+  fn_ = fn;
+}
+
+Batch Plan::batch(const char* fn, const ListArg* a, int nargs) {
+  if (accepts(fn, a, nargs)) {
+    Batch out = batch_;
+    PyObject** grads = PySequence_Fast_ITEMS(a[1].list.ptr());
+    for (size_t i = 0; i < n_; ++i) {
+      const auto [w, t] = at_[i];
+      if (w >= 0) out.lists_[w].tensors[t].ptr[1] = py::detail::array_proxy(grads[i])->data;
+    }
+    return out;
+  }
+  Batch b(fn, a, nargs);  // refuses the call, or:
+  ++full_checks_;
+  remember(fn, a, nargs, b);
+  return b;
+}
+
+}  // namespace fusedopt::bindings

@@ -38,6 +38,16 @@ const cpu::KernelTable& K() { return cpu::active(); }
 
 using Go = std::function<void(DType, const cpu::WorkView&)>;
 
+// The call's lists checked in full, or through the caller's Plan (Note [The plan of a run]).
+Batch make_batch(const py::object& plan, const char* fn, std::initializer_list<ListArg> args) {
+  if (plan.is_none()) return Batch(fn, args);
+  if (!py::isinstance<Plan>(plan)) {
+    throw py::type_error(std::string(fn) + ": plan must be a fusedopt._core.cpu.Plan, got " +
+                         type_name(plan));
+  }
+  return plan.cast<Plan&>().batch(fn, args);
+}
+
 // A call checked and ready to run: what a kernel function returns when called with
 // prepare=True. The optimizer classes prepare every call of a step before they run the first, so
 // that a step whose later call would be refused writes nothing, and each call is checked once
@@ -96,20 +106,28 @@ void def_cpu(py::module_& cpu) {
                        "prepare=True); calling it runs it, once, and returns its result.")
       .def("__call__", &Prepared::operator())
       .def_property_readonly("result", &Prepared::result);
+  py::class_<Plan>(cpu, "Plan",
+                   "What the last call given this plan (plan=...) checked, so that the same call "
+                   "with new grads is checked without walking its other arrays again (Note [The "
+                   "plan of a run], csrc/bindings/buffers.h). The optimizer classes keep one per "
+                   "steady run of a group.")
+      .def(py::init<>())
+      .def_property_readonly("full_checks", &Plan::full_checks,
+                             "How many calls through this plan took the full check.");
   cpu.def(
       "sgd",
       [](py::object params, py::object grads, py::object momentum_buffers, int64_t step,
          double lr, double momentum, double dampening, double weight_decay, bool nesterov,
-         bool maximize, bool prepare) {
+         bool maximize, bool prepare, py::object plan) {
         check_step("sgd", step);
         const bool use_buf = momentum != 0.0;
         if (use_buf && !given(momentum_buffers)) {
           throw py::value_error("sgd: momentum_buffers are required when momentum != 0");
         }
-        Batch b = use_buf ? Batch("sgd", {{"params", params},
+        Batch b = use_buf ? make_batch(plan, "sgd", {{"params", params},
                                           {"grads", grads},
                                           {"momentum_buffers", momentum_buffers}})
-                          : Batch("sgd", {{"params", params}, {"grads", grads}});
+                          : make_batch(plan, "sgd", {{"params", params}, {"grads", grads}});
         const SgdHyper h{lr, momentum, dampening, weight_decay, nesterov, maximize};
         return finish("sgd", prepare, std::move(b),
                       [h, step](DType dt, const cpu::WorkView& w) { K().sgd(dt, w, h, step); },
@@ -117,29 +135,29 @@ void def_cpu(py::module_& cpu) {
       },
       "params"_a, "grads"_a, "momentum_buffers"_a = py::none(), py::kw_only(), "step"_a,
       "lr"_a, "momentum"_a, "dampening"_a, "weight_decay"_a, "nesterov"_a, "maximize"_a,
-      "prepare"_a = false);
+      "prepare"_a = false, "plan"_a = py::none());
 
   cpu.def(
       "adagrad",
       [](py::object params, py::object grads, py::object state_sums, int64_t step, double lr,
-         double lr_decay, double weight_decay, double eps, bool maximize, bool prepare) {
+         double lr_decay, double weight_decay, double eps, bool maximize, bool prepare, py::object plan) {
         check_step("adagrad", step);
-        Batch b("adagrad", {{"params", params}, {"grads", grads}, {"state_sums", state_sums}});
+        Batch b = make_batch(plan, "adagrad", {{"params", params}, {"grads", grads}, {"state_sums", state_sums}});
         const AdagradHyper h{lr, lr_decay, weight_decay, eps, maximize};
         return finish("adagrad", prepare, std::move(b),
                       [h, step](DType dt, const cpu::WorkView& w) { K().adagrad(dt, w, h, step); },
                       {params, grads, state_sums});
       },
       "params"_a, "grads"_a, "state_sums"_a, py::kw_only(), "step"_a, "lr"_a, "lr_decay"_a,
-      "weight_decay"_a, "eps"_a, "maximize"_a, "prepare"_a = false);
+      "weight_decay"_a, "eps"_a, "maximize"_a, "prepare"_a = false, "plan"_a = py::none());
 
   cpu.def(
       "adadelta",
       [](py::object params, py::object grads, py::object square_avgs, py::object acc_deltas,
          int64_t step, double lr, double rho, double eps, double weight_decay, bool maximize,
-         bool prepare) {
+         bool prepare, py::object plan) {
         check_step("adadelta", step);
-        Batch b("adadelta", {{"params", params},
+        Batch b = make_batch(plan, "adadelta", {{"params", params},
                              {"grads", grads},
                              {"square_avgs", square_avgs},
                              {"acc_deltas", acc_deltas}});
@@ -149,13 +167,13 @@ void def_cpu(py::module_& cpu) {
                       {params, grads, square_avgs, acc_deltas});
       },
       "params"_a, "grads"_a, "square_avgs"_a, "acc_deltas"_a, py::kw_only(), "step"_a, "lr"_a,
-      "rho"_a, "eps"_a, "weight_decay"_a, "maximize"_a, "prepare"_a = false);
+      "rho"_a, "eps"_a, "weight_decay"_a, "maximize"_a, "prepare"_a = false, "plan"_a = py::none());
 
   cpu.def(
       "rmsprop",
       [](py::object params, py::object grads, py::object square_avgs, py::object momentum_buffers,
          py::object grad_avgs, int64_t step, double lr, double alpha, double eps,
-         double weight_decay, double momentum, bool centered, bool maximize, bool prepare) {
+         double weight_decay, double momentum, bool centered, bool maximize, bool prepare, py::object plan) {
         check_step("rmsprop", step);
         const bool use_buf = momentum > 0.0;
         if (use_buf && !given(momentum_buffers)) {
@@ -167,10 +185,10 @@ void def_cpu(py::module_& cpu) {
         const ListArg p{"params", params}, g{"grads", grads}, sq{"square_avgs", square_avgs},
             mb{"momentum_buffers", momentum_buffers}, ga{"grad_avgs", grad_avgs};
         // Buffer order is the kernel's: param, grad, square_avg[, momentum_buffer][, grad_avg].
-        Batch b = use_buf ? (centered ? Batch("rmsprop", {p, g, sq, mb, ga})
-                                      : Batch("rmsprop", {p, g, sq, mb}))
-                          : (centered ? Batch("rmsprop", {p, g, sq, ga})
-                                      : Batch("rmsprop", {p, g, sq}));
+        Batch b = use_buf ? (centered ? make_batch(plan, "rmsprop", {p, g, sq, mb, ga})
+                                      : make_batch(plan, "rmsprop", {p, g, sq, mb}))
+                          : (centered ? make_batch(plan, "rmsprop", {p, g, sq, ga})
+                                      : make_batch(plan, "rmsprop", {p, g, sq}));
         const RmspropHyper h{lr, alpha, eps, weight_decay, momentum, centered, maximize};
         return finish("rmsprop", prepare, std::move(b),
                       [h, step](DType dt, const cpu::WorkView& w) { K().rmsprop(dt, w, h, step); },
@@ -179,21 +197,21 @@ void def_cpu(py::module_& cpu) {
       },
       "params"_a, "grads"_a, "square_avgs"_a, "momentum_buffers"_a = py::none(),
       "grad_avgs"_a = py::none(), py::kw_only(), "step"_a, "lr"_a, "alpha"_a, "eps"_a,
-      "weight_decay"_a, "momentum"_a, "centered"_a, "maximize"_a, "prepare"_a = false);
+      "weight_decay"_a, "momentum"_a, "centered"_a, "maximize"_a, "prepare"_a = false, "plan"_a = py::none());
 
   cpu.def(
       "adam",
       [](py::object params, py::object grads, py::object exp_avgs, py::object exp_avg_sqs,
          py::object max_exp_avg_sqs, int64_t step, double lr, Betas betas, double eps,
          double weight_decay, bool amsgrad, bool maximize, bool decoupled_weight_decay,
-         bool prepare) {
+         bool prepare, py::object plan) {
         check_step("adam", step);
         if (amsgrad && !given(max_exp_avg_sqs)) {
           throw py::value_error("adam: max_exp_avg_sqs are required when amsgrad=True");
         }
         const ListArg p{"params", params}, g{"grads", grads}, m{"exp_avgs", exp_avgs},
             v{"exp_avg_sqs", exp_avg_sqs}, vmax{"max_exp_avg_sqs", max_exp_avg_sqs};
-        Batch b = amsgrad ? Batch("adam", {p, g, m, v, vmax}) : Batch("adam", {p, g, m, v});
+        Batch b = amsgrad ? make_batch(plan, "adam", {p, g, m, v, vmax}) : make_batch(plan, "adam", {p, g, m, v});
         const AdamHyper h{lr,      betas.first, betas.second,          eps, weight_decay,
                           amsgrad, maximize,    decoupled_weight_decay};
         return finish("adam", prepare, std::move(b),
@@ -203,14 +221,14 @@ void def_cpu(py::module_& cpu) {
       },
       "params"_a, "grads"_a, "exp_avgs"_a, "exp_avg_sqs"_a, "max_exp_avg_sqs"_a = py::none(),
       py::kw_only(), "step"_a, "lr"_a, "betas"_a, "eps"_a, "weight_decay"_a, "amsgrad"_a,
-      "maximize"_a, "decoupled_weight_decay"_a, "prepare"_a = false);
+      "maximize"_a, "decoupled_weight_decay"_a, "prepare"_a = false, "plan"_a = py::none());
 
   cpu.def(
       "nadam",
       [](py::object params, py::object grads, py::object exp_avgs, py::object exp_avg_sqs,
          int64_t step, py::object mu_product, double lr, Betas betas, double eps,
          double weight_decay, double momentum_decay, bool decoupled_weight_decay,
-         bool maximize, bool prepare) {
+         bool maximize, bool prepare, py::object plan) {
         check_step("nadam", step);
         const NadamHyper h{lr,           betas.first,    betas.second,           eps,
                            weight_decay, momentum_decay, decoupled_weight_decay, maximize};
@@ -220,7 +238,7 @@ void def_cpu(py::module_& cpu) {
         } else {
           for (int64_t t = 1; t < step; ++t) mu_prev *= nadam_mu(h, t);
         }
-        Batch b("nadam", {{"params", params},
+        Batch b = make_batch(plan, "nadam", {{"params", params},
                           {"grads", grads},
                           {"exp_avgs", exp_avgs},
                           {"exp_avg_sqs", exp_avg_sqs}});
@@ -235,15 +253,15 @@ void def_cpu(py::module_& cpu) {
       },
       "params"_a, "grads"_a, "exp_avgs"_a, "exp_avg_sqs"_a, py::kw_only(), "step"_a,
       "mu_product"_a = py::none(), "lr"_a, "betas"_a, "eps"_a, "weight_decay"_a,
-      "momentum_decay"_a, "decoupled_weight_decay"_a, "maximize"_a, "prepare"_a = false);
+      "momentum_decay"_a, "decoupled_weight_decay"_a, "maximize"_a, "prepare"_a = false, "plan"_a = py::none());
 
   cpu.def(
       "adamax",
       [](py::object params, py::object grads, py::object exp_avgs, py::object exp_infs,
          int64_t step, double lr, Betas betas, double eps, double weight_decay, bool maximize,
-         bool prepare) {
+         bool prepare, py::object plan) {
         check_step("adamax", step);
-        Batch b("adamax", {{"params", params},
+        Batch b = make_batch(plan, "adamax", {{"params", params},
                            {"grads", grads},
                            {"exp_avgs", exp_avgs},
                            {"exp_infs", exp_infs}});
@@ -253,32 +271,32 @@ void def_cpu(py::module_& cpu) {
                       {params, grads, exp_avgs, exp_infs});
       },
       "params"_a, "grads"_a, "exp_avgs"_a, "exp_infs"_a, py::kw_only(), "step"_a, "lr"_a,
-      "betas"_a, "eps"_a, "weight_decay"_a, "maximize"_a, "prepare"_a = false);
+      "betas"_a, "eps"_a, "weight_decay"_a, "maximize"_a, "prepare"_a = false, "plan"_a = py::none());
 
   cpu.def(
       "ewa",
-      [](py::object averages, py::object values, double beta, bool prepare) {
-        Batch b("ewa", {{"averages", averages}, {"values", values}});
+      [](py::object averages, py::object values, double beta, bool prepare, py::object plan) {
+        Batch b = make_batch(plan, "ewa", {{"averages", averages}, {"values", values}});
         const EwaHyper h{beta};
         return finish("ewa", prepare, std::move(b),
                       [h](DType dt, const cpu::WorkView& w) { K().ewa(dt, w, h); },
                       {averages, values});
       },
-      "averages"_a, "values"_a, py::kw_only(), "beta"_a, "prepare"_a = false);
+      "averages"_a, "values"_a, py::kw_only(), "beta"_a, "prepare"_a = false, "plan"_a = py::none());
 
   cpu.def(
       "ewa_readout",
-      [](py::object averages, py::object outs, double beta, int64_t step, bool prepare) {
+      [](py::object averages, py::object outs, double beta, int64_t step, bool prepare, py::object plan) {
         check_step("ewa_readout", step);
         // Kernel order: the written buffer first, the read-only average second.
-        Batch b("ewa_readout", {{"outs", outs}, {"averages", averages}});
+        Batch b = make_batch(plan, "ewa_readout", {{"outs", outs}, {"averages", averages}});
         const EwaHyper h{beta};
         return finish(
             "ewa_readout", prepare, std::move(b),
             [h, step](DType dt, const cpu::WorkView& w) { K().ewa_readout(dt, w, h, step); },
             {averages, outs});
       },
-      "averages"_a, "outs"_a, py::kw_only(), "beta"_a, "step"_a, "prepare"_a = false);
+      "averages"_a, "outs"_a, py::kw_only(), "beta"_a, "step"_a, "prepare"_a = false, "plan"_a = py::none());
 
   cpu.def(
       "rmw",

@@ -61,7 +61,8 @@ def backend(arrays):
     """The backend that updates ``arrays`` (a list or tuple, already normalised): ``_core.cpu``
     unless the first array is a CUDA array. One look at the first element, so that a NumPy call
     pays nothing per array here. While this thread prepares the calls of a step
-    (:func:`preparing`), a stand-in that checks each call and keeps it for later."""
+    (:class:`staging`), a stand-in that passes its plan and checks each call and keeps it for
+    later."""
     try:
         first = arrays[0]
     except Exception:  # empty, or not a sequence: the CPU backend refuses it with a message
@@ -71,59 +72,78 @@ def backend(arrays):
             b = _core.cpu
         else:
             b = _CUDA if _is_cuda_array(first) else _core.cpu
-    pending = _prepare_state.pending
-    return b if pending is None else _Preparing(b, pending)
+    st = _stage
+    if st.pending is None and st.plan is None:
+        return b
+    return _Staged(b, st.pending, st.plan)
 
 
 # Note [Every call checked before the first] (optim/optimizer.py): a step of several calls
-# prepares them all, then runs them. While a thread prepares (``preparing(pending)``), every
+# prepares them all, then runs them. While a thread prepares (``staging(pending, ...)``), every
 # backend call of fusedopt.functional is checked and kept in ``pending`` instead of made: on the
 # CPU, ``_core.cpu.<fn>(..., prepare=True)`` checks the call once and returns a
 # ``_core.cpu.Prepared`` that runs it; on a GPU, ``_core.cuda.check`` checks it and the launch is
 # kept for later (it checks its arrays once more when it runs). The functional layer's return
 # value is known at once: NAdam's new ``mu_product`` (the only one) comes with the Prepared, or,
 # for a GPU call, from the same C++ expression run over no arrays.
-class _PrepareState(threading.local):
-    pending = None  # a class default: reading it raises nothing in a thread that never set it
+# ``staging(..., plan)`` also hands a NumPy call the ``_core.cpu.Plan`` of its group's steady run
+# (Note [The plan of a run], csrc/bindings/buffers.h); a GPU call ignores it.
+class _StageState(threading.local):
+    # Class defaults: reading them raises nothing in a thread that never set them.
+    pending = None
+    plan = None
 
 
-_prepare_state = _PrepareState()
+_stage = _StageState()
 
 
-class preparing:
-    """``with preparing(pending):`` the backend calls of this thread go to ``pending`` (a list of
-    callables, each running one call and returning its result) instead of being made."""
+class staging:
+    """``with staging(pending, plan):`` this thread's backend calls go to ``pending`` (a list of
+    callables, each running one call and returning its result) instead of being made, unless
+    ``pending`` is None; and NumPy calls go through ``plan`` (a ``_core.cpu.Plan``) unless it is
+    None."""
 
-    __slots__ = ("pending",)
+    __slots__ = ("pending", "plan")
 
-    def __init__(self, pending):
-        self.pending = pending
+    def __init__(self, pending, plan):
+        self.pending, self.plan = pending, plan
 
     def __enter__(self):
-        if _prepare_state.pending is not None:
-            raise RuntimeError("fusedopt: calls are being prepared already in this thread")
-        _prepare_state.pending = self.pending
+        if _stage.pending is not None or _stage.plan is not None:
+            raise RuntimeError("fusedopt: calls are being staged already in this thread")
+        _stage.pending, _stage.plan = self.pending, self.plan
         return self.pending
 
     def __exit__(self, *exc):
-        _prepare_state.pending = None
+        _stage.pending = _stage.plan = None
         return False
 
 
-class _Preparing:
-    """A backend's functions, each checking its call and keeping it in ``pending``."""
+def preparing(pending):
+    """``with preparing(pending):`` the backend calls of this thread are prepared into
+    ``pending`` (see :class:`staging`)."""
+    return staging(pending, None)
 
-    __slots__ = ("_backend", "_pending")
 
-    def __init__(self, backend, pending):
-        self._backend, self._pending = backend, pending
+class _Staged:
+    """A backend's functions, each given the stage's plan and, while calls are prepared, checking
+    its call and keeping it in ``pending``."""
+
+    __slots__ = ("_backend", "_pending", "_plan")
+
+    def __init__(self, backend, pending, plan):
+        self._backend, self._pending, self._plan = backend, pending, plan
 
     def __getattr__(self, fn):
-        pending = self._pending
+        pending, plan = self._pending, self._plan
         if self._backend is _core.cpu:
             kernel = getattr(_core.cpu, fn)
 
             def call(*args, **hyper):
+                if plan is not None:
+                    hyper["plan"] = plan
+                if pending is None:
+                    return kernel(*args, **hyper)
                 prepared = kernel(*args, prepare=True, **hyper)
                 pending.append(prepared)
                 return prepared.result
@@ -134,6 +154,8 @@ class _Preparing:
             raise AttributeError(fn)
 
         def call_cuda(*args, **hyper):
+            if pending is None:
+                return _cuda_call(fn, lists, args, hyper)
             _cuda_call(fn, lists, args, hyper, check=True)
             pending.append(functools.partial(_cuda_call, fn, lists, args, hyper))
             if fn == "nadam":

@@ -171,7 +171,7 @@ def _flat_indices(message, indices):
 class _Run:
     """A group's steady state (Note [The steady-state step])."""
 
-    __slots__ = ("checked", "key", "extra", "states", "buffers", "stale")
+    __slots__ = ("checked", "key", "extra", "states", "buffers", "stale", "plan")
 
     def __init__(self, checked, key, n_scalars, states, buffers):
         self.checked = checked  # the hyper-parameter snapshot the run was made under
@@ -180,6 +180,17 @@ class _Run:
         self.states = states  # the group's state dicts, in order
         self.buffers = buffers  # name -> the group's list of that state array
         self.stale = False  # whether the dicts' step and scalars lag behind ``key``
+        # What the kernel checked at the run's last NumPy call (Note [The plan of a run],
+        # csrc/bindings/buffers.h): the next call with new grads skips the other arrays' checks.
+        self.plan = _core.cpu.Plan()
+
+    def __getstate__(self):  # a copy gets a new plan: this one holds the original's arrays
+        return {k: getattr(self, k) for k in self.__slots__ if k != "plan"}
+
+    def __setstate__(self, state):
+        for k, v in state.items():
+            setattr(self, k, v)
+        self.plan = _core.cpu.Plan()
 
 
 def _check_param(cls, where, p):
@@ -480,7 +491,7 @@ class Optimizer:
         # Note [Every call checked before the first]: a call checks all its arrays in C++ before
         # it writes anything, so a step of one call needs no other check (the per-grad checks only
         # word the error in the optimizer's terms). A step of several calls (several groups, or a
-        # group split by step count or device) prepares every call first (``_buffers.preparing``:
+        # group split by step count or device) prepares every call first (``_buffers.staging``:
         # each is checked as its kernel checks it and kept, not made), then runs them, so that no
         # call writes if a later one would refuse its arrays, and a NumPy call is checked once.
         fn = self._functional
@@ -491,15 +502,21 @@ class Optimizer:
             for entry in plan:
                 calls.append(self._prepare(*entry, grads))
             if len(calls) == 1:
-                self._finish(calls[0], self._make(fn, calls[0]))
+                call = calls[0]
+                if call.run is None:
+                    self._finish(call, self._make(fn, call))
+                    return
+                with _buffers.staging(None, call.run.plan):
+                    scalars = self._make(fn, call)
+                self._finish(call, scalars)
                 return
             pending = []
             ready = []  # per call: its scalars, and how many of ``pending`` are its own
-            with _buffers.preparing(pending):
-                for current, call in enumerate(calls):
-                    before = len(pending)
+            for current, call in enumerate(calls):
+                before = len(pending)
+                with _buffers.staging(pending, call.run and call.run.plan):
                     scalars = self._make(fn, call)
-                    ready.append((scalars, len(pending) - before))
+                ready.append((scalars, len(pending) - before))
             k = 0
             for current, (call, (scalars, n)) in enumerate(zip(calls, ready)):
                 for run in pending[k : k + n]:
