@@ -101,17 +101,23 @@ def _adam_and_grads(n=4):
     return params, grads
 
 
+def _stepped(cls, general):
+    """``cls`` over ``_adam_and_grads()``, two steps made (on the general path if ``general``)."""
+    params, grads = _adam_and_grads()
+    opt = cls(params, lr=0.1)
+    if general:
+        general_path(opt)
+    opt.step(grads[0])
+    opt.step(grads[1])
+    return params, grads, opt
+
+
 def test_a_state_dict_kept_by_the_user_stays_current_and_its_edits_count():
     """A dict handed out by opt.state keeps receiving the step count, and the user's edits of it
     (a new step count, a replaced buffer) take effect at the next step, as on the general path."""
     results = []
     for general in (False, True):
-        params, grads = _adam_and_grads()
-        opt = NAdam(params, lr=0.1)
-        if general:
-            general_path(opt)
-        opt.step(grads[0])
-        opt.step(grads[1])
+        params, grads, opt = _stepped(NAdam, general)
         held = opt.state[2]
         for k in range(2, 5):
             opt.step(grads[k])
@@ -245,12 +251,7 @@ def test_grads_through_the_run_are_checked_as_on_the_general_path():
     for make in bad:
         outcomes = []
         for general in (False, True):
-            params, grads = _adam_and_grads()
-            opt = Adam(params, lr=0.1)
-            if general:
-                general_path(opt)
-            opt.step(grads[0])
-            opt.step(grads[1])
+            params, grads, opt = _stepped(Adam, general)
             before = [bits(p) for p in params]
             g = [x.copy() for x in grads[2]]
             make(params, g)

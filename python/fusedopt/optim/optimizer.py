@@ -34,7 +34,10 @@ Note [The steady-state step]
     the group takes the general path (reading every dict at every step) until
     ``load_state_dict`` replaces its dicts. A run is also ended (after its flush) when the group's
     hyper-parameters were edited, since they choose the buffers and the split. The params are
-    compared by identity at every step either way.
+    compared by identity at every step either way. A run also keeps a ``_core.cpu.Plan`` that its
+    NumPy calls go through (Note [The plan of a run], csrc/bindings/buffers.h): the kernel then
+    checks the new grads in full but, of the params and state arrays, only that each is the
+    array it checked at the last step, unchanged.
 """
 
 from __future__ import annotations
