@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <utility>
 
 namespace fusedopt::bindings {
 
@@ -30,6 +31,12 @@ std::string shape_str(const py::detail::PyArray_Proxy* a) {
 }
 
 const char* order_str(int flags) { return (flags & kFlagC) ? "C" : "F"; }
+
+// The memory [lo, hi) of numel elements of a float32 / float64 array at data.
+std::pair<uintptr_t, uintptr_t> extent(const char* data, int64_t numel, int type_num) {
+  const auto lo = reinterpret_cast<uintptr_t>(data);
+  return {lo, lo + static_cast<uintptr_t>(numel) * (type_num == npy::NPY_FLOAT_ ? 4 : 8)};
+}
 
 }  // namespace
 
@@ -130,9 +137,8 @@ Batch::Batch(const char* fn, const ListArg* a, int nargs) {
       if (!(arr->flags & kFlagAligned)) fail.value(item(a[k].name, i) + " is not aligned");
       t.ptr[k] = arr->data;
       if (numel > 0) {
-        const auto lo = reinterpret_cast<uintptr_t>(arr->data);
-        const uintptr_t bytes = static_cast<uintptr_t>(numel) * (type_num == npy::NPY_FLOAT_ ? 4 : 8);
-        spans.push_back({lo, lo + bytes, written, k, i});
+        const auto [lo, hi] = extent(arr->data, numel, type_num);
+        spans.push_back({lo, hi, written, k, i});
       }
     }
     if (numel == 0) continue;
@@ -208,8 +214,7 @@ bool Plan::accepts(const char* fn, const ListArg* a, int nargs) const {
     const int order = p.flags & (kFlagC | kFlagF);
     if ((arr->flags & order) == 0 || !(arr->flags & kFlagAligned)) return false;
     if (numel == 0) continue;
-    const auto lo = reinterpret_cast<uintptr_t>(arr->data);
-    const uintptr_t hi = lo + static_cast<uintptr_t>(numel) * (p.type_num == npy::NPY_FLOAT_ ? 4 : 8);
+    const auto [lo, hi] = extent(arr->data, numel, p.type_num);
     // The written spans are disjoint and sorted, so their ends are sorted too: the first one
     // ending after lo is the only one that can reach into [lo, hi).
     auto w = std::upper_bound(written_.begin(), written_.end(), lo,
@@ -253,11 +258,7 @@ void Plan::remember(const char* fn, const ListArg* a, int nargs, const Batch& b)
           at_[i] = {list_of[dt], next[dt]++};
         }
       }
-      if (numel > 0) {
-        const auto lo = reinterpret_cast<uintptr_t>(arr->data);
-        written_.push_back({lo, lo + static_cast<uintptr_t>(numel) *
-                                         (d->type_num == npy::NPY_FLOAT_ ? 4 : 8)});
-      }
+      if (numel > 0) written_.push_back(extent(arr->data, numel, d->type_num));
     }
   }
   std::sort(written_.begin(), written_.end());

@@ -81,7 +81,9 @@ class Prepared {
 };
 
 // Runs the checked call now, or (prepare) hands it back as a Prepared; returns result either way
-// (the Prepared carries it).
+// (the Prepared carries it). `lists`: every list argument of the call; each list or tuple is kept
+// as a tuple of its items (the Batch checked those), anything else (None, or an argument this
+// call does not use) as it is.
 py::object finish(const char* fn, bool prepare, Batch&& b, Go go,
                   std::initializer_list<py::handle> lists, py::object result = py::none()) {
   if (!prepare) {
@@ -91,9 +93,13 @@ py::object finish(const char* fn, bool prepare, Batch&& b, Go go,
   py::tuple keep(lists.size());
   size_t k = 0;
   for (py::handle l : lists) {
-    PyObject* t = l.is_none() ? nullptr : PySequence_Tuple(l.ptr());
-    if (!l.is_none() && t == nullptr) throw py::error_already_set();
-    keep[k++] = t ? py::reinterpret_steal<py::object>(t) : py::none();
+    if (PyList_Check(l.ptr()) || PyTuple_Check(l.ptr())) {
+      PyObject* t = PySequence_Tuple(l.ptr());
+      if (t == nullptr) throw py::error_already_set();
+      keep[k++] = py::reinterpret_steal<py::object>(t);
+    } else {
+      keep[k++] = py::reinterpret_borrow<py::object>(l);
+    }
   }
   return py::cast(Prepared(fn, std::move(b), std::move(go), std::move(keep), std::move(result)));
 }
@@ -124,14 +130,15 @@ void def_cpu(py::module_& cpu) {
         if (use_buf && !given(momentum_buffers)) {
           throw py::value_error("sgd: momentum_buffers are required when momentum != 0");
         }
-        Batch b = use_buf ? make_batch(plan, "sgd", {{"params", params},
-                                          {"grads", grads},
-                                          {"momentum_buffers", momentum_buffers}})
+        Batch b = use_buf ? make_batch(plan, "sgd",
+                                       {{"params", params},
+                                        {"grads", grads},
+                                        {"momentum_buffers", momentum_buffers}})
                           : make_batch(plan, "sgd", {{"params", params}, {"grads", grads}});
         const SgdHyper h{lr, momentum, dampening, weight_decay, nesterov, maximize};
         return finish("sgd", prepare, std::move(b),
                       [h, step](DType dt, const cpu::WorkView& w) { K().sgd(dt, w, h, step); },
-                      {params, grads, use_buf ? momentum_buffers : py::none()});
+                      {params, grads, momentum_buffers});
       },
       "params"_a, "grads"_a, "momentum_buffers"_a = py::none(), py::kw_only(), "step"_a,
       "lr"_a, "momentum"_a, "dampening"_a, "weight_decay"_a, "nesterov"_a, "maximize"_a,
@@ -140,9 +147,11 @@ void def_cpu(py::module_& cpu) {
   cpu.def(
       "adagrad",
       [](py::object params, py::object grads, py::object state_sums, int64_t step, double lr,
-         double lr_decay, double weight_decay, double eps, bool maximize, bool prepare, py::object plan) {
+         double lr_decay, double weight_decay, double eps, bool maximize, bool prepare,
+         py::object plan) {
         check_step("adagrad", step);
-        Batch b = make_batch(plan, "adagrad", {{"params", params}, {"grads", grads}, {"state_sums", state_sums}});
+        Batch b = make_batch(plan, "adagrad",
+                             {{"params", params}, {"grads", grads}, {"state_sums", state_sums}});
         const AdagradHyper h{lr, lr_decay, weight_decay, eps, maximize};
         return finish("adagrad", prepare, std::move(b),
                       [h, step](DType dt, const cpu::WorkView& w) { K().adagrad(dt, w, h, step); },
@@ -157,10 +166,11 @@ void def_cpu(py::module_& cpu) {
          int64_t step, double lr, double rho, double eps, double weight_decay, bool maximize,
          bool prepare, py::object plan) {
         check_step("adadelta", step);
-        Batch b = make_batch(plan, "adadelta", {{"params", params},
-                             {"grads", grads},
-                             {"square_avgs", square_avgs},
-                             {"acc_deltas", acc_deltas}});
+        Batch b = make_batch(plan, "adadelta",
+                             {{"params", params},
+                              {"grads", grads},
+                              {"square_avgs", square_avgs},
+                              {"acc_deltas", acc_deltas}});
         const AdadeltaHyper h{lr, rho, eps, weight_decay, maximize};
         return finish("adadelta", prepare, std::move(b),
                       [h, step](DType dt, const cpu::WorkView& w) { K().adadelta(dt, w, h, step); },
@@ -173,7 +183,8 @@ void def_cpu(py::module_& cpu) {
       "rmsprop",
       [](py::object params, py::object grads, py::object square_avgs, py::object momentum_buffers,
          py::object grad_avgs, int64_t step, double lr, double alpha, double eps,
-         double weight_decay, double momentum, bool centered, bool maximize, bool prepare, py::object plan) {
+         double weight_decay, double momentum, bool centered, bool maximize, bool prepare,
+         py::object plan) {
         check_step("rmsprop", step);
         const bool use_buf = momentum > 0.0;
         if (use_buf && !given(momentum_buffers)) {
@@ -192,12 +203,12 @@ void def_cpu(py::module_& cpu) {
         const RmspropHyper h{lr, alpha, eps, weight_decay, momentum, centered, maximize};
         return finish("rmsprop", prepare, std::move(b),
                       [h, step](DType dt, const cpu::WorkView& w) { K().rmsprop(dt, w, h, step); },
-                      {params, grads, square_avgs, use_buf ? momentum_buffers : py::none(),
-                       centered ? grad_avgs : py::none()});
+                      {params, grads, square_avgs, momentum_buffers, grad_avgs});
       },
       "params"_a, "grads"_a, "square_avgs"_a, "momentum_buffers"_a = py::none(),
       "grad_avgs"_a = py::none(), py::kw_only(), "step"_a, "lr"_a, "alpha"_a, "eps"_a,
-      "weight_decay"_a, "momentum"_a, "centered"_a, "maximize"_a, "prepare"_a = false, "plan"_a = py::none());
+      "weight_decay"_a, "momentum"_a, "centered"_a, "maximize"_a,
+      "prepare"_a = false, "plan"_a = py::none());
 
   cpu.def(
       "adam",
@@ -211,13 +222,13 @@ void def_cpu(py::module_& cpu) {
         }
         const ListArg p{"params", params}, g{"grads", grads}, m{"exp_avgs", exp_avgs},
             v{"exp_avg_sqs", exp_avg_sqs}, vmax{"max_exp_avg_sqs", max_exp_avg_sqs};
-        Batch b = amsgrad ? make_batch(plan, "adam", {p, g, m, v, vmax}) : make_batch(plan, "adam", {p, g, m, v});
+        Batch b = amsgrad ? make_batch(plan, "adam", {p, g, m, v, vmax})
+                          : make_batch(plan, "adam", {p, g, m, v});
         const AdamHyper h{lr,      betas.first, betas.second,          eps, weight_decay,
                           amsgrad, maximize,    decoupled_weight_decay};
         return finish("adam", prepare, std::move(b),
                       [h, step](DType dt, const cpu::WorkView& w) { K().adam(dt, w, h, step); },
-                      {params, grads, exp_avgs, exp_avg_sqs,
-                       amsgrad ? max_exp_avg_sqs : py::none()});
+                      {params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs});
       },
       "params"_a, "grads"_a, "exp_avgs"_a, "exp_avg_sqs"_a, "max_exp_avg_sqs"_a = py::none(),
       py::kw_only(), "step"_a, "lr"_a, "betas"_a, "eps"_a, "weight_decay"_a, "amsgrad"_a,
@@ -238,10 +249,11 @@ void def_cpu(py::module_& cpu) {
         } else {
           for (int64_t t = 1; t < step; ++t) mu_prev *= nadam_mu(h, t);
         }
-        Batch b = make_batch(plan, "nadam", {{"params", params},
-                          {"grads", grads},
-                          {"exp_avgs", exp_avgs},
-                          {"exp_avg_sqs", exp_avg_sqs}});
+        Batch b = make_batch(plan, "nadam",
+                             {{"params", params},
+                              {"grads", grads},
+                              {"exp_avgs", exp_avgs},
+                              {"exp_avg_sqs", exp_avg_sqs}});
         const double mu_new = mu_prev * nadam_mu(h, step);
         return finish(
             "nadam", prepare, std::move(b),
@@ -253,7 +265,8 @@ void def_cpu(py::module_& cpu) {
       },
       "params"_a, "grads"_a, "exp_avgs"_a, "exp_avg_sqs"_a, py::kw_only(), "step"_a,
       "mu_product"_a = py::none(), "lr"_a, "betas"_a, "eps"_a, "weight_decay"_a,
-      "momentum_decay"_a, "decoupled_weight_decay"_a, "maximize"_a, "prepare"_a = false, "plan"_a = py::none());
+      "momentum_decay"_a, "decoupled_weight_decay"_a, "maximize"_a,
+      "prepare"_a = false, "plan"_a = py::none());
 
   cpu.def(
       "adamax",
@@ -261,17 +274,19 @@ void def_cpu(py::module_& cpu) {
          int64_t step, double lr, Betas betas, double eps, double weight_decay, bool maximize,
          bool prepare, py::object plan) {
         check_step("adamax", step);
-        Batch b = make_batch(plan, "adamax", {{"params", params},
-                           {"grads", grads},
-                           {"exp_avgs", exp_avgs},
-                           {"exp_infs", exp_infs}});
+        Batch b = make_batch(plan, "adamax",
+                             {{"params", params},
+                              {"grads", grads},
+                              {"exp_avgs", exp_avgs},
+                              {"exp_infs", exp_infs}});
         const AdamaxHyper h{lr, betas.first, betas.second, eps, weight_decay, maximize};
         return finish("adamax", prepare, std::move(b),
                       [h, step](DType dt, const cpu::WorkView& w) { K().adamax(dt, w, h, step); },
                       {params, grads, exp_avgs, exp_infs});
       },
       "params"_a, "grads"_a, "exp_avgs"_a, "exp_infs"_a, py::kw_only(), "step"_a, "lr"_a,
-      "betas"_a, "eps"_a, "weight_decay"_a, "maximize"_a, "prepare"_a = false, "plan"_a = py::none());
+      "betas"_a, "eps"_a, "weight_decay"_a, "maximize"_a,
+      "prepare"_a = false, "plan"_a = py::none());
 
   cpu.def(
       "ewa",
@@ -282,11 +297,13 @@ void def_cpu(py::module_& cpu) {
                       [h](DType dt, const cpu::WorkView& w) { K().ewa(dt, w, h); },
                       {averages, values});
       },
-      "averages"_a, "values"_a, py::kw_only(), "beta"_a, "prepare"_a = false, "plan"_a = py::none());
+      "averages"_a, "values"_a, py::kw_only(), "beta"_a,
+      "prepare"_a = false, "plan"_a = py::none());
 
   cpu.def(
       "ewa_readout",
-      [](py::object averages, py::object outs, double beta, int64_t step, bool prepare, py::object plan) {
+      [](py::object averages, py::object outs, double beta, int64_t step, bool prepare,
+         py::object plan) {
         check_step("ewa_readout", step);
         // Kernel order: the written buffer first, the read-only average second.
         Batch b = make_batch(plan, "ewa_readout", {{"outs", outs}, {"averages", averages}});
@@ -296,7 +313,8 @@ void def_cpu(py::module_& cpu) {
             [h, step](DType dt, const cpu::WorkView& w) { K().ewa_readout(dt, w, h, step); },
             {averages, outs});
       },
-      "averages"_a, "outs"_a, py::kw_only(), "beta"_a, "step"_a, "prepare"_a = false, "plan"_a = py::none());
+      "averages"_a, "outs"_a, py::kw_only(), "beta"_a, "step"_a,
+      "prepare"_a = false, "plan"_a = py::none());
 
   cpu.def(
       "rmw",

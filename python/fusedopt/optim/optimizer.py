@@ -507,10 +507,10 @@ class Optimizer:
             if len(calls) == 1:
                 call = calls[0]
                 if call.run is None:
-                    self._finish(call, self._make(fn, call))
-                    return
-                with _buffers.staging(None, call.run.plan):
                     scalars = self._make(fn, call)
+                else:
+                    with _buffers.staging(None, call.run.plan):
+                        scalars = self._make(fn, call)
                 self._finish(call, scalars)
                 return
             pending = []
