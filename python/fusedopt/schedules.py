@@ -97,6 +97,17 @@ def _schedule(cls, name, value):
     return value
 
 
+def _scaled_pow(scale, base, exponent):
+    """``scale * base**exponent`` in IEEE arithmetic: inf where the power overflows (Python's
+    float power raises OverflowError instead), 0 for a zero scale whatever the power."""
+    if scale == 0:
+        return 0.0
+    try:
+        return scale * base**exponent
+    except OverflowError:
+        return math.copysign(math.inf, scale)
+
+
 class Schedule:
     """Base class of the schedules: ``schedule(t)`` checks ``t`` (an int >= 0) and returns a float.
 
@@ -117,7 +128,10 @@ class Schedule:
             ) from None
         if t < 0:
             raise ValueError(f"{type(self).__name__}: t must be >= 0, got t={t}")
-        return float(self._value(t))
+        try:
+            return float(self._value(t))
+        except OverflowError:  # a rate past the largest float is inf, which a step then refuses
+            return math.inf
 
     def _value(self, t):
         raise NotImplementedError
@@ -212,7 +226,7 @@ class ExponentialDecay(Schedule):
 
     def _value(self, t):
         p = t // self.decay_steps if self.staircase else t / self.decay_steps
-        return self.init_value * self.decay_rate**p
+        return _scaled_pow(self.init_value, self.decay_rate, p)
 
 
 class InverseTimeDecay(Schedule):
@@ -306,7 +320,7 @@ class StepDecay(Schedule):
         self.gamma = _real("StepDecay", "gamma", gamma, low_open=True)
 
     def _value(self, t):
-        return self.init_value * self.gamma ** (t // self.step_size)
+        return _scaled_pow(self.init_value, self.gamma, t // self.step_size)
 
 
 class PiecewiseConstant(Schedule):
