@@ -1,11 +1,12 @@
-// Shared vocabulary of the kernels: host/device markers, storage vs compute types, the static
-// switches that turn run-time flags into template arguments, and the framework-free tensor list.
-// Nothing here knows Python, OpenMP or the CUDA runtime.
+// Shared vocabulary of the kernels: host/device markers, the per-instruction-set namespace, the
+// static switches that turn run-time flags into template arguments, and the framework-free tensor
+// list. Nothing here knows Python, OpenMP or the CUDA runtime.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 #if defined(__CUDACC__)
 #define FUSEDOPT_HOST_DEVICE __host__ __device__
@@ -21,7 +22,8 @@
 // name would be merged by the linker, and an AVX-512 copy could then run on a CPU without AVX-512.
 // So every function of the algorithm headers lives in a namespace named after the build
 // (FUSEDOPT_ISA_NS, set by CMake for each kernel object; `generic` elsewhere). Plain aggregates
-// (the hyper-parameter structs) carry no code and stay in `fusedopt` so every build shares them.
+// (the hyper-parameter structs, the specs) carry no code and stay in `fusedopt` so every build
+// shares them.
 #ifndef FUSEDOPT_ISA_NS
 #define FUSEDOPT_ISA_NS generic
 #endif
@@ -30,44 +32,31 @@
 
 namespace fusedopt {
 
-enum class DType : int { Float32 = 0, Float64 = 1 };
-
-// Weight decay flavours: none, L2 folded into the gradient (coupled), or decoupled (AdamW).
-enum class WeightDecay : int { None = 0, L2 = 1, Decoupled = 2 };
-
-// Largest number of buffers one algorithm touches per element (Adam+AMSGrad: param, grad,
-// exp_avg, exp_avg_sq, max_exp_avg_sq). Buffer 0 is always written, buffer 1 is the only
-// read-only one (the gradient, or the input of an EWA), buffers 2.. are written state.
+// Largest number of buffers one kernel touches per element (Adam+AMSGrad: param, grad, exp_avg,
+// exp_avg_sq, max_exp_avg_sq).
 constexpr int kMaxBuffers = 5;
 
-// One tensor of a multi-tensor call: its buffers' base pointers and its element count.
+// One tensor of a multi-tensor call: its buffers' base pointers, in the kernel's slot order
+// (Note [Kernel slots] in spec.h), and its element count.
 struct TensorRef {
   void* ptr[kMaxBuffers];
   int64_t numel;
 };
 
-FUSEDOPT_ISA_BEGIN
-
-// Storage type vs compute type (Note [Storage is not compute]): low-precision storage is loaded
-// into opmath_t registers, updated there, and rounded once on store. fp16/bf16 map to float.
-template <class S>
-struct OpMath {
-  using type = S;
+template <class... T>
+struct TypeList {
+  static constexpr int size = sizeof...(T);
 };
-template <class S>
-using opmath_t = typename OpMath<S>::type;
 
-FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE float fo_sqrt(float x) { return ::sqrtf(x); }
-FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE double fo_sqrt(double x) { return ::sqrt(x); }
-FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE float fo_abs(float x) { return ::fabsf(x); }
-FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE double fo_abs(double x) { return ::fabs(x); }
-
-// max that propagates NaN from either side, like torch.maximum / torch.amax
-// (std::max and fmax drop a NaN on one side, which would hide a diverged run).
-template <class O>
-FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE O nan_max(O a, O b) {
-  return (a > b || a != a) ? a : b;
+// Calls f(T{}) for the index-th type of a TypeList (nothing when out of range).
+template <class... T, class F>
+void type_switch(TypeList<T...>, int index, F&& f) {
+  int i = 0;
+  ((i++ == index ? (void)f(T{}) : void()), ...);
 }
+
+// Weight decay flavours: none, L2 folded into the gradient (coupled), or decoupled (AdamW).
+enum class WeightDecay : int { None = 0, L2 = 1, Decoupled = 2 };
 
 template <bool B>
 using bool_c = std::integral_constant<bool, B>;
@@ -94,29 +83,30 @@ void wd_switch(WeightDecay w, F&& f) {
   }
 }
 
-// Coupled (L2) weight decay or none: the two flavours every algorithm but Adam/NAdam has.
-template <class F>
-void l2_switch(double weight_decay, F&& f) {
-  if (weight_decay != 0.0) {
-    f(wd_c<WeightDecay::L2>{});
-  } else {
-    f(wd_c<WeightDecay::None>{});
-  }
-}
-
-// Calls f with a value of the storage type (only its type matters).
-template <class F>
-void dtype_switch(DType dt, F&& f) {
-  switch (dt) {
-    case DType::Float32: f(float{}); break;
-    case DType::Float64: f(double{}); break;
-  }
-}
+FUSEDOPT_ISA_BEGIN
 
 // L2 decay when weight_decay != 0, none otherwise: a zero decay must not touch g, since
 // 0 * p is NaN where p is infinite.
 inline WeightDecay coupled_decay(double weight_decay) {
   return weight_decay != 0.0 ? WeightDecay::L2 : WeightDecay::None;
+}
+
+// Decoupled decay (p *= 1 - lr * wd) when asked for and weight_decay != 0; else coupled_decay.
+inline WeightDecay decay_mode(double weight_decay, bool decoupled) {
+  if (!decoupled) return coupled_decay(weight_decay);
+  return weight_decay != 0.0 ? WeightDecay::Decoupled : WeightDecay::None;
+}
+
+FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE float fo_sqrt(float x) { return ::sqrtf(x); }
+FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE double fo_sqrt(double x) { return ::sqrt(x); }
+FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE float fo_abs(float x) { return ::fabsf(x); }
+FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE double fo_abs(double x) { return ::fabs(x); }
+
+// max that propagates NaN from either side, like torch.maximum / torch.amax
+// (std::max and fmax drop a NaN on one side, which would hide a diverged run).
+template <class O>
+FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE O nan_max(O a, O b) {
+  return (a > b || a != a) ? a : b;
 }
 
 FUSEDOPT_ISA_END

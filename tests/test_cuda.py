@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import fusedopt
-from fusedopt import _buffers, _core, functional, reference
+from fusedopt import _backend, _core, _cuda_arrays, functional, reference
 
 from algos import ALGO_BY_NAME, ALGO_CONFIG_IDS, ALGO_CONFIGS, ALGOS, DTYPE_IDS, DTYPES, SIZES, STEPS
 from test_parity import TOL, check, full_and_plain, is_f, many_small_specs, random_like, seed_of
@@ -53,31 +53,37 @@ def test_cuda_submodule_matches_build_info():
 needs_build = pytest.mark.skipif(not BUILT, reason="fusedopt was built without CUDA")
 
 
+ADAM_HYPER = (1e-3, (0.9, 0.999), 1e-8, 0.0, False, False, False)  # adam's, in its order
+HYPER = {
+    "adam": ADAM_HYPER,
+    "sgd": (0.1, 0.0, 0.0, 0.0, False, False),
+    "nadam": (1e-3, (0.9, 0.999), 1e-8, 0.0, 4e-3, False, False),
+    "ewa": (0.9,),
+}
+
+
 @needs_build
 @pytest.mark.skipif(GPU, reason="checks the behaviour without a usable CUDA device")
 @pytest.mark.parametrize("fn", ["adam", "sgd", "nadam", "ewa"])
 def test_call_without_device_is_a_clean_runtime_error(fn):
-    lists = {"adam": 4, "sgd": 2, "nadam": 4, "ewa": 2}[fn]
-    hp = {"adam": dict(step=1, **ADAM_HP),
-          "sgd": dict(step=1, lr=0.1, momentum=0.0, dampening=0.0, weight_decay=0.0,
-                      nesterov=False, maximize=False),
-          "nadam": dict(step=1, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                        momentum_decay=4e-3, decoupled_weight_decay=False, maximize=False),
-          "ewa": dict(beta=0.9)}[fn]
+    lists = {"adam": 5, "sgd": 3, "nadam": 4, "ewa": 2}[fn]
     ptrs = [[0x100000 * (k + 1)] for k in range(lists)]
+    if fn in ("adam", "sgd"):
+        ptrs[-1] = None  # an optional list the call does not use
     with pytest.raises(RuntimeError, match=rf"^{fn}: CUDA error: .+\(cuda\w+, in "):
-        getattr(_core.cuda, fn)(*ptrs, sizes=[16], dtype="float32", **hp)
+        _core.cuda.bind(fn, tuple(ptrs), [16], "float32", HYPER[fn])
     assert _core.cuda.device_count() == 0  # and the module still answers
 
 
 @needs_build
 def test_empty_call_needs_no_device():
-    assert _core.cuda.adam([], [], [], [], sizes=[], dtype="float32", step=1, **ADAM_HP) is None
+    empty = _core.cuda.bind("adam", ([], None, [], [], None), [], "float32", ADAM_HYPER,
+                            grads_later=True)
+    assert empty.run([], step=1) is None and empty.device == -1
     # tensors of 0 elements are skipped: their pointers are never looked at
-    assert _core.cuda.adam([0], [0], [0], [0], sizes=[0], dtype="float64", step=3, **ADAM_HP) is None
-    mu = _core.cuda.nadam([], [], [], [], sizes=[], dtype="float32", step=1, lr=1e-3,
-                          betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
-                          decoupled_weight_decay=False, maximize=False)
+    zero = _core.cuda.bind("adam", ([0], [0], [0], [0], None), [0], "float64", ADAM_HYPER)
+    assert zero.run(step=3) is None
+    mu = _core.cuda.bind("nadam", ([], [], [], []), [], "float32", HYPER["nadam"]).run(step=1)
     assert mu == pytest.approx(0.9 * (1 - 0.5 * 0.96 ** 4e-3), rel=1e-15)
 
 
@@ -88,47 +94,76 @@ P = [0x10000 * (k + 1) for k in range(8)]  # distinct, aligned, never dereferenc
 @pytest.mark.parametrize(
     "lists, kw, exc, msg",
     [
-        ([[P[0]], [P[1]], [P[2]]], dict(sizes=[4]), TypeError, "incompatible function arguments"),
-        ([[P[0]], [P[1]], [P[2]], [P[3], P[4]]], dict(sizes=[4]), ValueError,
+        ([[P[0]], [P[1]], [P[2]]], dict(sizes=[4]), TypeError,
+         r"adam: lists must be a tuple of the 5 lists of adam"),
+        ([[P[0]], [P[1]], [P[2]], [P[3], P[4]], None], dict(sizes=[4]), ValueError,
          r"exp_avg_sqs has 2 pointers, expected 1 \(one per param\)"),
-        ([[P[0]], [P[1]], [P[2]], [P[3]]], dict(sizes=[4, 4]), ValueError,
+        ([[P[0]], [P[1]], [P[2]], [P[3]], None], dict(sizes=[4, 4]), ValueError,
          r"sizes has 2 entries, expected 1"),
-        ([[P[0]], [P[1]], [P[2]], [P[3]]], dict(sizes=[-1]), ValueError, r"sizes\[0\] is -1"),
-        ([[P[0]], [P[1]], [P[2]], [P[3]]], dict(sizes=[4.0]), TypeError,
+        ([[P[0]], [P[1]], [P[2]], [P[3]], None], dict(sizes=[-1]), ValueError, r"sizes\[0\] is -1"),
+        ([[P[0]], [P[1]], [P[2]], [P[3]], None], dict(sizes=[4.0]), TypeError,
          r"sizes\[0\] is a float, expected an int"),
-        ([[P[0]], [1.5], [P[2]], [P[3]]], dict(sizes=[4]), TypeError,
+        ([[P[0]], [1.5], [P[2]], [P[3]], None], dict(sizes=[4]), TypeError,
          r"grads\[0\] is a float, expected a device pointer \(int\)"),
-        ([[P[0]], [-8], [P[2]], [P[3]]], dict(sizes=[4]), ValueError, r"grads\[0\] is -8"),
-        ([[P[0]], [0], [P[2]], [P[3]]], dict(sizes=[4]), ValueError,
+        ([[P[0]], [-8], [P[2]], [P[3]], None], dict(sizes=[4]), ValueError, r"grads\[0\] is -8"),
+        ([[P[0]], [0], [P[2]], [P[3]], None], dict(sizes=[4]), ValueError,
          r"grads\[0\] is a null pointer \(with 4 elements\)"),
-        ([[P[0]], [P[1] + 2], [P[2]], [P[3]]], dict(sizes=[4]), ValueError,
+        ([[P[0]], [P[1] + 2], [P[2]], [P[3]], None], dict(sizes=[4]), ValueError,
          r"grads\[0\] = 0x20002 is not aligned to 4 bytes \(the size of float32\)"),
-        ([[P[0]], [P[1] + 4], [P[2]], [P[3]]], dict(sizes=[4], dtype="float64"), ValueError,
+        ([[P[0]], [P[1] + 4], [P[2]], [P[3]], None], dict(sizes=[4], dtype="float64"), ValueError,
          r"not aligned to 8 bytes \(the size of float64\)"),
-        ([[P[0]], [P[1]], [P[2]], [P[3]]], dict(sizes=[4], dtype="float16"), TypeError,
+        ([[P[0]], [P[1]], [P[2]], [P[3]], None], dict(sizes=[4], dtype="float16"), TypeError,
          r"dtype is 'float16', expected 'float32' or 'float64'"),
-        ([[P[0]], [P[1]], [P[2]], [P[3]]], dict(sizes=[4], dtype=["float32", "float32"]),
+        ([[P[0]], [P[1]], [P[2]], [P[3]], None], dict(sizes=[4], dtype=["float32", "float32"]),
          ValueError, r"dtype has 2 entries, expected 1"),
-        ([[P[0]], [P[1]], [P[0] + 12], [P[3]]], dict(sizes=[4]), ValueError,
+        ([[P[0]], [P[1]], [P[0] + 12], [P[3]], None], dict(sizes=[4]), ValueError,
          r"exp_avgs\[0\] overlaps params\[0\]"),
-        ([(P[0], P[4]), [P[1], P[1]], [P[2], P[5]], [P[3], P[6]]], dict(sizes=[4, 4]), None,
+        ([(P[0], P[4]), [P[1], P[1]], [P[2], P[5]], [P[3], P[6]], None], dict(sizes=[4, 4]), None,
          None),  # grads may share memory: they are only read
-        ([P[0], [P[1]], [P[2]], [P[3]]], dict(sizes=[4]), TypeError,
+        ([P[0], [P[1]], [P[2]], [P[3]], None], dict(sizes=[4]), TypeError,
          r"params must be a list or tuple of device pointers \(int\), got int"),
+        ([[P[0]], [P[1]], [P[2]], [P[3]], None], dict(sizes=[4], hyper=(1e-3,)), TypeError,
+         r"adam: hyper must be a tuple of the 7 hyper-parameters of adam"),
+        ([[P[0]], [P[1]], [P[2]], [P[3]], None],
+         dict(sizes=[4], hyper=(-1.0, *ADAM_HYPER[1:])), ValueError,
+         r"^adam: Invalid learning rate: -1.0$"),
     ],
 )
 def test_pointer_checks_come_before_any_cuda_call(lists, kw, exc, msg):
     """Every check that needs no driver refuses bad input first, so these raise the same with or
     without a GPU (the pointers are not device memory: a call that passes them all reaches the
     driver, which has no device here or says the memory is not device memory)."""
-    kwargs = dict(dtype="float32", step=1, **ADAM_HP)
+    kwargs = dict(dtype="float32", hyper=ADAM_HYPER)
     kwargs.update(kw)
+    hyper = kwargs.pop("hyper")
+    sizes, dtype = kwargs.pop("sizes"), kwargs.pop("dtype")
     if exc is None:
         with pytest.raises(RuntimeError if not GPU else TypeError):
-            _core.cuda.adam(*lists, **kwargs)
+            _core.cuda.bind("adam", tuple(lists), sizes, dtype, hyper)
         return
     with pytest.raises(exc, match=msg):
-        _core.cuda.adam(*lists, **kwargs)
+        _core.cuda.bind("adam", tuple(lists), sizes, dtype, hyper)
+
+
+@needs_build
+def test_run_arguments_are_checked_before_any_cuda_call():
+    """A bound call of no elements needs no driver: its run's arguments are checked all the
+    same."""
+    b = _core.cuda.bind("adam", ([0], None, [0], [0], None), [0], "float32", ADAM_HYPER,
+                        grads_later=True)
+    for kwargs, exc, msg in [
+        (dict(step=0), ValueError, r"^adam: step must be >= 1, got 0$"),
+        (dict(step=1, stream=-1), ValueError, r"^adam: stream is -1, not a stream handle \(int\)$"),
+        (dict(step=1, wait_streams=5), TypeError, r"wait_streams must be a list or tuple"),
+        (dict(step=1, lr=float("inf")), ValueError, r"^adam: Invalid learning rate: inf$"),
+    ]:
+        with pytest.raises(exc, match=msg):
+            b.run([0], **kwargs)
+    with pytest.raises(ValueError, match=r"^adam: grads has 2 pointers, expected 1"):
+        b.run([0, 0], step=1)
+    with pytest.raises(TypeError, match=r"^adam: grads must be a list or tuple of device pointers"):
+        b.run(step=1)
+    assert b.run([0], step=1) is None
 
 
 class FakeDeviceArray:
@@ -214,10 +249,10 @@ def test_a_lying_array_interface_is_caught_by_the_driver():
 
 def test_numpy_lists_go_to_the_cpu_backend():
     a = [np.zeros(3)]
-    assert _buffers.backend(a) is _core.cpu
-    assert _buffers.backend([]) is _core.cpu
-    assert _buffers.as_list(a[0])[0] is a[0]
-    assert _buffers.backend(_buffers.as_list(fake(0))) is not _core.cpu
+    assert not _backend.on_device(a)
+    assert not _backend.on_device([])
+    assert _backend.as_list(a[0])[0] is a[0]
+    assert _backend.on_device(_backend.as_list(fake(0)))
 
 
 class _NoStream:
@@ -236,31 +271,31 @@ def test_dlpack_capsule_is_read_in_place(order):
 
     a = np.asfortranarray(np.arange(12, dtype=np.float64).reshape(3, 4)) if order == "F" else (
         np.arange(12, dtype=np.float32).reshape(3, 4))
-    v = _dlpack.view(_NoStream(a), 0, _buffers._View, _buffers._layout)
+    v = _dlpack.view(_NoStream(a), 0, _cuda_arrays.View, _cuda_arrays.layout)
     assert v.ptr == a.ctypes.data
     assert v.shape == (3, 4)
     assert v.dtype == a.dtype.name
-    assert v.layout & (_buffers._F if order == "F" else _buffers._C)
-    assert not v.layout & (_buffers._C if order == "F" else _buffers._F)
+    assert v.layout & (_cuda_arrays.F if order == "F" else _cuda_arrays.C)
+    assert not v.layout & (_cuda_arrays.C if order == "F" else _cuda_arrays.F)
     assert v.readonly is False
     assert v.device == 0
     a.flags.writeable = False
     try:
-        v = _dlpack.view(_NoStream(a), 0, _buffers._View, _buffers._layout)
+        v = _dlpack.view(_NoStream(a), 0, _cuda_arrays.View, _cuda_arrays.layout)
     except BufferError:  # a NumPy too old to export read-only arrays
         return
     assert v.readonly is True
 
 
 def test_layout_flags():
-    C, F = _buffers._C, _buffers._F
-    assert _buffers._layout((3, 4), None, 4) == C
-    assert _buffers._layout((1, 4), None, 4) == C | F
-    assert _buffers._layout((3, 4), (16, 4), 4) == C
-    assert _buffers._layout((3, 4), (4, 12), 4) == F
-    assert _buffers._layout((3, 4), (32, 4), 4) == 0
-    assert _buffers._layout((3, 0), (4, 12), 4) == C | F
-    assert _buffers._layout((3, 1), (4, 99), 4) == C | F
+    C, F = _cuda_arrays.C, _cuda_arrays.F
+    assert _cuda_arrays.layout((3, 4), None, 4) == C
+    assert _cuda_arrays.layout((1, 4), None, 4) == C | F
+    assert _cuda_arrays.layout((3, 4), (16, 4), 4) == C
+    assert _cuda_arrays.layout((3, 4), (4, 12), 4) == F
+    assert _cuda_arrays.layout((3, 4), (32, 4), 4) == 0
+    assert _cuda_arrays.layout((3, 0), (4, 12), 4) == C | F
+    assert _cuda_arrays.layout((3, 1), (4, 99), 4) == C | F
 
 
 # ---- on a GPU ----------------------------------------------------------------------------------------
@@ -490,9 +525,9 @@ def test_cpu_and_gpu_agree(lib, algo, cfg, dtype):
 def test_update_is_in_place_and_zero_copy(lib):
     p = lib.to_device(np.ones(1000, np.float32))
     g = lib.to_device(np.full(1000, 2.0, np.float32))
-    before = _buffers._view(p, 0).ptr
+    before = _cuda_arrays.view(p, 0).ptr
     functional.sgd(p, g, step=1, lr=0.25)
-    assert _buffers._view(p, 0).ptr == before
+    assert _cuda_arrays.view(p, 0).ptr == before
     assert np.array_equal(lib.to_host(p), np.full(1000, 0.5, np.float32))
 
 
@@ -541,7 +576,7 @@ def test_bad_device_inputs_modify_nothing(lib):
     short = lib.to_device(np.zeros(n - 1, np.float32))
     expect(ValueError, r"grads\[1\] has shape \(4096,\), expected \(4097,\)", p, [g[0], short], m, v)
     # read-only (a __cuda_array_interface__ that says so, over real device memory)
-    ro = FakeDeviceArray(_buffers._view(m[1], 0).ptr, shape=(n,), readonly=True)
+    ro = FakeDeviceArray(_cuda_arrays.view(m[1], 0).ptr, shape=(n,), readonly=True)
     expect(ValueError, r"exp_avgs\[1\] is read-only", p, g, [m[0], ro], v)
     # a buffer updated twice
     expect(ValueError, r"exp_avgs\[1\] overlaps", p, g, [m[0], p[1]], v)
@@ -763,7 +798,7 @@ def test_optimizer_classes_keep_state_on_the_device(lib, cls, kw):
 @requires_gpu
 def test_a_step_of_two_groups_refused_by_the_second_changes_nothing(lib):
     """Note [Every call checked before the first] on a real device: group 1's grad is its own
-    param, which only the pointer check refuses (_core.cuda.check), before group 0's launch."""
+    param, which only the pointer check refuses (_core.Calls), before group 0's launch."""
     rng = np.random.default_rng(9)
     host = [rng.standard_normal(n).astype(np.float32) for n in (7, 300)]
     dev = [lib.to_device(a) for a in host]

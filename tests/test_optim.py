@@ -1,7 +1,7 @@
 """The optimizer classes: parity with fusedopt.reference, bookkeeping, state dicts and validation.
 
 Parity runs the same class twice on the same params and grads: once as shipped (over
-fusedopt.functional and the C++ kernels) and once with ``opt._functional = fusedopt.reference``, the
+its bound calls and the C++ kernels) and once with ``opt._backend = Oracle(fusedopt.reference)``, the
 float64 NumPy oracle. Two param groups with different hyper-parameters, one of them on a schedule,
 run 24 steps with ``param_groups[0]["lr"]`` halved after step 10; every param and every state entry
 is compared at the end.
@@ -35,6 +35,8 @@ import fusedopt
 from fusedopt import functional, reference
 from fusedopt.optim import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RMSprop
 from fusedopt.schedules import CosineDecay, ExponentialDecay, StepDecay, WarmupThen
+
+from backends import CallLog, Oracle
 
 TOL = {np.float64: dict(rtol=1e-12, atol=1e-13), np.float32: dict(rtol=1e-5, atol=1e-6)}
 
@@ -123,10 +125,10 @@ def grads_at(params, k, seed=1):
     return out
 
 
-def build(case, groups, module=None):
+def build(case, groups, backend=None):
     opt = case.cls([{"params": groups[0]}, {"params": groups[1], **case.group1}], **case.kwargs)
-    if module is not None:
-        opt._functional = module
+    if backend is not None:
+        opt._backend = backend
     return opt
 
 
@@ -134,9 +136,9 @@ def flat(groups):
     return [p for g in groups for p in g]
 
 
-def run(case, dtype, module, steps=STEPS, start=0, groups=None, opt=None):
+def run(case, dtype, backend, steps=STEPS, start=0, groups=None, opt=None):
     groups = groups if groups is not None else make_params(dtype)
-    opt = opt if opt is not None else build(case, groups, module)
+    opt = opt if opt is not None else build(case, groups, backend)
     params = flat(groups)
     for k in range(start, steps):
         if k == EDIT_AT:
@@ -164,7 +166,7 @@ def assert_state_close(got, want, tol):
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_matches_reference(case, dtype):
     got_params, got = run(case, dtype, None)
-    want_params, want = run(case, dtype, reference)
+    want_params, want = run(case, dtype, Oracle(reference))
     tol = TOL[dtype]
     for i, (g, w) in enumerate(zip(got_params, want_params)):
         assert_close(g, w, tol, f"params[{i}]")
@@ -179,24 +181,6 @@ def test_matches_reference(case, dtype):
             a = state[name]
             assert (a.flags.c_contiguous, a.flags.f_contiguous) == (p.flags.c_contiguous, p.flags.f_contiguous)
     assert got.param_groups[0]["lr"] == case.kwargs["lr"] * 0.5
-
-
-class CallLog:
-    """A stand-in for the functional module that records each call, then makes it."""
-
-    def __init__(self, module=functional):
-        self.module = module
-        self.calls = []
-
-    def __getattr__(self, name):
-        fn = getattr(self.module, name)
-
-        def call(*args, **kwargs):
-            params = args[0] if isinstance(args[0], list) else [args[0]]
-            self.calls.append((name, len(params), kwargs.get("step"), kwargs.get("lr")))
-            return fn(*args, **kwargs)
-
-        return call
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -242,7 +226,7 @@ def test_split_calls_after_partial_state():
     dtype = np.float64
     case = next(c for c in CASES if c.id == "nadam")
     results = []
-    for module in (CallLog(), CallLog(reference)):
+    for module in (CallLog(), CallLog(Oracle(reference))):
         groups = make_params(dtype)
         _, opt = run(case, dtype, module, steps=3, groups=groups)
         sd = opt.state_dict()
@@ -266,7 +250,7 @@ def test_add_param_group_mid_run():
     a, b = np.ones(4), np.ones(3)
     opt = Adam([a], lr=0.1)
     log = CallLog()
-    opt._functional = log
+    opt._backend = log
     opt.step([np.ones(4)])
     opt.add_param_group({"params": [b], "lr": 0.2, "amsgrad": True})
     opt.step([np.ones(4), np.ones(3)])
@@ -316,7 +300,7 @@ def test_dtypes_mixed_in_one_group():
     a32, a64 = np.ones(5, np.float32), np.ones(6, np.float64)
     log = CallLog()
     opt = Adam([a32, a64], lr=0.1)
-    opt._functional = log
+    opt._backend = log
     opt.step([np.ones(5, np.float32), np.ones(6)])
     assert len(log.calls) == 1
     assert opt.state[0]["exp_avg"].dtype == np.float32 and opt.state[1]["exp_avg"].dtype == np.float64
@@ -618,7 +602,7 @@ HYPER_ERRORS = [
     (Adam, dict(eps=-1.0), ValueError, "Invalid epsilon value: -1.0"),
     (Adam, dict(betas=(1.0, 0.999)), ValueError, "Invalid beta parameter at index 0: 1.0"),
     (Adam, dict(betas=(0.9, -0.1)), ValueError, "Invalid beta parameter at index 1: -0.1"),
-    (Adam, dict(betas=(0.9,)), ValueError, "Invalid betas value: (0.9,) (expected a pair (beta1, beta2))"),
+    (Adam, dict(betas=(0.9,)), ValueError, "Adam: betas must be a pair (beta1, beta2), got (0.9,)"),
     (Adam, dict(weight_decay=-1.0), ValueError, "Invalid weight_decay value: -1.0"),
     (AdamW, dict(lr=-1.0), ValueError, "Invalid learning rate: -1.0"),
     (AdamW, dict(betas=(0.9, 1.0)), ValueError, "Invalid beta parameter at index 1: 1.0"),
@@ -726,7 +710,7 @@ def _step_errors():
          "Adam.step: grads[3] has shape (4096,), expected (4097,) (the shape of params[3])"),
         ("dtype", lambda p: [f32 if i == 0 else g for i, g in enumerate(p)], TypeError, "Adam.step: grads[0] has dtype"),
         ("memory-order", lambda p: [np.ascontiguousarray(g) if i == 1 else g for i, g in enumerate(p)], ValueError,
-         "Adam.step: grads[1] is not contiguous in the memory order of params[1] (F)"),
+         "Adam.step: grads[1] has a different memory order (C) than params[1] (F)"),
     ]
 
 
@@ -757,10 +741,10 @@ def _later_call_refusals():
     the call of group 0 comes first and must not be made; and one in group 0, whose call checks
     itself."""
     return [
-        ("group0-grad-is-its-param", lambda ps, gs: [ps[0]] + gs[1:], "adam: grads[0] overlaps params[0]"),
-        ("grad-is-its-param", lambda ps, gs: gs[:3] + [ps[3], gs[4]], "adam: grads[3] overlaps params[3]"),
-        ("grad-views-a-param", lambda ps, gs: gs[:4] + [ps[4].view()], "adam: grads[4] overlaps params[4]"),
-        ("param-made-read-only", lambda ps, gs: (_read_only(ps[4]), gs)[1], "adam: params[4] is read-only"),
+        ("group0-grad-is-its-param", lambda ps, gs: [ps[0]] + gs[1:], "Adam.step: grads[0] overlaps params[0]"),
+        ("grad-is-its-param", lambda ps, gs: gs[:3] + [ps[3], gs[4]], "Adam.step: grads[3] overlaps params[3]"),
+        ("grad-views-a-param", lambda ps, gs: gs[:4] + [ps[4].view()], "Adam.step: grads[4] overlaps params[4]"),
+        ("param-made-read-only", lambda ps, gs: (_read_only(ps[4]), gs)[1], "Adam.step: params[4] is read-only"),
     ]
 
 
@@ -803,97 +787,86 @@ def test_grads_may_share_memory_in_a_step_of_several_calls():
     assert results[0] == results[1]
 
 
-def test_each_numpy_call_of_a_step_reaches_its_kernel_once(monkeypatch):
-    """A step of one call makes it directly; a step of several prepares each call (checked once,
-    by the kernel function itself with prepare=True) and runs them after the last is checked."""
-    seen = []
-    kernel = fusedopt._core.cpu.adam
-
-    def counting(*args, **kwargs):
-        seen.append((len(args[0]), kwargs.get("prepare", False)))
-        return kernel(*args, **kwargs)
-
-    monkeypatch.setattr(fusedopt._core.cpu, "adam", counting)
+def test_each_call_is_bound_once_and_a_steady_step_binds_nothing():
+    """Note [A bound call]: the first step binds one call per group; the steps after run the same
+    bound calls with new grads. A step of several calls checks them all (Calls) before the first
+    runs; every call runs once per step."""
     params = [np.linspace(-1, 1, 4 + k) for k in range(5)]
     grads = [np.full_like(p, 0.5) for p in params]
     one = Adam([p.copy() for p in params], lr=0.1)
-    one.step(grads)
-    assert seen == [(5, False)]
-    seen.clear()
+    one._backend = log1 = CallLog()
     two = Adam([{"params": [p.copy() for p in params[:2]]},
                 {"params": [p.copy() for p in params[2:]], "lr": 0.1}], lr=0.1)
-    two.step(grads)
-    assert seen == [(2, True), (3, True)]
+    two._backend = log2 = CallLog()
+    for _ in range(3):
+        one.step(grads)
+        two.step(grads)
+    assert log1.binds == ["adam"] and [(n, s) for _, n, s, _ in log1.calls] == [(5, 1), (5, 2), (5, 3)]
+    assert log2.binds == ["adam", "adam"]
+    assert [(n, s) for _, n, s, _ in log2.calls] == [(2, 1), (3, 1), (2, 2), (3, 2), (2, 3), (3, 3)]
     flat_params = two.param_groups[0]["params"] + two.param_groups[1]["params"]
     for got, want in zip(flat_params, one.param_groups[0]["params"]):
         np.testing.assert_array_equal(got, want)
 
 
-def test_prepared_call_writes_nothing_until_run_and_runs_once():
-    """``_core.cpu.<fn>(..., prepare=True)``: the call checked, nothing written; calling it
-    writes what the direct call writes and returns its result, once; it keeps its arrays alive."""
+def test_bound_call_checks_writes_nothing_and_holds_its_arrays():
+    """``_core.cpu.bind``: the params and states checked and held (a tuple per list), nothing
+    written; check(grads) writes nothing; run(grads, ...) updates as functional does."""
     def lists(seed):
         rng = np.random.default_rng(seed)
         return [[rng.standard_normal(7) for _ in range(3)] for _ in range(4)]
 
-    hyper = dict(step=3, mu_product=0.8, lr=0.01, betas=(0.9, 0.999), eps=1e-8,
-                 weight_decay=0.1, momentum_decay=4e-3, decoupled_weight_decay=False,
-                 maximize=False)
+    hyper = (0.01, (0.9, 0.999), 1e-8, 0.1, 4e-3, False, False)
     want = lists(0)
-    want_mu = fusedopt._core.cpu.nadam(*want, **hyper)
+    want_mu = functional.nadam(*want, step=3, mu_product=0.8, lr=0.01, weight_decay=0.1)
     got = lists(0)
     before = [[bits(a) for a in col] for col in got]
     refs = lambda: [[sys.getrefcount(a) for a in col] for col in got]  # noqa: E731
     counts = refs()
-    prepared = fusedopt._core.cpu.nadam(*got, **hyper, prepare=True)
+    p, g, m, v = got
+    bound = fusedopt._core.cpu.bind("nadam", (p, None, m, v), hyper, grads_later=True)
+    assert [[c - 1 for c in col] for i, col in enumerate(refs()) if i != 1] == \
+        [col for i, col in enumerate(counts) if i != 1]
+    bound.check(g)
     assert [[bits(a) for a in col] for col in got] == before
-    assert prepared.result == want_mu
-    # It holds each array once (a tuple per list) until it has run, so the lists may change.
-    assert refs() == [[c + 1 for c in col] for col in counts]
-    assert prepared() == want_mu
-    assert refs() == counts
-    views = got
-    for col_got, col_want in zip(views, want):
+    assert bound.run(g, step=3, scalars=0.8) == want_mu
+    for col_got, col_want in zip(got, want):
         for a, b in zip(col_got, col_want):
             np.testing.assert_array_equal(a, b)
-    with pytest.raises(ValueError, match="nadam: this prepared call has run already"):
-        prepared()
+    del bound, a, b
+    assert refs() == counts
     # A refusal comes at once, before anything is kept.
     bad = lists(1)
     bad[2][1] = bad[0][1]
-    with pytest.raises(ValueError, match=r"nadam: exp_avgs\[1\] overlaps params\[1\]"):
-        fusedopt._core.cpu.nadam(*bad, **hyper, prepare=True)
+    with pytest.raises(ValueError, match=r"^nadam: exp_avgs\[1\] overlaps params\[1\]$"):
+        fusedopt._core.cpu.bind("nadam", (bad[0], None, bad[2], bad[3]), hyper, grads_later=True)
 
 
-def test_calls_are_prepared_per_thread():
-    """While one thread prepares the calls of a step, another thread's calls run as usual."""
-    from fusedopt import _buffers
+def test_a_bound_call_runs_in_one_thread_at_a_time():
+    n = 1 << 22
+    p, g, m, v = ([np.ones(n)], [np.full(n, 0.5)], [np.zeros(n)], [np.zeros(n)])
+    bound = fusedopt._core.cpu.bind("adam", (p, None, m, v, None),
+                                    (0.1, (0.9, 0.999), 1e-8, 0.0, False, False, False),
+                                    grads_later=True)
+    errors, started = [], threading.Event()
 
-    p, g, m, v = (np.ones(5), np.full(5, 0.5), np.zeros(5), np.zeros(5))
-    pending = []
-    done = []
-    with _buffers.preparing(pending):
-        with pytest.raises(RuntimeError, match="staged already"):
-            with _buffers.preparing([]):
-                pass
-        functional.adam([p], [g], [m], [v], step=1, lr=0.1)
-        assert len(pending) == 1 and (p == 1).all()
+    def long_runs():
+        started.set()
+        for t in range(1, 40):
+            bound.run(g, step=t)
 
-        def other():
-            q = np.ones(5)
-            functional.adam([q], [g], [np.zeros(5)], [np.zeros(5)], step=1, lr=0.1)
-            done.append(q)
-
-        t = threading.Thread(target=other)
-        t.start()
-        t.join()
-    assert len(pending) == 1
-    np.testing.assert_allclose(done[0], 0.9)
-    assert (p == 1).all()
-    pending[0]()
-    np.testing.assert_array_equal(p, done[0])
-    functional.adam([p], [g], [m], [v], step=2, lr=0.1)  # outside: made at once
-    assert len(pending) == 1
+    th = threading.Thread(target=long_runs)
+    th.start()
+    started.wait()
+    for _ in range(2000):
+        try:
+            bound.run(g, step=1)
+        except ValueError as e:
+            errors.append(str(e))
+            break
+    th.join()
+    assert errors == ["adam: this call is running in another thread; a bound call runs in one "
+                      "thread at a time"]
 
 
 def test_refusal_by_the_second_call_of_a_split_group_changes_nothing():
@@ -911,7 +884,7 @@ def test_refusal_by_the_second_call_of_a_split_group_changes_nothing():
     grads = grads_at(params, 2)
     with pytest.raises(ValueError) as info:
         opt.step(grads[:2] + [params[2]])
-    assert str(info.value) == "adam: grads[2] overlaps params[2]"
+    assert str(info.value) == "Adam.step: grads[2] overlaps params[2]"
     assert [bits(p) for p in params] == before
     assert state_snapshot(opt) == state_before  # param 0's new state was taken back
     opt.step(grads)

@@ -2,11 +2,11 @@
 device memory.
 
 ``Emu`` is a NumPy array behind a ``__cuda_array_interface__`` on an emulated device number, so
-:mod:`fusedopt.functional` sends it to the CUDA backend (``_buffers._CUDA``), which reads and checks
-it as it reads a CuPy array. A stand-in for ``_core.cuda`` (``HostCuda``) takes the device pointers
-it is given, refuses a call whose arrays are on more than one device (as the CUDA driver layer
-does), looks up the NumPy arrays behind the pointers and runs ``_core.cpu``'s kernel on them; an
-adapter lets the classes allocate, copy and load ``Emu`` state as they do CuPy or PyTorch state.
+the classes send it to the CUDA backend (``fusedopt._cuda_calls``), which reads and checks it as it
+reads a CuPy array. A stand-in for ``_core.cuda`` (``HostCuda``) binds the device pointers it is
+given, refuses a call whose arrays are on more than one device (as the driver check does), looks up
+the NumPy arrays behind the pointers and binds ``_core.cpu`` over them; an adapter lets the classes
+allocate, copy and load ``Emu`` state as they do CuPy or PyTorch state.
 
 So everything the classes do for CUDA arrays runs here through the shipped code: params and grads
 checked, state allocated on the param's device with its library, ``state_dict`` kept on the
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import fusedopt
-from fusedopt import _arrays, _buffers, _core
+from fusedopt import _arrays, _core, _cuda_calls
 from fusedopt.optim import EMA
 from test_optim import CASES, DTYPES, EDIT_AT, SHAPES, flat, grads_at, make_params
 
@@ -79,40 +79,55 @@ class EmuAdapter(_arrays._Adapter):
 
 
 class HostCuda:
-    """``_core.cuda`` run on the host: the same functions and arguments (pointer lists, ``sizes``,
-    ``dtype``, ``stream``, ``wait_streams``, hyper-parameters), each call recorded with the device
-    of its arrays."""
+    """``_core.cuda`` run on the host: ``bind`` takes the same arguments (pointer lists, ``sizes``,
+    ``dtype``, hyper-parameters) and binds ``_core.cpu`` over the NumPy arrays behind the pointers;
+    each run is recorded with the device of its arrays."""
 
     def __init__(self):
         self.calls = []
 
-    def check(self, fn, args, *, sizes, dtype, stream, wait_streams):
-        """``_core.cuda.check``: the arrays behind the pointers checked by ``_core.cpu.check``
-        (which refuses what the kernel would), and the one-device rule; nothing recorded."""
-        devices = {_MEMORY[p][1] for _, ptrs in args for p in ptrs}
+    def bind(self, algo, lists, sizes, dtype, hyper, *, name, index=None, grads_later=False,
+             aliases=None):
+        devices = {_MEMORY[p][1] for ptrs in lists if ptrs for p in ptrs}
         if len(devices) > 1:
-            raise ValueError(f"{fn}: arrays on devices {sorted(devices)} in one call")
-        _core.cpu.check(fn, [(name, [_MEMORY[p][0] for p in ptrs]) for name, ptrs in args])
+            raise ValueError(f"{name}: arrays on devices {sorted(devices)} in one call")
+        arrays = tuple(None if ptrs is None else [_MEMORY[p][0] for p in ptrs] for ptrs in lists)
+        core = _core.cpu.bind(algo, arrays, hyper, name=name, index=index, grads_later=grads_later,
+                              aliases=aliases)
+        return HostBound(self, core, devices.pop() if devices else None, name, index)
 
-    def __getattr__(self, fn):
-        cpu = getattr(_core.cpu, fn)
 
-        def call(*ptr_lists, sizes, dtype, stream, wait_streams, **hyper):
-            devices = {_MEMORY[p][1] for ptrs in ptr_lists if ptrs for p in ptrs}
-            if len(devices) > 1:
-                raise ValueError(f"{fn}: arrays on devices {sorted(devices)} in one call")
-            lists = [None if ptrs is None else [_MEMORY[p][0] for p in ptrs] for ptrs in ptr_lists]
-            out = cpu(*lists, **hyper)  # refuses before it writes, as the CUDA binding does
-            self.calls.append((fn, devices.pop() if devices else None))  # a launch: it passed
-            return out
+class HostBound:
+    """A bound call of ``HostCuda``: its ``core`` is the ``_core.cpu`` bound call (which
+    ``_core.Calls`` checks across a step's calls); grads come as pointers, and one on another
+    device is refused as the driver check refuses it."""
 
-        return call
+    def __init__(self, cuda, core, device, name, index):
+        self.cuda, self.core, self.device, self.name = cuda, core, device, name
+        self.at = lambda i: i if index is None else index + i if isinstance(index, int) else index[i]
+
+    def grads_arg(self, ptrs):
+        if ptrs is None:
+            return None
+        for i, p in enumerate(ptrs):
+            if self.device is not None and _MEMORY[p][1] != self.device:
+                raise ValueError(f"{self.name}: grads[{self.at(i)}] is on cuda:{_MEMORY[p][1]}, "
+                                 f"expected cuda:{self.device} (the device of params[{self.at(0)}])")
+        return [_MEMORY[p][0] for p in ptrs]
+
+    def check(self, ptrs):
+        self.core.check(self.grads_arg(ptrs))
+
+    def run(self, ptrs=None, *, step, lr, scalars, stream, wait_streams):
+        out = self.core.run(self.grads_arg(ptrs), step=step, lr=lr, scalars=scalars)
+        self.cuda.calls.append((self.core.algorithm, self.device))  # a launch: it passed
+        return out
 
 
 @pytest.fixture(autouse=True)
 def emulated_cuda(monkeypatch):
     cuda = HostCuda()
-    monkeypatch.setattr(_buffers, "_cuda", cuda)
+    monkeypatch.setattr(_cuda_calls, "_cuda_module", lambda: cuda)
     monkeypatch.setattr(_arrays, "_ADAPTERS", [*_arrays._ADAPTERS, EmuAdapter()])
     _MEMORY.clear()
     yield cuda
@@ -275,18 +290,19 @@ def adam_on_device(n_groups=1, device=0):
 
 BAD_GRADS = [
     ("host-array", lambda p, i: host(p[i]).copy(), TypeError,
-     "grads[{i}] is host memory (numpy.ndarray), but params[{i}] is an Emu array on cuda:0"),
-    ("other-device", lambda p, i: Emu(host(p[i]).copy(), 1), TypeError,
-     "grads[{i}] is an Emu array on cuda:1, but params[{i}] is an Emu array on cuda:0"),
+     "grads[{i}] is host memory (numpy.ndarray), but params[{i}] is a CUDA array; all arrays of "
+     "one call must be on one CUDA device"),
+    ("other-device", lambda p, i: Emu(host(p[i]).copy(), 1), ValueError,
+     "grads[{i}] is on cuda:1, expected cuda:0 (the device of params["),
     ("dtype", lambda p, i: Emu(host(p[i]).astype(np.float64)), TypeError,
      "grads[{i}] has dtype float64, expected float32 (the dtype of params[{i}])"),
     ("shape", lambda p, i: Emu(np.zeros(host(p[i]).size + 1, np.float32)), ValueError,
      "grads[{i}] has shape"),
     ("order", lambda p, i: Emu(np.asfortranarray(host(p[i])) if host(p[i]).flags.c_contiguous
                                else np.ascontiguousarray(host(p[i]))), ValueError,
-     "grads[{i}] is not contiguous in the memory order of params[{i}]"),
+     "grads[{i}] has a different memory order (C) than params[{i}] (F)"),
     ("not-an-array", lambda p, i: [1.0], TypeError,
-     "grads[{i}] is a list, expected a CUDA array on cuda:0 (the device of params[{i}])"),
+     "grads[{i}] is a list, but params[{i}] is a CUDA array"),
 ]
 
 
@@ -318,7 +334,7 @@ def test_bad_device_grads_change_nothing(name, make, exc, message, after, n_grou
 @pytest.mark.parametrize("after", [0, 2], ids=["first-step", "later-step"])
 def test_device_grad_that_is_its_param_changes_nothing(after, n_groups, emulated_cuda):
     """A refusal only the pointer check makes (a grad overlapping a written buffer), in the last
-    group: with two groups it is found before the first group's launch (``_core.cuda.check``)."""
+    group: with two groups it is found before the first group's launch (``_core.Calls``)."""
     params, opt = adam_on_device(n_groups)
     drive(opt, params, 0, after, like(params))
     before = [host(p).copy(order="K") for p in params]
@@ -329,7 +345,7 @@ def test_device_grad_that_is_its_param_changes_nothing(after, n_groups, emulated
     grads[bad] = Emu(host(params[bad]))
     with pytest.raises(ValueError) as info:
         opt.step(grads)
-    assert str(info.value) == f"adam: grads[{bad}] overlaps params[{bad}]"
+    assert str(info.value) == f"Adam.step: grads[{bad}] overlaps params[{bad}]"
     assert len(emulated_cuda.calls) == launches
     for p, b in zip(params, before):
         assert_same_bits(p, b, "param")
@@ -409,7 +425,8 @@ def test_ema_on_device_arrays_matches_host(dtype, emulated_cuda):
     for i, (h, d) in enumerate(zip(params, d_params)):
         assert_same_bits(d, h, f"params[{i}] after copy_to")
     with pytest.raises(TypeError, match=r"^EMA.update: params\[1\] is host memory \(numpy.ndarray\), "
-                                        r"but its average is an Emu array on cuda:1$"):
+                                        r"but averages\[1\] is a CUDA array; all arrays of one "
+                                        r"call must be on one CUDA device$"):
         ema_d.update([d_params[0], params[1], *d_params[2:]])
 
 

@@ -202,17 +202,19 @@ def _flip_dtype(p):
     "change,undo,message",
     [
         (lambda p: p.setflags(write=False), lambda p: p.setflags(write=True),
-         "adam: params[1] is read-only"),
-        (_reverse_shape, _reverse_shape, "grads[1] has shape (2, 3), expected (3, 2)"),
-        (_flip_dtype, _flip_dtype, "params[1] has dtype int64"),
+         "Adam.step: params[1] is read-only"),
+        (_reverse_shape, _reverse_shape,
+         "Adam.step: params[1] was changed in place: shape (2, 3) -> (3, 2)"),
+        (_flip_dtype, _flip_dtype, "Adam.step: params[1] was changed in place: dtype float64 -> int64"),
     ],
     ids=["read-only", "shape", "dtype"],
 )
 @pytest.mark.parametrize("two_groups", [False, True], ids=["one-group", "two-groups"])
 def test_param_changed_in_place_on_the_run(change, undo, message, two_groups):
-    """Note [The plan of a run]: a run's call skips the checks of arrays it saw at the last step
-    only while they are unchanged; a param changed in place between steps is refused as on the
-    general path, changing nothing, and once changed back the run goes on as the general path."""
+    """Note [A bound call]: a run's bound call checks that the arrays it holds are unchanged; a
+    param changed in place between steps is refused by name, as on the general path (whose calls
+    of the last step verify the same), changing nothing, and once changed back the run goes on as
+    the general path."""
     outcomes = []
     for general in (False, True):
         rng = np.random.default_rng(7)

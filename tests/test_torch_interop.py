@@ -140,7 +140,7 @@ def test_torch_adapter(order):
 
 
 # ---- the PyTorch fast path of the CUDA backend (Note [The PyTorch fast path]) -------------------
-# _buffers._torch_fast reads a call's tensors with C-level maps; here over CPU tensors, with
+# _cuda_arrays.torch_fast reads a call's tensors with C-level maps; here over CPU tensors, with
 # ``device_of`` standing in for Tensor.get_device. It must give exactly what the general path
 # reads (pointers, sizes, dtype), and give up (None) on anything irregular, so that the general
 # path words the error.
@@ -156,13 +156,13 @@ def _call(n=5, dtype=torch.float32, nbuf=3):
 
 
 def _fast(args, device_of=_device0):
-    from fusedopt import _buffers
+    from fusedopt import _cuda_arrays
 
-    return _buffers._torch_fast(torch, args, device_of)
+    return _cuda_arrays.torch_fast(torch, args, device_of)
 
 
 def test_torch_fast_path_reads_what_the_general_path_reads():
-    from fusedopt import _buffers
+    from fusedopt import _cuda_arrays
 
     args = _call()
     args[0] = [torch.nn.Parameter(t) for t in args[0]]  # params usually are
@@ -170,7 +170,7 @@ def test_torch_fast_path_reads_what_the_general_path_reads():
     assert dtype == "float32"
     assert sizes == [t.numel() for t in args[0]]
     for got, arr in zip(ptrs, args):
-        assert got == [_buffers._torch_view(t).ptr for t in arr]
+        assert got == [_cuda_arrays.torch_view(t).ptr for t in arr]
     # a tuple, an absent optional list, mixed dtypes (one name per tensor)
     args = _call()
     args[1] = tuple(args[1])
@@ -221,23 +221,23 @@ def test_torch_fast_path_needs_one_cuda_device():
 
 
 def test_negative_view_refused_by_the_general_path():
-    from fusedopt import _buffers
+    from fusedopt import _cuda_arrays
 
     with pytest.raises(ValueError, match="negative view"):
-        _buffers._torch_view(torch.zeros(3)._neg_view())
+        _cuda_arrays.torch_view(torch.zeros(3)._neg_view())
 
 
 @pytest.mark.parametrize("name", [n for n in IRREGULAR if n not in ("length", "list-type", "empty")])
 def test_grads_match_check_of_the_classes(name):
     """``torch_lists_match`` (the classes' grad check on several calls) accepts matching grads and
     refuses every irregular one, so that each grad is then looked at and the bad one named."""
-    from fusedopt import _buffers
+    from fusedopt import _cuda_arrays
 
     params, grads, _ = _call()
-    assert _buffers.torch_lists_match(grads, params, _device0)
-    assert not _buffers.torch_lists_match(grads, params, lambda t: -1)
+    assert _cuda_arrays.torch_lists_match(grads, params, _device0)
+    assert not _cuda_arrays.torch_lists_match(grads, params, lambda t: -1)
     edited = IRREGULAR[name]([list(params), list(grads), [t.clone() for t in grads]])
     if all(map(operator.is_, edited[0], params)):  # a grad list was edited: it is refused
-        assert not all(_buffers.torch_lists_match(g, params, _device0) for g in edited[1:])
+        assert not all(_cuda_arrays.torch_lists_match(g, params, _device0) for g in edited[1:])
     else:  # a param was edited: no grad list matches it
-        assert not _buffers.torch_lists_match(grads, edited[0], _device0)
+        assert not _cuda_arrays.torch_lists_match(grads, edited[0], _device0)

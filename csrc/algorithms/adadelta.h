@@ -9,29 +9,18 @@
 //   p -= lr * delta                                  lr = 1 is the paper's rule
 //
 // delta is evaluated as sqrt((acc_delta + eps) / (square_avg + eps)) * g: the same value with one
-// square root instead of two. Buffers: param, grad, square_avg, acc_delta.
+// square root instead of two. Slots: param, grad, square_avg, acc_delta.
 #pragma once
 
-#include "../common.h"
+#include "algorithm.h"
 
 namespace fusedopt {
-
-struct AdadeltaHyper {
-  double lr, rho, eps, weight_decay;
-  bool maximize;
-};
-
 FUSEDOPT_ISA_BEGIN
 
 template <class O>
 struct AdadeltaScalars {
   O lr, rho, one_minus_rho, eps, weight_decay;
 };
-
-template <class O>
-inline AdadeltaScalars<O> adadelta_scalars(const AdadeltaHyper& h) {
-  return {O(h.lr), O(h.rho), O(1.0 - h.rho), O(h.eps), O(h.weight_decay)};
-}
 
 template <class O, bool Maximize, WeightDecay WD>
 FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void adadelta_update(O& p, O g, O& square_avg, O& acc_delta,
@@ -44,29 +33,48 @@ FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void adadelta_update(O& p, O g, O& square_a
   p = p - s.lr * delta;
 }
 
-template <class S, bool Maximize, WeightDecay WD>
-struct AdadeltaAlgo {
-  using storage_t = S;
-  using O = opmath_t<S>;
-  static constexpr int kBuffers = 4;
+template <class St, bool Maximize, WeightDecay WD>
+struct AdadeltaAlgo : Update<St, 4> {
+  using O = typename St::compute_t;
   AdadeltaScalars<O> s;
   FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void operator()(O* r) const {
     adadelta_update<O, Maximize, WD>(r[0], r[1], r[2], r[3], s);
   }
 };
 
-template <class Run>
-void adadelta_dispatch(DType dt, const AdadeltaHyper& h, int64_t /*step*/, Run&& run) {
-  dtype_switch(dt, [&](auto sv) {
-    using S = decltype(sv);
+FUSEDOPT_ISA_END
+
+struct Adadelta : SpecDefaults {
+  static constexpr const char* kName = "adadelta";
+  using Kernel = Adadelta;
+  struct Hyper {
+    double lr, rho, eps, weight_decay;
+    bool maximize;
+  };
+  static constexpr std::array kBuffers{
+      BufferSpec{"params", nullptr, Role::Param},
+      BufferSpec{"grads", nullptr, Role::Grad},
+      BufferSpec{"square_avgs", "square_avg", Role::State},
+      BufferSpec{"acc_deltas", "acc_delta", Role::State},
+  };
+  static constexpr std::array kHypers{
+      lr_hyper(1.0, &Hyper::lr),
+      real_hyper("rho", 0.9, &Hyper::rho, kUnitClosed, "Invalid rho value: {}", 1),
+      real_hyper("eps", 1e-6, &Hyper::eps, kNonNegative, kInvalidEps, 2),
+      real_hyper("weight_decay", 0.0, &Hyper::weight_decay, kNonNegative, kInvalidWeightDecay, 3),
+      keyword_only(flag_hyper("maximize", false, &Hyper::maximize, 4)),
+  };
+
+  template <class St, class Run>
+  static void dispatch(const Hyper& h, const StepArgs&, Run&& run) {
+    using O = typename St::compute_t;
+    const AdadeltaScalars<O> s{O(h.lr), O(h.rho), O(1.0 - h.rho), O(h.eps), O(h.weight_decay)};
     bool_switch(h.maximize, [&](auto M) {
-      l2_switch(h.weight_decay, [&](auto W) {
-        run(AdadeltaAlgo<S, decltype(M)::value, decltype(W)::value>{
-            adadelta_scalars<opmath_t<S>>(h)});
+      wd_switch(coupled_decay(h.weight_decay), [&](auto W) {
+        run(AdadeltaAlgo<St, decltype(M)::value, decltype(W)::value>{{}, s});
       });
     });
-  });
-}
+  }
+};
 
-FUSEDOPT_ISA_END
 }  // namespace fusedopt

@@ -4,33 +4,21 @@
 //   g   = -g                              if maximize (before weight decay)
 //   g  += wd * p                          coupled weight decay
 //   clr = lr / (1 + (t - 1) * lr_decay)
-//   sum += g * g                          sum starts at initial_accumulator_value (the caller's)
+//   sum += g * g                          sum starts at initial_accumulator_value
 //   p  -= clr * g / (sqrt(sum) + eps)     eps outside the sqrt (Keras and optax: inside)
 //
-// Buffers: param, grad, sum.
+// Slots: param, grad, sum.
 #pragma once
 
-#include "../common.h"
+#include "algorithm.h"
 
 namespace fusedopt {
-
-struct AdagradHyper {
-  double lr, lr_decay, weight_decay, eps;
-  bool maximize;
-};
-
 FUSEDOPT_ISA_BEGIN
 
 template <class O>
 struct AdagradScalars {
   O clr, weight_decay, eps;
 };
-
-template <class O>
-inline AdagradScalars<O> adagrad_scalars(const AdagradHyper& h, int64_t step) {
-  const double clr = h.lr / (1.0 + static_cast<double>(step - 1) * h.lr_decay);
-  return {O(clr), O(h.weight_decay), O(h.eps)};
-}
 
 template <class O, bool Maximize, WeightDecay WD>
 FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void adagrad_update(O& p, O g, O& sum,
@@ -41,29 +29,51 @@ FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void adagrad_update(O& p, O g, O& sum,
   p = p - s.clr * (g / (fo_sqrt(sum) + s.eps));
 }
 
-template <class S, bool Maximize, WeightDecay WD>
-struct AdagradAlgo {
-  using storage_t = S;
-  using O = opmath_t<S>;
-  static constexpr int kBuffers = 3;
+template <class St, bool Maximize, WeightDecay WD>
+struct AdagradAlgo : Update<St, 3> {
+  using O = typename St::compute_t;
   AdagradScalars<O> s;
   FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void operator()(O* r) const {
     adagrad_update<O, Maximize, WD>(r[0], r[1], r[2], s);
   }
 };
 
-template <class Run>
-void adagrad_dispatch(DType dt, const AdagradHyper& h, int64_t step, Run&& run) {
-  dtype_switch(dt, [&](auto sv) {
-    using S = decltype(sv);
+FUSEDOPT_ISA_END
+
+struct Adagrad : SpecDefaults {
+  static constexpr const char* kName = "adagrad";
+  using Kernel = Adagrad;
+  struct Hyper {
+    double lr, lr_decay, weight_decay, initial_accumulator_value, eps;
+    bool maximize;
+  };
+  static constexpr std::array kBuffers{
+      BufferSpec{"params", nullptr, Role::Param},
+      BufferSpec{"grads", nullptr, Role::Grad},
+      BufferSpec{"state_sums", "sum", Role::State, nullptr, When::Always,
+                 "initial_accumulator_value"},
+  };
+  static constexpr std::array kHypers{
+      lr_hyper(1e-2, &Hyper::lr),
+      real_hyper("lr_decay", 0.0, &Hyper::lr_decay, kNonNegative, "Invalid lr_decay value: {}", 1),
+      real_hyper("weight_decay", 0.0, &Hyper::weight_decay, kNonNegative, kInvalidWeightDecay, 2),
+      classes_only(real_hyper("initial_accumulator_value", 0.0, &Hyper::initial_accumulator_value,
+                              kNonNegative, "Invalid initial_accumulator_value value: {}", 3)),
+      real_hyper("eps", 1e-10, &Hyper::eps, kNonNegative, kInvalidEps, 4),
+      keyword_only(flag_hyper("maximize", false, &Hyper::maximize, 5)),
+  };
+
+  template <class St, class Run>
+  static void dispatch(const Hyper& h, const StepArgs& a, Run&& run) {
+    using O = typename St::compute_t;
+    const double clr = h.lr / (1.0 + static_cast<double>(a.step - 1) * h.lr_decay);
+    const AdagradScalars<O> s{O(clr), O(h.weight_decay), O(h.eps)};
     bool_switch(h.maximize, [&](auto M) {
-      l2_switch(h.weight_decay, [&](auto W) {
-        run(AdagradAlgo<S, decltype(M)::value, decltype(W)::value>{
-            adagrad_scalars<opmath_t<S>>(h, step)});
+      wd_switch(coupled_decay(h.weight_decay), [&](auto W) {
+        run(AdagradAlgo<St, decltype(M)::value, decltype(W)::value>{{}, s});
       });
     });
-  });
-}
+  }
+};
 
-FUSEDOPT_ISA_END
 }  // namespace fusedopt

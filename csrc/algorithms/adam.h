@@ -1,6 +1,7 @@
 // Adam (Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015), with AMSGrad
 // (Reddi et al., ICLR 2018) and AdamW's decoupled weight decay (Loshchilov & Hutter, ICLR 2019),
-// in the torch.optim.Adam / AdamW formulation. Must match fusedopt.reference.adam.
+// in the torch.optim.Adam / AdamW formulation. Must match fusedopt.reference.adam and
+// fusedopt.reference.adamw.
 //
 //   g  = -g                          if maximize (before weight decay)
 //   g += wd * p                      coupled (Adam)      | p *= 1 - lr * wd   decoupled (AdamW)
@@ -10,7 +11,7 @@
 //   p -= (lr / (1 - beta1^t)) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 //
 // eps is outside the sqrt and added after bias correction, as torch does (Keras' "epsilon hat" is
-// eps * sqrt(1 - beta2^t)). Buffers: param, grad, exp_avg, exp_avg_sq[, max_exp_avg_sq].
+// eps * sqrt(1 - beta2^t)). Slots: param, grad, exp_avg, exp_avg_sq[, max_exp_avg_sq].
 //
 // Note [Adam's efficient order]: the last line is evaluated as the paper's section 2 suggests,
 //   p -= (lr * sqrt(1 - beta2^t) / (1 - beta1^t)) * m / (sqrt(v) + eps * sqrt(1 - beta2^t)),
@@ -19,15 +20,9 @@
 // order, by a few ulp, as torch's own CPU and CUDA kernels differ.
 #pragma once
 
-#include "../common.h"
+#include "algorithm.h"
 
 namespace fusedopt {
-
-struct AdamHyper {
-  double lr, beta1, beta2, eps, weight_decay;
-  bool amsgrad, maximize, decoupled_weight_decay;
-};
-
 FUSEDOPT_ISA_BEGIN
 
 template <class O>
@@ -39,10 +34,8 @@ struct AdamScalars {
   O decay_factor;  // 1 - lr * wd (decoupled)
 };
 
-// Note [Step scalars in double]: everything that depends only on the step is folded here, once
-// per call, in double, and rounded once to the compute type.
-template <class O>
-inline AdamScalars<O> adam_scalars(const AdamHyper& h, int64_t step) {
+template <class O, class H>
+inline AdamScalars<O> adam_scalars(const H& h, int64_t step) {
   const double t = static_cast<double>(step);
   const double bc1 = 1.0 - std::pow(h.beta1, t);
   const double bc2 = 1.0 - std::pow(h.beta2, t);
@@ -68,11 +61,9 @@ FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void adam_update(O& p, O g, O& m, O& v, O& 
   p = p - s.step_size * (m / (fo_sqrt(v_used) + s.eps));
 }
 
-template <class S, bool Amsgrad, bool Maximize, WeightDecay WD>
-struct AdamAlgo {
-  using storage_t = S;
-  using O = opmath_t<S>;
-  static constexpr int kBuffers = Amsgrad ? 5 : 4;
+template <class St, bool Amsgrad, bool Maximize, WeightDecay WD>
+struct AdamAlgo : Update<St, Amsgrad ? 5 : 4> {
+  using O = typename St::compute_t;
   AdamScalars<O> s;
   FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void operator()(O* r) const {
     if constexpr (Amsgrad) {
@@ -84,24 +75,55 @@ struct AdamAlgo {
   }
 };
 
-// The one place where Adam's run-time flags become template arguments; `run(algo)` applies the
-// algorithm object to the backend's tensor list.
-template <class Run>
-void adam_dispatch(DType dt, const AdamHyper& h, int64_t step, Run&& run) {
-  const WeightDecay wd = h.decoupled_weight_decay
-                             ? (h.weight_decay != 0.0 ? WeightDecay::Decoupled : WeightDecay::None)
-                             : coupled_decay(h.weight_decay);
-  dtype_switch(dt, [&](auto sv) {
-    using S = decltype(sv);
+FUSEDOPT_ISA_END
+
+struct Adam : SpecDefaults {
+  static constexpr const char* kName = "adam";
+  using Kernel = Adam;
+  struct Hyper {
+    double lr, beta1, beta2, eps, weight_decay;
+    bool amsgrad, maximize, decoupled_weight_decay;
+  };
+  static constexpr std::array kBuffers{
+      BufferSpec{"params", nullptr, Role::Param},
+      BufferSpec{"grads", nullptr, Role::Grad},
+      BufferSpec{"exp_avgs", "exp_avg", Role::State},
+      BufferSpec{"exp_avg_sqs", "exp_avg_sq", Role::State},
+      BufferSpec{"max_exp_avg_sqs", "max_exp_avg_sq", Role::State, "amsgrad", When::Flag},
+  };
+  static constexpr std::array kHypers{
+      lr_hyper(1e-3, &Hyper::lr),
+      betas_hyper(0.9, 0.999, &Hyper::beta1, &Hyper::beta2, 2),
+      real_hyper("eps", 1e-8, &Hyper::eps, kNonNegative, kInvalidEps, 1),
+      real_hyper("weight_decay", 0.0, &Hyper::weight_decay, kNonNegative, kInvalidWeightDecay, 3),
+      flag_hyper("amsgrad", false, &Hyper::amsgrad, 4),
+      keyword_only(flag_hyper("maximize", false, &Hyper::maximize, 5)),
+      keyword_only(flag_hyper("decoupled_weight_decay", false, &Hyper::decoupled_weight_decay, 6)),
+  };
+
+  // The one place where Adam's run-time flags become template arguments.
+  template <class St, class Run>
+  static void dispatch(const Hyper& h, const StepArgs& a, Run&& run) {
+    using O = typename St::compute_t;
+    const auto s = adam_scalars<O>(h, a.step);
     bool_switch(h.amsgrad, [&](auto A) {
       bool_switch(h.maximize, [&](auto M) {
-        wd_switch(wd, [&](auto W) {
-          run(AdamAlgo<S, decltype(A)::value, decltype(M)::value, decltype(W)::value>{adam_scalars<opmath_t<S>>(h, step)});
+        wd_switch(decay_mode(h.weight_decay, h.decoupled_weight_decay), [&](auto W) {
+          run(AdamAlgo<St, decltype(A)::value, decltype(M)::value, decltype(W)::value>{{}, s});
         });
       });
     });
-  });
-}
+  }
+};
 
-FUSEDOPT_ISA_END
+// AdamW: Adam with decoupled weight decay always on, and weight_decay 1e-2 by default.
+struct AdamW : SpecDefaults {
+  static constexpr const char* kName = "adamw";
+  using Kernel = Adam;
+  using Hyper = Adam::Hyper;
+  static constexpr auto kBuffers = Adam::kBuffers;
+  static constexpr auto kHypers =
+      with_fixed(with_default(Adam::kHypers, "weight_decay", 1e-2), "decoupled_weight_decay", 1.0);
+};
+
 }  // namespace fusedopt

@@ -5,78 +5,75 @@
 //   update:   avg = beta * avg + (1 - beta) * x        (avg starts at 0)
 //   read-out: out = avg / (1 - beta^t)                 bias correction for the zero start
 //
-// Buffers: update: average, value;  read-out: out, average (the second is the read-only one).
+// Slots: update: average, value;  read-out: out, average (the average is only read).
 #pragma once
 
-#include "../common.h"
+#include "algorithm.h"
 
 namespace fusedopt {
+FUSEDOPT_ISA_BEGIN
+
+template <class St>
+struct EwaAlgo : Update<St, 2> {
+  using O = typename St::compute_t;
+  O beta, one_minus_beta;
+  FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void operator()(O* r) const {
+    r[0] = beta * r[0] + one_minus_beta * r[1];
+  }
+};
+
+template <class St>
+struct EwaReadoutAlgo : Update<St, 2> {
+  using O = typename St::compute_t;
+  O bias_correction;  // 1 - beta^t
+  FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void operator()(O* r) const {
+    r[0] = r[1] / bias_correction;
+  }
+};
+
+FUSEDOPT_ISA_END
 
 struct EwaHyper {
   double beta;
 };
 
-FUSEDOPT_ISA_BEGIN
+// beta in [0, 1): 1 would never move the average and divide the read-out by 0.
+constexpr std::array kEwaHypers{
+    required(real_hyper("beta", 0.0, &EwaHyper::beta, kUnitHalfOpen, "Invalid beta value: {}", 0))};
 
-template <class O>
-struct EwaScalars {
-  O beta, one_minus_beta;
-};
+struct Ewa : SpecDefaults {
+  static constexpr const char* kName = "ewa";
+  using Kernel = Ewa;
+  using Hyper = EwaHyper;
+  static constexpr bool kHasStep = false;
+  static constexpr std::array kBuffers{
+      BufferSpec{"averages", nullptr, Role::Param},
+      BufferSpec{"values", nullptr, Role::Grad},
+  };
+  static constexpr auto kHypers = kEwaHypers;
 
-template <class O>
-struct EwaReadoutScalars {
-  O bias_correction;  // 1 - beta^t
-};
-
-template <class O>
-FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void ewa_update(O& avg, O x, const EwaScalars<O>& s) {
-  avg = s.beta * avg + s.one_minus_beta * x;
-}
-
-template <class O>
-FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void ewa_readout_update(O& out, O avg,
-                                                             const EwaReadoutScalars<O>& s) {
-  out = avg / s.bias_correction;
-}
-
-template <class S>
-struct EwaAlgo {
-  using storage_t = S;
-  using O = opmath_t<S>;
-  static constexpr int kBuffers = 2;
-  EwaScalars<O> s;
-  FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void operator()(O* r) const { ewa_update<O>(r[0], r[1], s); }
-};
-
-template <class S>
-struct EwaReadoutAlgo {
-  using storage_t = S;
-  using O = opmath_t<S>;
-  static constexpr int kBuffers = 2;
-  EwaReadoutScalars<O> s;
-  FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void operator()(O* r) const {
-    ewa_readout_update<O>(r[0], r[1], s);
+  template <class St, class Run>
+  static void dispatch(const Hyper& h, const StepArgs&, Run&& run) {
+    using O = typename St::compute_t;
+    run(EwaAlgo<St>{{}, O(h.beta), O(1.0 - h.beta)});
   }
 };
 
-template <class Run>
-void ewa_dispatch(DType dt, const EwaHyper& h, Run&& run) {
-  dtype_switch(dt, [&](auto sv) {
-    using S = decltype(sv);
-    using O = opmath_t<S>;
-    run(EwaAlgo<S>{{O(h.beta), O(1.0 - h.beta)}});
-  });
-}
+struct EwaReadout : SpecDefaults {
+  static constexpr const char* kName = "ewa_readout";
+  using Kernel = EwaReadout;
+  using Hyper = EwaHyper;
+  static constexpr std::array kBuffers{
+      BufferSpec{"averages", nullptr, Role::Grad},
+      BufferSpec{"outs", nullptr, Role::Param},
+  };
+  static constexpr auto kHypers = kEwaHypers;
 
-template <class Run>
-void ewa_readout_dispatch(DType dt, const EwaHyper& h, int64_t step, Run&& run) {
-  const double bc = 1.0 - std::pow(h.beta, static_cast<double>(step));
-  dtype_switch(dt, [&](auto sv) {
-    using S = decltype(sv);
-    using O = opmath_t<S>;
-    run(EwaReadoutAlgo<S>{{O(bc)}});
-  });
-}
+  template <class St, class Run>
+  static void dispatch(const Hyper& h, const StepArgs& a, Run&& run) {
+    using O = typename St::compute_t;
+    run(EwaReadoutAlgo<St>{{}, O(1.0 - std::pow(h.beta, static_cast<double>(a.step)))});
+  }
+};
 
-FUSEDOPT_ISA_END
 }  // namespace fusedopt

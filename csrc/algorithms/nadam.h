@@ -18,18 +18,12 @@
 // Evaluated in the order of Note [Adam's efficient order] (adam.h): with c = sqrt(1 - beta2^t),
 //   p -= (c * coef_g * g + c * coef_m * m) / (sqrt(v) + eps * c),
 // the same update with one division instead of three.
-// Buffers: param, grad, exp_avg, exp_avg_sq.
+// Slots: param, grad, exp_avg, exp_avg_sq. Scalar state: mu_product.
 #pragma once
 
-#include "../common.h"
+#include "algorithm.h"
 
 namespace fusedopt {
-
-struct NadamHyper {
-  double lr, beta1, beta2, eps, weight_decay, momentum_decay;
-  bool decoupled_weight_decay, maximize;
-};
-
 FUSEDOPT_ISA_BEGIN
 
 template <class O>
@@ -41,69 +35,109 @@ struct NadamScalars {
   O weight_decay, decay_factor;
 };
 
-inline double nadam_mu(const NadamHyper& h, int64_t t) {
-  return h.beta1 * (1.0 - 0.5 * std::pow(0.96, static_cast<double>(t) * h.momentum_decay));
+inline double nadam_mu(double beta1, double momentum_decay, int64_t t) {
+  return beta1 * (1.0 - 0.5 * std::pow(0.96, static_cast<double>(t) * momentum_decay));
 }
 
-// mu_product_prev is the product of mu over steps 1..t-1; the new product is returned through
-// mu_product_new so the caller can keep it as state.
-template <class O>
-inline NadamScalars<O> nadam_scalars(const NadamHyper& h, int64_t step, double mu_product_prev,
-                                     double* mu_product_new) {
-  const double mu = nadam_mu(h, step);
-  const double mu_next = nadam_mu(h, step + 1);
-  const double mu_product = mu_product_prev * mu;
-  *mu_product_new = mu_product;
-  const double c = std::sqrt(1.0 - std::pow(h.beta2, static_cast<double>(step)));
-  return {O(h.beta1),
-          O(1.0 - h.beta1),
-          O(h.beta2),
-          O(1.0 - h.beta2),
-          O(c * h.lr * (1.0 - mu) / (1.0 - mu_product)),
-          O(c * h.lr * mu_next / (1.0 - mu_product * mu_next)),
-          O(h.eps * c),
-          O(h.weight_decay),
-          O(1.0 - h.lr * h.weight_decay)};
+// Note [NAdam's product in closed form]
+// The product of mu_1 .. mu_n is beta1^n * prod (1 - q^k / 2) with q = 0.96^momentum_decay. Its
+// logarithm is n log(beta1) + sum_k log(1 - q^k / 2), and expanding log(1 - x) = -sum_j x^j / j
+// and summing the geometric series in k gives
+//   sum_k log(1 - q^k / 2) = -sum_j (2^-j / j) q^j (1 - q^(j n)) / (1 - q^j),
+// whose terms fall by at least half with each j: 60 terms reach the precision of a double
+// whatever n is (the ratio is evaluated with expm1, exact also for q near 1; for q = 1 it is n).
+// So the product before step t costs the same at t = 10 and at t = 10^12. It is what
+// fusedopt.functional.nadam computes for mu_product=None; an optimizer keeps the running product
+// as torch does, which agrees to about 1e-15 relative until it underflows.
+inline double nadam_product(double beta1, double momentum_decay, int64_t n) {
+  if (n <= 0) return 1.0;
+  if (beta1 == 0.0) return 0.0;
+  const double nn = static_cast<double>(n);
+  const double log_q = momentum_decay * std::log(0.96);
+  double series = 0.0;
+  for (int j = 1; j <= 60; ++j) {
+    const double jj = static_cast<double>(j);
+    const double ratio =
+        log_q == 0.0 ? nn : std::expm1(jj * nn * log_q) / std::expm1(jj * log_q);
+    series += std::ldexp(1.0, -j) / jj * std::exp(jj * log_q) * ratio;
+  }
+  return std::exp(nn * std::log(beta1) - series);
 }
 
-template <class O, bool Maximize, WeightDecay WD>
-FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void nadam_update(O& p, O g, O& m, O& v,
-                                                       const NadamScalars<O>& s) {
-  if constexpr (Maximize) g = -g;
-  if constexpr (WD == WeightDecay::L2) g = g + s.weight_decay * p;
-  if constexpr (WD == WeightDecay::Decoupled) p = p * s.decay_factor;
-  m = s.beta1 * m + s.one_minus_beta1 * g;
-  v = s.beta2 * v + s.one_minus_beta2 * g * g;
-  p = p - (s.coef_g * g + s.coef_m * m) / (fo_sqrt(v) + s.eps);
-}
-
-template <class S, bool Maximize, WeightDecay WD>
-struct NadamAlgo {
-  using storage_t = S;
-  using O = opmath_t<S>;
-  static constexpr int kBuffers = 4;
+template <class St, bool Maximize, WeightDecay WD>
+struct NadamAlgo : Update<St, 4> {
+  using O = typename St::compute_t;
   NadamScalars<O> s;
   FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void operator()(O* r) const {
-    nadam_update<O, Maximize, WD>(r[0], r[1], r[2], r[3], s);
+    O& p = r[0];
+    O g = r[1];
+    O& m = r[2];
+    O& v = r[3];
+    if constexpr (Maximize) g = -g;
+    if constexpr (WD == WeightDecay::L2) g = g + s.weight_decay * p;
+    if constexpr (WD == WeightDecay::Decoupled) p = p * s.decay_factor;
+    m = s.beta1 * m + s.one_minus_beta1 * g;
+    v = s.beta2 * v + s.one_minus_beta2 * g * g;
+    p = p - (s.coef_g * g + s.coef_m * m) / (fo_sqrt(v) + s.eps);
   }
 };
 
-template <class Run>
-void nadam_dispatch(DType dt, const NadamHyper& h, int64_t step, double mu_product_prev,
-                    double* mu_product_new, Run&& run) {
-  const WeightDecay wd = h.decoupled_weight_decay
-                             ? (h.weight_decay != 0.0 ? WeightDecay::Decoupled : WeightDecay::None)
-                             : coupled_decay(h.weight_decay);
-  dtype_switch(dt, [&](auto sv) {
-    using S = decltype(sv);
-    const auto s = nadam_scalars<opmath_t<S>>(h, step, mu_product_prev, mu_product_new);
+FUSEDOPT_ISA_END
+
+struct Nadam : SpecDefaults {
+  static constexpr const char* kName = "nadam";
+  using Kernel = Nadam;
+  struct Hyper {
+    double lr, beta1, beta2, eps, weight_decay, momentum_decay;
+    bool decoupled_weight_decay, maximize;
+  };
+  static constexpr std::array kBuffers{
+      BufferSpec{"params", nullptr, Role::Param},
+      BufferSpec{"grads", nullptr, Role::Grad},
+      BufferSpec{"exp_avgs", "exp_avg", Role::State},
+      BufferSpec{"exp_avg_sqs", "exp_avg_sq", Role::State},
+  };
+  static constexpr std::array kHypers{
+      lr_hyper(2e-3, &Hyper::lr),
+      betas_hyper(0.9, 0.999, &Hyper::beta1, &Hyper::beta2, 2),
+      real_hyper("eps", 1e-8, &Hyper::eps, kNonNegative, kInvalidEps, 1),
+      real_hyper("weight_decay", 0.0, &Hyper::weight_decay, kNonNegative, kInvalidWeightDecay, 3),
+      real_hyper("momentum_decay", 4e-3, &Hyper::momentum_decay, kNonNegative,
+                 "Invalid momentum_decay value: {}", 4),
+      flag_hyper("decoupled_weight_decay", false, &Hyper::decoupled_weight_decay, 5),
+      keyword_only(flag_hyper("maximize", false, &Hyper::maximize, 6)),
+  };
+  static constexpr std::array kScalars{ScalarSpec{"mu_product", 1.0}};
+
+  static void advance(const Hyper& h, int64_t step, const double* in, double* out) {
+    out[0] = in[0] * nadam_mu(h.beta1, h.momentum_decay, step);
+  }
+  static void initial(const Hyper& h, int64_t step, double* out) {
+    out[0] = nadam_product(h.beta1, h.momentum_decay, step - 1);
+  }
+
+  template <class St, class Run>
+  static void dispatch(const Hyper& h, const StepArgs& a, Run&& run) {
+    using O = typename St::compute_t;
+    const double mu = nadam_mu(h.beta1, h.momentum_decay, a.step);
+    const double mu_next = nadam_mu(h.beta1, h.momentum_decay, a.step + 1);
+    const double mu_product = a.scalars_in[0] * mu;  // the same expression as advance
+    const double c = std::sqrt(1.0 - std::pow(h.beta2, static_cast<double>(a.step)));
+    const NadamScalars<O> s{O(h.beta1),
+                            O(1.0 - h.beta1),
+                            O(h.beta2),
+                            O(1.0 - h.beta2),
+                            O(c * h.lr * (1.0 - mu) / (1.0 - mu_product)),
+                            O(c * h.lr * mu_next / (1.0 - mu_product * mu_next)),
+                            O(h.eps * c),
+                            O(h.weight_decay),
+                            O(1.0 - h.lr * h.weight_decay)};
     bool_switch(h.maximize, [&](auto M) {
-      wd_switch(wd, [&](auto W) {
-        run(NadamAlgo<S, decltype(M)::value, decltype(W)::value>{s});
+      wd_switch(decay_mode(h.weight_decay, h.decoupled_weight_decay), [&](auto W) {
+        run(NadamAlgo<St, decltype(M)::value, decltype(W)::value>{{}, s});
       });
     });
-  });
-}
+  }
+};
 
-FUSEDOPT_ISA_END
 }  // namespace fusedopt

@@ -11,29 +11,18 @@
 //   p  -= lr * g / avg                               (otherwise)
 //
 // eps is outside the sqrt (Keras: inside, and lr kept in the momentum buffer).
-// Buffers: param, grad, square_avg[, momentum_buffer][, grad_avg].
+// Slots: param, grad, square_avg[, momentum_buffer][, grad_avg].
 #pragma once
 
-#include "../common.h"
+#include "algorithm.h"
 
 namespace fusedopt {
-
-struct RmspropHyper {
-  double lr, alpha, eps, weight_decay, momentum;
-  bool centered, maximize;
-};
-
 FUSEDOPT_ISA_BEGIN
 
 template <class O>
 struct RmspropScalars {
   O lr, alpha, one_minus_alpha, eps, weight_decay, momentum;
 };
-
-template <class O>
-inline RmspropScalars<O> rmsprop_scalars(const RmspropHyper& h) {
-  return {O(h.lr), O(h.alpha), O(1.0 - h.alpha), O(h.eps), O(h.weight_decay), O(h.momentum)};
-}
 
 template <class O, bool Momentum, bool Centered, bool Maximize, WeightDecay WD>
 FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void rmsprop_update(O& p, O g, O& square_avg, O& buf,
@@ -57,11 +46,9 @@ FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void rmsprop_update(O& p, O g, O& square_av
   }
 }
 
-template <class S, bool Momentum, bool Centered, bool Maximize, WeightDecay WD>
-struct RmspropAlgo {
-  using storage_t = S;
-  using O = opmath_t<S>;
-  static constexpr int kBuffers = 3 + (Momentum ? 1 : 0) + (Centered ? 1 : 0);
+template <class St, bool Momentum, bool Centered, bool Maximize, WeightDecay WD>
+struct RmspropAlgo : Update<St, 3 + (Momentum ? 1 : 0) + (Centered ? 1 : 0)> {
+  using O = typename St::compute_t;
   RmspropScalars<O> s;
   FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void operator()(O* r) const {
     O unused = O(0);
@@ -78,22 +65,48 @@ struct RmspropAlgo {
   }
 };
 
-template <class Run>
-void rmsprop_dispatch(DType dt, const RmspropHyper& h, int64_t /*step*/, Run&& run) {
-  dtype_switch(dt, [&](auto sv) {
-    using S = decltype(sv);
+FUSEDOPT_ISA_END
+
+struct Rmsprop : SpecDefaults {
+  static constexpr const char* kName = "rmsprop";
+  using Kernel = Rmsprop;
+  struct Hyper {
+    double lr, alpha, eps, weight_decay, momentum;
+    bool centered, maximize;
+  };
+  static constexpr std::array kBuffers{
+      BufferSpec{"params", nullptr, Role::Param},
+      BufferSpec{"grads", nullptr, Role::Grad},
+      BufferSpec{"square_avgs", "square_avg", Role::State},
+      BufferSpec{"momentum_buffers", "momentum_buffer", Role::State, "momentum", When::Positive},
+      BufferSpec{"grad_avgs", "grad_avg", Role::State, "centered", When::Flag},
+  };
+  static constexpr std::array kHypers{
+      lr_hyper(1e-2, &Hyper::lr),
+      real_hyper("alpha", 0.99, &Hyper::alpha, kNonNegative, "Invalid alpha value: {}", 5),
+      real_hyper("eps", 1e-8, &Hyper::eps, kNonNegative, kInvalidEps, 1),
+      real_hyper("weight_decay", 0.0, &Hyper::weight_decay, kNonNegative, kInvalidWeightDecay, 3),
+      real_hyper("momentum", 0.0, &Hyper::momentum, kNonNegative, "Invalid momentum value: {}", 2),
+      flag_hyper("centered", false, &Hyper::centered, 6),
+      keyword_only(flag_hyper("maximize", false, &Hyper::maximize, 7)),
+  };
+
+  template <class St, class Run>
+  static void dispatch(const Hyper& h, const StepArgs&, Run&& run) {
+    using O = typename St::compute_t;
+    const RmspropScalars<O> s{O(h.lr),  O(h.alpha),        O(1.0 - h.alpha),
+                              O(h.eps), O(h.weight_decay), O(h.momentum)};
     bool_switch(h.momentum > 0.0, [&](auto Mo) {
       bool_switch(h.centered, [&](auto C) {
         bool_switch(h.maximize, [&](auto M) {
-          l2_switch(h.weight_decay, [&](auto W) {
-            run(RmspropAlgo<S, decltype(Mo)::value, decltype(C)::value, decltype(M)::value,
-                            decltype(W)::value>{rmsprop_scalars<opmath_t<S>>(h)});
+          wd_switch(coupled_decay(h.weight_decay), [&](auto W) {
+            run(RmspropAlgo<St, decltype(Mo)::value, decltype(C)::value, decltype(M)::value,
+                            decltype(W)::value>{{}, s});
           });
         });
       });
     });
-  });
-}
+  }
+};
 
-FUSEDOPT_ISA_END
 }  // namespace fusedopt

@@ -11,29 +11,19 @@
 //   p  -= lr * g
 //
 // lr multiplies the whole step (Keras folds lr into the buffer instead, which differs when lr
-// changes). Buffers: param, grad[, momentum_buffer].
+// changes). The buffer is "fresh" at step 1: the optimizer classes pass step 1 for a buffer they
+// have just allocated. Slots: param, grad[, momentum_buffer].
 #pragma once
 
-#include "../common.h"
+#include "algorithm.h"
 
 namespace fusedopt {
-
-struct SgdHyper {
-  double lr, momentum, dampening, weight_decay;
-  bool nesterov, maximize;
-};
-
 FUSEDOPT_ISA_BEGIN
 
 template <class O>
 struct SgdScalars {
   O lr, momentum, one_minus_dampening, weight_decay;
 };
-
-template <class O>
-inline SgdScalars<O> sgd_scalars(const SgdHyper& h) {
-  return {O(h.lr), O(h.momentum), O(1.0 - h.dampening), O(h.weight_decay)};
-}
 
 template <class O, bool Momentum, bool First, bool Nesterov, bool Maximize, WeightDecay WD>
 FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void sgd_update(O& p, O g, O& buf, const SgdScalars<O>& s) {
@@ -54,11 +44,9 @@ FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void sgd_update(O& p, O g, O& buf, const Sg
   p = p - s.lr * g;
 }
 
-template <class S, bool Momentum, bool First, bool Nesterov, bool Maximize, WeightDecay WD>
-struct SgdAlgo {
-  using storage_t = S;
-  using O = opmath_t<S>;
-  static constexpr int kBuffers = Momentum ? 3 : 2;
+template <class St, bool Momentum, bool First, bool Nesterov, bool Maximize, WeightDecay WD>
+struct SgdAlgo : Update<St, Momentum ? 3 : 2> {
+  using O = typename St::compute_t;
   SgdScalars<O> s;
   FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void operator()(O* r) const {
     if constexpr (Momentum) {
@@ -70,29 +58,55 @@ struct SgdAlgo {
   }
 };
 
-template <class Run>
-void sgd_dispatch(DType dt, const SgdHyper& h, int64_t step, Run&& run) {
-  const bool momentum = h.momentum != 0.0;
-  dtype_switch(dt, [&](auto sv) {
-    using S = decltype(sv);
+FUSEDOPT_ISA_END
+
+struct Sgd : SpecDefaults {
+  static constexpr const char* kName = "sgd";
+  using Kernel = Sgd;
+  struct Hyper {
+    double lr, momentum, dampening, weight_decay;
+    bool nesterov, maximize;
+  };
+  static constexpr std::array kBuffers{
+      BufferSpec{"params", nullptr, Role::Param},
+      BufferSpec{"grads", nullptr, Role::Grad},
+      BufferSpec{"momentum_buffers", "momentum_buffer", Role::State, "momentum", When::NonZero},
+  };
+  static constexpr std::array kHypers{
+      lr_hyper(1e-3, &Hyper::lr),
+      real_hyper("momentum", 0.0, &Hyper::momentum, kNonNegative, "Invalid momentum value: {}", 1),
+      real_hyper("dampening", 0.0, &Hyper::dampening, kAnyReal, nullptr, 3),
+      real_hyper("weight_decay", 0.0, &Hyper::weight_decay, kNonNegative, kInvalidWeightDecay, 2),
+      flag_hyper("nesterov", false, &Hyper::nesterov, 4),
+      keyword_only(flag_hyper("maximize", false, &Hyper::maximize, 5)),
+  };
+
+  static constexpr const char* check(const Hyper& h) {
+    return h.nesterov && (h.momentum <= 0.0 || h.dampening != 0.0)
+               ? "Nesterov momentum requires a momentum and zero dampening"
+               : nullptr;
+  }
+
+  template <class St, class Run>
+  static void dispatch(const Hyper& h, const StepArgs& a, Run&& run) {
+    using O = typename St::compute_t;
+    const SgdScalars<O> s{O(h.lr), O(h.momentum), O(1.0 - h.dampening), O(h.weight_decay)};
     bool_switch(h.maximize, [&](auto M) {
-      l2_switch(h.weight_decay, [&](auto W) {
+      wd_switch(coupled_decay(h.weight_decay), [&](auto W) {
         constexpr bool kMax = decltype(M)::value;
         constexpr WeightDecay kWd = decltype(W)::value;
-        if (!momentum) {
-          run(SgdAlgo<S, false, false, false, kMax, kWd>{sgd_scalars<opmath_t<S>>(h)});
+        if (h.momentum == 0.0) {
+          run(SgdAlgo<St, false, false, false, kMax, kWd>{{}, s});
           return;
         }
-        bool_switch(step == 1, [&](auto F) {
+        bool_switch(a.step == 1, [&](auto F) {
           bool_switch(h.nesterov, [&](auto N) {
-            run(SgdAlgo<S, true, decltype(F)::value, decltype(N)::value, kMax, kWd>{
-                sgd_scalars<opmath_t<S>>(h)});
+            run(SgdAlgo<St, true, decltype(F)::value, decltype(N)::value, kMax, kWd>{{}, s});
           });
         });
       });
     });
-  });
-}
+  }
+};
 
-FUSEDOPT_ISA_END
 }  // namespace fusedopt

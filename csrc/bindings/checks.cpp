@@ -1,47 +1,42 @@
 #include "checks.h"
 
-#include "../common.h"
-
 #include <algorithm>
 
 namespace fusedopt::bindings {
 
-void Fail::type(const std::string& msg) const { throw py::type_error(std::string(fn) + ": " + msg); }
-void Fail::value(const std::string& msg) const {
-  throw py::value_error(std::string(fn) + ": " + msg);
-}
-
 std::string type_name(PyObject* o) { return Py_TYPE(o)->tp_name; }
 
-std::string item(const char* arg, size_t i) {
-  return std::string(arg) + "[" + std::to_string(i) + "]";
+std::string repr_of(py::handle h) { return py::repr(h).cast<std::string>(); }
+
+Names::Names(std::string fn, py::handle index) : fn_(std::move(fn)) {
+  if (index.is_none()) return;
+  if (PyLong_Check(index.ptr()) && !PyBool_Check(index.ptr())) {
+    offset_ = index.cast<int64_t>();
+    return;
+  }
+  if (!PyList_Check(index.ptr()) && !PyTuple_Check(index.ptr()) &&
+      !PyObject_HasAttrString(index.ptr(), "__len__")) {
+    throw py::type_error(fn_ + ": index must be None, an int or a sequence of ints, got " +
+                         type_name(index));
+  }
+  for (py::handle x : index) map_.push_back(x.cast<int64_t>());
 }
 
-std::vector<ListArg> named_lists(py::list args, std::vector<std::string>& names) {
-  const size_t nargs = args.size();
-  if (nargs < 2 || nargs > static_cast<size_t>(kMaxBuffers)) {
-    throw py::value_error("check: args must hold 2 to " + std::to_string(kMaxBuffers) +
-                          " (name, list) pairs, got " + std::to_string(nargs));
-  }
-  names.assign(nargs, std::string());
-  std::vector<ListArg> lists(nargs);
-  for (size_t k = 0; k < nargs; ++k) {
-    PyObject* pair = PyList_GET_ITEM(args.ptr(), k);
-    if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 ||
-        !PyUnicode_Check(PyTuple_GET_ITEM(pair, 0))) {
-      throw py::type_error("check: args[" + std::to_string(k) + "] must be a (name, list) tuple");
-    }
-    names[k] = py::reinterpret_borrow<py::str>(PyTuple_GET_ITEM(pair, 0)).cast<std::string>();
-    lists[k] = {nullptr, PyTuple_GET_ITEM(pair, 1)};
-  }
-  for (size_t k = 0; k < nargs; ++k) lists[k].name = names[k].c_str();
-  return lists;
+int64_t Names::index(size_t i) const {
+  if (map_.empty()) return static_cast<int64_t>(i) + offset_;
+  return i < map_.size() ? map_[i] : static_cast<int64_t>(i);
 }
 
-void check_no_overlap(const Fail& fail, const ListArg* args, std::vector<Span>& spans) {
-  // Ties in list order, so that the message is the same on every platform.
+std::string Names::item(const char* list, size_t i) const {
+  return std::string(list) + "[" + std::to_string(index(i)) + "]";
+}
+
+void Names::type(const std::string& msg) const { throw py::type_error(fn_ + ": " + msg); }
+void Names::value(const std::string& msg) const { throw py::value_error(fn_ + ": " + msg); }
+
+void check_no_overlap(std::vector<Span>& spans) {
   std::sort(spans.begin(), spans.end(), [](const Span& x, const Span& y) {
-    return x.lo != y.lo ? x.lo < y.lo : (x.arg != y.arg ? x.arg < y.arg : x.index < y.index);
+    return x.lo != y.lo ? x.lo < y.lo : (x.rank != y.rank ? x.rank < y.rank : x.i < y.i);
   });
   const Span* reach_any = nullptr;      // the span reaching furthest so far
   const Span* reach_written = nullptr;  // the written span reaching furthest so far
@@ -50,12 +45,35 @@ void check_no_overlap(const Fail& fail, const ListArg* args, std::vector<Span>& 
     if (s.written && reach_any && s.lo < reach_any->hi) other = reach_any;
     if (!other && reach_written && s.lo < reach_written->hi) other = reach_written;
     if (other) {
-      fail.value(item(args[s.arg].name, s.index) + " overlaps " +
-                 item(args[other->arg].name, other->index));
+      s.names->value(s.names->item(s.list, s.i) + " overlaps " + other->names->item(other->list, other->i));
     }
     if (!reach_any || s.hi > reach_any->hi) reach_any = &s;
     if (s.written && (!reach_written || s.hi > reach_written->hi)) reach_written = &s;
   }
+}
+
+const Span* overlapping(const std::vector<Span>& sorted, uintptr_t lo, uintptr_t hi) {
+  // The spans are disjoint and sorted, so their ends are sorted too: the first one ending after
+  // lo is the only one that can reach into [lo, hi).
+  auto w = std::upper_bound(sorted.begin(), sorted.end(), lo,
+                            [](uintptr_t x, const Span& s) { return x < s.hi; });
+  return w != sorted.end() && w->lo < hi ? &*w : nullptr;
+}
+
+std::string format_message(const char* tmpl, const std::string& value, int index) {
+  std::string out;
+  for (const char* p = tmpl; *p; ++p) {
+    if (p[0] == '{' && p[1] == '}') {
+      out += value;
+      ++p;
+    } else if (p[0] == '{' && p[1] == 'i' && p[2] == '}') {
+      out += std::to_string(index);
+      p += 2;
+    } else {
+      out += *p;
+    }
+  }
+  return out;
 }
 
 }  // namespace fusedopt::bindings

@@ -1,5 +1,6 @@
-// What the CPU and CUDA bindings share to check a call's lists: the errors they raise (named after
-// the function), item names ("grads[3]"), and the overlap check over the memory a call touches.
+// What every binding shares to check a call and word its refusals: how a call names its arrays
+// (the public name of the function and the caller's indices), the TypeError / ValueError it
+// raises, and the overlap check over the memory the calls of a step touch.
 #pragma once
 
 #include <pybind11/pybind11.h>
@@ -14,40 +15,55 @@ namespace py = pybind11;
 
 #pragma GCC visibility push(hidden)  // as pybind11 builds the module
 
-// One list argument of a call. By convention the first is written (params), the second is only
-// read (grads), the rest are written state.
-struct ListArg {
-  const char* name;
-  py::handle list;
-};
-
-// Raises TypeError / ValueError as "<fn>: <msg>".
-struct Fail {
-  const char* fn;
-  [[noreturn]] void type(const std::string& msg) const;
-  [[noreturn]] void value(const std::string& msg) const;
-};
-
 std::string type_name(PyObject* o);
 inline std::string type_name(py::handle h) { return type_name(h.ptr()); }
-std::string item(const char* arg, size_t i);
+std::string repr_of(py::handle h);
 
-// An interval of memory a call touches: [lo, hi), of args[arg] at index.
+// How a call names itself and its arrays in messages: "<fn>: <list>[<index>] ...". `fn` is the
+// public name ("adamw", "Adam.step"); the index is the caller's: i itself, i + an offset, or the
+// i-th entry of a list of indices (the flat indices of an optimizer's params, when a call covers
+// part of them). Every message is made here, where the check fails: nothing rewrites it later.
+class Names {
+ public:
+  Names() = default;
+  // index: None (i), an int (i + offset) or a sequence of ints (index[i]).
+  Names(std::string fn, py::handle index);
+  const std::string& fn() const { return fn_; }
+  int64_t index(size_t i) const;
+  std::string item(const char* list, size_t i) const;
+  [[noreturn]] void type(const std::string& msg) const;
+  [[noreturn]] void value(const std::string& msg) const;
+
+ private:
+  std::string fn_;
+  int64_t offset_ = 0;
+  std::vector<int64_t> map_;  // empty: i + offset_
+};
+
+// An interval of memory a call touches: [lo, hi) of list `list` at index i. `rank` orders spans
+// that start at the same address (a call's slots in order; the calls of a step one after the
+// other), so that the message is the same on every platform.
 struct Span {
   uintptr_t lo, hi;
   bool written;
-  int arg;
-  size_t index;
+  int rank;
+  const char* list;
+  size_t i;
+  const Names* names;
 };
 
-// The (name, list) pairs of a check-only call (`check(fn, args)`), as ListArgs whose names point
-// into `names`; refuses anything but 2 to kMaxBuffers such pairs.
-std::vector<ListArg> named_lists(py::list args, std::vector<std::string>& names);
+// Refuses (ValueError "<a> overlaps <b>", in the words of the later span's call) spans in which a
+// written buffer shares memory with any other; read-only buffers may share memory with each
+// other. Leaves `spans` sorted by address (ties by rank, then index).
+void check_no_overlap(std::vector<Span>& spans);
 
-// Refuses (ValueError "<a> overlaps <b>") a call in which a written buffer shares memory with any
-// other buffer; read-only buffers may share memory with each other. Leaves `spans` sorted by
-// address (ties in argument order), which the CUDA bindings' driver check relies on.
-void check_no_overlap(const Fail& fail, const ListArg* args, std::vector<Span>& spans);
+// The first written span of `sorted` (sorted by address, disjoint) that [lo, hi) reaches into,
+// or nullptr.
+const Span* overlapping(const std::vector<Span>& sorted, uintptr_t lo, uintptr_t hi);
+
+// Python's `"{}".format(value)` spliced into a message template: "{}" is the value, "{i}" the
+// index given.
+std::string format_message(const char* tmpl, const std::string& value, int index = -1);
 
 #pragma GCC visibility pop
 

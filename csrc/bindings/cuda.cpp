@@ -1,13 +1,12 @@
-// fusedopt._core.cuda: the GPU-pointer API. The same functions, list names and keyword-only
-// hyper-parameters as _core.cpu (module.cpp), but each list holds device pointers (ints) and the
-// call also takes `sizes` (elements per tensor), `dtype` and the `stream` to queue the update on.
-// Everything is checked before anything is launched: list types and lengths, sizes, dtypes, null
-// and misaligned pointers, overlap, and (through cudaPointerGetAttributes) that every buffer is
-// device memory of one device. Nothing is copied; nothing is synchronized.
-// fusedopt.functional reaches it through python/fusedopt/_buffers.py, which turns CuPy, PyTorch and
-// DLPack arrays into these pointers.
+// fusedopt._core.cuda: the generic binder for CUDA device pointers (Note [A bound call],
+// bound.h). The same specs, list names and hyper-parameters as _core.cpu, but each list holds
+// device pointers (ints), and bind also takes `sizes` (elements per tensor) and `dtype`; a run
+// takes the `stream` to queue on. Everything is checked before anything is launched: list types
+// and lengths, sizes, dtypes, null and misaligned pointers, overlap, and (through the driver)
+// that every buffer is device memory of one device. Nothing is copied; nothing is synchronized.
+// fusedopt._cuda_calls reaches it, turning CuPy, PyTorch and DLPack arrays into these pointers
+// after checking their shapes, dtypes and layouts.
 #include <pybind11/pybind11.h>
-#include <pybind11/stl.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -17,18 +16,13 @@
 #include <vector>
 
 #include "../cuda/kernels.h"
-#include "checks.h"
-
-namespace py = pybind11;
-using namespace py::literals;
+#include "bound.h"
 
 namespace fusedopt::bindings {
 
-#pragma GCC visibility push(hidden)  // as pybind11 builds the module
+#pragma GCC visibility push(hidden)
 
 namespace {
-
-using Betas = std::pair<double, double>;
 
 std::string hex(uintptr_t p) {
   char buf[2 + 16 + 1];
@@ -36,19 +30,18 @@ std::string hex(uintptr_t p) {
   return buf;
 }
 
-const char* dtype_name(DType d) { return d == DType::Float32 ? "float32" : "float64"; }
-int64_t itemsize(DType d) { return d == DType::Float32 ? 4 : 8; }
-
 // Runs a call into csrc/cuda/, whose failures are std::runtime_error with CUDA's text, and names
 // the function in the RuntimeError that reaches Python.
 template <class F>
-void cuda_call(const char* fn, F&& f) {
+void cuda_call(const Names& names, F&& f) {
   try {
     f();
   } catch (const py::builtin_exception&) {
     throw;
+  } catch (const py::error_already_set&) {
+    throw;
   } catch (const std::runtime_error& e) {
-    throw std::runtime_error(std::string(fn) + ": " + e.what());
+    throw std::runtime_error(names.fn() + ": " + e.what());
   }
 }
 
@@ -62,169 +55,70 @@ PyObject* at(py::handle seq, size_t i) { return PySequence_Fast_ITEMS(seq.ptr())
 size_t seq_len(py::handle seq) { return static_cast<size_t>(PySequence_Fast_GET_SIZE(seq.ptr())); }
 
 // A pointer or stream handle: a Python int in [0, 2^64).
-uintptr_t as_handle(const Fail& fail, const std::string& what, PyObject* o, const char* expected) {
+uintptr_t as_handle(const Names& names, const std::string& what, PyObject* o, const char* expected) {
   if (!PyLong_Check(o) || PyBool_Check(o)) {
-    fail.type(what + " is a " + type_name(o) + ", expected " + expected);
+    names.type(what + " is a " + type_name(o) + ", expected " + expected);
   }
   const unsigned long long v = PyLong_AsUnsignedLongLong(o);
   if (v == static_cast<unsigned long long>(-1) && PyErr_Occurred()) {
     PyErr_Clear();
-    fail.value(what + " is " + py::repr(o).cast<std::string>() + ", not " + expected);
+    names.value(what + " is " + repr_of(o) + ", not " + expected);
   }
   return static_cast<uintptr_t>(v);
 }
 
-DType parse_dtype(const Fail& fail, const std::string& what, py::handle h) {
+DType parse_dtype(const Names& names, const std::string& what, py::handle h) {
+  std::string expected;
+  for (int c = 0; c < kNumCombos; ++c) {
+    const std::string d = std::string("'") + dtype_name(kCombos.at[c].param) + "'";
+    if (expected.find(d) == std::string::npos) expected += (expected.empty() ? "" : " or ") + d;
+  }
   if (!PyUnicode_Check(h.ptr())) {
-    fail.type(what + " must be 'float32' or 'float64', got a " + type_name(h));
+    names.type(what + " must be " + expected + ", got a " + type_name(h));
   }
   const std::string s = py::reinterpret_borrow<py::str>(h).cast<std::string>();
-  if (s == "float32") return DType::Float32;
-  if (s == "float64") return DType::Float64;
-  fail.type(what + " is '" + s + "', expected 'float32' or 'float64'");
+  for (int c = 0; c < kNumCombos; ++c) {
+    if (s == dtype_name(kCombos.at[c].param)) return kCombos.at[c].param;
+  }
+  names.type(what + " is '" + s + "', expected " + expected);
 }
 
-// A validated call on device buffers: one DeviceList per dtype present, all on one device.
-class DeviceBatch {
- public:
-  DeviceBatch(const char* fn, std::initializer_list<ListArg> args, py::handle sizes,
-              py::handle dtype, uintptr_t stream, py::handle wait_streams)
-      : DeviceBatch(fn, args.begin(), static_cast<int>(args.size()), sizes, dtype, stream,
-                    wait_streams) {}
-  DeviceBatch(const char* fn, const ListArg* args, int nargs, py::handle sizes, py::handle dtype,
-              uintptr_t stream, py::handle wait_streams);
-
-  // Queues the waits, then fn(list) for each dtype group, with the GIL released.
-  template <class F>
-  void run(F&& fn) const {
-    if (tensors_[0].empty() && tensors_[1].empty()) return;
-    cuda_call(fn_, [&] {
-      py::gil_scoped_release nogil;
-      for (uintptr_t w : waits_) cuda::stream_wait(device_, stream_, w);
-      for (int d = 0; d < 2; ++d) {
-        if (tensors_[d].empty()) continue;
-        const cuda::DeviceList l{tensors_[d].data(), static_cast<int64_t>(tensors_[d].size()),
-                                 d == 0 ? DType::Float32 : DType::Float64, device_, stream_};
-        fn(l);
-      }
-    });
+// The first combination with param type d (the grads' and states' types follow from it until a
+// param type has several: then bind must be told them).
+int combo_for(DType d) {
+  for (int c = 0; c < kNumCombos; ++c) {
+    if (kCombos.at[c].param == d) return c;
   }
+  return -1;
+}
 
- private:
-  const char* fn_;
-  std::vector<TensorRef> tensors_[2];  // float32, float64; numel > 0 only
-  int device_ = -1;
-  uintptr_t stream_ = 0;
-  std::vector<uintptr_t> waits_;
-};
+DType slot_dtype(int combo, int slot) {
+  const Combo& c = kCombos.at[combo];
+  return slot == 0 ? c.param : slot == 1 ? c.grad : c.state;
+}
 
-DeviceBatch::DeviceBatch(const char* fn, const ListArg* a, int nargs, py::handle sizes,
-                         py::handle dtype, uintptr_t stream, py::handle wait_streams)
-    : fn_(fn), stream_(stream) {
-  const Fail fail{fn};
-
-  // 1. Every list is a list or tuple, all of one length; sizes too.
-  for (int k = 0; k < nargs; ++k) {
-    if (!is_seq(a[k].list)) {
-      fail.type(std::string(a[k].name) + " must be a list or tuple of device pointers (int), got " +
-                type_name(a[k].list));
-    }
-  }
-  const size_t n = seq_len(a[0].list);
-  for (int k = 1; k < nargs; ++k) {
-    if (seq_len(a[k].list) != n) {
-      fail.value(std::string(a[k].name) + " has " + std::to_string(seq_len(a[k].list)) +
-                 " pointers, expected " + std::to_string(n) + " (one per param)");
-    }
-  }
-  if (!is_seq(sizes)) fail.type("sizes must be a list or tuple of ints, got " + type_name(sizes));
-  if (seq_len(sizes) != n) {
-    fail.value("sizes has " + std::to_string(seq_len(sizes)) + " entries, expected " +
-               std::to_string(n) + " (one per param)");
-  }
-
-  // 2. dtype: one name for the whole call, or one per tensor.
-  std::vector<DType> dtypes;
-  if (is_seq(dtype)) {
-    if (seq_len(dtype) != n) {
-      fail.value("dtype has " + std::to_string(seq_len(dtype)) + " entries, expected " +
-                 std::to_string(n) + " (one per param)");
-    }
-    for (size_t i = 0; i < n; ++i) dtypes.push_back(parse_dtype(fail, item("dtype", i), at(dtype, i)));
-  } else {
-    dtypes.assign(n, parse_dtype(fail, "dtype", dtype));
-  }
-
-  // 3. Every pointer, index by index: an int, and for a non-empty tensor non-null and aligned.
-  std::vector<Span> spans;
-  spans.reserve(n * nargs);
-  for (size_t i = 0; i < n; ++i) {
-    PyObject* s = at(sizes, i);
-    if (!PyLong_Check(s) || PyBool_Check(s)) {
-      fail.type(item("sizes", i) + " is a " + type_name(s) + ", expected an int");
-    }
-    int overflow = 0;
-    const long long numel = PyLong_AsLongLongAndOverflow(s, &overflow);
-    if (overflow != 0 || numel < 0 || numel > (INT64_MAX >> 4)) {
-      fail.value(item("sizes", i) + " is " + py::repr(s).cast<std::string>() +
-                 ", expected a number of elements >= 0");
-    }
-    const DType dt = dtypes[i];
-    TensorRef t{};
-    t.numel = numel;
-    for (int k = 0; k < nargs; ++k) {
-      const uintptr_t p =
-          as_handle(fail, item(a[k].name, i), at(a[k].list, i), "a device pointer (int)");
-      t.ptr[k] = reinterpret_cast<void*>(p);
-      if (numel == 0) continue;
-      if (p == 0) {
-        fail.value(item(a[k].name, i) + " is a null pointer (with " + std::to_string(numel) +
-                   " elements)");
-      }
-      if (p % itemsize(dt) != 0) {
-        fail.value(item(a[k].name, i) + " = " + hex(p) + " is not aligned to " +
-                   std::to_string(itemsize(dt)) + " bytes (the size of " + dtype_name(dt) + ")");
-      }
-      spans.push_back({p, p + static_cast<uintptr_t>(numel * itemsize(dt)), k != 1, k, i});
-    }
-    if (numel == 0) continue;
-    const int d = dt == DType::Float32 ? 0 : 1;
-    tensors_[d].push_back(t);
-  }
-
-  // 4. No written buffer may share memory with any other buffer of the call.
-  check_no_overlap(fail, a, spans);
-
-  // 5. The streams to wait for (optional).
-  if (!wait_streams.is_none()) {
-    if (!is_seq(wait_streams)) {
-      fail.type("wait_streams must be a list or tuple of stream handles (int), got " +
-                type_name(wait_streams));
-    }
-    for (size_t j = 0; j < seq_len(wait_streams); ++j) {
-      const uintptr_t w =
-          as_handle(fail, item("wait_streams", j), at(wait_streams, j), "a stream handle (int)");
-      if (w != stream_) waits_.push_back(w);
-    }
-  }
-
-  // 6. Last, the only checks that need the driver: every buffer is device memory of one device.
-  // Note [One driver query per allocation]: cudaPointerGetAttributes costs about 1 us, 80 ms for a
-  // step over 20,000 tensors with four buffers each. The buffers are visited in address order and
-  // the driver is asked once per allocation (cuMemGetAddressRange): a buffer that lies wholly
-  // inside the allocation last asked about shares its answer. Pool allocators (PyTorch's, CuPy's)
-  // carve many tensors out of each allocation. A buffer that runs past its allocation's end is
-  // asked about on its own, as before (with expandable segments a tensor may span several
-  // allocations, so that is not an error). The messages still name the first bad buffer in
-  // argument order.
+// The driver's word on the buffers of `spans` (sorted by address, as check_no_overlap leaves
+// them): every one is device memory of one device, `*device` (-1: that of the first in argument
+// order).
+//
+// Note [One driver query per allocation]
+// The buffers are visited in address order and the driver is asked once per allocation
+// (cuMemGetAddressRange): a buffer that lies wholly inside the allocation last asked about shares
+// its answer. Pool allocators (PyTorch's, CuPy's) carve
+// many tensors out of each allocation, and a pointer query per buffer would cost more than the
+// update for a step over many small tensors. A buffer that runs past its allocation's end is asked
+// about on its own (with expandable segments a tensor may span several allocations, so that is not
+// an error). The messages name the first bad buffer in argument order.
+void check_device(const Names& names, const std::vector<Span>& spans, int* device,
+                  const std::string& device_of) {
   if (spans.empty()) return;
-  std::vector<cuda::PointerInfo> infos(spans.size());  // spans[j]'s answer
+  std::vector<cuda::PointerInfo> infos(spans.size());
   uintptr_t known_lo = 0, known_hi = 0;  // the last allocation checked; empty at first
   cuda::PointerInfo known{};
-  for (size_t j = 0; j < spans.size(); ++j) {  // in address order: check_no_overlap sorted them
+  for (size_t j = 0; j < spans.size(); ++j) {
     const Span& s = spans[j];
     if (!(s.lo >= known_lo && s.hi <= known_hi)) {
-      cuda_call(fn, [&] { known = cuda::pointer_info(reinterpret_cast<const void*>(s.lo)); });
+      cuda_call(names, [&] { known = cuda::pointer_info(reinterpret_cast<const void*>(s.lo)); });
       uintptr_t base = 0;
       size_t size = 0;
       if (!is_host(known) &&
@@ -239,232 +133,307 @@ DeviceBatch::DeviceBatch(const char* fn, const ListArg* a, int nargs, py::handle
     }
     infos[j] = known;
   }
-  // The call's device is that of its first buffer in argument order; the error names the first
-  // buffer, in argument order, that is host memory or on another device.
   const auto before = [&](size_t x, size_t y) {
-    return spans[x].arg != spans[y].arg ? spans[x].arg < spans[y].arg
-                                        : spans[x].index < spans[y].index;
+    return spans[x].rank != spans[y].rank ? spans[x].rank < spans[y].rank
+                                          : spans[x].i < spans[y].i;
   };
-  const size_t n_spans = spans.size();
+  const size_t n = spans.size();
   size_t first = 0;
-  for (size_t j = 1; j < n_spans; ++j) {
+  for (size_t j = 1; j < n; ++j) {
     if (before(j, first)) first = j;
   }
-  device_ = infos[first].device;
-  size_t bad = n_spans;
-  for (size_t j = 0; j < n_spans; ++j) {
-    if ((is_host(infos[j]) || infos[j].device != device_) && (bad == n_spans || before(j, bad))) {
-      bad = j;
-    }
+  std::string of = device_of;
+  if (*device < 0) {
+    *device = infos[first].device;
+    of = names.item(spans[first].list, spans[first].i);
   }
-  if (bad == n_spans) return;
+  size_t bad = n;
+  for (size_t j = 0; j < n; ++j) {
+    if ((is_host(infos[j]) || infos[j].device != *device) && (bad == n || before(j, bad))) bad = j;
+  }
+  if (bad == n) return;
   const Span& s = spans[bad];
   if (is_host(infos[bad])) {
-    fail.type(item(a[s.arg].name, s.index) + " = " + hex(s.lo) +
-              " is host memory, expected CUDA device memory (host and device arrays cannot be "
-              "mixed in one call)");
+    names.type(names.item(s.list, s.i) + " = " + hex(s.lo) +
+               " is host memory, expected CUDA device memory (host and device arrays cannot be "
+               "mixed in one call)");
   }
-  const Span& f = spans[first];
-  fail.value(item(a[s.arg].name, s.index) + " is on cuda:" + std::to_string(infos[bad].device) +
-             ", expected cuda:" + std::to_string(device_) + " (the device of " +
-             item(a[f.arg].name, f.index) + ")");
+  names.value(names.item(s.list, s.i) + " is on cuda:" + std::to_string(infos[bad].device) +
+              ", expected cuda:" + std::to_string(*device) + " (the device of " + of + ")");
 }
 
-bool given(const py::object& o) { return !o.is_none(); }
+class CudaBound : public Bound {
+ public:
+  CudaBound(const SpecInfo& spec, py::handle lists, py::handle sizes, py::handle dtype,
+            py::handle hyper, std::string name, py::handle index, bool grads_later,
+            py::handle aliases);
+  void check(py::handle grads) {
+    Busy busy(*this);
+    checked_grads(grads, nullptr, 0);
+  }
+  py::object run(py::handle grads, py::handle step, py::handle lr, py::handle scalars,
+                 py::handle stream, py::handle wait_streams, py::handle out);
+  std::vector<Span> grad_spans(py::handle grads, int rank) override {
+    Busy busy(*this);
+    std::vector<Span> spans;
+    if (grads.is_none() && grads_bound_) {
+      for (Span s : read_) {
+        s.rank = rank * 8 + s.rank % 8;
+        spans.push_back(s);
+      }
+      return spans;
+    }
+    checked_grads(grads, &spans, rank);
+    return spans;
+  }
+  int device() const { return device_; }
 
-void check_step(const char* fn, int64_t step) {
-  if (step < 1) Fail{fn}.value("step must be >= 1, got " + std::to_string(step));
+ private:
+  struct List {
+    int combo;
+    std::vector<TensorRef> tensors;
+    std::vector<int64_t> origin;
+  };
+  std::vector<std::string> aliases_;  // the lists' names in messages, by spec buffer
+  std::vector<const char*> slot_name_;
+  std::vector<int64_t> numel_;
+  std::vector<int> combo_;  // per tensor
+  std::vector<List> lists_;
+  std::vector<std::pair<int, int64_t>> at_;
+  std::vector<Span> read_;
+  int device_ = -1;
+  bool has_grad_slot_ = false, grads_bound_ = false;
+
+  // Pointer i of slot k, checked: an int, and for a non-empty tensor non-null and aligned.
+  uintptr_t pointer(int k, size_t i, PyObject* o) const;
+  void checked_grads(py::handle grads, std::vector<Span>* spans, int rank);
+};
+
+uintptr_t CudaBound::pointer(int k, size_t i, PyObject* o) const {
+  const std::string what = names_.item(slot_name_[k], i);
+  const uintptr_t p = as_handle(names_, what, o, "a device pointer (int)");
+  if (numel_[i] == 0) return p;
+  const DType dt = slot_dtype(combo_[i], k);
+  if (p == 0) names_.value(what + " is a null pointer (with " + std::to_string(numel_[i]) + " elements)");
+  if (p % dtype_size(dt) != 0) {
+    names_.value(what + " = " + hex(p) + " is not aligned to " + std::to_string(dtype_size(dt)) +
+                 " bytes (the size of " + dtype_name(dt) + ")");
+  }
+  return p;
 }
 
-// The arguments every function takes after its lists, in this order, before its hyper-parameters.
-#define FUSEDOPT_DEVICE_ARGS \
-  "sizes"_a, "dtype"_a, "stream"_a = 0, "wait_streams"_a = py::none()
+CudaBound::CudaBound(const SpecInfo& spec, py::handle lists, py::handle sizes, py::handle dtype,
+                     py::handle hyper, std::string name, py::handle index, bool grads_later,
+                     py::handle aliases)
+    : Bound(spec, name.empty() ? std::string(spec.name) : std::move(name), index) {
+  parse_hyper(hyper);
+  const auto& bs = spec.buffers;
+  for (const BufferSpec& b : bs) {
+    py::object alias = aliases.is_none() ? py::object(py::none())
+                                         : py::reinterpret_borrow<py::dict>(aliases).attr("get")(b.list);
+    aliases_.push_back(alias.is_none() ? std::string(b.list) : alias.cast<std::string>());
+  }
+  if (!PyTuple_Check(lists.ptr()) || static_cast<size_t>(PyTuple_GET_SIZE(lists.ptr())) != bs.size()) {
+    throw py::type_error(names_.fn() + ": lists must be a tuple of the " +
+                         std::to_string(bs.size()) + " lists of " + spec.name +
+                         ", in the order of its signature");
+  }
+  const std::vector<int> sl = slots();
+  for (int b : sl) {
+    if (bs[b].when != When::Always && PyTuple_GET_ITEM(lists.ptr(), b) == Py_None) {
+      names_.value(aliases_[b] + spec.required(b).substr(std::string(bs[b].list).size()));
+    }
+  }
+  std::vector<py::handle> slot_list;
+  std::vector<bool> present;
+  for (int b : sl) {
+    slot_name_.push_back(aliases_[b].c_str());
+    slot_list.push_back(PyTuple_GET_ITEM(lists.ptr(), b));
+    const bool later = bs[b].role == Role::Grad && grads_later;
+    present.push_back(!later);
+    has_grad_slot_ = has_grad_slot_ || bs[b].role == Role::Grad;
+  }
+  grads_bound_ = has_grad_slot_ && !grads_later;
+  const int nslots = static_cast<int>(sl.size());
 
-void def_kernels(py::module_& m) {
-  m.def(
-      "sgd",
-      [](py::object params, py::object grads, py::object momentum_buffers, py::object sizes,
-         py::object dtype, uintptr_t stream, py::object wait, int64_t step, double lr,
-         double momentum, double dampening, double weight_decay, bool nesterov, bool maximize) {
-        check_step("sgd", step);
-        const bool use_buf = momentum != 0.0;
-        if (use_buf && !given(momentum_buffers)) {
-          throw py::value_error("sgd: momentum_buffers are required when momentum != 0");
-        }
-        const ListArg p{"params", params}, g{"grads", grads}, mb{"momentum_buffers", momentum_buffers};
-        DeviceBatch b = use_buf ? DeviceBatch("sgd", {p, g, mb}, sizes, dtype, stream, wait)
-                                : DeviceBatch("sgd", {p, g}, sizes, dtype, stream, wait);
-        const SgdHyper h{lr, momentum, dampening, weight_decay, nesterov, maximize};
-        b.run([&](const cuda::DeviceList& l) { cuda::sgd(l, h, step); });
-      },
-      "params"_a, "grads"_a, "momentum_buffers"_a = py::none(), py::kw_only(),
-      FUSEDOPT_DEVICE_ARGS, "step"_a, "lr"_a, "momentum"_a, "dampening"_a, "weight_decay"_a,
-      "nesterov"_a, "maximize"_a);
+  // 1. Every list is a list or tuple, all of one length; sizes too.
+  for (int k = 0; k < nslots; ++k) {
+    if (present[k] && !is_seq(slot_list[k])) {
+      names_.type(std::string(slot_name_[k]) +
+                  " must be a list or tuple of device pointers (int), got " + type_name(slot_list[k]));
+    }
+  }
+  const size_t n = seq_len(slot_list[0]);
+  for (int k = 1; k < nslots; ++k) {
+    if (present[k] && seq_len(slot_list[k]) != n) {
+      names_.value(std::string(slot_name_[k]) + " has " + std::to_string(seq_len(slot_list[k])) +
+                   " pointers, expected " + std::to_string(n) + " (one per param)");
+    }
+  }
+  if (!is_seq(sizes)) names_.type("sizes must be a list or tuple of ints, got " + type_name(sizes));
+  if (seq_len(sizes) != n) {
+    names_.value("sizes has " + std::to_string(seq_len(sizes)) + " entries, expected " +
+                 std::to_string(n) + " (one per param)");
+  }
+  n_ = n;
 
-  m.def(
-      "adagrad",
-      [](py::object params, py::object grads, py::object state_sums, py::object sizes,
-         py::object dtype, uintptr_t stream, py::object wait, int64_t step, double lr,
-         double lr_decay, double weight_decay, double eps, bool maximize) {
-        check_step("adagrad", step);
-        DeviceBatch b("adagrad", {{"params", params}, {"grads", grads}, {"state_sums", state_sums}},
-                      sizes, dtype, stream, wait);
-        const AdagradHyper h{lr, lr_decay, weight_decay, eps, maximize};
-        b.run([&](const cuda::DeviceList& l) { cuda::adagrad(l, h, step); });
-      },
-      "params"_a, "grads"_a, "state_sums"_a, py::kw_only(), FUSEDOPT_DEVICE_ARGS, "step"_a,
-      "lr"_a, "lr_decay"_a, "weight_decay"_a, "eps"_a, "maximize"_a);
+  // 2. dtype: one name for the whole call, or one per tensor.
+  std::vector<DType> dtypes;
+  if (is_seq(dtype)) {
+    if (seq_len(dtype) != n) {
+      names_.value("dtype has " + std::to_string(seq_len(dtype)) + " entries, expected " +
+                   std::to_string(n) + " (one per param)");
+    }
+    for (size_t i = 0; i < n; ++i) dtypes.push_back(parse_dtype(names_, names_.item("dtype", i), at(dtype, i)));
+  } else {
+    dtypes.assign(n, parse_dtype(names_, "dtype", dtype));
+  }
 
-  m.def(
-      "adadelta",
-      [](py::object params, py::object grads, py::object square_avgs, py::object acc_deltas,
-         py::object sizes, py::object dtype, uintptr_t stream, py::object wait, int64_t step,
-         double lr, double rho, double eps, double weight_decay, bool maximize) {
-        check_step("adadelta", step);
-        DeviceBatch b("adadelta",
-                      {{"params", params}, {"grads", grads}, {"square_avgs", square_avgs},
-                       {"acc_deltas", acc_deltas}},
-                      sizes, dtype, stream, wait);
-        const AdadeltaHyper h{lr, rho, eps, weight_decay, maximize};
-        b.run([&](const cuda::DeviceList& l) { cuda::adadelta(l, h, step); });
-      },
-      "params"_a, "grads"_a, "square_avgs"_a, "acc_deltas"_a, py::kw_only(), FUSEDOPT_DEVICE_ARGS,
-      "step"_a, "lr"_a, "rho"_a, "eps"_a, "weight_decay"_a, "maximize"_a);
+  // 3. Every pointer, index by index.
+  std::vector<Span> spans;
+  spans.reserve(n * nslots);
+  std::vector<List> per_combo(kNumCombos);
+  for (int c = 0; c < kNumCombos; ++c) per_combo[c].combo = c;
+  at_.assign(n, {-1, -1});
+  for (size_t i = 0; i < n; ++i) {
+    PyObject* s = at(sizes, i);
+    if (!PyLong_Check(s) || PyBool_Check(s)) {
+      names_.type(names_.item("sizes", i) + " is a " + type_name(s) + ", expected an int");
+    }
+    int overflow = 0;
+    const long long numel = PyLong_AsLongLongAndOverflow(s, &overflow);
+    if (overflow != 0 || numel < 0 || numel > (INT64_MAX >> 4)) {
+      names_.value(names_.item("sizes", i) + " is " + repr_of(s) +
+                   ", expected a number of elements >= 0");
+    }
+    numel_.push_back(numel);
+    combo_.push_back(combo_for(dtypes[i]));
+    TensorRef t{};
+    t.numel = numel;
+    for (int k = 0; k < nslots; ++k) {
+      if (!present[k]) continue;
+      const uintptr_t p = pointer(k, i, at(slot_list[k], i));
+      t.ptr[k] = reinterpret_cast<void*>(p);
+      if (numel == 0) continue;
+      const Role role = bs[sl[k]].role;
+      const bool written = role == Role::Param || role == Role::State;
+      spans.push_back({p, p + static_cast<uintptr_t>(numel * dtype_size(slot_dtype(combo_[i], k))),
+                       written, k, slot_name_[k], i, &names_});
+    }
+    if (numel == 0) continue;
+    List& l = per_combo[combo_[i]];
+    at_[i] = {combo_[i], static_cast<int64_t>(l.tensors.size())};
+    l.tensors.push_back(t);
+    l.origin.push_back(static_cast<int64_t>(i));
+  }
 
-  m.def(
-      "rmsprop",
-      [](py::object params, py::object grads, py::object square_avgs, py::object momentum_buffers,
-         py::object grad_avgs, py::object sizes, py::object dtype, uintptr_t stream,
-         py::object wait, int64_t step, double lr, double alpha, double eps, double weight_decay,
-         double momentum, bool centered, bool maximize) {
-        check_step("rmsprop", step);
-        const bool use_buf = momentum > 0.0;
-        if (use_buf && !given(momentum_buffers)) {
-          throw py::value_error("rmsprop: momentum_buffers are required when momentum > 0");
-        }
-        if (centered && !given(grad_avgs)) {
-          throw py::value_error("rmsprop: grad_avgs are required when centered=True");
-        }
-        const ListArg p{"params", params}, g{"grads", grads}, sq{"square_avgs", square_avgs},
-            mb{"momentum_buffers", momentum_buffers}, ga{"grad_avgs", grad_avgs};
-        // Buffer order is the kernel's: param, grad, square_avg[, momentum_buffer][, grad_avg].
-        auto batch = [&](std::initializer_list<ListArg> l) {
-          return DeviceBatch("rmsprop", l, sizes, dtype, stream, wait);
-        };
-        DeviceBatch b = use_buf ? (centered ? batch({p, g, sq, mb, ga}) : batch({p, g, sq, mb}))
-                                : (centered ? batch({p, g, sq, ga}) : batch({p, g, sq}));
-        const RmspropHyper h{lr, alpha, eps, weight_decay, momentum, centered, maximize};
-        b.run([&](const cuda::DeviceList& l) { cuda::rmsprop(l, h, step); });
-      },
-      "params"_a, "grads"_a, "square_avgs"_a, "momentum_buffers"_a = py::none(),
-      "grad_avgs"_a = py::none(), py::kw_only(), FUSEDOPT_DEVICE_ARGS, "step"_a, "lr"_a,
-      "alpha"_a, "eps"_a, "weight_decay"_a, "momentum"_a, "centered"_a, "maximize"_a);
+  // 4. No written buffer may share memory with any other buffer of the call.
+  check_no_overlap(spans);
 
-  m.def(
-      "adam",
-      [](py::object params, py::object grads, py::object exp_avgs, py::object exp_avg_sqs,
-         py::object max_exp_avg_sqs, py::object sizes, py::object dtype, uintptr_t stream,
-         py::object wait, int64_t step, double lr, Betas betas, double eps, double weight_decay,
-         bool amsgrad, bool maximize, bool decoupled_weight_decay) {
-        check_step("adam", step);
-        if (amsgrad && !given(max_exp_avg_sqs)) {
-          throw py::value_error("adam: max_exp_avg_sqs are required when amsgrad=True");
-        }
-        const ListArg p{"params", params}, g{"grads", grads}, m{"exp_avgs", exp_avgs},
-            v{"exp_avg_sqs", exp_avg_sqs}, vmax{"max_exp_avg_sqs", max_exp_avg_sqs};
-        DeviceBatch b = amsgrad ? DeviceBatch("adam", {p, g, m, v, vmax}, sizes, dtype, stream, wait)
-                                : DeviceBatch("adam", {p, g, m, v}, sizes, dtype, stream, wait);
-        const AdamHyper h{lr,      betas.first, betas.second,          eps, weight_decay,
-                          amsgrad, maximize,    decoupled_weight_decay};
-        b.run([&](const cuda::DeviceList& l) { cuda::adam(l, h, step); });
-      },
-      "params"_a, "grads"_a, "exp_avgs"_a, "exp_avg_sqs"_a, "max_exp_avg_sqs"_a = py::none(),
-      py::kw_only(), FUSEDOPT_DEVICE_ARGS, "step"_a, "lr"_a, "betas"_a, "eps"_a,
-      "weight_decay"_a, "amsgrad"_a, "maximize"_a, "decoupled_weight_decay"_a);
+  // 5. Last, the only checks that need the driver: every buffer is device memory of one device.
+  check_device(names_, spans, &device_, "");
 
-  m.def(
-      "nadam",
-      [](py::object params, py::object grads, py::object exp_avgs, py::object exp_avg_sqs,
-         py::object sizes, py::object dtype, uintptr_t stream, py::object wait, int64_t step,
-         py::object mu_product, double lr, Betas betas, double eps, double weight_decay,
-         double momentum_decay, bool decoupled_weight_decay, bool maximize) {
-        check_step("nadam", step);
-        const NadamHyper h{lr,           betas.first,    betas.second,           eps,
-                           weight_decay, momentum_decay, decoupled_weight_decay, maximize};
-        double mu_prev = 1.0;
-        if (given(mu_product)) {
-          mu_prev = mu_product.cast<double>();
-        } else {
-          for (int64_t t = 1; t < step; ++t) mu_prev *= nadam_mu(h, t);
-        }
-        DeviceBatch b("nadam",
-                      {{"params", params}, {"grads", grads}, {"exp_avgs", exp_avgs},
-                       {"exp_avg_sqs", exp_avg_sqs}},
-                      sizes, dtype, stream, wait);
-        double mu_new = mu_prev * nadam_mu(h, step);
-        b.run([&](const cuda::DeviceList& l) { cuda::nadam(l, h, step, mu_prev, &mu_new); });
-        return mu_new;
-      },
-      "params"_a, "grads"_a, "exp_avgs"_a, "exp_avg_sqs"_a, py::kw_only(), FUSEDOPT_DEVICE_ARGS,
-      "step"_a, "mu_product"_a = py::none(), "lr"_a, "betas"_a, "eps"_a, "weight_decay"_a,
-      "momentum_decay"_a, "decoupled_weight_decay"_a, "maximize"_a);
-
-  m.def(
-      "adamax",
-      [](py::object params, py::object grads, py::object exp_avgs, py::object exp_infs,
-         py::object sizes, py::object dtype, uintptr_t stream, py::object wait, int64_t step,
-         double lr, Betas betas, double eps, double weight_decay, bool maximize) {
-        check_step("adamax", step);
-        DeviceBatch b("adamax",
-                      {{"params", params}, {"grads", grads}, {"exp_avgs", exp_avgs},
-                       {"exp_infs", exp_infs}},
-                      sizes, dtype, stream, wait);
-        const AdamaxHyper h{lr, betas.first, betas.second, eps, weight_decay, maximize};
-        b.run([&](const cuda::DeviceList& l) { cuda::adamax(l, h, step); });
-      },
-      "params"_a, "grads"_a, "exp_avgs"_a, "exp_infs"_a, py::kw_only(), FUSEDOPT_DEVICE_ARGS,
-      "step"_a, "lr"_a, "betas"_a, "eps"_a, "weight_decay"_a, "maximize"_a);
-
-  m.def(
-      "ewa",
-      [](py::object averages, py::object values, py::object sizes, py::object dtype,
-         uintptr_t stream, py::object wait, double beta) {
-        DeviceBatch b("ewa", {{"averages", averages}, {"values", values}}, sizes, dtype, stream,
-                      wait);
-        const EwaHyper h{beta};
-        b.run([&](const cuda::DeviceList& l) { cuda::ewa(l, h); });
-      },
-      "averages"_a, "values"_a, py::kw_only(), FUSEDOPT_DEVICE_ARGS, "beta"_a);
-
-  m.def(
-      "ewa_readout",
-      [](py::object averages, py::object outs, py::object sizes, py::object dtype,
-         uintptr_t stream, py::object wait, double beta, int64_t step) {
-        check_step("ewa_readout", step);
-        // Kernel order: the written buffer first, the read-only average second.
-        DeviceBatch b("ewa_readout", {{"outs", outs}, {"averages", averages}}, sizes, dtype,
-                      stream, wait);
-        const EwaHyper h{beta};
-        b.run([&](const cuda::DeviceList& l) { cuda::ewa_readout(l, h, step); });
-      },
-      "averages"_a, "outs"_a, py::kw_only(), FUSEDOPT_DEVICE_ARGS, "beta"_a, "step"_a);
-
-  m.def(
-      "check",
-      [](const std::string& fn, py::list args, py::object sizes, py::object dtype,
-         uintptr_t stream, py::object wait) {
-        std::vector<std::string> names;
-        const std::vector<ListArg> lists = named_lists(args, names);
-        DeviceBatch(fn.c_str(), lists.data(), static_cast<int>(lists.size()), sizes, dtype, stream,
-                    wait);
-      },
-      "fn"_a, "args"_a, py::kw_only(), FUSEDOPT_DEVICE_ARGS,
-      "Checks the pointer lists of one call as fn would (args: its (name, list) pairs in the "
-      "kernel's order: the first written, the second only read, the rest written), the driver "
-      "checks included, launching nothing. As _core.cpu.check.");
+  int remap[kNumCombos];
+  for (int c = 0; c < kNumCombos; ++c) {
+    remap[c] = -1;
+    if (!per_combo[c].tensors.empty()) {
+      remap[c] = static_cast<int>(lists_.size());
+      lists_.push_back(std::move(per_combo[c]));
+    }
+  }
+  for (auto& a : at_) {
+    if (a.first >= 0) a.first = remap[a.first];
+  }
+  for (const Span& s : spans) (s.written ? written_ : read_).push_back(s);
 }
 
-#undef FUSEDOPT_DEVICE_ARGS
+void CudaBound::checked_grads(py::handle grads, std::vector<Span>* spans, int rank) {
+  const char* gname = slot_name_[1];
+  if (!is_seq(grads)) {
+    names_.type(std::string(gname) + " must be a list or tuple of device pointers (int), got " +
+                type_name(grads));
+  }
+  if (seq_len(grads) != n_) {
+    names_.value(std::string(gname) + " has " + std::to_string(seq_len(grads)) +
+                 " pointers, expected " + std::to_string(n_) + " (one per param)");
+  }
+  std::vector<Span> mine;
+  for (size_t i = 0; i < n_; ++i) {
+    const uintptr_t p = pointer(1, i, at(grads, i));
+    if (numel_[i] == 0) continue;
+    const uintptr_t hi = p + static_cast<uintptr_t>(numel_[i] * dtype_size(slot_dtype(combo_[i], 1)));
+    if (const Span* o = overlapping(written_, p, hi)) {
+      names_.value(names_.item(gname, i) + " overlaps " + o->names->item(o->list, o->i));
+    }
+    mine.push_back({p, hi, false, rank * 8 + 1, gname, i, &names_});
+  }
+  std::sort(mine.begin(), mine.end(), [](const Span& x, const Span& y) { return x.lo < y.lo; });
+  if (!mine.empty()) {
+    int device = device_;
+    const Span& w = written_.front();
+    check_device(names_, mine, &device, names_.item(w.list, w.i));
+  }
+  for (size_t j = 0; j < n_; ++j) {
+    const auto [l, pos] = at_[j];
+    if (l >= 0) {
+      lists_[l].tensors[pos].ptr[1] =
+          reinterpret_cast<void*>(PyLong_AsUnsignedLongLong(at(grads, j)));
+    }
+  }
+  if (spans) spans->insert(spans->end(), mine.begin(), mine.end());
+}
+
+py::object CudaBound::run(py::handle grads, py::handle step, py::handle lr, py::handle scalars,
+                          py::handle stream, py::handle wait_streams, py::handle out) {
+  Busy busy(*this);
+  std::vector<double> h, in;
+  const int64_t t = run_args(step, lr, scalars, h, in);
+  if (!grads.is_none()) {
+    if (!has_grad_slot_) names_.type(std::string(spec_.name) + " takes no grads");
+    checked_grads(grads, nullptr, 0);
+  } else if (has_grad_slot_ && !grads_bound_) {
+    names_.type(std::string(slot_name_[1]) +
+                " must be a list or tuple of device pointers (int), got NoneType");
+  }
+  const uintptr_t s = as_handle(names_, "stream", stream.ptr(), "a stream handle (int)");
+  std::vector<uintptr_t> waits;
+  if (!wait_streams.is_none()) {
+    if (!is_seq(wait_streams)) {
+      names_.type("wait_streams must be a list or tuple of stream handles (int), got " +
+                  type_name(wait_streams));
+    }
+    for (size_t j = 0; j < seq_len(wait_streams); ++j) {
+      const uintptr_t w = as_handle(names_, names_.item("wait_streams", j), at(wait_streams, j),
+                                    "a stream handle (int)");
+      if (w != s) waits.push_back(w);
+    }
+  }
+  double* out_ptr = nullptr;
+  const int K = spec_.reduce;
+  if (K > 0) {
+    if (out.is_none()) {
+      names_.type("out is required: a device array of " + std::to_string(n_ * K) +
+                  " float64 for the sums");
+    }
+    out_ptr = reinterpret_cast<double*>(as_handle(names_, "out", out.ptr(), "a device pointer (int)"));
+  }
+  if (device_ >= 0) {
+    const cuda::Launch launch{h.data(), StepArgs{t, in.data()}, out_ptr};
+    const cuda::KernelFn kernel = cuda::kernels()[spec_.kernel];
+    cuda_call(names_, [&] {
+      py::gil_scoped_release nogil;
+      for (uintptr_t w : waits) cuda::stream_wait(device_, s, w);
+      if (out_ptr) cuda::zero_async(device_, s, out_ptr, n_ * K * sizeof(double));
+      for (const List& l : lists_) {
+        kernel({l.tensors.data(), l.origin.data(), static_cast<int64_t>(l.tensors.size()), l.combo,
+                device_, s},
+               launch);
+      }
+    });
+  }
+  if (K > 0) return py::none();
+  return scalars_result(h, t, in);
+}
 
 }  // namespace
 
@@ -475,10 +444,37 @@ void def_cuda(py::module_& m) {
   py::module_ c = m.def_submodule(
       "cuda",
       "Fused multi-tensor update kernels on CUDA device memory, for callers with their own "
-      "pointers: lists of device pointers (ints), sizes (elements), dtype ('float32'/'float64', "
-      "or one per tensor), the stream to queue on (a cudaStream_t as int; 0 is the legacy default "
-      "stream) and optional wait_streams the update must follow. Hyper-parameters as _core.cpu.");
-  def_kernels(c);
+      "pointers: bind(algo, lists, sizes, dtype, hyper, ...) takes lists of device pointers "
+      "(ints), sizes (elements per tensor) and dtype ('float32'/'float64', or one per tensor); "
+      "a run takes the stream to queue on (a cudaStream_t as int; 0 is the legacy default "
+      "stream) and optional wait_streams it must follow.");
+  py::class_<CudaBound, Bound>(c, "Bound",
+                               "A call over device pointers, checked and bound (Note [A bound "
+                               "call], csrc/bindings/bound.h).")
+      .def("check", &CudaBound::check, py::arg("grads"),
+           "Checks grad pointers as run does (the driver asked too); launches nothing.")
+      .def("run", &CudaBound::run, py::arg("grads") = py::none(), py::kw_only(),
+           py::arg("step") = py::none(), py::arg("lr") = py::none(),
+           py::arg("scalars") = py::none(), py::arg("stream") = 0,
+           py::arg("wait_streams") = py::none(), py::arg("out") = py::none(),
+           "Checks grads (None: those given to bind) and queues the update on `stream`, after "
+           "`wait_streams`; a reduction adds its sums to `out` (n x kReduce float64 on the "
+           "device, zeroed first). Returns the scalar state after the step, or None.")
+      .def_property_readonly("device", &CudaBound::device,
+                             "The device of the call's buffers (-1 for a call of no elements).");
+  c.def(
+      "bind",
+      [](const std::string& algo, py::handle lists, py::handle sizes, py::handle dtype,
+         py::handle hyper, std::string name, py::handle index, bool grads_later,
+         py::handle aliases) {
+        return std::make_unique<CudaBound>(find_spec(algo), lists, sizes, dtype, hyper,
+                                           std::move(name), index, grads_later, aliases);
+      },
+      py::arg("algo"), py::arg("lists"), py::arg("sizes"), py::arg("dtype"), py::arg("hyper"),
+      py::kw_only(), py::arg("name") = "", py::arg("index") = py::none(),
+      py::arg("grads_later") = false, py::arg("aliases") = py::none(),
+      "As cpu.bind, over device pointers: `lists` of ints in the order of the algorithm's "
+      "signature, `sizes` the elements of each tensor, `dtype` one name or one per tensor.");
   c.def("device_count", []() { return cuda::device_count(); },
         "CUDA devices visible; 0 without a driver or a device (never raises).");
   c.def("is_available", []() { return cuda::device_count() > 0; },

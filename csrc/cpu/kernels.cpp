@@ -1,7 +1,8 @@
 // One build of every CPU kernel for one instruction set (FUSEDOPT_ISA_NS, FUSEDOPT_ISA_NAME set by
-// CMake; see Note [One namespace per instruction set]). Each entry only turns run-time flags into
-// an algorithm object (the *_dispatch of csrc/algorithms/) and hands it to the driver.
-#include "apply.h"
+// CMake; see Note [One namespace per instruction set]). The table is generated from the registry:
+// each entry turns the spec's run-time flags into an algorithm object (its dispatch) for the
+// work list's storage combination and hands it to the driver.
+#include "driver.h"
 
 #ifndef FUSEDOPT_ISA_NAME
 #define FUSEDOPT_ISA_NAME "generic"
@@ -11,12 +12,18 @@ namespace fusedopt::cpu {
 FUSEDOPT_ISA_BEGIN
 namespace {
 
-// The benchmark ceiling: the same loads and stores as an algorithm of K buffers, trivial math.
-template <class S, int K>
-struct RmwAlgo {
-  using storage_t = S;
-  using O = opmath_t<S>;
-  static constexpr int kBuffers = K;
+template <class Spec>
+void run_spec(const WorkView& w, const Launch& l) {
+  const auto& h = *static_cast<const typename Spec::Hyper*>(l.hyper);
+  combo_switch(w.combo, [&](auto st) {
+    Spec::template dispatch<decltype(st)>(h, l.step, [&](const auto& algo) { apply(w, algo, l.out); });
+  });
+}
+
+// The benchmark ceiling: the same loads and stores as an update of K slots, trivial math.
+template <class St, int K>
+struct RmwAlgo : Update<St, K> {
+  using O = typename St::compute_t;
   void operator()(O* r) const {
     for (int k = 0; k < K; ++k) {
       if (k != 1) r[k] = r[k] + r[1];
@@ -24,56 +31,28 @@ struct RmwAlgo {
   }
 };
 
-auto runner(const WorkView& w) {
-  return [&w](const auto& algo) { apply(w, algo); };
-}
-
-void sgd_k(DType dt, const WorkView& w, const SgdHyper& h, int64_t step) {
-  sgd_dispatch(dt, h, step, runner(w));
-}
-void adagrad_k(DType dt, const WorkView& w, const AdagradHyper& h, int64_t step) {
-  adagrad_dispatch(dt, h, step, runner(w));
-}
-void adadelta_k(DType dt, const WorkView& w, const AdadeltaHyper& h, int64_t step) {
-  adadelta_dispatch(dt, h, step, runner(w));
-}
-void rmsprop_k(DType dt, const WorkView& w, const RmspropHyper& h, int64_t step) {
-  rmsprop_dispatch(dt, h, step, runner(w));
-}
-void adam_k(DType dt, const WorkView& w, const AdamHyper& h, int64_t step) {
-  adam_dispatch(dt, h, step, runner(w));
-}
-void nadam_k(DType dt, const WorkView& w, const NadamHyper& h, int64_t step, double mu_prev,
-             double* mu_new) {
-  nadam_dispatch(dt, h, step, mu_prev, mu_new, runner(w));
-}
-void adamax_k(DType dt, const WorkView& w, const AdamaxHyper& h, int64_t step) {
-  adamax_dispatch(dt, h, step, runner(w));
-}
-void ewa_k(DType dt, const WorkView& w, const EwaHyper& h) { ewa_dispatch(dt, h, runner(w)); }
-void ewa_readout_k(DType dt, const WorkView& w, const EwaHyper& h, int64_t step) {
-  ewa_readout_dispatch(dt, h, step, runner(w));
-}
-
-void rmw_k(DType dt, const WorkView& w, int nbuf) {
-  dtype_switch(dt, [&](auto sv) {
-    using S = decltype(sv);
+void rmw_k(const WorkView& w, int nbuf) {
+  combo_switch(w.combo, [&](auto st) {
+    using St = decltype(st);
     switch (nbuf) {
-      case 2: apply(w, RmwAlgo<S, 2>{}); break;
-      case 3: apply(w, RmwAlgo<S, 3>{}); break;
-      case 4: apply(w, RmwAlgo<S, 4>{}); break;
-      case 5: apply(w, RmwAlgo<S, 5>{}); break;
+      case 2: apply(w, RmwAlgo<St, 2>{}, nullptr); break;
+      case 3: apply(w, RmwAlgo<St, 3>{}, nullptr); break;
+      case 4: apply(w, RmwAlgo<St, 4>{}, nullptr); break;
+      case 5: apply(w, RmwAlgo<St, 5>{}, nullptr); break;
       default: break;
     }
   });
 }
 
+template <class... S>
+constexpr KernelTable make_table(TypeList<S...>) {
+  return {FUSEDOPT_ISA_NAME, {&run_spec<typename S::Kernel>...}, &rmw_k};
+}
+
 }  // namespace
 
 extern const KernelTable kTable;
-const KernelTable kTable = {FUSEDOPT_ISA_NAME, sgd_k,  adagrad_k,     adadelta_k,
-                            rmsprop_k,         adam_k, nadam_k,       adamax_k,
-                            ewa_k,             ewa_readout_k, rmw_k};
+const KernelTable kTable = make_table(Specs{});
 
 FUSEDOPT_ISA_END
 }  // namespace fusedopt::cpu

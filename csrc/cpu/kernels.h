@@ -1,19 +1,10 @@
-// The CPU kernels' entry points, as seen from outside the per-instruction-set builds: plain
-// function pointers over a framework-free work list. Every algorithm is listed once here, once
-// in kernels.cpp (which fills a table per instruction set) and once in the bindings.
+// The CPU kernels as seen from outside the per-instruction-set builds: one table per instruction
+// set, one entry per spec of algorithms/registry.h, each taking a framework-free work list.
 #pragma once
 
 #include <cstdint>
 
-#include "../algorithms/adadelta.h"
-#include "../algorithms/adagrad.h"
-#include "../algorithms/adam.h"
-#include "../algorithms/adamax.h"
-#include "../algorithms/ewa.h"
-#include "../algorithms/nadam.h"
-#include "../algorithms/rmsprop.h"
-#include "../algorithms/sgd.h"
-#include "../common.h"
+#include "../algorithms/registry.h"
 
 namespace fusedopt::cpu {
 
@@ -25,8 +16,12 @@ namespace fusedopt::cpu {
 constexpr int64_t kChunk = 1 << 16;
 
 // Below this many elements in one call everything runs on the calling thread: opening an OpenMP
-// parallel region costs a few microseconds, more than updating 32Ki elements.
+// parallel region costs more than updating this many elements.
 constexpr int64_t kParallelMin = 1 << 15;
+
+// Lanes of a reduction (Note [Deterministic reductions] in driver.h): the CUDA driver's threads
+// per block, so that both drivers add the same terms in the same order.
+constexpr int kLanes = 512;
 
 struct Chunk {
   int64_t tensor;  // index into the tensor list
@@ -35,30 +30,33 @@ struct Chunk {
   int64_t start;   // elements of the whole list before this chunk (for balancing)
 };
 
-// A work list for one dtype: tensors (numel > 0 only) cut into chunks.
+// A work list for one storage combination: tensors (numel > 0 only) cut into chunks, in order.
 struct WorkView {
   const TensorRef* tensors;
+  const int64_t* origin;  // each tensor's index in the call (where a reduction writes its sums)
   const Chunk* chunks;
   int64_t nchunks;
   int64_t total;    // elements over all tensors
+  int combo;        // index in StorageCombos
   int max_threads;  // 0: OpenMP's default (OMP_NUM_THREADS or the core count)
 };
 
+// One call of a kernel: the spec's Hyper, the step, and where a reduction's sums go
+// ([call tensor][kReduce], zeroed by the caller; the sums of every work list of a call add up).
+struct Launch {
+  const void* hyper;
+  StepArgs step;
+  double* out;
+};
+
+using KernelFn = void (*)(const WorkView&, const Launch&);
+
 struct KernelTable {
   const char* name;
-  void (*sgd)(DType, const WorkView&, const SgdHyper&, int64_t step);
-  void (*adagrad)(DType, const WorkView&, const AdagradHyper&, int64_t step);
-  void (*adadelta)(DType, const WorkView&, const AdadeltaHyper&, int64_t step);
-  void (*rmsprop)(DType, const WorkView&, const RmspropHyper&, int64_t step);
-  void (*adam)(DType, const WorkView&, const AdamHyper&, int64_t step);
-  void (*nadam)(DType, const WorkView&, const NadamHyper&, int64_t step, double mu_product_prev,
-                double* mu_product_new);
-  void (*adamax)(DType, const WorkView&, const AdamaxHyper&, int64_t step);
-  void (*ewa)(DType, const WorkView&, const EwaHyper&);
-  void (*ewa_readout)(DType, const WorkView&, const EwaHyper&, int64_t step);
-  // Benchmark ceiling: reads nbuf buffers and writes all but buffer 1, with trivial math
+  KernelFn kernels[kNumSpecs];  // by kSpecIndex
+  // Benchmark ceiling: reads nbuf buffers and writes all but slot 1, with trivial math
   // (x += g), through the same driver: the bytes an algorithm of nbuf buffers must move.
-  void (*rmw)(DType, const WorkView&, int nbuf);
+  void (*rmw)(const WorkView&, int nbuf);
 };
 
 // The instruction sets this build compiled, best last, and the one in use.

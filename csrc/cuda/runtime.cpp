@@ -91,6 +91,11 @@ void stream_wait(int device, uintptr_t stream, uintptr_t other) {
   check(wait, "cudaStreamWaitEvent(launch stream)");
 }
 
+void zero_async(int device, uintptr_t stream, void* p, size_t bytes) {
+  DeviceGuard guard(device);
+  FUSEDOPT_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, reinterpret_cast<cudaStream_t>(stream)));
+}
+
 int runtime_version() {
   int v = 0;
   if (cudaRuntimeGetVersion(&v) != cudaSuccess) cudaGetLastError();

@@ -3,7 +3,7 @@
 from . import functional, optim, reference, schedules
 from .optim import EMA, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RMSprop
 from ._arrays import state_like
-from ._buffers import cuda_available
+from ._backend import cuda_available
 from ._core import build_info as _build_info
 
 __version__ = _build_info()["version"]

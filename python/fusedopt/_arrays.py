@@ -9,9 +9,9 @@ that made the param; an :class:`_Adapter` says how, one per library. A CUDA arra
 library (Numba, a DLPack-only producer) is refused by the classes with a message that points to
 :mod:`fusedopt.functional`.
 
-Nothing here runs per step on the steady path: params are described once, when they are added;
-grads are described only to word an error, or when a step makes several kernel calls (Note [Grads
-checked by the kernel call] in ``optim/optimizer.py``).
+Nothing here runs per step on the steady path: params are described once, when they are added,
+and again only when a step is refused, to say what changed. Grads are checked by the bound calls
+themselves (Note [A bound call] in ``csrc/bindings/bound.h``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _buffers
+from . import _cuda_arrays
 
 CPU = "cpu"  # the place of host (NumPy) arrays; a CUDA array's place is ("cuda", device index)
 
@@ -40,6 +40,8 @@ class Meta(NamedTuple):
     span: tuple  # (first byte, one past the last byte); (0, 0) for an empty array
     readonly: bool
     aligned: bool
+    native: bool = True  # native byte order
+    masked: bool = False  # a numpy.ma.MaskedArray (its mask would be ignored)
 
 
 # ---- the adapters --------------------------------------------------------------------------------
@@ -93,7 +95,7 @@ class _NumPy(_Adapter):
         lo = x.__array_interface__["data"][0]
         return Meta(CPU, x.shape, x.dtype.name, _order(x.flags.c_contiguous, x.flags.f_contiguous),
                     (lo, lo + x.nbytes) if x.size else (0, 0), not x.flags.writeable,
-                    x.flags.aligned)
+                    x.flags.aligned, x.dtype.byteorder != ">", isinstance(x, np.ma.MaskedArray))
 
     def full_like(self, x, fill_value, slot):
         return _staggered(x, fill_value, slot)
@@ -112,9 +114,9 @@ class _NumPy(_Adapter):
 
 
 def _view_meta(v):
-    """Meta of a ``_buffers._View`` (a CUDA array)."""
-    order = "C" if v.layout & _buffers._C else ("F" if v.layout & _buffers._F else "")
-    nbytes = _buffers._numel(v.shape) * (8 if v.dtype == "float64" else 4)
+    """Meta of a ``_cuda_arrays.View`` (a CUDA array)."""
+    order = "C" if v.layout & _cuda_arrays.C else ("F" if v.layout & _cuda_arrays.F else "")
+    nbytes = _cuda_arrays.numel(v.shape) * (8 if v.dtype == "float64" else 4)
     span = (v.ptr, v.ptr + nbytes) if nbytes else (0, 0)
     return Meta(("cuda", v.device), v.shape, v.dtype, order, span, v.readonly, True)
 
@@ -130,7 +132,7 @@ class _Torch(_Adapter):
         return torch is not None and isinstance(x, torch.Tensor) and x.is_cuda
 
     def meta(self, x):
-        return _view_meta(_buffers._torch_view(x))
+        return _view_meta(_cuda_arrays.torch_view(x))
 
     def full_like(self, x, fill_value, slot):
         torch = sys.modules["torch"]
@@ -161,7 +163,7 @@ class _CuPy(_Adapter):
         return cupy is not None and isinstance(x, cupy.ndarray)
 
     def meta(self, x):
-        return _view_meta(_buffers._cai_view(x, x.__cuda_array_interface__))
+        return _view_meta(_cuda_arrays.cai_view(x, x.__cuda_array_interface__))
 
     def full_like(self, x, fill_value, slot):
         cupy = sys.modules["cupy"]
@@ -202,7 +204,7 @@ def adapter_of(x):
 
 
 def is_cuda_array(x):
-    return _buffers._is_cuda_array(x)
+    return _cuda_arrays.is_cuda_array(x)
 
 
 def looks_like_array(x):

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from .optimizer import Optimizer, check_lr, check_nonnegative, check_unit_interval
+from .optimizer import Optimizer
 
 __all__ = ["Adadelta"]
 
 
-class Adadelta(Optimizer):
+class Adadelta(Optimizer, algorithm="adadelta"):
     r"""Adadelta, as ``torch.optim.Adadelta`` (same arguments, defaults, state names and error
     messages).
 
@@ -39,31 +39,3 @@ class Adadelta(Optimizer):
     >>> w.round(4)
     array([ 0.6877, -1.6848])
     """
-
-    _hyper_checks = (
-        ("lr", check_lr),
-        ("rho", check_unit_interval("rho")),
-        ("eps", check_nonnegative("epsilon")),
-        ("weight_decay", check_nonnegative("weight_decay")),
-    )
-    _state_names = ("square_avg", "acc_delta")
-    _always = ("square_avg", "acc_delta")
-
-    def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, *, maximize=False):
-        super().__init__(
-            params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize)
-        )
-
-    def _update(self, fn, group, params, grads, buffers, *, step, lr, key):
-        fn.adadelta(
-            params,
-            grads,
-            buffers["square_avg"],
-            buffers["acc_delta"],
-            step=step,
-            lr=lr,
-            rho=group["rho"],
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            maximize=bool(group["maximize"]),
-        )

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
-
-from .. import _arrays
-from .optimizer import Optimizer, check_lr, check_nonnegative
+from .optimizer import Optimizer
 
 __all__ = ["Adagrad"]
 
 
-class Adagrad(Optimizer):
+class Adagrad(Optimizer, algorithm="adagrad"):
     r"""Adagrad, as ``torch.optim.Adagrad`` (same arguments, defaults, state names and error
     messages).
 
@@ -46,52 +43,3 @@ class Adagrad(Optimizer):
     >>> opt.state[0]["sum"]
     array([ 4., 16.])
     """
-
-    _hyper_checks = (
-        ("lr", check_lr),
-        ("lr_decay", check_nonnegative("lr_decay")),
-        ("weight_decay", check_nonnegative("weight_decay")),
-        ("initial_accumulator_value", check_nonnegative("initial_accumulator_value")),
-        ("eps", check_nonnegative("epsilon")),
-    )
-    _state_names = ("sum",)
-    _always = ("sum",)
-
-    def __init__(
-        self,
-        params,
-        lr=1e-2,
-        lr_decay=0.0,
-        weight_decay=0.0,
-        initial_accumulator_value=0.0,
-        eps=1e-10,
-        *,
-        maximize=False,
-    ):
-        super().__init__(
-            params,
-            dict(
-                lr=lr,
-                lr_decay=lr_decay,
-                eps=eps,
-                weight_decay=weight_decay,
-                initial_accumulator_value=initial_accumulator_value,
-                maximize=maximize,
-            ),
-        )
-
-    def _new_buffer(self, name, p, group):
-        return _arrays.state_like(p, group["initial_accumulator_value"], 0)
-
-    def _update(self, fn, group, params, grads, buffers, *, step, lr, key):
-        fn.adagrad(
-            params,
-            grads,
-            buffers["sum"],
-            step=step,
-            lr=lr,
-            lr_decay=group["lr_decay"],
-            weight_decay=group["weight_decay"],
-            eps=group["eps"],
-            maximize=bool(group["maximize"]),
-        )

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from .optimizer import Optimizer, check_betas, check_lr, check_nonnegative
+from .optimizer import Optimizer
 
 __all__ = ["Adam", "AdamW"]
 
 
-class Adam(Optimizer):
+class Adam(Optimizer, algorithm="adam"):
     r"""Adam, with optional AMSGrad and decoupled weight decay, as ``torch.optim.Adam`` (same
     arguments, defaults, state names and error messages).
 
@@ -48,62 +48,8 @@ class Adam(Optimizer):
     array([ 0.9, -1.9])
     """
 
-    _hyper_checks = (
-        ("lr", check_lr),
-        ("eps", check_nonnegative("epsilon")),
-        ("betas", check_betas),
-        ("weight_decay", check_nonnegative("weight_decay")),
-    )
-    _state_names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-    _always = ("exp_avg", "exp_avg_sq")
 
-    def __init__(
-        self,
-        params,
-        lr=1e-3,
-        betas=(0.9, 0.999),
-        eps=1e-8,
-        weight_decay=0.0,
-        amsgrad=False,
-        *,
-        maximize=False,
-        decoupled_weight_decay=False,
-    ):
-        super().__init__(
-            params,
-            dict(
-                lr=lr,
-                betas=betas,
-                eps=eps,
-                weight_decay=weight_decay,
-                amsgrad=amsgrad,
-                maximize=maximize,
-                decoupled_weight_decay=decoupled_weight_decay,
-            ),
-        )
-
-    def _buffer_names(self, group):
-        return self._state_names if group["amsgrad"] else self._always
-
-    def _update(self, fn, group, params, grads, buffers, *, step, lr, key):
-        fn.adam(
-            params,
-            grads,
-            buffers["exp_avg"],
-            buffers["exp_avg_sq"],
-            buffers.get("max_exp_avg_sq"),
-            step=step,
-            lr=lr,
-            betas=tuple(group["betas"]),
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            amsgrad=bool(group["amsgrad"]),
-            maximize=bool(group["maximize"]),
-            decoupled_weight_decay=bool(group["decoupled_weight_decay"]),
-        )
-
-
-class AdamW(Adam):
+class AdamW(Adam, algorithm="adamw"):
     r"""AdamW: Adam with decoupled weight decay, as ``torch.optim.AdamW`` (same arguments,
     defaults, state names and error messages).
 
@@ -139,25 +85,3 @@ class AdamW(Adam):
     >>> w
     array([ 0.95, -1.9 ])
     """
-
-    def __init__(
-        self,
-        params,
-        lr=1e-3,
-        betas=(0.9, 0.999),
-        eps=1e-8,
-        weight_decay=1e-2,
-        amsgrad=False,
-        *,
-        maximize=False,
-    ):
-        super().__init__(
-            params,
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            amsgrad=amsgrad,
-            maximize=maximize,
-            decoupled_weight_decay=True,
-        )

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from .optimizer import Optimizer, check_betas, check_lr, check_nonnegative
+from .optimizer import Optimizer
 
 __all__ = ["Adamax"]
 
 
-class Adamax(Optimizer):
+class Adamax(Optimizer, algorithm="adamax"):
     r"""Adamax, the infinity-norm variant of Adam, as ``torch.optim.Adamax`` (same arguments,
     defaults, state names and error messages).
 
@@ -41,31 +41,3 @@ class Adamax(Optimizer):
     >>> opt.state[0]["exp_inf"].round(6)
     array([2., 4.])
     """
-
-    _hyper_checks = (
-        ("lr", check_lr),
-        ("eps", check_nonnegative("epsilon")),
-        ("betas", check_betas),
-        ("weight_decay", check_nonnegative("weight_decay")),
-    )
-    _state_names = ("exp_avg", "exp_inf")
-    _always = ("exp_avg", "exp_inf")
-
-    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *, maximize=False):
-        super().__init__(
-            params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize)
-        )
-
-    def _update(self, fn, group, params, grads, buffers, *, step, lr, key):
-        fn.adamax(
-            params,
-            grads,
-            buffers["exp_avg"],
-            buffers["exp_inf"],
-            step=step,
-            lr=lr,
-            betas=tuple(group["betas"]),
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            maximize=bool(group["maximize"]),
-        )

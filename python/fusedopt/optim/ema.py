@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Mapping
+from typing import Any
 
-from .. import _arrays, _buffers, functional
-from .optimizer import _as_list, _as_step, _check_param, _flat_indices, _load_array
+from .. import _arrays, _backend, _core
+from ._checks import as_list, as_step, check_param, load_array
 
 __all__ = ["EMA"]
 
@@ -33,8 +34,8 @@ class EMA:
             arguments.
         decay (float): :math:`\beta`, in [0, 1) (default: 0.999).
 
-    Each :meth:`update` is one :func:`fusedopt.functional.ewa` call over all the arrays (one per
-    device where they live on several); the averages are kept in the dtype of their params.
+    Each :meth:`update` is one fused call over all the arrays (one per device where they live on
+    several), :func:`fusedopt.functional.ewa`'s; the averages are kept in the dtype of their params.
 
     >>> import numpy as np, fusedopt
     >>> w = np.array([0.0, 10.0])
@@ -49,35 +50,42 @@ class EMA:
     array([2.428571, 2.428571])
     """
 
-    _functional = functional
+    _backend: Any = _backend
 
-    def __init__(self, params, decay=0.999):
+    def __init__(self, params: Any, decay: float = 0.999) -> None:
         if isinstance(decay, bool) or not isinstance(decay, numbers.Real):
             raise TypeError(f"EMA: decay must be a real number, got {type(decay).__name__}")
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA: decay must be in [0, 1), got decay={decay}")
         self._bare = _arrays.looks_like_array(params)
-        params = _as_list("EMA", "params", params, groups=False)
+        params = as_list("EMA", "params", params, groups=False)
         if not params:
             raise ValueError("EMA: got an empty parameter list")
-        self._metas = [_check_param("EMA", f"params[{i}]", p) for i, p in enumerate(params)]
-        # One fused call per place (host, or a CUDA device) the arrays live in, in first-seen order.
-        by_place = {}
+        self._metas = [check_param("EMA", f"params[{i}]", p) for i, p in enumerate(params)]
+        # One call per place (host, or a CUDA device) the arrays live in, in first-seen order.
+        by_place: dict = {}
         for i, m in enumerate(self._metas):
             by_place.setdefault(m.place, []).append(i)
-        self._parts = None if len(by_place) == 1 else list(by_place.values())
+        self._parts = list(by_place.values())
         self._decay = float(decay)
         self._params = params
         self._averages = [_arrays.state_like(p, 0.0, 0) for p in params]
+        self._updates: list | None = None  # the bound update calls (Note [A bound call])
         self.num_updates = 0
 
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_updates"] = None  # they hold the original's averages
+        return state
+
     @property
-    def decay(self):
+    def decay(self) -> float:
         """:math:`\\beta` (read-only: the bias correction assumes one value for the whole run)."""
         return self._decay
 
-    def _arrays(self, fn, params):
-        """``params`` (or those given at construction), checked against the averages."""
+    def _given(self, fn: str, params: Any) -> list:
+        """``params`` (or those given at construction) as a list of the right length; the calls
+        check each array."""
         if params is None:
             return self._params
         if self._bare and _arrays.looks_like_array(params):
@@ -86,86 +94,56 @@ class EMA:
             raise TypeError(f"EMA.{fn}: params must be a list of arrays, got {type(params).__name__}")
         if len(params) != len(self._averages):
             raise ValueError(f"EMA.{fn}: got {len(params)} arrays for {len(self._averages)} averages")
-        for i, (p, m) in enumerate(zip(params, self._metas)):
-            pm, wrong = _arrays.mismatch(p, m, f"EMA.{fn}: params[{i}]")
-            if wrong == "type":
-                raise TypeError(f"EMA.{fn}: params[{i}] is a {type(p).__name__}, expected "
-                                f"{'a numpy.ndarray' if m.place == _arrays.CPU else 'a CUDA array'}")
-            if wrong == "place":
-                raise TypeError(f"EMA.{fn}: params[{i}] is {_arrays.kind(p)}, but its average is "
-                                f"{_arrays.kind(self._averages[i])}")
-            if wrong == "dtype":
-                raise TypeError(f"EMA.{fn}: params[{i}] has dtype {pm.dtype}, expected {m.dtype}")
-            if wrong == "shape":
-                raise ValueError(f"EMA.{fn}: params[{i}] has shape {pm.shape}, expected {m.shape}")
-            if wrong is not None:  # "aligned" or "order"
-                raise ValueError(
-                    f"EMA.{fn}: params[{i}] is not contiguous in the memory order of its average "
-                    f"({m.order}) or not aligned"
-                )
         return list(params)
 
-    def update(self, params=None):
+    def _split(self, arrays: list) -> list:
+        return [[arrays[i] for i in part] for part in self._parts]
+
+    def _index(self, part: list) -> Any:
+        return None if part == list(range(len(self._averages))) else part
+
+    def update(self, params: Any = None) -> None:
         """Fold the current values of ``params`` (default: the params given at construction) into
-        the averages: one fused call over every array."""
-        params = self._arrays("update", params)
-        self._calls("update", "ewa", self._averages, params, True, beta=self._decay)
+        the averages: one fused call over every array (one per device where they live on several)."""
+        params = self._given("update", params)
+        if self._updates is None:
+            self._updates = [
+                self._backend.bind("ewa", (avgs, None), (self._decay,), name="EMA.update",
+                                   index=self._index(part), grads_later=True,
+                                   aliases={"values": "params"})
+                for part, avgs in zip(self._parts, self._split(self._averages))]
+        _check_and_run(self._updates, self._split(params), {})
         self.num_updates += 1
 
-    def _check_updated(self, fn):
+    def _check_updated(self, fn: str) -> None:
         if self.num_updates == 0:
             raise RuntimeError(f"EMA.{fn}: no update yet, so there is no average to read")
 
-    def averages(self):
+    def _readout(self, fn: str, outs: list, aliases: dict | None) -> None:
+        calls = [
+            self._backend.bind("ewa_readout", (avgs, dst), (self._decay,), name=f"EMA.{fn}",
+                               index=self._index(part), aliases=aliases)
+            for part, avgs, dst in zip(self._parts, self._split(self._averages), self._split(outs))]
+        _check_and_run(calls, [None] * len(calls), {"step": self.num_updates})
+
+    def averages(self) -> Any:
         """New arrays holding the bias-corrected averages :math:`\\bar\\theta_k` (a bare array if
         the EMA was built on one)."""
         self._check_updated("averages")
         outs = [_arrays.adapter_of(a).empty_like(a) for a in self._averages]
-        self._calls("averages", "ewa_readout", self._averages, outs, False, beta=self._decay,
-                    step=self.num_updates)
+        self._readout("averages", outs, None)
         return outs[0] if self._bare else outs
 
-    def copy_to(self, params=None):
+    def copy_to(self, params: Any = None) -> None:
         """Write the bias-corrected averages into ``params`` (default: the params given at
-        construction), in place: one fused call."""
-        params = self._arrays("copy_to", params)
+        construction), in place: one fused call (one per device where they live on several)."""
+        params = self._given("copy_to", params)
         self._check_updated("copy_to")
         for i, p in enumerate(params):
-            _check_param("EMA.copy_to", f"params[{i}]", p)
-        self._calls("copy_to", "ewa_readout", self._averages, params, True, beta=self._decay,
-                    step=self.num_updates)
+            check_param("EMA.copy_to", f"params[{i}]", p)
+        self._readout("copy_to", params, {"outs": "params"})
 
-    def _calls(self, method, fn, averages, others, others_are_params, **hyper):
-        """``fn`` over the averages and ``others`` (the params, or new arrays): one call per place
-        the arrays live in, every call checked before the first is made (the optimizers' Note
-        [Every call checked before the first]). What only the kernel refuses
-        (params given to ``copy_to`` that overlap) is reported as ``EMA.<method>: ...``, with
-        ``params[i]`` for the kernel's name of ``others`` when they are the params."""
-        if self._parts is None:
-            parts = [(range(len(averages)), averages, others)]
-        else:
-            parts = [(part, [averages[i] for i in part], [others[i] for i in part])
-                     for part in self._parts]
-        current = None
-        try:
-            if len(parts) == 1:  # the call checks itself before it writes
-                current = parts[0]
-                getattr(self._functional, fn)(current[1], current[2], **hyper)
-                return
-            pending = []
-            with _buffers.preparing(pending):
-                for current in parts:
-                    getattr(self._functional, fn)(current[1], current[2], **hyper)
-            for run in pending:
-                run()
-        except ValueError as e:
-            message = _flat_indices(str(e), current[0])
-            message = message.replace(f"{fn}: ", f"EMA.{method}: ", 1)
-            if others_are_params:
-                message = message.replace("outs[", "params[").replace("values[", "params[")
-            raise ValueError(message) from None
-
-    def state_dict(self):
+    def state_dict(self) -> dict:
         """``{"decay": float, "num_updates": int, "averages": {index: array}}``, the raw
         (uncorrected) averages copied."""
         return {
@@ -174,7 +152,7 @@ class EMA:
             "averages": {i: _arrays.copy(a) for i, a in enumerate(self._averages)},
         }
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: Mapping) -> None:
         """Restore a :meth:`state_dict`; raises ``ValueError`` naming the entry that does not match
         (count, shape, dtype, decay), and then changes nothing."""
         fail = "EMA.load_state_dict"
@@ -184,17 +162,37 @@ class EMA:
             raise ValueError(
                 f"{fail}: the state dict has decay={state_dict['decay']}, this EMA decay={self._decay}"
             )
-        num_updates = _as_step(fail, "state", state_dict["num_updates"])
+        num_updates = as_step(fail, "state", state_dict["num_updates"])
         saved = state_dict["averages"]
         if not isinstance(saved, Mapping) or sorted(saved) != list(range(len(self._averages))):
             n = len(saved) if isinstance(saved, Mapping) else "no dict of"
             raise ValueError(f"{fail}: the state dict has {n} averages, this EMA has {len(self._averages)}")
         new = [
-            _load_array(fail, f"averages[{i}]", saved[i], p, m, i, 0)
+            load_array(fail, f"averages[{i}]", saved[i], p, m, i, 0)
             for i, (p, m) in enumerate(zip(self._params, self._metas))
         ]
         self._averages = new
+        self._updates = None
         self.num_updates = num_updates
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"EMA(decay={self._decay}, arrays={len(self._averages)}, num_updates={self.num_updates})"
+
+
+def _check_and_run(calls: list, grads: list, run: dict) -> None:
+    """Bound calls made together: each checked (and, for several, across their memory) before the
+    first runs (Note [A bound call])."""
+    if len(calls) > 1:
+        cores = [getattr(c, "core", c) for c in calls]
+        if all(isinstance(c, _core.Bound) for c in cores):
+            _core.Calls(cores).check(
+                [getattr(c, "grads_arg", _same)(g) for c, g in zip(calls, grads)])
+        else:
+            for c, g in zip(calls, grads):
+                c.check(g)
+    for c, g in zip(calls, grads):
+        c.run(g, **run)
+
+
+def _same(x: Any) -> Any:
+    return x

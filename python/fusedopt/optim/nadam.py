@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from .optimizer import Optimizer, check_betas, check_lr, check_nonnegative
+from .optimizer import Optimizer
 
 __all__ = ["NAdam"]
 
 
-class NAdam(Optimizer):
+class NAdam(Optimizer, algorithm="nadam"):
     r"""NAdam (Adam with Nesterov momentum) in torch's form, with the momentum schedule
     :math:`\mu_t`, as ``torch.optim.NAdam`` (same arguments, defaults, state names and error
     messages).
@@ -50,57 +50,3 @@ class NAdam(Optimizer):
     >>> round(opt.state[0]["mu_product"], 6)  # mu_1 = 0.9 * (1 - 0.5 * 0.96**0.004)
     0.450073
     """
-
-    _hyper_checks = (
-        ("lr", check_lr),
-        ("eps", check_nonnegative("epsilon")),
-        ("betas", check_betas),
-        ("weight_decay", check_nonnegative("weight_decay")),
-        ("momentum_decay", check_nonnegative("momentum_decay")),
-    )
-    _state_names = ("exp_avg", "exp_avg_sq")
-    _always = ("exp_avg", "exp_avg_sq")
-    _scalar_state = {"mu_product": 1.0}
-
-    def __init__(
-        self,
-        params,
-        lr=2e-3,
-        betas=(0.9, 0.999),
-        eps=1e-8,
-        weight_decay=0.0,
-        momentum_decay=4e-3,
-        decoupled_weight_decay=False,
-        *,
-        maximize=False,
-    ):
-        super().__init__(
-            params,
-            dict(
-                lr=lr,
-                betas=betas,
-                eps=eps,
-                weight_decay=weight_decay,
-                momentum_decay=momentum_decay,
-                decoupled_weight_decay=decoupled_weight_decay,
-                maximize=maximize,
-            ),
-        )
-
-    def _update(self, fn, group, params, grads, buffers, *, step, lr, key):
-        mu_product = fn.nadam(
-            params,
-            grads,
-            buffers["exp_avg"],
-            buffers["exp_avg_sq"],
-            step=step,
-            mu_product=key[1],
-            lr=lr,
-            betas=tuple(group["betas"]),
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            momentum_decay=group["momentum_decay"],
-            decoupled_weight_decay=bool(group["decoupled_weight_decay"]),
-            maximize=bool(group["maximize"]),
-        )
-        return {"mu_product": float(mu_product)}

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from .optimizer import Optimizer, check_lr, check_nonnegative
+from .optimizer import Optimizer
 
 __all__ = ["RMSprop"]
 
 
-class RMSprop(Optimizer):
+class RMSprop(Optimizer, algorithm="rmsprop"):
     r"""RMSprop, as ``torch.optim.RMSprop`` (same arguments, defaults, state names and error
     messages), with the centered variant and momentum.
 
@@ -46,63 +46,3 @@ class RMSprop(Optimizer):
     >>> w.round(6)
     array([ 0.9, -1.9])
     """
-
-    _hyper_checks = (
-        ("lr", check_lr),
-        ("eps", check_nonnegative("epsilon")),
-        ("momentum", check_nonnegative("momentum")),
-        ("weight_decay", check_nonnegative("weight_decay")),
-        ("alpha", check_nonnegative("alpha")),
-    )
-    _state_names = ("square_avg", "momentum_buffer", "grad_avg")
-    _always = ("square_avg",)
-
-    def __init__(
-        self,
-        params,
-        lr=1e-2,
-        alpha=0.99,
-        eps=1e-8,
-        weight_decay=0.0,
-        momentum=0.0,
-        centered=False,
-        *,
-        maximize=False,
-    ):
-        super().__init__(
-            params,
-            dict(
-                lr=lr,
-                momentum=momentum,
-                alpha=alpha,
-                eps=eps,
-                centered=centered,
-                weight_decay=weight_decay,
-                maximize=maximize,
-            ),
-        )
-
-    def _buffer_names(self, group):
-        names = ["square_avg"]
-        if group["momentum"] > 0:
-            names.append("momentum_buffer")
-        if group["centered"]:
-            names.append("grad_avg")
-        return tuple(names)
-
-    def _update(self, fn, group, params, grads, buffers, *, step, lr, key):
-        fn.rmsprop(
-            params,
-            grads,
-            buffers["square_avg"],
-            buffers.get("momentum_buffer"),
-            buffers.get("grad_avg"),
-            step=step,
-            lr=lr,
-            alpha=group["alpha"],
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            momentum=group["momentum"],
-            centered=bool(group["centered"]),
-            maximize=bool(group["maximize"]),
-        )

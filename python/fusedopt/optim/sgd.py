@@ -5,12 +5,12 @@ from __future__ import annotations
 import itertools
 import operator
 
-from .optimizer import Optimizer, check_lr, check_nonnegative, check_real
+from .optimizer import Optimizer
 
 __all__ = ["SGD"]
 
 
-class SGD(Optimizer):
+class SGD(Optimizer, algorithm="sgd"):
     r"""Stochastic gradient descent with optional momentum and Nesterov momentum, as
     ``torch.optim.SGD`` (same arguments, defaults, state names and error messages).
 
@@ -52,46 +52,9 @@ class SGD(Optimizer):
     array([ 3.4, -6.8])
     """
 
-    _hyper_checks = (
-        ("lr", check_lr),
-        ("momentum", check_nonnegative("momentum")),
-        ("weight_decay", check_nonnegative("weight_decay")),
-        ("dampening", check_real),
-    )
-    _state_names = ("momentum_buffer",)
     # torch.optim.SGD's state dicts have no step count: a loaded entry without one counts 0
     # completed steps (a schedule in lr starts again at t=0), and its momentum buffer continues.
     _step_optional = True
-
-    def __init__(
-        self,
-        params,
-        lr=1e-3,
-        momentum=0.0,
-        dampening=0.0,
-        weight_decay=0.0,
-        nesterov=False,
-        *,
-        maximize=False,
-    ):
-        super().__init__(
-            params,
-            dict(
-                lr=lr,
-                momentum=momentum,
-                dampening=dampening,
-                weight_decay=weight_decay,
-                nesterov=nesterov,
-                maximize=maximize,
-            ),
-        )
-
-    def _check_combination(self, h):
-        if h["nesterov"] and (h["momentum"] <= 0 or h["dampening"] != 0):
-            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
-
-    def _buffer_names(self, group):
-        return ("momentum_buffer",) if group["momentum"] != 0 else ()
 
     def _call_keys(self, group, states):
         # Whether the momentum buffer is new (momentum just turned on, or a fresh param) decides
@@ -107,22 +70,9 @@ class SGD(Optimizer):
             return None
         return (*key, not have[0])
 
-    def _update(self, fn, group, params, grads, buffers, *, step, lr, key):
-        # The functional's ``step`` only tells a fresh buffer (step 1: buf = g) from a running one,
-        # which may also be a loaded buffer with a step count of 0.
+    def _kernel_step(self, group, key, step):
+        # The kernel's step only tells a fresh buffer (step 1: buf = g) from a running one, which
+        # may also be a loaded buffer with a step count of 0.
         if key[1]:
-            step = 1
-        elif group["momentum"] != 0:
-            step = max(step, 2)
-        fn.sgd(
-            params,
-            grads,
-            buffers.get("momentum_buffer"),
-            step=step,
-            lr=lr,
-            momentum=group["momentum"],
-            dampening=group["dampening"],
-            weight_decay=group["weight_decay"],
-            nesterov=bool(group["nesterov"]),
-            maximize=bool(group["maximize"]),
-        )
+            return 1
+        return max(step, 2) if group["momentum"] != 0 else step

@@ -1,0 +1,290 @@
+#include "arrays.h"
+
+#include <algorithm>
+#include <atomic>
+
+namespace fusedopt::bindings {
+
+namespace {
+
+using npy = py::detail::npy_api;
+
+constexpr int kFlagC = npy::NPY_ARRAY_C_CONTIGUOUS_;
+constexpr int kFlagF = npy::NPY_ARRAY_F_CONTIGUOUS_;
+constexpr int kFlagAligned = npy::NPY_ARRAY_ALIGNED_;
+constexpr int kFlagWriteable = npy::NPY_ARRAY_WRITEABLE_;
+
+std::atomic<int> g_threads{0};
+
+const char* order_str(int flags) { return (flags & kFlagC) ? "C" : "F"; }
+
+// The storage type of a NumPy type number, or -1.
+int dtype_of(int type_num) {
+  if (type_num == npy::NPY_FLOAT_) return static_cast<int>(DType::Float32);
+  if (type_num == npy::NPY_DOUBLE_) return static_cast<int>(DType::Float64);
+  return -1;
+}
+
+// A masked array of numpy.ma (only an ndarray subclass can be one; numpy.ma must be imported).
+bool is_masked(PyObject* o) {
+  PyObject* ma = PyImport_GetModule(py::str("numpy.ma").ptr());
+  if (ma == nullptr) {
+    PyErr_Clear();
+    return false;
+  }
+  py::object mod = py::reinterpret_steal<py::object>(ma);
+  py::object cls = py::getattr(mod, "MaskedArray", py::none());
+  if (cls.is_none()) return false;
+  const int r = PyObject_IsInstance(o, cls.ptr());
+  if (r < 0) throw py::error_already_set();
+  return r == 1;
+}
+
+// "float32", "float32 or float64": the dtypes of `role` in the combinations with a slot-0 type
+// p (-1: any), and for a state, grad type g (-1: any).
+std::string allowed(Role role, int p) {
+  bool seen[kNumDTypes] = {};
+  for (int c = 0; c < kNumCombos; ++c) {
+    const Combo& k = kCombos.at[c];
+    if (p >= 0 && static_cast<int>(k.param) != p) continue;
+    const DType d = role == Role::Grad ? k.grad : role == Role::State ? k.state : k.param;
+    seen[static_cast<int>(d)] = true;
+  }
+  std::string out;
+  for (int d = 0; d < kNumDTypes; ++d) {
+    if (seen[d]) out += (out.empty() ? "" : " or ") + std::string(dtype_name(static_cast<DType>(d)));
+  }
+  return out;
+}
+
+bool allowed_has(Role role, int p, int d) {
+  for (int c = 0; c < kNumCombos; ++c) {
+    const Combo& k = kCombos.at[c];
+    if (static_cast<int>(k.param) != p) continue;
+    const DType t = role == Role::Grad ? k.grad : role == Role::State ? k.state : k.param;
+    if (static_cast<int>(t) == d) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+int thread_setting() { return g_threads.load(std::memory_order_relaxed); }
+void set_thread_setting(int n) { g_threads.store(n, std::memory_order_relaxed); }
+
+std::string dtype_str(py::handle a) { return py::str(a.attr("dtype")).cast<std::string>(); }
+
+std::string shape_str(const int64_t* dims, int nd) {
+  std::string s = "(";
+  for (int d = 0; d < nd; ++d) {
+    if (d) s += ", ";
+    s += std::to_string(dims[d]);
+  }
+  if (nd == 1) s += ",";
+  return s + ")";
+}
+
+int64_t numel_of(const py::detail::PyArray_Proxy* a) {
+  int64_t n = 1;
+  for (int d = 0; d < a->nd; ++d) n *= a->dimensions[d];
+  return n;
+}
+
+std::pair<uintptr_t, uintptr_t> extent(const char* data, int64_t numel, int type_num) {
+  const auto lo = reinterpret_cast<uintptr_t>(data);
+  return {lo, lo + static_cast<uintptr_t>(numel) * (type_num == npy::NPY_FLOAT_ ? 4 : 8)};
+}
+
+int combo_of(int p, int g, int s) {
+  const int dp = dtype_of(p), dg = g ? dtype_of(g) : -1, ds = s ? dtype_of(s) : -1;
+  for (int c = 0; c < kNumCombos; ++c) {
+    const Combo& k = kCombos.at[c];
+    if (static_cast<int>(k.param) != dp) continue;
+    if (dg >= 0 && static_cast<int>(k.grad) != dg) continue;
+    if (ds >= 0 && static_cast<int>(k.state) != ds) continue;
+    return c;
+  }
+  return -1;
+}
+
+const py::detail::PyArray_Proxy* check_array(const Names& names, const ListArg& a, int slot,
+                                             size_t i, PyObject* o, PyObject* ref,
+                                             const char* ref_list, FirstState* first) {
+  auto& api = npy::get();
+  if (!api.PyArray_Check_(o)) {
+    names.type(names.item(a.name, i) + " is a " + type_name(o) + ", expected a numpy.ndarray");
+  }
+  if (Py_TYPE(o) != api.PyArray_Type_ && is_masked(o)) {
+    names.type(names.item(a.name, i) + " is a masked array (numpy.ma.MaskedArray), whose mask "
+               "fusedopt would ignore; pass its data (arr.data) or a plain ndarray");
+  }
+  const auto* arr = py::detail::array_proxy(o);
+  const auto* descr = py::detail::array_descriptor_proxy(arr->descr);
+  const int dt = dtype_of(descr->type_num);
+  if (ref == nullptr) {
+    if (dt < 0 || allowed(Role::Param, -1).find(dtype_name(static_cast<DType>(dt))) == std::string::npos) {
+      names.type(names.item(a.name, i) + " has dtype " + dtype_str(o) + ", expected " +
+                 allowed(Role::Param, -1));
+    }
+  } else {
+    const int pdt = dtype_of(py::detail::array_descriptor_proxy(py::detail::array_proxy(ref)->descr)->type_num);
+    const Role role = slot == 1 ? Role::Grad : Role::State;
+    if (dt < 0 || !allowed_has(role, pdt, dt)) {
+      const std::string set = allowed(role, pdt);
+      const std::string ref_item = names.item(ref_list, i);
+      names.type(names.item(a.name, i) + " has dtype " + dtype_str(o) + ", expected " + set +
+                 (set == dtype_name(static_cast<DType>(pdt))
+                      ? " (the dtype of " + ref_item + ")"
+                      : " (with a " + std::string(dtype_name(static_cast<DType>(pdt))) + " " +
+                            ref_item + ")"));
+    }
+    if (role == Role::State) {
+      if (first->type_num == 0) {
+        *first = {descr->type_num, a.name};
+      } else if (first->type_num != descr->type_num) {
+        names.type(names.item(a.name, i) + " has dtype " + dtype_str(o) + ", expected " +
+                   dtype_name(static_cast<DType>(dtype_of(first->type_num))) + " (the dtype of " +
+                   names.item(first->list, i) + ")");
+      }
+    }
+  }
+  if (descr->byteorder == '>') {
+    names.type(names.item(a.name, i) + " has a non-native byte order (dtype " + dtype_str(o) + ")" +
+               (a.written() ? "; fusedopt updates arrays in place and cannot convert it"
+                            : "; pass arr.astype(arr.dtype.newbyteorder('='))"));
+  }
+  return arr;
+}
+
+const py::detail::PyArray_Proxy* check_slot(const Names& names, const ListArg& a, int slot,
+                                            size_t i, PyObject* o, PyObject* ref,
+                                            const char* ref_list, FirstState* first) {
+  const auto* arr = check_array(names, a, slot, i, o, ref, ref_list, first);
+  const auto* p = ref ? py::detail::array_proxy(ref) : arr;
+  if (ref) {
+    bool same = arr->nd == p->nd;
+    for (int d = 0; same && d < arr->nd; ++d) same = arr->dimensions[d] == p->dimensions[d];
+    if (!same) {
+      names.value(names.item(a.name, i) + " has shape " + shape_str(arr->dimensions, arr->nd) +
+                  ", expected " + shape_str(p->dimensions, p->nd) + " (the shape of " +
+                  names.item(ref_list, i) + ")");
+    }
+  }
+  if (a.written() && !(arr->flags & kFlagWriteable)) {
+    names.value(names.item(a.name, i) + " is read-only");
+  }
+  if (!(arr->flags & (kFlagC | kFlagF))) {
+    names.value(names.item(a.name, i) +
+                " is not contiguous (fusedopt never copies a buffer; pass a contiguous array)");
+  }
+  if (ref) {
+    const int order = p->flags & (kFlagC | kFlagF);
+    if ((arr->flags & order) == 0) {
+      names.value(names.item(a.name, i) + " has a different memory order (" +
+                  order_str(arr->flags) + ") than " + names.item(ref_list, i) + " (" +
+                  order_str(p->flags) + ")");
+    }
+  }
+  if (!(arr->flags & kFlagAligned)) names.value(names.item(a.name, i) + " is not aligned");
+  return arr;
+}
+
+CheckedCall check_call(const Names& names, const ListArg* a, int nargs, int rank) {
+  CheckedCall out;
+  // 1. Every list is a list or tuple, all of one length.
+  for (int k = 0; k < nargs; ++k) {
+    if (!a[k].present) continue;
+    py::handle l = a[k].list;
+    if (!PyList_Check(l.ptr()) && !PyTuple_Check(l.ptr())) {
+      names.type(std::string(a[k].name) + " must be a list or tuple of numpy arrays, got " +
+                 type_name(l));
+    }
+  }
+  const size_t n = static_cast<size_t>(PySequence_Fast_GET_SIZE(a[0].list.ptr()));
+  for (int k = 1; k < nargs; ++k) {
+    if (!a[k].present) continue;
+    const size_t nk = static_cast<size_t>(PySequence_Fast_GET_SIZE(a[k].list.ptr()));
+    if (nk != n) {
+      names.value(std::string(a[k].name) + " has " + std::to_string(nk) + " arrays, expected " +
+                  std::to_string(n) + " (one per param)");
+    }
+  }
+  out.n = n;
+  out.at.assign(n, {-1, -1});
+
+  // 2. Every array, index by index, against the reference at that index.
+  std::vector<Span> spans;
+  spans.reserve(n * nargs);
+  std::vector<WorkList> per_combo(kNumCombos);
+  for (int c = 0; c < kNumCombos; ++c) per_combo[c].combo = c;
+  std::vector<const py::detail::PyArray_Proxy*> arrs(nargs);
+  for (size_t i = 0; i < n; ++i) {
+    TensorRef t{};
+    FirstState first;
+    int64_t numel = 0;
+    PyObject* ref = nullptr;
+    for (int k = 0; k < nargs; ++k) {
+      if (!a[k].present) continue;
+      PyObject* o = PySequence_Fast_ITEMS(a[k].list.ptr())[i];
+      const auto* arr = check_slot(names, a[k], k, i, o, ref, a[0].name, &first);
+      if (k == 0) {
+        ref = o;
+        numel = numel_of(arr);
+      }
+      arrs[k] = arr;
+      t.ptr[k] = arr->data;
+      if (numel > 0) {
+        const int tn = py::detail::array_descriptor_proxy(arr->descr)->type_num;
+        const auto [lo, hi] = extent(arr->data, numel, tn);
+        spans.push_back({lo, hi, a[k].written(), rank * 8 + k, a[k].name, i, &names});
+      }
+    }
+    if (numel == 0) continue;
+    t.numel = numel;
+    const int pt = py::detail::array_descriptor_proxy(arrs[0]->descr)->type_num;
+    const int gt = nargs > 1 && a[1].present
+                       ? py::detail::array_descriptor_proxy(arrs[1]->descr)->type_num
+                       : 0;
+    const int c = combo_of(pt, gt, first.type_num);
+    WorkList& wl = per_combo[c];
+    const int64_t ti = static_cast<int64_t>(wl.tensors.size());
+    wl.tensors.push_back(t);
+    wl.origin.push_back(static_cast<int64_t>(i));
+    out.at[i] = {c, ti};
+    for (int64_t b = 0; b < numel; b += cpu::kChunk) {
+      const int64_t len = std::min(cpu::kChunk, numel - b);
+      wl.chunks.push_back({ti, b, len, wl.total});
+      wl.total += len;
+    }
+  }
+
+  // 3. No written buffer may share memory with any other buffer of the call (read-only lists may
+  //    share memory with each other).
+  check_no_overlap(spans);
+
+  // What was checked, for the calls that keep it (Note [A bound call]).
+  int remap[kNumCombos];
+  for (int c = 0; c < kNumCombos; ++c) {
+    remap[c] = -1;
+    if (per_combo[c].total > 0) {
+      remap[c] = static_cast<int>(out.lists.size());
+      out.lists.push_back(std::move(per_combo[c]));
+    }
+  }
+  for (auto& at : out.at) {
+    if (at.first >= 0) at.first = remap[at.first];
+  }
+  for (const Span& s : spans) (s.written ? out.written : out.read).push_back(s);
+  for (int k = 0; k < nargs; ++k) {
+    if (!a[k].present) continue;
+    for (size_t i = 0; i < n; ++i) {
+      const auto* arr = py::detail::array_proxy(PySequence_Fast_ITEMS(a[k].list.ptr())[i]);
+      const auto* d = py::detail::array_descriptor_proxy(arr->descr);
+      out.seen.push_back({arr->data, arr->flags, d->type_num, d->byteorder, arr->nd, out.dims.size()});
+      out.dims.insert(out.dims.end(), arr->dimensions, arr->dimensions + arr->nd);
+    }
+  }
+  return out;
+}
+
+}  // namespace fusedopt::bindings

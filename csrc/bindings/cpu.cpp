@@ -1,0 +1,313 @@
+// fusedopt._core.cpu: the generic binder for NumPy arrays (Note [A bound call], bound.h). One
+// class serves every algorithm of the registry; the spec says which lists a call takes, in which
+// slots, and how its hyper-parameters are read.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#include "arrays.h"
+#include "bound.h"
+
+namespace fusedopt::bindings {
+
+#pragma GCC visibility push(hidden)
+
+namespace {
+
+using npy = py::detail::npy_api;
+
+class CpuBound : public Bound {
+ public:
+  CpuBound(const SpecInfo& spec, py::handle lists, py::handle hyper, std::string name,
+           py::handle index, bool grads_later, py::handle aliases);
+  void check(py::handle grads) {
+    Busy busy(*this);
+    verify_unchanged();
+    checked_grads(grads, nullptr, 0);
+  }
+  void verify() {
+    Busy busy(*this);
+    verify_unchanged();
+  }
+  py::object run(py::handle grads, py::handle step, py::handle lr, py::handle scalars);
+  std::vector<Span> grad_spans(py::handle grads, int rank) override {
+    Busy busy(*this);
+    verify_unchanged();
+    std::vector<Span> spans;
+    if (grads.is_none() && grads_bound_) {  // the grads given to bind, checked then
+      for (Span s : call_.read) {
+        s.rank = rank * 8 + s.rank % 8;
+        spans.push_back(s);
+      }
+      return spans;
+    }
+    checked_grads(grads, &spans, rank);
+    return spans;
+  }
+
+ private:
+  std::vector<std::string> aliases_;  // the lists' names in messages, by spec buffer
+  std::vector<ListArg> args_;      // slot order (Note [Kernel slots]); each list a held tuple
+  std::vector<py::object> held_;   // per slot: the tuple of its arrays (None: grads not bound)
+  CheckedCall call_;
+  bool has_grad_slot_ = false;
+  bool grads_bound_ = false;
+
+  void check_all();
+  void verify_unchanged();
+  py::tuple checked_grads(py::handle grads, std::vector<Span>* spans, int rank);
+};
+
+CpuBound::CpuBound(const SpecInfo& spec, py::handle lists, py::handle hyper, std::string name,
+                   py::handle index, bool grads_later, py::handle aliases)
+    : Bound(spec, name.empty() ? std::string(spec.name) : std::move(name), index) {
+  parse_hyper(hyper);
+  const auto& bs = spec.buffers;
+  for (const BufferSpec& b : bs) {
+    py::object alias = aliases.is_none() ? py::object(py::none())
+                                         : py::reinterpret_borrow<py::dict>(aliases).attr("get")(b.list);
+    aliases_.push_back(alias.is_none() ? std::string(b.list) : alias.cast<std::string>());
+  }
+  if (!PyTuple_Check(lists.ptr()) || static_cast<size_t>(PyTuple_GET_SIZE(lists.ptr())) != bs.size()) {
+    throw py::type_error(names_.fn() + ": lists must be a tuple of the " +
+                         std::to_string(bs.size()) + " lists of " + spec.name +
+                         ", in the order of its signature");
+  }
+  const std::vector<int> sl = slots();
+  for (int b : sl) {
+    if (bs[b].when != When::Always && PyTuple_GET_ITEM(lists.ptr(), b) == Py_None) {
+      names_.value(aliases_[b] + spec.required(b).substr(std::string(bs[b].list).size()));
+    }
+  }
+  for (size_t k = 0; k < sl.size(); ++k) {
+    const BufferSpec& b = bs[sl[k]];
+    const bool later = b.role == Role::Grad && grads_later;
+    args_.push_back({aliases_[sl[k]].c_str(), PyTuple_GET_ITEM(lists.ptr(), sl[k]), b.role, !later});
+    has_grad_slot_ = has_grad_slot_ || b.role == Role::Grad;
+  }
+  grads_bound_ = has_grad_slot_ && !grads_later;
+  call_ = check_call(names_, args_.data(), static_cast<int>(args_.size()));
+  for (ListArg& a : args_) {
+    if (!a.present) {
+      held_.push_back(py::none());
+      continue;
+    }
+    PyObject* t = PySequence_Tuple(a.list.ptr());
+    if (t == nullptr) throw py::error_already_set();
+    held_.push_back(py::reinterpret_steal<py::object>(t));
+    a.list = held_.back();
+  }
+  written_ = call_.written;
+  n_ = call_.n;
+}
+
+void CpuBound::check_all() {
+  call_ = check_call(names_, args_.data(), static_cast<int>(args_.size()));
+  written_ = call_.written;
+}
+
+void CpuBound::verify_unchanged() {
+  size_t s = 0;
+  bool flags = false;
+  for (const ListArg& a : args_) {
+    if (!a.present) continue;
+    PyObject** items = PySequence_Fast_ITEMS(a.list.ptr());
+    for (size_t i = 0; i < call_.n; ++i, ++s) {
+      const auto* arr = py::detail::array_proxy(items[i]);
+      const auto* d = py::detail::array_descriptor_proxy(arr->descr);
+      const Seen& seen = call_.seen[s];
+      const int64_t* dims = call_.dims.data() + seen.dims_at;
+      bool same_shape = arr->nd == seen.nd;
+      for (int q = 0; same_shape && q < arr->nd; ++q) same_shape = arr->dimensions[q] == dims[q];
+      if (d->type_num != seen.type_num || d->byteorder != seen.byteorder) {
+        const char* was = seen.type_num == npy::NPY_FLOAT_ ? "float32" : "float64";
+        names_.type(names_.item(a.name, i) + " was changed in place: dtype " + was + " -> " +
+                    dtype_str(items[i]) + "; the arrays of a call must keep their dtype and shape");
+      }
+      if (!same_shape) {
+        names_.value(names_.item(a.name, i) + " was changed in place: shape " +
+                     shape_str(dims, seen.nd) + " -> " + shape_str(arr->dimensions, arr->nd) +
+                     "; the arrays of a call must keep their dtype and shape");
+      }
+      // Its memory moved (resized to its own size) or its flags changed: the full check
+      // refuses it by name, or takes the arrays as they are now.
+      flags = flags || arr->data != seen.data;
+      flags = flags || arr->flags != seen.flags;
+    }
+  }
+  // Flags changed (made read-only, say): the full check words it, or lets the arrays through.
+  if (flags) check_all();
+}
+
+py::tuple CpuBound::checked_grads(py::handle grads, std::vector<Span>* spans, int rank) {
+  const ListArg& pa = args_[0];
+  const char* gname = args_[1].name;
+  if (!PyList_Check(grads.ptr()) && !PyTuple_Check(grads.ptr())) {
+    names_.type(std::string(gname) + " must be a list or tuple of numpy arrays, got " +
+                type_name(grads));
+  }
+  const size_t n = static_cast<size_t>(PySequence_Fast_GET_SIZE(grads.ptr()));
+  if (n != call_.n) {
+    names_.value(std::string(gname) + " has " + std::to_string(n) + " arrays, expected " +
+                 std::to_string(call_.n) + " (one per param)");
+  }
+  PyObject* t = PySequence_Tuple(grads.ptr());
+  if (t == nullptr) throw py::error_already_set();
+  py::tuple g = py::reinterpret_steal<py::tuple>(t);
+  const ListArg ga{gname, g, Role::Grad};
+  PyObject** params = PySequence_Fast_ITEMS(pa.list.ptr());
+  for (size_t i = 0; i < n; ++i) {
+    FirstState first;
+    const auto* arr = check_slot(names_, ga, 1, i, PyTuple_GET_ITEM(g.ptr(), i), params[i],
+                                 pa.name, &first);
+    const auto [w, pos] = call_.at[i];
+    if (w < 0) continue;  // an empty tensor
+    const WorkList& wl = call_.lists[w];
+    const int gt = py::detail::array_descriptor_proxy(arr->descr)->type_num;
+    const int pt = py::detail::array_descriptor_proxy(py::detail::array_proxy(params[i])->descr)->type_num;
+    // A grad dtype the storage combinations allow, but of another combination than the one the
+    // call was bound for (possible once a param type has several grad types).
+    const int c = combo_of(pt, gt, 0);
+    if (c < 0 || kCombos.at[c].grad != kCombos.at[wl.combo].grad) {
+      names_.type(names_.item(gname, i) + " has dtype " + dtype_str(PyTuple_GET_ITEM(g.ptr(), i)) +
+                  ", but the call was bound for " + dtype_name(kCombos.at[wl.combo].grad) + " grads");
+    }
+    const auto [lo, hi] = extent(arr->data, wl.tensors[pos].numel, gt);
+    if (const Span* o = overlapping(written_, lo, hi)) {
+      names_.value(names_.item(gname, i) + " overlaps " + o->names->item(o->list, o->i));
+    }
+    if (spans) spans->push_back({lo, hi, false, rank * 8 + 1, gname, i, &names_});
+  }
+  return g;
+}
+
+py::object CpuBound::run(py::handle grads, py::handle step, py::handle lr, py::handle scalars) {
+  Busy busy(*this);
+  std::vector<double> h, in;
+  const int64_t t = run_args(step, lr, scalars, h, in);
+  verify_unchanged();
+  py::tuple g;  // holds the grads while the kernels read them
+  if (!grads.is_none()) {
+    if (!has_grad_slot_) names_.type(std::string(spec_.name) + " takes no grads");
+    g = checked_grads(grads, nullptr, 0);
+    PyObject** items = PySequence_Fast_ITEMS(g.ptr());
+    for (size_t i = 0; i < call_.n; ++i) {
+      const auto [w, pos] = call_.at[i];
+      if (w >= 0) call_.lists[w].tensors[pos].ptr[1] = py::detail::array_proxy(items[i])->data;
+    }
+  } else if (has_grad_slot_ && !grads_bound_) {
+    names_.type(std::string(args_[1].name) + " must be a list or tuple of numpy arrays, got NoneType");
+  }
+  const int K = spec_.reduce;
+  py::array_t<double> out;
+  double* out_ptr = nullptr;
+  if (K > 0) {
+    out = py::array_t<double>(std::vector<py::ssize_t>{static_cast<py::ssize_t>(call_.n), K});
+    out_ptr = out.mutable_data();
+    std::fill(out_ptr, out_ptr + call_.n * K, 0.0);
+  }
+  const cpu::Launch launch{h.data(), StepArgs{t, in.data()}, out_ptr};
+  const cpu::KernelFn kernel = cpu::active().kernels[spec_.kernel];
+  const int threads = thread_setting();
+  {
+    py::gil_scoped_release nogil;
+    for (const WorkList& wl : call_.lists) kernel(wl.view(threads), launch);
+  }
+  if (K == 1) return out.attr("reshape")(call_.n);
+  if (K > 1) return std::move(out);
+  return scalars_result(h, t, in);
+}
+
+}  // namespace
+
+void def_cpu(py::module_& cpu) {
+  py::class_<CpuBound, Bound>(cpu, "Bound",
+                              "A call over NumPy arrays, checked and bound to its params and state "
+                              "(Note [A bound call], csrc/bindings/bound.h).")
+      .def("check", &CpuBound::check, py::arg("grads"),
+           "Checks grads against the bound params, as run does; writes nothing.")
+      .def("verify", &CpuBound::verify,
+           "Checks that the arrays it holds are as they were checked (an array changed in place "
+           "is refused by name); writes nothing.")
+      .def("run", &CpuBound::run, py::arg("grads") = py::none(), py::kw_only(),
+           py::arg("step") = py::none(), py::arg("lr") = py::none(),
+           py::arg("scalars") = py::none(),
+           "Checks grads (None: those given to bind) and updates: the scalar state after the step "
+           "(a float for one), a reduction's sums, or None.");
+  cpu.def(
+      "bind",
+      [](const std::string& algo, py::handle lists, py::handle hyper, std::string name,
+         py::handle index, bool grads_later, py::handle aliases) {
+        return std::make_unique<CpuBound>(find_spec(algo), lists, hyper, std::move(name), index,
+                                          grads_later, aliases);
+      },
+      py::arg("algo"), py::arg("lists"), py::arg("hyper"), py::kw_only(), py::arg("name") = "",
+      py::arg("index") = py::none(), py::arg("grads_later") = false,
+      py::arg("aliases") = py::none(),
+      "Checks a call of `algo` over NumPy arrays and binds it (Note [A bound call]): `lists` are "
+      "its lists in the order of its signature (None for an unused optional one; for the grads "
+      "too with grads_later), `hyper` its hyper-parameters that a call takes, in that order. "
+      "Messages name `name` (default: algo) and index i as `index` says (None: i; an int: i + "
+      "index; a sequence: index[i]) and each list by its name or its entry in `aliases` (a dict).");
+
+  cpu.def(
+      "rmw",
+      [](py::handle params, py::handle grads, py::list states) {
+        const int nbuf = 2 + static_cast<int>(states.size());
+        if (nbuf > kMaxBuffers) {
+          throw py::value_error("rmw: at most " + std::to_string(kMaxBuffers - 2) +
+                                " state lists, got " + std::to_string(states.size()));
+        }
+        static const char* names[] = {"states[0]", "states[1]", "states[2]"};
+        std::vector<ListArg> args{{"params", params, Role::Param}, {"grads", grads, Role::Grad}};
+        for (size_t k = 0; k < states.size(); ++k) args.push_back({names[k], states[k], Role::State});
+        const Names who("rmw", py::none());
+        const CheckedCall call = check_call(who, args.data(), nbuf);
+        const int threads = thread_setting();
+        py::gil_scoped_release nogil;
+        for (const WorkList& wl : call.lists) cpu::active().rmw(wl.view(threads), nbuf);
+      },
+      py::arg("params"), py::arg("grads"), py::arg("states"),
+      "Benchmark ceiling: params += grads and each state += grads over the same driver, i.e. "
+      "the memory traffic of an algorithm with that many state buffers.");
+
+  cpu.def(
+      "set_num_threads",
+      [](py::handle n) {
+        if (!PyLong_Check(n.ptr()) || PyBool_Check(n.ptr())) {
+          throw py::type_error("set_num_threads: n must be an int, got " + type_name(n));
+        }
+        const long long v = n.cast<long long>();
+        if (v < 0 || v > 1 << 20) {
+          throw py::value_error("set_num_threads: n must be >= 0, got " + std::to_string(v));
+        }
+        set_thread_setting(static_cast<int>(v));
+      },
+      py::arg("n"), "Threads for the CPU kernels; 0 restores OpenMP's default (OMP_NUM_THREADS).");
+  cpu.def("get_num_threads", []() {
+    const int n = thread_setting();
+#if defined(_OPENMP)
+    return n > 0 ? n : omp_get_max_threads();
+#else
+    (void)n;
+    return 1;
+#endif
+  });
+  cpu.def(
+      "set_simd",
+      [](const std::string& name) {
+        if (!cpu::select_isa(name.c_str())) {
+          throw py::value_error("set_simd: '" + name +
+                                "' is not compiled into this build or not supported by this CPU");
+        }
+      },
+      py::arg("name"));
+  cpu.def("chunk_size", []() { return cpu::kChunk; });
+}
+
+#pragma GCC visibility pop
+
+}  // namespace fusedopt::bindings

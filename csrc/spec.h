@@ -1,0 +1,196 @@
+// The vocabulary of an algorithm's spec: what its header declares beside its math, and everything
+// else (the bindings, the Python front ends, the type stubs) derives from. No code runs here.
+//
+// A spec is a struct with
+//   kName       the public name ("adam")
+//   Hyper       the hyper-parameter struct the math reads
+//   kBuffers    its buffer lists, in the public signature's order (BufferSpec)
+//   kHypers     its hyper-parameters, in the public signature's order (HyperSpec<Hyper>)
+//   kScalars    per-call scalar state the caller keeps between steps (NAdam's mu_product)
+//   kHasStep    whether a call takes the 1-based step
+//   kReduce     0 for an update; K for a reduction that returns K float64 sums per tensor
+//   Kernel      the spec whose math runs (itself, or the spec it is a variant of: AdamW -> Adam)
+//   dispatch    (Kernel) turns the run-time flags into an algorithm object for one Storage
+// and optionally
+//   check(h)               a rule across hyper-parameters: nullptr, or torch's error text
+//   advance(h, t, in, out) the scalar state after step t (out), from the state before it (in)
+//   initial(h, t, out)     the scalar state before step t of a run that started at step 1
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+
+#include "common.h"
+
+namespace fusedopt {
+
+// Note [Kernel slots]
+// A kernel sees an element's buffers in slots: slot 0 is the reference buffer, whose dtype, shape
+// and memory order every other buffer of its tensor must match (the params; or what stands for
+// them, such as the outputs of EWA's read-out); slot 1 is the read-only input (the grads; absent
+// from a reduction over one list); slots 2.. are the state buffers in the order the spec lists
+// them, leaving out those the hyper-parameters switch off. So the slots follow from the roles,
+// whatever order the public signature takes the lists in, and an algorithm's math receives its
+// buffers as r[0], r[1], r[2], ... in that order.
+enum class Role : uint8_t {
+  Param,  // slot 0, written
+  Input,  // slot 0, only read (a reduction's list)
+  Grad,   // slot 1, only read
+  State,  // slots 2.., written
+};
+
+// When an optional buffer list is used: always, or by a condition on one hyper-parameter.
+enum class When : uint8_t { Always, Flag, NonZero, Positive };
+
+struct BufferSpec {
+  const char* list;             // the argument: "exp_avgs"
+  const char* state;            // the optimizer-state name ("exp_avg"); nullptr but for states
+  Role role;
+  const char* hyper = nullptr;  // the hyper-parameter that switches the list on
+  When when = When::Always;
+  const char* init = nullptr;   // the hyper-parameter a new state buffer starts at (else 0)
+};
+
+enum class HKind : uint8_t {
+  Lr,    // the learning rate: given at every run, a schedule in the optimizer classes
+  Real,  // a float
+  Flag,  // a bool
+  Pair,  // two floats (betas)
+};
+
+// The values a real hyper-parameter may take: [lo, hi], either end open. Unchecked when
+// !checked (any real, NaN included).
+struct Range {
+  double lo, hi;
+  bool lo_open, hi_open, checked;
+};
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr Range kAnyReal{-kInf, kInf, false, false, false};
+constexpr Range kNonNegative{0.0, kInf, false, false, true};
+constexpr Range kFiniteNonNegative{0.0, kInf, false, true, true};
+constexpr Range kUnitClosed{0.0, 1.0, false, false, true};
+constexpr Range kUnitHalfOpen{0.0, 1.0, false, true, true};
+
+template <class H>
+struct HyperSpec {
+  const char* name;
+  HKind kind;
+  double def0, def1;     // the default (a Flag: 0 or 1; a Pair: both)
+  Range range;           // for each float of a Lr, Real or Pair
+  const char* invalid;   // torch's text for a value out of range: "{}" is the value, "{i}" the
+                         // index within a pair
+  int order;             // torch's order of checks: the first failing one is the error raised
+  double H::*real0;
+  double H::*real1;      // a Pair's second float
+  bool H::*flag;
+  bool kw_only = false;   // keyword-only in the optimizer classes' constructors (after the *)
+  bool in_call = true;    // taken by a call (false: only the classes use it, to start a state)
+  bool fixed = false;     // set by the variant to def0, never taken (AdamW's decoupled decay)
+  bool required = false;  // no default: a call must give it
+  const char* what = nullptr;  // a Pair's elements, for messages: "(beta1, beta2)"
+};
+
+template <class H>
+constexpr HyperSpec<H> keyword_only(HyperSpec<H> s) {
+  s.kw_only = true;
+  return s;
+}
+template <class H>
+constexpr HyperSpec<H> classes_only(HyperSpec<H> s) {
+  s.in_call = false;
+  return s;
+}
+template <class H>
+constexpr HyperSpec<H> required(HyperSpec<H> s) {
+  s.required = true;
+  return s;
+}
+
+template <class H>
+constexpr HyperSpec<H> lr_hyper(double def, double H::*f) {
+  return {"lr", HKind::Lr, def, 0.0, kFiniteNonNegative, "Invalid learning rate: {}", 0, f, nullptr,
+          nullptr};
+}
+template <class H>
+constexpr HyperSpec<H> real_hyper(const char* name, double def, double H::*f, Range range,
+                                  const char* invalid, int order) {
+  return {name, HKind::Real, def, 0.0, range, invalid, order, f, nullptr, nullptr};
+}
+template <class H>
+constexpr HyperSpec<H> flag_hyper(const char* name, bool def, bool H::*f, int order) {
+  return {name, HKind::Flag, def ? 1.0 : 0.0, 0.0, kAnyReal, nullptr, order, nullptr, nullptr, f};
+}
+template <class H>
+constexpr HyperSpec<H> betas_hyper(double beta1, double beta2, double H::*f1, double H::*f2,
+                                   int order) {
+  return {"betas", HKind::Pair, beta1, beta2, kUnitHalfOpen,
+          "Invalid beta parameter at index {i}: {}", order, f1, f2, nullptr, false, true, false,
+          false, "(beta1, beta2)"};
+}
+
+// torch's messages for the common ones.
+constexpr const char* kInvalidEps = "Invalid epsilon value: {}";
+constexpr const char* kInvalidWeightDecay = "Invalid weight_decay value: {}";
+
+struct ScalarSpec {
+  const char* name;
+  double init;  // before the first step
+};
+
+// Per call: the step and the scalar state before it.
+struct StepArgs {
+  int64_t step;               // 1-based; 0 for an algorithm without steps
+  const double* scalars_in;   // kScalars.size() values
+};
+
+constexpr bool same_name(const char* a, const char* b) {
+  while (*a != '\0' && *a == *b) {
+    ++a;
+    ++b;
+  }
+  return *a == *b;
+}
+
+// A variant's hyper-parameter list: `base` with `name`'s default replaced.
+template <class H, size_t N>
+constexpr std::array<HyperSpec<H>, N> with_default(std::array<HyperSpec<H>, N> base,
+                                                   const char* name, double def) {
+  for (size_t i = 0; i < N; ++i) {
+    if (same_name(base[i].name, name)) base[i].def0 = def;
+  }
+  return base;
+}
+
+// A variant's hyper-parameter list: `base` with `name` fixed to `value` (not taken by calls nor
+// by the classes' constructors; the classes' param groups carry it).
+template <class H, size_t N>
+constexpr std::array<HyperSpec<H>, N> with_fixed(std::array<HyperSpec<H>, N> base,
+                                                 const char* name, double value) {
+  for (size_t i = 0; i < N; ++i) {
+    if (same_name(base[i].name, name)) {
+      base[i].def0 = value;
+      base[i].fixed = true;
+      base[i].in_call = false;
+    }
+  }
+  return base;
+}
+
+// The base of a spec's optional parts: no scalar state, no cross-checks, nothing fixed.
+struct SpecDefaults {
+  static constexpr std::array<ScalarSpec, 0> kScalars{};
+  static constexpr bool kHasStep = true;
+  static constexpr int kReduce = 0;
+  template <class H>
+  static constexpr const char* check(const H&) {
+    return nullptr;
+  }
+  template <class H>
+  static void advance(const H&, int64_t, const double*, double*) {}
+  template <class H>
+  static void initial(const H&, int64_t, double*) {}
+};
+
+}  // namespace fusedopt

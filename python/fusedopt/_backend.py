@@ -1,0 +1,63 @@
+"""The one place that decides which backend binds a call (Note [A bound call] in
+``csrc/bindings/bound.h``).
+
+NumPy arrays go to ``_core.cpu``, which checks every array itself, in C++, where checking a few
+thousand arrays costs little; deciding that costs one look at the first array of the first list,
+never a pass over the list. CUDA arrays (anything with ``__cuda_array_interface__`` or CUDA
+DLPack: CuPy, PyTorch CUDA tensors, Numba) go to :mod:`fusedopt._cuda_calls`, which reads them
+into device pointers for ``_core.cuda``. Anything else goes to ``_core.cpu``, which refuses it with
+a message that names it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import _core, _cuda_arrays
+
+__all__ = ["bind", "as_list"]
+
+_ndarray = np.ndarray
+
+
+def as_list(x: Any) -> Any:
+    """A bare array is a list of one; lists, tuples and None pass through; anything else is left
+    for the backend to refuse with a message that names the argument."""
+    if type(x) is list or type(x) is tuple or x is None:
+        return x
+    if isinstance(x, _ndarray) or _cuda_arrays.is_cuda_array(x):
+        return [x]
+    return x
+
+
+def on_device(arrays: Any) -> bool:
+    """Whether a call whose first list is ``arrays`` goes to the CUDA backend."""
+    try:
+        first = arrays[0]
+    except Exception:  # empty, or not a sequence: the CPU backend refuses it with a message
+        return False
+    if type(first) is _ndarray or not isinstance(arrays, (list, tuple)):
+        return False
+    return _cuda_arrays.is_cuda_array(first)
+
+
+def bind(algo: str, lists: tuple, hyper: tuple, *, name: str, index: Any = None,
+         grads_later: bool = False, aliases: dict | None = None) -> Any:
+    """The bound call of ``algo`` over ``lists`` (its lists in its signature's order) with the
+    call's hyper-parameters ``hyper``, on the backend of the first list's arrays. ``name``,
+    ``index`` and ``aliases`` say how its messages name the call, the indices and the lists."""
+    if on_device(lists[0]):
+        from . import _cuda_calls
+
+        return _cuda_calls.bind(algo, lists, hyper, name=name, index=index,
+                                grads_later=grads_later, aliases=aliases)
+    return _core.cpu.bind(algo, lists, hyper, name=name, index=index, grads_later=grads_later,
+                          aliases=aliases)
+
+
+def cuda_available() -> bool:
+    """Whether fusedopt was built with CUDA **and** a CUDA device can be used here."""
+    cuda = getattr(_core, "cuda", None)
+    return cuda is not None and cuda.is_available()

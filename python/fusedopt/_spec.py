@@ -1,0 +1,111 @@
+"""The algorithms' specs, as the compiled module declares them (``csrc/algorithms/<algo>.h``).
+
+Everything a front end needs to know of an algorithm comes from here: its buffer lists and state
+names, its hyper-parameters with their defaults, and its scalar state. :mod:`fusedopt.functional`
+and the optimizer classes are generated from these, so no algorithm's names or defaults are written
+twice in Python.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from . import _core
+
+__all__ = ["Buffer", "Hyper", "Spec", "SPECS"]
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """One buffer list of a call."""
+
+    list: str  # the argument: "exp_avgs"
+    state: str | None  # the optimizer-state name: "exp_avg" (None for params and grads)
+    role: str  # "param", "input", "grad" or "state"
+    hyper: str | None  # the hyper-parameter that switches it on (None: always used)
+    when: str  # "always", "flag", "nonzero", "positive"
+    init: str | None  # the hyper-parameter a new state buffer starts at (None: 0)
+
+    @property
+    def optional(self) -> bool:
+        return self.when != "always"
+
+    def used(self, hyper: dict[str, Any]) -> bool:
+        """Whether a call with these hyper-parameters uses the list."""
+        if self.hyper is None:
+            return True
+        x = hyper[self.hyper]
+        return bool(x > 0) if self.when == "positive" else bool(x)
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """One hyper-parameter."""
+
+    name: str
+    kind: str  # "lr", "real", "flag", "pair"
+    default: Any
+    range: tuple | None  # (lo, hi, lo_open, hi_open), or None: any real
+    invalid: str | None  # torch's text for a value out of range
+    order: int  # torch's order of checks
+    kw_only: bool  # keyword-only in the optimizer classes' constructors
+    in_call: bool  # taken by a call (else only the classes use it)
+    fixed: bool  # set by the variant itself (AdamW's decoupled_weight_decay)
+    required: bool  # no default
+
+
+@dataclass(frozen=True)
+class Spec:
+    """An algorithm as the compiled module declares it."""
+
+    name: str
+    kernel: str  # the spec whose kernel runs (AdamW: "adam")
+    buffers: tuple[Buffer, ...]  # the public signature's order
+    hypers: tuple[Hyper, ...]  # the public signature's order
+    scalars: tuple[tuple[str, float], ...]  # scalar state and its value before the first step
+    step: bool
+    reduce: int
+
+    @property
+    def lists(self) -> tuple[str, ...]:
+        return tuple(b.list for b in self.buffers)
+
+    @property
+    def states(self) -> tuple[Buffer, ...]:
+        return tuple(b for b in self.buffers if b.role == "state")
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        return tuple(b.state for b in self.states if b.state)
+
+    @property
+    def call_hypers(self) -> tuple[str, ...]:
+        """The hyper-parameters a call takes, in order."""
+        return tuple(h.name for h in self.hypers if h.in_call)
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """Every hyper-parameter but the required ones, with its default (fixed ones included)."""
+        return {h.name: h.default for h in self.hypers if not h.required}
+
+    def used_states(self, hyper: dict[str, Any]) -> tuple[Buffer, ...]:
+        return tuple(b for b in self.states if b.used(hyper))
+
+
+def _load() -> dict[str, Spec]:
+    out = {}
+    for d in _core.specs():
+        out[d["name"]] = Spec(
+            name=d["name"],
+            kernel=d["kernel"],
+            buffers=tuple(Buffer(**b) for b in d["buffers"]),
+            hypers=tuple(Hyper(**h) for h in d["hypers"]),
+            scalars=tuple(tuple(s) for s in d["scalars"]),
+            step=d["step"],
+            reduce=d["reduce"],
+        )
+    return out
+
+
+SPECS: dict[str, Spec] = _load()

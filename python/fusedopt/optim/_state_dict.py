@@ -1,0 +1,155 @@
+"""``state_dict`` and ``load_state_dict`` of the optimizer classes: torch's layout, every array
+copied, saved params matched to the optimizer's by position within each group, and a state dict
+of ``torch.optim`` (0-d tensors for ``step`` and ``mu_product``, extra group keys) accepted."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+from .. import _arrays
+from ._checks import as_float, as_step, check_hyper, load_array
+
+__all__ = ["StateDicts"]
+
+
+class StateDicts:
+    """The state-dict half of :class:`fusedopt.optim.Optimizer`."""
+
+    # set by the Optimizer
+    param_groups: list
+    defaults: dict
+    _state: dict
+    _params: list
+    _metas: list
+    _slices: list
+    _kernel: Any
+    _state_names: tuple
+    _always: tuple
+    _scalar_state: dict
+    _step_optional: bool
+    _all_hyper_names: set
+
+    def _flush_all(self) -> None:
+        raise NotImplementedError
+
+    def _forget_runs(self) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """The optimizer's state in torch's layout, every array copied:
+        ``{"state": {index: {"step": int, <name>: array, ...}}, "param_groups": [{..., "params":
+        [indices]}]}``. Group values (schedules included) are deep-copied."""
+        self._flush_all()
+        state = {
+            i: {k: v if isinstance(v, (int, float)) else _arrays.copy(v) for k, v in s.items()}
+            for i, s in sorted(self._state.items())
+        }
+        groups = []
+        for group, (start, stop) in zip(self.param_groups, self._slices):
+            packed = {k: copy.deepcopy(v) for k, v in group.items() if k != "params"}
+            packed["params"] = list(range(start, stop))
+            groups.append(packed)
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: Mapping) -> None:
+        """Replace the state and the groups' hyper-parameters by those of ``state_dict`` (as saved
+        by :meth:`state_dict`), copying every array into a new one laid out like its param.
+
+        Saved params are matched to this optimizer's by position within each group, as torch does.
+        Raises ``ValueError`` naming the entry when the group count, a group's size, a
+        hyper-parameter, a state name (from another algorithm), a shape or a dtype does not match;
+        nothing changes then. A resumed run continues bit for bit like an unbroken one.
+        """
+        cls = type(self).__name__
+        fail = f"{cls}.load_state_dict"
+        if not (isinstance(state_dict, Mapping) and {"state", "param_groups"} <= state_dict.keys()):
+            raise ValueError(f"{fail}: expected a dict with 'state' and 'param_groups'")
+        saved_groups = state_dict["param_groups"]
+        if not isinstance(saved_groups, (list, tuple)) or len(saved_groups) != len(self.param_groups):
+            n = len(saved_groups) if isinstance(saved_groups, (list, tuple)) else "no list of"
+            raise ValueError(
+                f"{fail}: the state dict has {n} param groups, this optimizer has {len(self.param_groups)}"
+            )
+        new_groups = []
+        id_map = {}  # saved param id -> flat index
+        for gi, (saved, group, (start, stop)) in enumerate(
+            zip(saved_groups, self.param_groups, self._slices)
+        ):
+            where = f"param_groups[{gi}]"
+            if not isinstance(saved, Mapping) or not isinstance(saved.get("params"), (list, tuple)):
+                raise ValueError(f"{fail}: {where} is not a dict with a 'params' list")
+            if len(saved["params"]) != stop - start:
+                raise ValueError(
+                    f"{fail}: {where} has {len(saved['params'])} params, "
+                    f"this optimizer's group has {stop - start}"
+                )
+            missing = [k for k in self.defaults if k not in saved]
+            if missing:
+                raise ValueError(
+                    f"{fail}: {where} lacks {missing[0]!r}; "
+                    f"was the state dict saved by another optimizer than {cls}?"
+                )
+            foreign = [k for k in saved if k in self._all_hyper_names and k not in self.defaults]
+            if foreign:
+                raise ValueError(
+                    f"{fail}: {where} has {foreign[0]!r}, which {cls} does not use; "
+                    "was the state dict saved by another optimizer?"
+                )
+            new = {"params": group["params"]}
+            new.update((k, copy.deepcopy(v)) for k, v in saved.items() if k != "params")
+            try:
+                check_hyper(cls, self._kernel, new)
+            except ValueError as e:
+                raise ValueError(f"{fail}: {where}: {e}") from None
+            for sid, i in zip(saved["params"], range(start, stop)):
+                if sid in id_map:
+                    raise ValueError(f"{fail}: parameter id {sid!r} appears twice in param_groups")
+                id_map[sid] = i
+            new_groups.append(new)
+
+        saved_state = state_dict["state"]
+        if not isinstance(saved_state, Mapping):
+            raise ValueError(f"{fail}: 'state' is a {type(saved_state).__name__}, expected a dict")
+        new_state = {}
+        for sid, entry in saved_state.items():
+            if sid not in id_map:
+                raise ValueError(f"{fail}: state[{sid!r}] belongs to no parameter listed in param_groups")
+            i = id_map[sid]
+            new_state[i] = self._load_entry(fail, f"state[{sid!r}]", entry, i)
+
+        self._state = dict(sorted(new_state.items()))
+        self._forget_runs()  # new dicts, none handed out yet
+        for group, new in zip(self.param_groups, new_groups):
+            group.clear()
+            group.update(new)
+
+    def _load_entry(self, fail: str, where: str, entry: Any, i: int) -> dict:
+        cls = type(self).__name__
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"{fail}: {where} is a {type(entry).__name__}, expected a dict")
+        p = self._params[i]
+        out = {}
+        for name, value in entry.items():
+            if name == "step":
+                out["step"] = as_step(fail, where, value)
+            elif name in self._scalar_state:
+                out[name] = as_float(fail, f"{where}[{name!r}]", value)
+            elif name in self._state_names:
+                if value is None:  # torch keeps momentum_buffer=None when momentum == 0
+                    continue
+                out[name] = load_array(fail, f"{where}[{name!r}]", value, p, self._metas[i], i,
+                                       self._state_names.index(name))
+            else:
+                raise ValueError(
+                    f"{fail}: {where} has an entry {name!r}, which {cls} does not keep; "
+                    "was the state dict saved by another optimizer?"
+                )
+        if "step" not in out and self._step_optional:
+            out["step"] = 0
+        for name in ("step", *self._scalar_state, *self._always):
+            if name not in out:
+                raise ValueError(f"{fail}: {where} lacks {name!r}")
+        order = ("step", *self._scalar_state, *self._state_names)
+        return {k: out[k] for k in order if k in out}
