@@ -17,7 +17,9 @@ builds.
 
 Every figure is a percentage of the *first* build's ceiling measured in the same group (above 100:
 faster than that ceiling). The installed ``fusedopt`` package provides the Python side
-(``functional``); only the compiled module differs between builds. Nothing is asserted.
+(``functional``); only the compiled module differs between builds. A build from before the bound
+calls (one ``_core.cpu.<algorithm>`` function per algorithm) is driven through ``OldCore``, so that
+the redesign's kernels can be compared with the kernels before it. Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -52,17 +54,45 @@ def load_build(name, pattern):
     return mod
 
 
+class OldCore:
+    """A ``_core`` of one function per algorithm (before the bound calls), behind the one-shot
+    ``cpu.call`` that ``fusedopt.functional`` makes."""
+
+    def __init__(self, core):
+        self.core = core
+        self.cpu = self
+        self.rmw = core.cpu.rmw
+
+    def call(self, algo, lists, hyper, step, scalars, name):
+        from fusedopt._spec import SPECS
+
+        spec = SPECS[algo]
+        kw = dict(zip(spec.call_hypers, hyper))
+        if spec.name == "adamw":
+            kw["decoupled_weight_decay"] = True
+        if spec.step:
+            kw["step"] = step
+        if spec.scalars:
+            kw[spec.scalars[0][0]] = scalars
+        return getattr(self.core.cpu, spec.kernel)(*lists, **kw)
+
+
+def adapted(core):
+    """``core`` as fusedopt's Python side calls it now."""
+    return core if hasattr(core.cpu, "call") else OldCore(core)
+
+
 @contextlib.contextmanager
 def using(core):
     """Route ``fusedopt.functional`` to ``core`` for the duration (one attribute swap)."""
-    from fusedopt import _buffers
+    from fusedopt import _backend
 
-    saved = _buffers._core
-    _buffers._core = core
+    saved = _backend._core
+    _backend._core = adapted(core)
     try:
         yield
     finally:
-        _buffers._core = saved
+        _backend._core = saved
 
 
 def group_impls(algo, sizes, rng, builds, plain_state):

@@ -83,6 +83,18 @@ void wd_switch(WeightDecay w, F&& f) {
   }
 }
 
+// Coupled (L2) weight decay when weight_decay != 0, or none (a zero decay must not touch g: 0 * p
+// is NaN where p is infinite): the two flavours of the algorithms without decoupled decay, so that
+// only those two variants are compiled for them.
+template <class F>
+void coupled_switch(double weight_decay, F&& f) {
+  if (weight_decay != 0.0) {
+    f(wd_c<WeightDecay::L2>{});
+  } else {
+    f(wd_c<WeightDecay::None>{});
+  }
+}
+
 FUSEDOPT_ISA_BEGIN
 
 // L2 decay when weight_decay != 0, none otherwise: a zero decay must not touch g, since

@@ -70,7 +70,7 @@ struct Adadelta : SpecDefaults {
     using O = typename St::compute_t;
     const AdadeltaScalars<O> s{O(h.lr), O(h.rho), O(1.0 - h.rho), O(h.eps), O(h.weight_decay)};
     bool_switch(h.maximize, [&](auto M) {
-      wd_switch(coupled_decay(h.weight_decay), [&](auto W) {
+      coupled_switch(h.weight_decay, [&](auto W) {
         run(AdadeltaAlgo<St, decltype(M)::value, decltype(W)::value>{{}, s});
       });
     });

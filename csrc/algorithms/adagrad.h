@@ -69,7 +69,7 @@ struct Adagrad : SpecDefaults {
     const double clr = h.lr / (1.0 + static_cast<double>(a.step - 1) * h.lr_decay);
     const AdagradScalars<O> s{O(clr), O(h.weight_decay), O(h.eps)};
     bool_switch(h.maximize, [&](auto M) {
-      wd_switch(coupled_decay(h.weight_decay), [&](auto W) {
+      coupled_switch(h.weight_decay, [&](auto W) {
         run(AdagradAlgo<St, decltype(M)::value, decltype(W)::value>{{}, s});
       });
     });

@@ -69,7 +69,7 @@ struct Adamax : SpecDefaults {
     const AdamaxScalars<O> s{O(h.beta1), O(1.0 - h.beta1), O(h.beta2),
                              O(h.lr / bc1), O(h.eps),       O(h.weight_decay)};
     bool_switch(h.maximize, [&](auto M) {
-      wd_switch(coupled_decay(h.weight_decay), [&](auto W) {
+      coupled_switch(h.weight_decay, [&](auto W) {
         run(AdamaxAlgo<St, decltype(M)::value, decltype(W)::value>{{}, s});
       });
     });

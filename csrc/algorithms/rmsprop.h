@@ -99,7 +99,7 @@ struct Rmsprop : SpecDefaults {
     bool_switch(h.momentum > 0.0, [&](auto Mo) {
       bool_switch(h.centered, [&](auto C) {
         bool_switch(h.maximize, [&](auto M) {
-          wd_switch(coupled_decay(h.weight_decay), [&](auto W) {
+          coupled_switch(h.weight_decay, [&](auto W) {
             run(RmspropAlgo<St, decltype(Mo)::value, decltype(C)::value, decltype(M)::value,
                             decltype(W)::value>{{}, s});
           });

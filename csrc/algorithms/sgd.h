@@ -92,7 +92,7 @@ struct Sgd : SpecDefaults {
     using O = typename St::compute_t;
     const SgdScalars<O> s{O(h.lr), O(h.momentum), O(1.0 - h.dampening), O(h.weight_decay)};
     bool_switch(h.maximize, [&](auto M) {
-      wd_switch(coupled_decay(h.weight_decay), [&](auto W) {
+      coupled_switch(h.weight_decay, [&](auto W) {
         constexpr bool kMax = decltype(M)::value;
         constexpr WeightDecay kWd = decltype(W)::value;
         if (h.momentum == 0.0) {

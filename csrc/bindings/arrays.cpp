@@ -57,14 +57,26 @@ std::string allowed(Role role, int p) {
   return out;
 }
 
-bool allowed_has(Role role, int p, int d) {
-  for (int c = 0; c < kNumCombos; ++c) {
-    const Combo& k = kCombos.at[c];
-    if (static_cast<int>(k.param) != p) continue;
-    const DType t = role == Role::Grad ? k.grad : role == Role::State ? k.state : k.param;
-    if (static_cast<int>(t) == d) return true;
+// ok[role][p][d]: whether a slot of `role` (0: the reference, 1: grad, 2: state) may hold dtype d
+// in a tensor whose reference holds p (for the reference itself, p is ignored). Made once from
+// StorageCombos, so that the check of an array is a table look-up.
+struct DTypeTable {
+  bool ok[3][kNumDTypes][kNumDTypes] = {};
+  constexpr DTypeTable() {
+    for (int c = 0; c < kNumCombos; ++c) {
+      const Combo& k = kCombos.at[c];
+      const int p = static_cast<int>(k.param);
+      for (int q = 0; q < kNumDTypes; ++q) ok[0][q][p] = true;
+      ok[1][p][static_cast<int>(k.grad)] = true;
+      ok[2][p][static_cast<int>(k.state)] = true;
+    }
   }
-  return false;
+};
+constexpr DTypeTable kDTypes{};
+
+bool allowed_has(Role role, int p, int d) {
+  const int r = role == Role::Grad ? 1 : role == Role::State ? 2 : 0;
+  return p >= 0 && d >= 0 && kDTypes.ok[r][p][d];
 }
 
 }  // namespace
@@ -107,9 +119,12 @@ int combo_of(int p, int g, int s) {
   return -1;
 }
 
-const py::detail::PyArray_Proxy* check_array(const Names& names, const ListArg& a, int slot,
-                                             size_t i, PyObject* o, PyObject* ref,
-                                             const char* ref_list, FirstState* first) {
+namespace {
+
+// check_array and check_slot, inlined into check_call's loop over every array of a call.
+inline __attribute__((always_inline)) const py::detail::PyArray_Proxy* check_array_inline(
+    const Names& names, const ListArg& a, int slot, size_t i, PyObject* o, PyObject* ref,
+    const char* ref_list, FirstState* first) {
   auto& api = npy::get();
   if (!api.PyArray_Check_(o)) {
     names.type(names.item(a.name, i) + " is a " + type_name(o) + ", expected a numpy.ndarray");
@@ -122,14 +137,14 @@ const py::detail::PyArray_Proxy* check_array(const Names& names, const ListArg& 
   const auto* descr = py::detail::array_descriptor_proxy(arr->descr);
   const int dt = dtype_of(descr->type_num);
   if (ref == nullptr) {
-    if (dt < 0 || allowed(Role::Param, -1).find(dtype_name(static_cast<DType>(dt))) == std::string::npos) {
+    if (!allowed_has(Role::Param, 0, dt)) {
       names.type(names.item(a.name, i) + " has dtype " + dtype_str(o) + ", expected " +
                  allowed(Role::Param, -1));
     }
   } else {
     const int pdt = dtype_of(py::detail::array_descriptor_proxy(py::detail::array_proxy(ref)->descr)->type_num);
     const Role role = slot == 1 ? Role::Grad : Role::State;
-    if (dt < 0 || !allowed_has(role, pdt, dt)) {
+    if (!allowed_has(role, pdt, dt)) {
       const std::string set = allowed(role, pdt);
       const std::string ref_item = names.item(ref_list, i);
       names.type(names.item(a.name, i) + " has dtype " + dtype_str(o) + ", expected " + set +
@@ -156,10 +171,10 @@ const py::detail::PyArray_Proxy* check_array(const Names& names, const ListArg& 
   return arr;
 }
 
-const py::detail::PyArray_Proxy* check_slot(const Names& names, const ListArg& a, int slot,
-                                            size_t i, PyObject* o, PyObject* ref,
-                                            const char* ref_list, FirstState* first) {
-  const auto* arr = check_array(names, a, slot, i, o, ref, ref_list, first);
+inline __attribute__((always_inline)) const py::detail::PyArray_Proxy* check_slot_inline(
+    const Names& names, const ListArg& a, int slot, size_t i, PyObject* o, PyObject* ref,
+    const char* ref_list, FirstState* first) {
+  const auto* arr = check_array_inline(names, a, slot, i, o, ref, ref_list, first);
   const auto* p = ref ? py::detail::array_proxy(ref) : arr;
   if (ref) {
     bool same = arr->nd == p->nd;
@@ -189,7 +204,22 @@ const py::detail::PyArray_Proxy* check_slot(const Names& names, const ListArg& a
   return arr;
 }
 
-CheckedCall check_call(const Names& names, const ListArg* a, int nargs, int rank) {
+}  // namespace
+
+const py::detail::PyArray_Proxy* check_array(const Names& names, const ListArg& a, int slot,
+                                             size_t i, PyObject* o, PyObject* ref,
+                                             const char* ref_list, FirstState* first) {
+  return check_array_inline(names, a, slot, i, o, ref, ref_list, first);
+}
+
+const py::detail::PyArray_Proxy* check_slot(const Names& names, const ListArg& a, int slot,
+                                            size_t i, PyObject* o, PyObject* ref,
+                                            const char* ref_list, FirstState* first) {
+  return check_slot_inline(names, a, slot, i, o, ref, ref_list, first);
+}
+
+CheckedCall check_call(const Names& names, const ListArg* a, int nargs, const Site* sites,
+                       int rank, bool keep) {
   CheckedCall out;
   // 1. Every list is a list or tuple, all of one length.
   for (int k = 0; k < nargs; ++k) {
@@ -213,10 +243,22 @@ CheckedCall check_call(const Names& names, const ListArg* a, int nargs, int rank
   out.at.assign(n, {-1, -1});
 
   // 2. Every array, index by index, against the reference at that index.
-  std::vector<Span> spans;
-  spans.reserve(n * nargs);
+  std::vector<std::vector<Span>> runs(nargs);  // each list's spans
+  for (auto& r : runs) r.reserve(n);
+  if (keep) out.dims.reserve(n * nargs * 2);
   std::vector<WorkList> per_combo(kNumCombos);
   for (int c = 0; c < kNumCombos; ++c) per_combo[c].combo = c;
+  PyObject* first = n > 0 ? PySequence_Fast_ITEMS(a[0].list.ptr())[0] : nullptr;
+  if (first != nullptr && npy::get().PyArray_Check_(first)) {
+    // Most calls are of one storage combination: room for all their tensors.
+    const int c0 = combo_of(
+        py::detail::array_descriptor_proxy(py::detail::array_proxy(first)->descr)->type_num, 0, 0);
+    if (c0 >= 0) {
+      per_combo[c0].tensors.reserve(n);
+      per_combo[c0].origin.reserve(n);
+      per_combo[c0].chunks.reserve(n);
+    }
+  }
   std::vector<const py::detail::PyArray_Proxy*> arrs(nargs);
   for (size_t i = 0; i < n; ++i) {
     TensorRef t{};
@@ -226,7 +268,7 @@ CheckedCall check_call(const Names& names, const ListArg* a, int nargs, int rank
     for (int k = 0; k < nargs; ++k) {
       if (!a[k].present) continue;
       PyObject* o = PySequence_Fast_ITEMS(a[k].list.ptr())[i];
-      const auto* arr = check_slot(names, a[k], k, i, o, ref, a[0].name, &first);
+      const auto* arr = check_slot_inline(names, a[k], k, i, o, ref, a[0].name, &first);
       if (k == 0) {
         ref = o;
         numel = numel_of(arr);
@@ -236,7 +278,8 @@ CheckedCall check_call(const Names& names, const ListArg* a, int nargs, int rank
       if (numel > 0) {
         const int tn = py::detail::array_descriptor_proxy(arr->descr)->type_num;
         const auto [lo, hi] = extent(arr->data, numel, tn);
-        spans.push_back({lo, hi, a[k].written(), rank * 8 + k, a[k].name, i, &names});
+        runs[k].push_back({lo, hi, &sites[k], static_cast<uint32_t>(i),
+                           static_cast<uint16_t>(rank * 8 + k), a[k].written()});
       }
     }
     if (numel == 0) continue;
@@ -260,7 +303,8 @@ CheckedCall check_call(const Names& names, const ListArg* a, int nargs, int rank
 
   // 3. No written buffer may share memory with any other buffer of the call (read-only lists may
   //    share memory with each other).
-  check_no_overlap(spans);
+  const std::vector<Span> spans = merge_runs(runs);
+  check_no_overlap_sorted(spans);
 
   // What was checked, for the calls that keep it (Note [A bound call]).
   int remap[kNumCombos];
@@ -274,15 +318,24 @@ CheckedCall check_call(const Names& names, const ListArg* a, int nargs, int rank
   for (auto& at : out.at) {
     if (at.first >= 0) at.first = remap[at.first];
   }
+  if (!keep) return out;
   for (const Span& s : spans) (s.written ? out.written : out.read).push_back(s);
+  // What was seen of each array, list by list (the order CpuBound::verify_unchanged walks).
+  size_t present = 0;
+  for (int k = 0; k < nargs; ++k) present += a[k].present ? 1 : 0;
+  out.seen.resize(present * n);
+  size_t row = 0;
   for (int k = 0; k < nargs; ++k) {
     if (!a[k].present) continue;
+    PyObject** items = PySequence_Fast_ITEMS(a[k].list.ptr());
+    Seen* seen = out.seen.data() + row * n;
     for (size_t i = 0; i < n; ++i) {
-      const auto* arr = py::detail::array_proxy(PySequence_Fast_ITEMS(a[k].list.ptr())[i]);
+      const auto* arr = py::detail::array_proxy(items[i]);
       const auto* d = py::detail::array_descriptor_proxy(arr->descr);
-      out.seen.push_back({arr->data, arr->flags, d->type_num, d->byteorder, arr->nd, out.dims.size()});
+      seen[i] = {arr->data, arr->flags, d->type_num, d->byteorder, arr->nd, out.dims.size()};
       out.dims.insert(out.dims.end(), arr->dimensions, arr->dimensions + arr->nd);
     }
+    ++row;
   }
   return out;
 }

@@ -62,10 +62,12 @@ struct CheckedCall {
   std::vector<int64_t> dims;
 };
 
-// The full check of a call whose lists are `args` in slot order; `rank` orders its spans among
-// those of other calls. Raises at the first problem, in this order: list types, list lengths,
-// then index by index and slot by slot every array, then overlap.
-CheckedCall check_call(const Names& names, const ListArg* args, int nslots, int rank = 0);
+// The full check of a call whose lists are `args` in slot order, `sites` (one per slot) how its
+// spans name them; `rank` orders its spans among those of other calls. Raises at the first problem, in this order: list types, list lengths,
+// then index by index and slot by slot every array, then overlap. With `keep` false, a call that
+// runs at once, it leaves out what only a kept call needs (what it saw, its spans).
+CheckedCall check_call(const Names& names, const ListArg* args, int nslots, const Site* sites,
+                       int rank = 0, bool keep = true);
 
 // The first state buffer of a tensor: every other state buffer must have its dtype.
 struct FirstState {

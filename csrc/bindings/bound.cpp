@@ -95,7 +95,7 @@ Calls::Calls(py::list bounds) {
     keep_.push_back(py::reinterpret_borrow<py::object>(h));
     bounds_.push_back(&b);
     for (Span s : b.written()) {
-      s.rank = call * 8 + s.rank % 8;  // ties: the calls in order, then their slots
+      s.rank = static_cast<uint16_t>(call * 8 + s.rank % 8);  // ties: the calls in order, then slots
       written_.push_back(s);
     }
   }
@@ -112,20 +112,20 @@ void Calls::check(py::list grads) {
   for (size_t c = 0; c < bounds_.size(); ++c) {
     for (const Span& g : spans[c]) {
       if (const Span* w = overlapping(written_, g.lo, g.hi)) {
-        g.names->value(g.names->item(g.list, g.i) + " overlaps " + w->names->item(w->list, w->i));
+        g.names().value(g.item() + " overlaps " + w->item());
       }
     }
   }
 }
 
 void def_bound(py::module_& m) {
-  py::class_<Bound>(m, "Bound",
+  py::class_<Bound>(m, "Bound", py::module_local(),
                     "A call checked and bound to its params and state (Note [A bound call], "
                     "csrc/bindings/bound.h); made by cpu.bind or cuda.bind.")
       .def_property_readonly("name", [](const Bound& b) { return b.names().fn(); })
       .def_property_readonly("algorithm", [](const Bound& b) { return b.spec().name; })
       .def("__len__", &Bound::size);
-  py::class_<Calls>(m, "Calls",
+  py::class_<Calls>(m, "Calls", py::module_local(),
                     "The bound calls of one step, checked together: no two write the same memory, "
                     "and no grad of one overlaps a buffer another writes.")
       .def(py::init<py::list>(), py::arg("bounds"))

@@ -34,10 +34,29 @@ std::string Names::item(const char* list, size_t i) const {
 void Names::type(const std::string& msg) const { throw py::type_error(fn_ + ": " + msg); }
 void Names::value(const std::string& msg) const { throw py::value_error(fn_ + ": " + msg); }
 
+namespace {
+// span_before as a function object, so that the sort inlines it.
+struct SpanBefore {
+  bool operator()(const Span& x, const Span& y) const { return span_before(x, y); }
+};
+}  // namespace
+
+std::vector<Span> merge_runs(std::vector<std::vector<Span>>& runs) {
+  size_t total = 0;
+  for (const auto& run : runs) total += run.size();
+  std::vector<Span> out;
+  out.reserve(total);
+  for (const auto& run : runs) out.insert(out.end(), run.begin(), run.end());
+  std::sort(out.begin(), out.end(), SpanBefore{});
+  return out;
+}
+
 void check_no_overlap(std::vector<Span>& spans) {
-  std::sort(spans.begin(), spans.end(), [](const Span& x, const Span& y) {
-    return x.lo != y.lo ? x.lo < y.lo : (x.rank != y.rank ? x.rank < y.rank : x.i < y.i);
-  });
+  std::sort(spans.begin(), spans.end(), SpanBefore{});
+  check_no_overlap_sorted(spans);
+}
+
+void check_no_overlap_sorted(const std::vector<Span>& spans) {
   const Span* reach_any = nullptr;      // the span reaching furthest so far
   const Span* reach_written = nullptr;  // the written span reaching furthest so far
   for (const Span& s : spans) {
@@ -45,7 +64,7 @@ void check_no_overlap(std::vector<Span>& spans) {
     if (s.written && reach_any && s.lo < reach_any->hi) other = reach_any;
     if (!other && reach_written && s.lo < reach_written->hi) other = reach_written;
     if (other) {
-      s.names->value(s.names->item(s.list, s.i) + " overlaps " + other->names->item(other->list, other->i));
+      s.names().value(s.item() + " overlaps " + other->item());
     }
     if (!reach_any || s.hi > reach_any->hi) reach_any = &s;
     if (s.written && (!reach_written || s.hi > reach_written->hi)) reach_written = &s;

@@ -40,21 +40,41 @@ class Names {
   std::vector<int64_t> map_;  // empty: i + offset_
 };
 
-// An interval of memory a call touches: [lo, hi) of list `list` at index i. `rank` orders spans
-// that start at the same address (a call's slots in order; the calls of a step one after the
-// other), so that the message is the same on every platform.
+// A list of a call, as its messages name it: the call's Names and the list's name.
+struct Site {
+  const Names* names;
+  const char* list;
+};
+
+// An interval of memory a call touches: [lo, hi) of a list (`site`) at index i. `rank` orders
+// spans that start at the same address (a call's slots in order; the calls of a step one after
+// the other), so that the message is the same on every platform. 32 bytes: a call sorts one per
+// array.
 struct Span {
   uintptr_t lo, hi;
+  const Site* site;
+  uint32_t i;
+  uint16_t rank;
   bool written;
-  int rank;
-  const char* list;
-  size_t i;
-  const Names* names;
+  std::string item() const { return site->names->item(site->list, i); }
+  const Names& names() const { return *site->names; }
 };
+
+// The order spans are swept in: by address, ties by rank, then index.
+inline bool span_before(const Span& x, const Span& y) {
+  return x.lo != y.lo ? x.lo < y.lo : (x.rank != y.rank ? x.rank < y.rank : x.i < y.i);
+}
+
+// Runs of spans (each a list's, usually already in address order: arrays allocated one after the
+// other) merged into one vector in span_before order.
+std::vector<Span> merge_runs(std::vector<std::vector<Span>>& runs);
 
 // Refuses (ValueError "<a> overlaps <b>", in the words of the later span's call) spans in which a
 // written buffer shares memory with any other; read-only buffers may share memory with each
-// other. Leaves `spans` sorted by address (ties by rank, then index).
+// other. `sorted` in span_before order.
+void check_no_overlap_sorted(const std::vector<Span>& sorted);
+
+// The same for spans in any order, which it leaves sorted.
 void check_no_overlap(std::vector<Span>& spans);
 
 // The first written span of `sorted` (sorted by address, disjoint) that [lo, hi) reaches into,

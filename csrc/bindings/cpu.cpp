@@ -22,7 +22,7 @@ using npy = py::detail::npy_api;
 class CpuBound : public Bound {
  public:
   CpuBound(const SpecInfo& spec, py::handle lists, py::handle hyper, std::string name,
-           py::handle index, bool grads_later, py::handle aliases);
+           py::handle index, bool grads_later, py::handle aliases, bool keep = true);
   void check(py::handle grads) {
     Busy busy(*this);
     verify_unchanged();
@@ -39,7 +39,7 @@ class CpuBound : public Bound {
     std::vector<Span> spans;
     if (grads.is_none() && grads_bound_) {  // the grads given to bind, checked then
       for (Span s : call_.read) {
-        s.rank = rank * 8 + s.rank % 8;
+        s.rank = static_cast<uint16_t>(rank * 8 + s.rank % 8);
         spans.push_back(s);
       }
       return spans;
@@ -53,6 +53,7 @@ class CpuBound : public Bound {
   std::vector<ListArg> args_;      // slot order (Note [Kernel slots]); each list a held tuple
   std::vector<py::object> held_;   // per slot: the tuple of its arrays (None: grads not bound)
   CheckedCall call_;
+  bool keep_ = true;
   bool has_grad_slot_ = false;
   bool grads_bound_ = false;
 
@@ -62,8 +63,8 @@ class CpuBound : public Bound {
 };
 
 CpuBound::CpuBound(const SpecInfo& spec, py::handle lists, py::handle hyper, std::string name,
-                   py::handle index, bool grads_later, py::handle aliases)
-    : Bound(spec, name.empty() ? std::string(spec.name) : std::move(name), index) {
+                   py::handle index, bool grads_later, py::handle aliases, bool keep)
+    : Bound(spec, name.empty() ? std::string(spec.name) : std::move(name), index), keep_(keep) {
   parse_hyper(hyper);
   const auto& bs = spec.buffers;
   for (const BufferSpec& b : bs) {
@@ -89,7 +90,9 @@ CpuBound::CpuBound(const SpecInfo& spec, py::handle lists, py::handle hyper, std
     has_grad_slot_ = has_grad_slot_ || b.role == Role::Grad;
   }
   grads_bound_ = has_grad_slot_ && !grads_later;
-  call_ = check_call(names_, args_.data(), static_cast<int>(args_.size()));
+  for (size_t k = 0; k < args_.size(); ++k) sites_[k] = {&names_, args_[k].name};
+  call_ = check_call(names_, args_.data(), static_cast<int>(args_.size()), sites_, 0, keep);
+  if (!keep) return;  // run at once, by the caller that holds the lists (call())
   for (ListArg& a : args_) {
     if (!a.present) {
       held_.push_back(py::none());
@@ -105,7 +108,7 @@ CpuBound::CpuBound(const SpecInfo& spec, py::handle lists, py::handle hyper, std
 }
 
 void CpuBound::check_all() {
-  call_ = check_call(names_, args_.data(), static_cast<int>(args_.size()));
+  call_ = check_call(names_, args_.data(), static_cast<int>(args_.size()), sites_);
   written_ = call_.written;
 }
 
@@ -177,9 +180,12 @@ py::tuple CpuBound::checked_grads(py::handle grads, std::vector<Span>* spans, in
     }
     const auto [lo, hi] = extent(arr->data, wl.tensors[pos].numel, gt);
     if (const Span* o = overlapping(written_, lo, hi)) {
-      names_.value(names_.item(gname, i) + " overlaps " + o->names->item(o->list, o->i));
+      names_.value(names_.item(gname, i) + " overlaps " + o->item());
     }
-    if (spans) spans->push_back({lo, hi, false, rank * 8 + 1, gname, i, &names_});
+    if (spans) {
+      spans->push_back({lo, hi, &sites_[1], static_cast<uint32_t>(i),
+                        static_cast<uint16_t>(rank * 8 + 1), false});
+    }
   }
   return g;
 }
@@ -188,7 +194,7 @@ py::object CpuBound::run(py::handle grads, py::handle step, py::handle lr, py::h
   Busy busy(*this);
   std::vector<double> h, in;
   const int64_t t = run_args(step, lr, scalars, h, in);
-  verify_unchanged();
+  if (keep_) verify_unchanged();
   py::tuple g;  // holds the grads while the kernels read them
   if (!grads.is_none()) {
     if (!has_grad_slot_) names_.type(std::string(spec_.name) + " takes no grads");
@@ -224,7 +230,7 @@ py::object CpuBound::run(py::handle grads, py::handle step, py::handle lr, py::h
 }  // namespace
 
 void def_cpu(py::module_& cpu) {
-  py::class_<CpuBound, Bound>(cpu, "Bound",
+  py::class_<CpuBound, Bound>(cpu, "Bound", py::module_local(),
                               "A call over NumPy arrays, checked and bound to its params and state "
                               "(Note [A bound call], csrc/bindings/bound.h).")
       .def("check", &CpuBound::check, py::arg("grads"),
@@ -254,6 +260,19 @@ void def_cpu(py::module_& cpu) {
       "index; a sequence: index[i]) and each list by its name or its entry in `aliases` (a dict).");
 
   cpu.def(
+      "call",
+      [](const std::string& algo, py::handle lists, py::handle hyper, py::handle step,
+         py::handle scalars, std::string name) {
+        CpuBound b(find_spec(algo), lists, hyper, std::move(name), py::none(), false, py::none(),
+                   false);
+        return b.run(py::none(), step, py::none(), scalars);
+      },
+      py::arg("algo"), py::arg("lists"), py::arg("hyper"), py::arg("step") = py::none(),
+      py::arg("scalars") = py::none(), py::arg("name") = "",
+      "bind(algo, lists, hyper, name=name).run(step=step, scalars=scalars) in one call, holding "
+      "nothing: fusedopt.functional's one-shot call.");
+
+  cpu.def(
       "rmw",
       [](py::handle params, py::handle grads, py::list states) {
         const int nbuf = 2 + static_cast<int>(states.size());
@@ -265,7 +284,9 @@ void def_cpu(py::module_& cpu) {
         std::vector<ListArg> args{{"params", params, Role::Param}, {"grads", grads, Role::Grad}};
         for (size_t k = 0; k < states.size(); ++k) args.push_back({names[k], states[k], Role::State});
         const Names who("rmw", py::none());
-        const CheckedCall call = check_call(who, args.data(), nbuf);
+        Site sites[kMaxBuffers];
+        for (int k = 0; k < nbuf; ++k) sites[k] = {&who, args[k].name};
+        const CheckedCall call = check_call(who, args.data(), nbuf, sites);
         const int threads = thread_setting();
         py::gil_scoped_release nogil;
         for (const WorkList& wl : call.lists) cpu::active().rmw(wl.view(threads), nbuf);

@@ -134,7 +134,7 @@ void check_device(const Names& names, const std::vector<Span>& spans, int* devic
     infos[j] = known;
   }
   const auto before = [&](size_t x, size_t y) {
-    return spans[x].rank != spans[y].rank ? spans[x].rank < spans[y].rank
+      return spans[x].rank != spans[y].rank ? spans[x].rank < spans[y].rank
                                           : spans[x].i < spans[y].i;
   };
   const size_t n = spans.size();
@@ -145,7 +145,7 @@ void check_device(const Names& names, const std::vector<Span>& spans, int* devic
   std::string of = device_of;
   if (*device < 0) {
     *device = infos[first].device;
-    of = names.item(spans[first].list, spans[first].i);
+    of = spans[first].item();
   }
   size_t bad = n;
   for (size_t j = 0; j < n; ++j) {
@@ -154,11 +154,11 @@ void check_device(const Names& names, const std::vector<Span>& spans, int* devic
   if (bad == n) return;
   const Span& s = spans[bad];
   if (is_host(infos[bad])) {
-    names.type(names.item(s.list, s.i) + " = " + hex(s.lo) +
+    names.type(s.item() + " = " + hex(s.lo) +
                " is host memory, expected CUDA device memory (host and device arrays cannot be "
                "mixed in one call)");
   }
-  names.value(names.item(s.list, s.i) + " is on cuda:" + std::to_string(infos[bad].device) +
+  names.value(s.item() + " is on cuda:" + std::to_string(infos[bad].device) +
               ", expected cuda:" + std::to_string(*device) + " (the device of " + of + ")");
 }
 
@@ -178,7 +178,7 @@ class CudaBound : public Bound {
     std::vector<Span> spans;
     if (grads.is_none() && grads_bound_) {
       for (Span s : read_) {
-        s.rank = rank * 8 + s.rank % 8;
+        s.rank = static_cast<uint16_t>(rank * 8 + s.rank % 8);
         spans.push_back(s);
       }
       return spans;
@@ -247,6 +247,7 @@ CudaBound::CudaBound(const SpecInfo& spec, py::handle lists, py::handle sizes, p
   std::vector<py::handle> slot_list;
   std::vector<bool> present;
   for (int b : sl) {
+    sites_[slot_name_.size()] = {&names_, aliases_[b].c_str()};
     slot_name_.push_back(aliases_[b].c_str());
     slot_list.push_back(PyTuple_GET_ITEM(lists.ptr(), b));
     const bool later = bs[b].role == Role::Grad && grads_later;
@@ -318,7 +319,7 @@ CudaBound::CudaBound(const SpecInfo& spec, py::handle lists, py::handle sizes, p
       const Role role = bs[sl[k]].role;
       const bool written = role == Role::Param || role == Role::State;
       spans.push_back({p, p + static_cast<uintptr_t>(numel * dtype_size(slot_dtype(combo_[i], k))),
-                       written, k, slot_name_[k], i, &names_});
+                       &sites_[k], static_cast<uint32_t>(i), static_cast<uint16_t>(k), written});
     }
     if (numel == 0) continue;
     List& l = per_combo[combo_[i]];
@@ -363,15 +364,15 @@ void CudaBound::checked_grads(py::handle grads, std::vector<Span>* spans, int ra
     if (numel_[i] == 0) continue;
     const uintptr_t hi = p + static_cast<uintptr_t>(numel_[i] * dtype_size(slot_dtype(combo_[i], 1)));
     if (const Span* o = overlapping(written_, p, hi)) {
-      names_.value(names_.item(gname, i) + " overlaps " + o->names->item(o->list, o->i));
+      names_.value(names_.item(gname, i) + " overlaps " + o->item());
     }
-    mine.push_back({p, hi, false, rank * 8 + 1, gname, i, &names_});
+    mine.push_back({p, hi, &sites_[1], static_cast<uint32_t>(i),
+                    static_cast<uint16_t>(rank * 8 + 1), false});
   }
   std::sort(mine.begin(), mine.end(), [](const Span& x, const Span& y) { return x.lo < y.lo; });
   if (!mine.empty()) {
     int device = device_;
-    const Span& w = written_.front();
-    check_device(names_, mine, &device, names_.item(w.list, w.i));
+    check_device(names_, mine, &device, written_.front().item());
   }
   for (size_t j = 0; j < n_; ++j) {
     const auto [l, pos] = at_[j];
@@ -448,7 +449,7 @@ void def_cuda(py::module_& m) {
       "(ints), sizes (elements per tensor) and dtype ('float32'/'float64', or one per tensor); "
       "a run takes the stream to queue on (a cudaStream_t as int; 0 is the legacy default "
       "stream) and optional wait_streams it must follow.");
-  py::class_<CudaBound, Bound>(c, "Bound",
+  py::class_<CudaBound, Bound>(c, "Bound", py::module_local(),
                                "A call over device pointers, checked and bound (Note [A bound "
                                "call], csrc/bindings/bound.h).")
       .def("check", &CudaBound::check, py::arg("grads"),

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import _core, _cuda_arrays
 
-__all__ = ["bind", "as_list"]
+__all__ = ["bind", "call", "as_list", "cuda_available"]
 
 _ndarray = np.ndarray
 
@@ -55,6 +55,15 @@ def bind(algo: str, lists: tuple, hyper: tuple, *, name: str, index: Any = None,
                                 grads_later=grads_later, aliases=aliases)
     return _core.cpu.bind(algo, lists, hyper, name=name, index=index, grads_later=grads_later,
                           aliases=aliases)
+
+
+def call(algo: str, lists: tuple, hyper: tuple, step: Any, scalars: Any) -> Any:
+    """One call, bound and run at once (fusedopt.functional's): returns what the run returns."""
+    if on_device(lists[0]):
+        from . import _cuda_calls
+
+        return _cuda_calls.bind(algo, lists, hyper, name=algo).run(step=step, scalars=scalars)
+    return _core.cpu.call(algo, lists, hyper, step, scalars, algo)
 
 
 def cuda_available() -> bool:

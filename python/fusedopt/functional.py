@@ -34,12 +34,12 @@ _RULES = {
 }
 
 _as_list = _backend.as_list
+_one_call = _backend.call
 
 
 def _call(spec: str, lists: tuple, hyper: tuple, step: Any, scalars: Any) -> Any:
     """One call of ``spec``: lists in its signature's order, its in-call hyper-parameters."""
-    return _backend.bind(spec, tuple(map(_as_list, lists)), hyper, name=spec).run(
-        step=step, scalars=scalars)
+    return _one_call(spec, tuple(map(_as_list, lists)), hyper, step, scalars)
 
 
 def _signature(spec: Spec) -> str:
