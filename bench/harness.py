@@ -153,7 +153,8 @@ def torch_impls(torch, algo, tp, tg, tstates, wanted, notes):
                 notes.append(f"{algo.name}: torch.optim.{algo.torch_cls}(**{mode}) writes into "
                              "p.grad; it runs on a private copy of the gradients, refreshed "
                              "before every call outside the timing")
-                refresh = (lambda private=private: torch._foreach_copy_(private, tg))
+                def refresh(private=private):
+                    torch._foreach_copy_(private, tg)
             for i, p in enumerate(params):
                 st = opt.state[p]
                 for s in algo.states:

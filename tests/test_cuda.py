@@ -14,7 +14,6 @@ tensor of more than 2^31 elements (``slow``).
 
 from __future__ import annotations
 
-import ctypes
 
 import numpy as np
 import pytest
@@ -628,7 +627,6 @@ def test_arrays_on_two_devices_are_refused(lib):
 def test_dlpack_and_array_interface_producers(torch_lib):
     """A producer seen only through DLPack, or only through __cuda_array_interface__, gets the
     same update as the torch tensors themselves."""
-    torch = torch_lib.mod
 
     class OnlyDLPack:
         def __init__(self, t):

@@ -643,10 +643,12 @@ def _params_errors():
     ro.flags.writeable = False
     base = np.ones(10)
     return [
-        ("not-an-array", [np.ones(2), [1.0, 2.0]], {}, TypeError, "Adam: params[1] is a list, expected a numpy.ndarray"),
+        ("not-an-array", [np.ones(2), [1.0, 2.0]], {}, TypeError,
+         "Adam: params[1] is a list, expected a numpy.ndarray"),
         ("int-dtype", [np.ones(2), np.ones(2, np.int64)], {}, TypeError,
          "Adam: params[1] has dtype int64, expected float32 or float64"),
-        ("float16", [np.ones(2, np.float16)], {}, TypeError, "Adam: params[0] has dtype float16, expected float32 or float64"),
+        ("float16", [np.ones(2, np.float16)], {}, TypeError,
+         "Adam: params[0] has dtype float16, expected float32 or float64"),
         ("group-index", [{"params": [np.ones(2)]}, {"params": [np.ones(2), "w"]}], {}, TypeError,
          "Adam: param_groups[1]['params'][1] is a str, expected a numpy.ndarray"),
         ("empty", [], {}, ValueError, "optimizer got an empty parameter list"),
@@ -705,10 +707,12 @@ def _step_errors():
         ("too-few", lambda p: p[:-1], ValueError, "Adam.step: got 4 grads for 5 params"),
         ("not-a-list", lambda p: p[0], TypeError,
          "Adam.step: grads must be a list of arrays (one per param), got ndarray"),
-        ("not-an-array", lambda p: p[:4] + [[1.0]], TypeError, "Adam.step: grads[4] is a list, expected a numpy.ndarray"),
+        ("not-an-array", lambda p: p[:4] + [[1.0]], TypeError,
+         "Adam.step: grads[4] is a list, expected a numpy.ndarray"),
         ("shape", lambda p: p[:3] + [np.ones(4096), p[4]], ValueError,
          "Adam.step: grads[3] has shape (4096,), expected (4097,) (the shape of params[3])"),
-        ("dtype", lambda p: [f32 if i == 0 else g for i, g in enumerate(p)], TypeError, "Adam.step: grads[0] has dtype"),
+        ("dtype", lambda p: [f32 if i == 0 else g for i, g in enumerate(p)], TypeError,
+         "Adam.step: grads[0] has dtype"),
         ("memory-order", lambda p: [np.ascontiguousarray(g) if i == 1 else g for i, g in enumerate(p)], ValueError,
          "Adam.step: grads[1] has a different memory order (C) than params[1] (F)"),
     ]

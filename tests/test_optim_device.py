@@ -24,7 +24,7 @@ import pytest
 import fusedopt
 from fusedopt import _arrays, _core, _cuda_calls
 from fusedopt.optim import EMA
-from test_optim import CASES, DTYPES, EDIT_AT, SHAPES, flat, grads_at, make_params
+from test_optim import CASES, DTYPES, EDIT_AT, flat, grads_at, make_params
 
 STEPS = 12
 
@@ -226,7 +226,7 @@ def test_a_group_spanning_devices_makes_one_call_per_device(case, emulated_cuda)
     mixed = [[p.copy(order="K") if place[gi, j] is None else Emu(p.copy(order="K"), place[gi, j])
               for j, p in enumerate(g)] for gi, g in enumerate(groups)]
     opt_m, m_params = run_beside_host(case, groups, mixed)
-    for i, name, v in state_arrays(opt_m.state):
+    for i, _, v in state_arrays(opt_m.state):
         p = m_params[i]
         assert type(v) is type(p) and getattr(v, "device", None) == getattr(p, "device", None)
     # per step: group 0 on cuda:1 and cuda:0 (its host param goes to the CPU), group 1 on both

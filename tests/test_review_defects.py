@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 import fusedopt
-from fusedopt import functional, reference, schedules
-from fusedopt.optim import EMA, SGD, Adam, NAdam
+from fusedopt import functional, schedules
+from fusedopt.optim import EMA, SGD, Adam
 
 ROOT = Path(__file__).resolve().parents[1]
 

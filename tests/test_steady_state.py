@@ -2,7 +2,8 @@
 step keeps its state lists and its step count in a ``_Run`` and writes the count into the state
 dicts only when something can read them. Every test here runs the same optimizer twice on the same
 backend, once free to take that path and once on the general path (``general_path``: its runs
-switched off, so that every step reads and writes every state dict), and asks for the same bits: params, every state entry, step counts and NAdam's ``mu_product``.
+switched off, so that every step reads and writes every state dict), and asks for the same bits:
+params, every state entry, step counts and NAdam's ``mu_product``.
 """
 
 from __future__ import annotations

@@ -187,7 +187,7 @@ def _torch_consts(torch):
     return consts
 
 
-_TORCH_CONSTS = {}
+_TORCH_CONSTS: dict[int, tuple] = {}
 _DTYPE = operator.attrgetter("dtype")
 _SHAPE = operator.attrgetter("shape")
 
@@ -234,7 +234,7 @@ def torch_fast(torch: Any, args: Any, device_of: Any = None) -> tuple | None:
         dtype = [names.get(d) for d in dtypes]
         if None in dtype:
             return None
-    ptrs = []
+    ptrs: list[list[int] | None] = []
     for arr in args:
         if arr is None:
             ptrs.append(None)

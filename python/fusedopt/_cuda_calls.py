@@ -79,11 +79,12 @@ def _read(names: _Names, lists: list, stream: int, ref: Any = None, ref_name: st
     path]."""
     out = _Read()
     n = len(lists[0][2]) if ref is None else len(ref)
-    cols = []
+    cols: list[list | None] = []
     for name, _, arr in lists:
         if arr is None:
             cols.append(None)
             continue
+        col: list[Any] = []
         if not isinstance(arr, (list, tuple)):
             raise TypeError(
                 f"{names.fn}: {names.list(name)} must be a list or tuple of CUDA arrays, "
@@ -91,26 +92,25 @@ def _read(names: _Names, lists: list, stream: int, ref: Any = None, ref_name: st
         if len(arr) != n:
             raise ValueError(f"{names.fn}: {names.list(name)} has {len(arr)} arrays, expected {n} "
                              "(one per param)")
-        col = []
         for i, x in enumerate(arr):
             try:
                 col.append(_cuda_arrays.view(x, stream))
             except (TypeError, ValueError) as e:
                 raise type(e)(f"{names.fn}: {names.item(name, i)} {e}") from None
         cols.append(col)
-    refs = cols[0] if ref is None else ref
+    refs: Any = cols[0] if ref is None else ref
     ref_name = lists[0][0] if ref is None else ref_name
     device = None
     if ref is not None and ref and ref[0].device is not None:  # grads go where their params are
         device = (ref[0].device, names.item(ref_name, 0))
-    for (name, written, arr), col in zip(lists, cols):
-        if col is None:
+    for (name, written, arr), views in zip(lists, cols):
+        if views is None:
             out.ptrs.append(None)
             out.views.append(None)
             continue
         ptrs = []
-        for i, v in enumerate(col):
-            p = refs[i]
+        for i, v in enumerate(views):
+            p: Any = refs[i]
             if v is None:
                 raise TypeError(
                     f"{names.fn}: {names.item(name, i)} is {_where(arr[i])}, but "
@@ -146,7 +146,7 @@ def _read(names: _Names, lists: list, stream: int, ref: Any = None, ref_name: st
                 out.waits.add(v.stream)
             ptrs.append(v.ptr)
         out.ptrs.append(ptrs)
-        out.views.append(col)
+        out.views.append(views)
     out.device = device
     return out
 
@@ -177,7 +177,7 @@ class CudaCall:
         self._grad = next((b.list for b in slots if b.role == "grad"), None)
         held = [(b.list, b.role in ("param", "state"),
                  None if (b.role == "grad" and grads_later) else lists[at[b.list]]) for b in slots]
-        params = held[0][2]
+        params: Any = held[0][2]
         try:
             first = params[0]
         except Exception:
@@ -193,7 +193,7 @@ class CudaCall:
             sizes = [_cuda_arrays.numel(v.shape) for v in views[0]]
             dtypes = [v.dtype for v in views[0]]
             dtype = dtypes[0] if dtypes and dtypes.count(dtypes[0]) == len(dtypes) else dtypes
-        self._held = [arr for _, _, arr in held]
+        self._held: list[Any] = [arr for _, _, arr in held]
         self._views = views
         self._ptrs = ptrs
         self._waits = waits

@@ -68,6 +68,7 @@ def view(x, stream, make_view, layout):
         capsule = x.__dlpack__(stream=dl_stream, max_version=(1, 0))
     except TypeError:  # a producer from before DLPack 1.0
         capsule = x.__dlpack__(stream=dl_stream)
+    managed: _DLManagedTensorVersioned | _DLManagedTensor
     if _api.PyCapsule_IsValid(capsule, b"dltensor_versioned"):
         managed = _DLManagedTensorVersioned.from_address(
             _api.PyCapsule_GetPointer(capsule, b"dltensor_versioned"))

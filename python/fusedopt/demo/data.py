@@ -64,7 +64,7 @@ INSTALL_HINT = (
 )
 
 # idx type code -> element type (big-endian where it matters)
-_IDX_TYPES = {
+_IDX_TYPES: dict[int, np.dtype] = {
     0x08: np.dtype(np.uint8),
     0x09: np.dtype(np.int8),
     0x0B: np.dtype(">i2"),

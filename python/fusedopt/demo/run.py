@@ -186,7 +186,8 @@ def train(spec, x, y, x_test, y_test, *, sizes, seed, epochs, points_per_epoch, 
     marks = {round(steps_per_epoch * j / points_per_epoch) for j in range(1, points_per_epoch + 1)} - {0}
     rng = np.random.default_rng([seed, 1])
     lr = spec.hyper["lr"]
-    curve = {"step": [0], "epoch": [0.0], "loss": [model.loss(x, y)], "lr": [lr(0) if callable(lr) else lr]}
+    curve: dict[str, list] = {"step": [0], "epoch": [0.0], "loss": [model.loss(x, y)],
+                              "lr": [lr(0) if callable(lr) else lr]}
     bar = _Bar(progress, epochs * steps_per_epoch, spec.label)
     bar.loss(curve["loss"][0])
 

@@ -136,11 +136,11 @@ def as_step(fail: str, where: str, value: Any) -> int:
         isinstance(value, bool)
         or not isinstance(value, numbers.Real)
         or not math.isfinite(value)
-        or value != int(value)
+        or value != int(float(value))
         or value < 0
     ):
         raise ValueError(f"{fail}: {where}['step'] is {value!r}, expected an int >= 0")
-    return int(value)
+    return int(float(value))
 
 
 def as_float(fail: str, where: str, value: Any) -> float:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from .. import _arrays
 from ._checks import as_float, as_step, check_hyper, load_array
@@ -24,12 +24,12 @@ class StateDicts:
     _params: list
     _metas: list
     _slices: list
-    _kernel: Any
-    _state_names: tuple
-    _always: tuple
-    _scalar_state: dict
-    _step_optional: bool
-    _all_hyper_names: set
+    _kernel: ClassVar[Any]
+    _state_names: ClassVar[tuple]
+    _always: ClassVar[tuple]
+    _scalar_state: ClassVar[dict]
+    _step_optional: ClassVar[bool]
+    _all_hyper_names: ClassVar[set]
 
     def _flush_all(self) -> None:
         raise NotImplementedError
@@ -130,7 +130,7 @@ class StateDicts:
         if not isinstance(entry, Mapping):
             raise ValueError(f"{fail}: {where} is a {type(entry).__name__}, expected a dict")
         p = self._params[i]
-        out = {}
+        out: dict[str, Any] = {}
         for name, value in entry.items():
             if name == "step":
                 out["step"] = as_step(fail, where, value)

@@ -51,6 +51,14 @@ class EMA:
     """
 
     _backend: Any = _backend
+    _bare: bool
+    _metas: list
+    _parts: list[list[int]]
+    _decay: float
+    _params: list
+    _averages: list
+    _updates: list | None
+    num_updates: int
 
     def __init__(self, params: Any, decay: float = 0.999) -> None:
         if isinstance(decay, bool) or not isinstance(decay, numbers.Real):
@@ -70,7 +78,7 @@ class EMA:
         self._decay = float(decay)
         self._params = params
         self._averages = [_arrays.state_like(p, 0.0, 0) for p in params]
-        self._updates: list | None = None  # the bound update calls (Note [A bound call])
+        self._updates = None  # the bound update calls (Note [A bound call])
         self.num_updates = 0
 
     def __getstate__(self) -> dict:

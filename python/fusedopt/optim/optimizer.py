@@ -102,11 +102,15 @@ class _Call:
     __slots__ = ("gi", "group", "key", "indices", "lr", "params", "grads", "buffers", "run",
                  "states", "created", "bound")
 
-    def __init__(self, gi, group, key, indices, lr, params, grads):
+    def __init__(self, gi: int, group: dict, key: tuple, indices: Any, lr: float, params: list,
+                 grads: list) -> None:
         self.gi, self.group, self.key, self.indices, self.lr = gi, group, key, indices, lr
         self.params, self.grads = params, grads
-        self.buffers = self.run = self.states = self.bound = None
-        self.created = []  # (flat index, name or None for a whole new state dict)
+        self.buffers: Any = None
+        self.run: Any = None
+        self.states: Any = None
+        self.bound: Any = None
+        self.created: list = []  # (flat index, name or None for a whole new state dict)
 
 
 class _Run:
@@ -379,9 +383,8 @@ class Optimizer(StateDicts):
             self._lock.release()
 
     def _step(self, grads: Any) -> None:
-        cls = type(self).__name__
         grads = self._grads_list(grads)
-        plan = []
+        plan: list[Any] = []
         for gi, (group, (start, stop)) in enumerate(self._groups_checked()):
             run = self._runs[gi]
             if run is not None:
@@ -394,24 +397,25 @@ class Optimizer(StateDicts):
             # run: the group's calls of that step verify the arrays they held.
             for bound in self._last[gi]:
                 getattr(bound, "verify", _nothing)()
-            states = list(map(self._state.get, range(start, stop)))
+            states: Any = list(map(self._state.get, range(start, stop)))
             key = None if self._mixed[gi] else self._uniform_key(group, states)
+            split: dict[tuple, range | list[int]]
             if key is not None:
-                calls = {(key, None): range(start, stop)}
+                split = {(key, None): range(start, stop)}
             else:
-                calls = {}
+                split = {}
                 places = [self._metas[i].place for i in range(start, stop)]
                 for i, k, place in zip(range(start, stop), self._call_keys(group, states), places):
-                    calls.setdefault((k, place), []).append(i)
+                    split.setdefault((k, place), []).append(i)  # type: ignore[union-attr]
                 states = None
-            for (k, _), indices in calls.items():
+            for (k, _), indices in split.items():
                 lr = resolve_lr(gi, group["lr"], k[0])
                 plan.append((gi, group, k, indices, lr, states))
-        calls = []
+        calls: list[_Call] = []
         made = 0
         try:
-            for entry in plan:
-                calls.append(self._prepare(*entry, grads))
+            for gi, group, key, indices, lr, states in plan:
+                calls.append(self._prepare(gi, group, key, indices, lr, states, grads))
             if len(calls) > 1:  # one call checks everything before it writes
                 self._check_calls(calls)
             for call in calls:
@@ -455,7 +459,8 @@ class Optimizer(StateDicts):
             self._calls = (runs, checker)
         checker.check([getattr(c.bound, "grads_arg", _same)(c.grads) for c in calls])
 
-    def _prepare(self, gi, group, key, indices, lr, states, grads) -> _Call:
+    def _prepare(self, gi: int, group: dict, key: tuple, indices: Any, lr: float, states: Any,
+                 grads: list) -> _Call:
         """One call of a step, bound (Note [One call per group, split by step]): ``indices`` is a
         range (a whole group) or a list; ``states`` is the group's ``_Run``, or the list of its
         states when every param of the range has its state already, or None. Buffers the call
@@ -639,7 +644,7 @@ class Optimizer(StateDicts):
             out.append((group, (start, stop)))
         return out
 
-    def _grads_list(self, grads: Any) -> list:
+    def _grads_list(self, grads: Any) -> list | tuple:
         """``grads`` as a list of the right length (a bare array for an optimizer built on one)."""
         cls = type(self).__name__
         n = len(self._params)
