@@ -6,7 +6,7 @@
 //   Hyper       the hyper-parameter struct the math reads
 //   kBuffers    its buffer lists, in the public signature's order (BufferSpec)
 //   kHypers     its hyper-parameters, in the public signature's order (HyperSpec<Hyper>)
-//   kScalars    per-call scalar state the caller keeps between steps (NAdam's mu_product)
+//   kScalars    per-call scalar state the caller keeps between steps (a running product)
 //   kHasStep    whether a call takes the 1-based step
 //   kReduce     0 for an update; K for a reduction that returns K float64 sums per tensor
 //   Kernel      the spec whose math runs (itself, or the spec it is a variant of: AdamW -> Adam)

@@ -52,7 +52,7 @@ constexpr int kVecAlign = 16;
 //   per block:  an int32 chunk index + a uint8 tensor index   5 * kMaxBlocks = 1,600 bytes
 //               (a reduction: + the int64 call index of the launch's first chunk: 8 bytes)
 //   the algorithm object                                       <= kAlgoBytes = 128 bytes
-//                                        (the largest, NadamAlgo<double>, holds 10 doubles: 80)
+//                                        (the largest today holds 10 doubles: 80)
 //   alignment padding                                          <= kPadBytes = 16 bytes
 // so an update takes kMaxTensors(D) = (4096 - 128 - 1600 - 16) / (8*D + 8) = 2352 / (8*D + 8),
 //   D = 2: 98,  D = 3: 73,  D = 4: 58,  D = 5: 49 tensors per launch,

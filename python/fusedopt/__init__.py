@@ -1,7 +1,7 @@
 """fusedopt: fused, multi-tensor optimizer update kernels for people who write their own loops."""
 
 from . import functional, optim, reference, schedules
-from .optim import EMA, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RMSprop
+from .optim import *  # noqa: F403  (every optimizer class, and EMA)
 from ._arrays import state_like
 from ._backend import cuda_available
 from ._core import build_info as _build_info
@@ -30,7 +30,7 @@ def set_num_threads(n):
 
 
 __all__ = [
-    "SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW", "NAdam", "Adamax", "EMA",
+    *(name for name in optim.__all__ if name != "Optimizer"),
     "functional", "optim", "reference", "schedules",
     "build_info", "cuda_available", "get_num_threads", "set_num_threads", "state_like",
     "__version__",

@@ -11,9 +11,10 @@ USAGE = """\
 usage: python -m fusedopt COMMAND [options]
 
 commands:
-  demo      train one MLP on Fashion-MNIST with every optimizer (SGD, momentum, Nesterov, Adagrad,
-            Adadelta, RMSprop, Adam, AdamW, NAdam, Adamax), batch / mini-batch / stochastic SGD and
-            learning-rate decays; print a table, write PNG plots and a JSON of the loss curves
+  demo      train one MLP on Fashion-MNIST with every optimizer of fusedopt.optim (SGD with and
+            without momentum and Nesterov, and the adaptive ones), batch / mini-batch / stochastic
+            SGD and learning-rate decays; print a table, write PNG plots and a JSON of the loss
+            curves
             (python -m fusedopt demo --help; needs pip install "fusedopt[demo]" for bars and plots)
   example   a few seconds: every update rule on an ill-conditioned quadratic, checked against the
             float64 reference

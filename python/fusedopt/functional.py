@@ -26,12 +26,22 @@ from typing import Any, Callable
 from . import _backend
 from ._spec import SPECS, Spec
 
-# The class whose docstring holds each function's rule.
-_RULES = {
-    "sgd": "SGD", "adagrad": "Adagrad", "adadelta": "Adadelta", "rmsprop": "RMSprop",
-    "adam": "Adam", "adamw": "AdamW", "nadam": "NAdam", "adamax": "Adamax", "ewa": "EMA",
-    "ewa_readout": "EMA",
-}
+
+def _rules() -> dict[str, str]:
+    """The class whose docstring holds each function's rule: the optimizer class declared by the
+    function's spec, or the class that names the function among its ``_algorithms``."""
+    from . import optim
+
+    out = {}
+    for name in optim.__all__:
+        cls = getattr(optim, name)
+        spec = getattr(cls, "_spec", None)
+        if spec is not None and spec.name not in out:
+            out[spec.name] = name
+        for algo in getattr(cls, "_algorithms", ()):
+            out[algo] = name
+    return out
+
 
 _as_list = _backend.as_list
 _one_call = _backend.call
@@ -56,8 +66,8 @@ def _signature(spec: Spec) -> str:
     return ", ".join(parts)
 
 
-def _docstring(spec: Spec) -> str:
-    rule = _RULES.get(spec.name)
+def _docstring(spec: Spec, rules: dict[str, str]) -> str:
+    rule = rules.get(spec.name)
     lists = ", ".join(f"``{b.list}``" for b in spec.buffers)
     states = [b for b in spec.buffers if b.role == "state"]
     lines = [
@@ -77,7 +87,7 @@ def _docstring(spec: Spec) -> str:
     return "\n".join(lines)
 
 
-def _make(spec: Spec) -> Callable[..., Any]:
+def _make(spec: Spec, rules: dict[str, str]) -> Callable[..., Any]:
     names = [b.list for b in spec.buffers] + [h.name for h in spec.hypers if h.in_call]
     names += [n for n, _ in spec.scalars] + ["step"]
     assert all(n.isidentifier() and not keyword.iskeyword(n) for n in names), names
@@ -95,10 +105,11 @@ def _make(spec: Spec) -> Callable[..., Any]:
     fn = scope[spec.name]
     fn.__module__ = __name__
     fn.__qualname__ = spec.name
-    fn.__doc__ = _docstring(spec)
+    fn.__doc__ = _docstring(spec, rules)
     return fn
 
 
 # Every update of the registry (a reduction is not an update: it has its own front end).
 __all__ = [name for name, spec in SPECS.items() if spec.reduce == 0]
-globals().update({name: _make(SPECS[name]) for name in __all__})
+_RULES = _rules()
+globals().update({name: _make(SPECS[name], _RULES) for name in __all__})

@@ -51,6 +51,7 @@ class EMA:
     """
 
     _backend: Any = _backend
+    _algorithms = ("ewa", "ewa_readout")  # the calls it makes, whose rule its docstring holds
     _bare: bool
     _metas: list
     _parts: list[list[int]]

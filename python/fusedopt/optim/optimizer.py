@@ -18,8 +18,8 @@ Note [State is keyed by flat index]
 Note [One call per group, split by step]
     A group's tensors normally share one step count and go to one call. They can hold different
     counts only after ``load_state_dict`` with a state dict that has no state for some of them;
-    such a group is split into one call per distinct step count (and per ``mu_product`` for
-    NAdam), in the order the counts first appear, each call with the learning rate of its own
+    such a group is split into one call per distinct step count (and scalar state, such as
+    ``mu_product``), in the order the counts first appear, each call with the learning rate of its own
     step. SGD likewise separates momentum buffers that start at this step (momentum just switched
     on) from running ones, since the two are updated differently.
 
@@ -30,7 +30,7 @@ Note [The steady-state step]
     that updated a whole group in one call the group keeps a ``_Run``: its state dicts, its
     buffer lists, its call key and its bound call. While the run lives, a step is one run of that
     bound call with the new grads (which it checks in full; of the params and states it checks
-    only that each is as it was), and the new step count (and NAdam's ``mu_product``) is kept in
+    only that each is as it was), and the new step count (and scalar state) is kept in
     the run only; the state dicts receive it when anything can read them (``_flush``):
     ``state_dict()``, a copy of the optimizer, and the first look at a group's state through
     ``opt.state``. Such a look hands out the dicts themselves, which the user may keep and edit at
@@ -195,8 +195,8 @@ class Optimizer(StateDicts):
             hyper-parameter. Edit the hyper-parameters (``lr`` included, float or schedule) between
             steps as in torch; the next step uses and checks the edited values.
         state: read-only mapping from a param's flat index (or the param array) to its state dict:
-            ``"step"`` (completed updates, an int), the algorithm's named arrays, and for NAdam
-            ``"mu_product"`` (a float). Allocated at the first step that updates the param.
+            ``"step"`` (completed updates, an int), the algorithm's named arrays, and its scalar
+            state (a float: ``"mu_product"``) if it has one. Allocated at the first step that updates the param.
             The dicts it returns are live (edits take effect at the next step); taking one out
             moves its group from the steady-state step to the general one, which reads every
             state dict at every step (Note [The steady-state step]). ``state_dict()`` (copies)
