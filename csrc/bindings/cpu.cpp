@@ -3,11 +3,13 @@
 // slots, and how its hyper-parameters are read.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
 
+#include "../cuda/emulate.h"
 #include "arrays.h"
 #include "bound.h"
 
@@ -32,7 +34,10 @@ class CpuBound : public Bound {
     Busy busy(*this);
     verify_unchanged();
   }
-  py::object run(py::handle grads, py::handle step, py::handle lr, py::handle scalars);
+  // The drivers a run can go through: the CPU's, or the CUDA driver emulated on the host.
+  enum class Driver { Cpu, EmulatedCuda };
+  py::object run(py::handle grads, py::handle step, py::handle lr, py::handle scalars,
+                 Driver driver = Driver::Cpu);
   std::vector<Span> grad_spans(py::handle grads, int rank) override {
     Busy busy(*this);
     verify_unchanged();
@@ -190,7 +195,8 @@ py::tuple CpuBound::checked_grads(py::handle grads, std::vector<Span>* spans, in
   return g;
 }
 
-py::object CpuBound::run(py::handle grads, py::handle step, py::handle lr, py::handle scalars) {
+py::object CpuBound::run(py::handle grads, py::handle step, py::handle lr, py::handle scalars,
+                         Driver driver) {
   Busy busy(*this);
   std::vector<double> h, in;
   const int64_t t = run_args(step, lr, scalars, h, in);
@@ -215,16 +221,63 @@ py::object CpuBound::run(py::handle grads, py::handle step, py::handle lr, py::h
     out_ptr = out.mutable_data();
     std::fill(out_ptr, out_ptr + call_.n * K, 0.0);
   }
-  const cpu::Launch launch{h.data(), StepArgs{t, in.data()}, out_ptr};
-  const cpu::KernelFn kernel = cpu::active().kernels[spec_.kernel];
-  const int threads = thread_setting();
-  {
+  const StepArgs step_args{t, in.data()};
+  if (driver == Driver::Cpu) {
+    const cpu::Launch launch{h.data(), step_args, out_ptr};
+    const cpu::KernelFn kernel = cpu::active().kernels[spec_.kernel];
+    const int threads = thread_setting();
     py::gil_scoped_release nogil;
     for (const WorkList& wl : call_.lists) kernel(wl.view(threads), launch);
+  } else {
+    const cuda::Launch launch{h.data(), step_args, out_ptr};
+    const cuda::KernelFn kernel = cuda::emulated_kernels()[spec_.kernel];
+    py::gil_scoped_release nogil;
+    for (const WorkList& wl : call_.lists) {
+      kernel({wl.tensors.data(), wl.origin.data(), static_cast<int64_t>(wl.tensors.size()),
+              wl.combo, 0, 0},
+             launch);
+    }
   }
   if (K == 1) return out.attr("reshape")(call_.n);
   if (K > 1) return std::move(out);
   return scalars_result(h, t, in);
+}
+
+// The plan of a call (Note [The emulated CUDA driver]): every launch of tensors of `numels`, as
+// the real launcher cuts them, with what each block covers (block_span).
+template <class Args>
+py::list plan_of(const std::vector<int64_t>& numels) {
+  std::vector<TensorRef> tensors(numels.size());
+  std::vector<int64_t> origin(numels.size());
+  for (size_t i = 0; i < numels.size(); ++i) {
+    tensors[i] = TensorRef{};
+    tensors[i].numel = numels[i];
+    origin[i] = static_cast<int64_t>(i);
+  }
+  const cuda::DeviceList l{tensors.data(), origin.data(), static_cast<int64_t>(tensors.size()), 0,
+                           0, 0};
+  py::list launches;
+  cuda::for_each_launch<Args>(l, [&](const Args& args, int nblocks) {
+    py::list blocks;
+    int ntensors = 0;
+    for (int b = 0; b < nblocks; ++b) {
+      const auto span = cuda::block_span(args, b);
+      ntensors = std::max(ntensors, span.t + 1);
+      int64_t row = -1;
+      if constexpr (Args::kReduce) row = args.origin[span.t];
+      blocks.append(py::make_tuple(span.t, args.block_chunk[b], span.begin, span.len, row));
+    }
+    int64_t first = -1;
+    if constexpr (Args::kReduce) first = args.first_chunk;
+    py::dict d;
+    d["blocks"] = blocks;
+    d["numel"] = std::vector<int64_t>(args.numel, args.numel + ntensors);
+    d["first_chunk"] = first;
+    d["max_tensors"] = Args::kMaxTensors;
+    d["param_bytes"] = sizeof(Args);
+    launches.append(d);
+  });
+  return launches;
 }
 
 }  // namespace
@@ -238,7 +291,11 @@ void def_cpu(py::module_& cpu) {
       .def("verify", &CpuBound::verify,
            "Checks that the arrays it holds are as they were checked (an array changed in place "
            "is refused by name); writes nothing.")
-      .def("run", &CpuBound::run, py::arg("grads") = py::none(), py::kw_only(),
+      .def("run",
+           [](CpuBound& b, py::handle grads, py::handle step, py::handle lr, py::handle scalars) {
+             return b.run(grads, step, lr, scalars);
+           },
+           py::arg("grads") = py::none(), py::kw_only(),
            py::arg("step") = py::none(), py::arg("lr") = py::none(),
            py::arg("scalars") = py::none(),
            "Checks grads (None: those given to bind) and updates: the scalar state after the step "
@@ -327,6 +384,47 @@ void def_cpu(py::module_& cpu) {
       },
       py::arg("name"));
   cpu.def("chunk_size", []() { return cpu::kChunk; });
+}
+
+void def_emulation(py::module_& m) {
+  py::module_ e = m.def_submodule(
+      "_cuda_emulation",
+      "For the tests only: the CUDA driver run on the host (Note [The emulated CUDA driver], "
+      "csrc/cuda/emulate.h), over NumPy arrays, and its plan of a call's launches.");
+  e.def(
+      "call",
+      [](const std::string& algo, py::handle lists, py::handle hyper, py::handle step,
+         py::handle scalars) {
+        CpuBound b(find_spec(algo), lists, hyper, algo, py::none(), false, py::none(), false);
+        return b.run(py::none(), step, py::none(), scalars, CpuBound::Driver::EmulatedCuda);
+      },
+      py::arg("algo"), py::arg("lists"), py::arg("hyper"), py::arg("step") = py::none(),
+      py::arg("scalars") = py::none(),
+      "cpu.call, but the kernels are the CUDA driver's, every block and thread run on the host.");
+  e.def(
+      "plan",
+      [](std::vector<int64_t> numels, int nbuf, bool reduce) -> py::list {
+        if (nbuf < 1 || nbuf > kMaxBuffers || (reduce && nbuf > 3)) {
+          throw py::value_error("plan: nbuf must be 1.." + std::to_string(kMaxBuffers) +
+                                " (1..3 for a reduction)");
+        }
+        switch (nbuf * 2 + (reduce ? 1 : 0)) {
+          case 2: return plan_of<cuda::TensorListArgs<1>>(numels);
+          case 3: return plan_of<cuda::ReduceListArgs<1>>(numels);
+          case 4: return plan_of<cuda::TensorListArgs<2>>(numels);
+          case 5: return plan_of<cuda::ReduceListArgs<2>>(numels);
+          case 6: return plan_of<cuda::TensorListArgs<3>>(numels);
+          case 7: return plan_of<cuda::ReduceListArgs<3>>(numels);
+          case 8: return plan_of<cuda::TensorListArgs<4>>(numels);
+          case 10: return plan_of<cuda::TensorListArgs<5>>(numels);
+          default: return py::list();
+        }
+      },
+      py::arg("numels"), py::arg("nbuf"), py::arg("reduce") = false,
+      "The launches the CUDA launcher makes of tensors of these sizes with nbuf buffers: each a "
+      "dict of its blocks (tensor in the launch, chunk, first element, elements, output row), "
+      "its tensors' numel, its first chunk (reductions), the tensors a launch may hold and the "
+      "bytes of its argument list. Needs no memory: the sizes may pass 2^31.");
 }
 
 #pragma GCC visibility pop

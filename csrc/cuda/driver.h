@@ -178,6 +178,21 @@ FUSEDOPT_ISA_BEGIN
 template <class Algo, int K>
 using slot_type = typename Algo::storage::template slot_t<K>;
 
+// What block `block` of a launch covers: tensor t of the launch, from element `begin` (int64: a
+// tensor may have more than 2^31 elements), `len` elements (a chunk, or the rest of the tensor).
+struct BlockSpan {
+  int t;
+  int64_t begin;
+  int len;
+};
+template <class Args>
+FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE BlockSpan block_span(const Args& args, int block) {
+  const int t = args.block_tensor[block];
+  const int64_t begin = static_cast<int64_t>(args.block_chunk[block]) * kChunk;
+  const int64_t left = args.numel[t] - begin;
+  return {t, begin, static_cast<int>(left < kChunk ? left : kChunk)};
+}
+
 // Four elements of one buffer, loaded and stored as one aligned unit (float4, or two double2).
 template <class S>
 struct alignas(kVecAlign) Pack {
@@ -254,11 +269,7 @@ FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void update_chunk(const ArgsOf<Algo>& args,
                                                        int block, int thread) {
   using O = typename Algo::O;
   constexpr int D = Algo::kBuffers;
-  const int t = args.block_tensor[block];
-  // int64: a tensor may have more than 2^31 elements; only offsets within a chunk fit in int.
-  const int64_t begin = static_cast<int64_t>(args.block_chunk[block]) * kChunk;
-  const int64_t left = args.numel[t] - begin;
-  const int len = static_cast<int>(left < kChunk ? left : kChunk);
+  const auto [t, begin, len] = block_span(args, block);
 
   if (all_aligned<Algo, D>(args, t, begin)) {
     // Vector path: packs of 4, then the last len % 4 elements one by one.
@@ -311,10 +322,7 @@ FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void reduce_lane(const ArgsOf<Algo>& args, 
   using O = typename Algo::O;
   constexpr int D = Algo::kBuffers;
   constexpr int K = Algo::kAccumulators;
-  const int t = args.block_tensor[block];
-  const int64_t begin = static_cast<int64_t>(args.block_chunk[block]) * kChunk;
-  const int64_t left = args.numel[t] - begin;
-  const int len = static_cast<int>(left < kChunk ? left : kChunk);
+  const auto [t, begin, len] = block_span(args, block);
   double sum[K];
 #pragma unroll
   for (int k = 0; k < K; ++k) sum[k] = 0.0;
