@@ -16,7 +16,6 @@ here) from a device bug (red only in tests/test_cuda.py).
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
