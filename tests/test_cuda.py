@@ -163,6 +163,15 @@ def test_run_arguments_are_checked_before_any_cuda_call():
     with pytest.raises(TypeError, match=r"^adam: grads must be a list or tuple of device pointers"):
         b.run(step=1)
     assert b.run([0], step=1) is None
+    # a reduction adds its sums into a device array it is given
+    r = _core.cuda.bind("sumsq", ([0, 0],), [0, 0], "float32", ())
+    with pytest.raises(TypeError, match=r"^sumsq: out is required: a device array of 2 float64"):
+        r.run()
+    with pytest.raises(TypeError, match=r"^sumsq: out is a str, expected a device pointer"):
+        r.run(out="x")
+    assert r.run(out=0x10000) is None  # no elements: nothing is launched, nothing zeroed
+    with pytest.raises(TypeError, match=r"^sumsq: sumsq takes no grads$"):
+        r.run([0, 0], out=0x10000)
 
 
 class FakeDeviceArray:
