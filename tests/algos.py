@@ -1,4 +1,4 @@
-"""The one table of algorithms the tests parametrize over (STYLE 9).
+"""The one table of algorithms the tests parametrize over.
 
 Each :class:`Algo` says how to call one update rule of :mod:`fusedopt.functional` (and its twin in
 :mod:`fusedopt.reference`, which has the same signature): its list arguments in the order the

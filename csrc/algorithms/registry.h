@@ -3,6 +3,8 @@
 // header (math and spec) and these two lines.
 #pragma once
 
+#include <array>
+
 #include "adadelta.h"
 #include "adagrad.h"
 #include "adam.h"
@@ -28,5 +30,21 @@ constexpr int index_of(TypeList<T...>) {
 template <class S>
 constexpr int kSpecIndex = index_of<S>(Specs{});
 constexpr int kNumSpecs = Specs::size;
+
+// Calls run(algo) with the algorithm object that Spec's dispatch makes of the hyper-parameters at
+// `hyper` (a Spec::Hyper), for the step `step` and storage combination `combo`: what every
+// backend's table entry does before it hands the object to its driver.
+template <class Spec, class Run>
+void with_algorithm(const void* hyper, const StepArgs& step, int combo, Run&& run) {
+  const auto& h = *static_cast<const typename Spec::Hyper*>(hyper);
+  combo_switch(combo, [&](auto st) { Spec::template dispatch<decltype(st)>(h, step, run); });
+}
+
+// A backend's table: Entry<Kernel>::run for every spec of the registry, in its order (a variant
+// shares its kernel's entry).
+template <template <class> class Entry, class... S>
+constexpr auto table_of(TypeList<S...>) {
+  return std::array{&Entry<typename S::Kernel>::run...};
+}
 
 }  // namespace fusedopt

@@ -30,6 +30,39 @@ void Bound::parse_hyper(py::handle hyper) {
   spec_.parse(spec_, values.data(), hyper_.data(), numbers_.data(), HyperCheck{names_});
 }
 
+std::vector<int> Bound::bind_lists(py::handle lists, py::handle aliases, bool grads_later) {
+  const auto& bs = spec_.buffers;
+  for (const BufferSpec& b : bs) {
+    py::object alias = aliases.is_none() ? py::object(py::none())
+                                         : py::reinterpret_borrow<py::dict>(aliases).attr("get")(b.list);
+    aliases_.push_back(alias.is_none() ? std::string(b.list) : alias.cast<std::string>());
+  }
+  if (!PyTuple_Check(lists.ptr()) || static_cast<size_t>(PyTuple_GET_SIZE(lists.ptr())) != bs.size()) {
+    throw py::type_error(names_.fn() + ": lists must be a tuple of the " +
+                         std::to_string(bs.size()) + " lists of " + spec_.name +
+                         ", in the order of its signature");
+  }
+  std::vector<int> sl = slots();
+  for (int b : sl) {
+    if (bs[b].when != When::Always && PyTuple_GET_ITEM(lists.ptr(), b) == Py_None) {
+      names_.value(aliases_[b] + spec_.required(b).substr(std::string(bs[b].list).size()));
+    }
+    has_grad_slot_ = has_grad_slot_ || bs[b].role == Role::Grad;
+  }
+  grads_bound_ = has_grad_slot_ && !grads_later;
+  return sl;
+}
+
+std::vector<Span> Bound::bound_grad_spans(const std::vector<Span>& read, int rank) {
+  std::vector<Span> spans;
+  spans.reserve(read.size());
+  for (Span s : read) {
+    s.rank = static_cast<uint16_t>(rank * 8 + s.rank % 8);
+    spans.push_back(s);
+  }
+  return spans;
+}
+
 std::vector<int> Bound::slots() const {
   std::vector<int> out(2, -1);
   const auto& bs = spec_.buffers;

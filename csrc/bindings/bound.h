@@ -65,7 +65,10 @@ class Bound {
   std::vector<double> hyper_;    // the spec's Hyper
   std::vector<double> numbers_;  // the hyper-parameters' numbers (SpecInfo::parse)
   std::vector<Span> written_;
+  std::vector<std::string> aliases_;  // the lists' names in messages, by spec buffer
   size_t n_ = 0;
+  bool has_grad_slot_ = false;  // the variant reads grads
+  bool grads_bound_ = false;    // ... and they were given to bind
   std::atomic<bool> busy_{false};
 
   // Parses the in-call hyper-parameters (a tuple, the signature's order) into hyper_, numbers_.
@@ -79,6 +82,12 @@ class Bound {
                             const std::vector<double>& in) const;
   // The slots of the call (Note [Kernel slots]): spec buffer index per slot, given the numbers.
   std::vector<int> slots() const;
+  // What both binders do first with bind's lists, after parse_hyper: names the lists (aliases_),
+  // checks that `lists` is a tuple of the spec's lists and that every list the variant needs is
+  // given, sets has_grad_slot_ and grads_bound_, and returns slots().
+  std::vector<int> bind_lists(py::handle lists, py::handle aliases, bool grads_later);
+  // grad_spans when the grads were given to bind: `read`, the spans checked then, at rank `rank`.
+  static std::vector<Span> bound_grad_spans(const std::vector<Span>& read, int rank);
 };
 
 // The bound calls of one step, checked together (Note [A bound call]): no two write the same

@@ -41,26 +41,18 @@ class CpuBound : public Bound {
   std::vector<Span> grad_spans(py::handle grads, int rank) override {
     Busy busy(*this);
     verify_unchanged();
+    // the grads given to bind, checked then
+    if (grads.is_none() && grads_bound_) return bound_grad_spans(call_.read, rank);
     std::vector<Span> spans;
-    if (grads.is_none() && grads_bound_) {  // the grads given to bind, checked then
-      for (Span s : call_.read) {
-        s.rank = static_cast<uint16_t>(rank * 8 + s.rank % 8);
-        spans.push_back(s);
-      }
-      return spans;
-    }
     checked_grads(grads, &spans, rank);
     return spans;
   }
 
  private:
-  std::vector<std::string> aliases_;  // the lists' names in messages, by spec buffer
   std::vector<ListArg> args_;      // slot order (Note [Kernel slots]); each list a held tuple
   std::vector<py::object> held_;   // per slot: the tuple of its arrays (None: grads not bound)
   CheckedCall call_;
   bool keep_ = true;
-  bool has_grad_slot_ = false;
-  bool grads_bound_ = false;
 
   void check_all();
   void verify_unchanged();
@@ -72,29 +64,12 @@ CpuBound::CpuBound(const SpecInfo& spec, py::handle lists, py::handle hyper, std
     : Bound(spec, name.empty() ? std::string(spec.name) : std::move(name), index), keep_(keep) {
   parse_hyper(hyper);
   const auto& bs = spec.buffers;
-  for (const BufferSpec& b : bs) {
-    py::object alias = aliases.is_none() ? py::object(py::none())
-                                         : py::reinterpret_borrow<py::dict>(aliases).attr("get")(b.list);
-    aliases_.push_back(alias.is_none() ? std::string(b.list) : alias.cast<std::string>());
-  }
-  if (!PyTuple_Check(lists.ptr()) || static_cast<size_t>(PyTuple_GET_SIZE(lists.ptr())) != bs.size()) {
-    throw py::type_error(names_.fn() + ": lists must be a tuple of the " +
-                         std::to_string(bs.size()) + " lists of " + spec.name +
-                         ", in the order of its signature");
-  }
-  const std::vector<int> sl = slots();
-  for (int b : sl) {
-    if (bs[b].when != When::Always && PyTuple_GET_ITEM(lists.ptr(), b) == Py_None) {
-      names_.value(aliases_[b] + spec.required(b).substr(std::string(bs[b].list).size()));
-    }
-  }
+  const std::vector<int> sl = bind_lists(lists, aliases, grads_later);
   for (size_t k = 0; k < sl.size(); ++k) {
     const BufferSpec& b = bs[sl[k]];
     const bool later = b.role == Role::Grad && grads_later;
     args_.push_back({aliases_[sl[k]].c_str(), PyTuple_GET_ITEM(lists.ptr(), sl[k]), b.role, !later});
-    has_grad_slot_ = has_grad_slot_ || b.role == Role::Grad;
   }
-  grads_bound_ = has_grad_slot_ && !grads_later;
   for (size_t k = 0; k < args_.size(); ++k) sites_[k] = {&names_, args_[k].name};
   call_ = check_call(names_, args_.data(), static_cast<int>(args_.size()), sites_, 0, keep);
   if (!keep) return;  // run at once, by the caller that holds the lists (call())

@@ -175,14 +175,8 @@ class CudaBound : public Bound {
                  py::handle stream, py::handle wait_streams, py::handle out);
   std::vector<Span> grad_spans(py::handle grads, int rank) override {
     Busy busy(*this);
+    if (grads.is_none() && grads_bound_) return bound_grad_spans(read_, rank);
     std::vector<Span> spans;
-    if (grads.is_none() && grads_bound_) {
-      for (Span s : read_) {
-        s.rank = static_cast<uint16_t>(rank * 8 + s.rank % 8);
-        spans.push_back(s);
-      }
-      return spans;
-    }
     checked_grads(grads, &spans, rank);
     return spans;
   }
@@ -194,7 +188,6 @@ class CudaBound : public Bound {
     std::vector<TensorRef> tensors;
     std::vector<int64_t> origin;
   };
-  std::vector<std::string> aliases_;  // the lists' names in messages, by spec buffer
   std::vector<const char*> slot_name_;
   std::vector<int64_t> numel_;
   std::vector<int> combo_;  // per tensor
@@ -202,7 +195,6 @@ class CudaBound : public Bound {
   std::vector<std::pair<int, int64_t>> at_;
   std::vector<Span> read_;
   int device_ = -1;
-  bool has_grad_slot_ = false, grads_bound_ = false;
 
   // Pointer i of slot k, checked: an int, and for a non-empty tensor non-null and aligned.
   uintptr_t pointer(int k, size_t i, PyObject* o) const;
@@ -228,22 +220,7 @@ CudaBound::CudaBound(const SpecInfo& spec, py::handle lists, py::handle sizes, p
     : Bound(spec, name.empty() ? std::string(spec.name) : std::move(name), index) {
   parse_hyper(hyper);
   const auto& bs = spec.buffers;
-  for (const BufferSpec& b : bs) {
-    py::object alias = aliases.is_none() ? py::object(py::none())
-                                         : py::reinterpret_borrow<py::dict>(aliases).attr("get")(b.list);
-    aliases_.push_back(alias.is_none() ? std::string(b.list) : alias.cast<std::string>());
-  }
-  if (!PyTuple_Check(lists.ptr()) || static_cast<size_t>(PyTuple_GET_SIZE(lists.ptr())) != bs.size()) {
-    throw py::type_error(names_.fn() + ": lists must be a tuple of the " +
-                         std::to_string(bs.size()) + " lists of " + spec.name +
-                         ", in the order of its signature");
-  }
-  const std::vector<int> sl = slots();
-  for (int b : sl) {
-    if (bs[b].when != When::Always && PyTuple_GET_ITEM(lists.ptr(), b) == Py_None) {
-      names_.value(aliases_[b] + spec.required(b).substr(std::string(bs[b].list).size()));
-    }
-  }
+  const std::vector<int> sl = bind_lists(lists, aliases, grads_later);
   std::vector<py::handle> slot_list;
   std::vector<bool> present;
   for (int b : sl) {
@@ -252,9 +229,7 @@ CudaBound::CudaBound(const SpecInfo& spec, py::handle lists, py::handle sizes, p
     slot_list.push_back(PyTuple_GET_ITEM(lists.ptr(), b));
     const bool later = bs[b].role == Role::Grad && grads_later;
     present.push_back(!later);
-    has_grad_slot_ = has_grad_slot_ || bs[b].role == Role::Grad;
   }
-  grads_bound_ = has_grad_slot_ && !grads_later;
   const int nslots = static_cast<int>(sl.size());
 
   // 1. Every list is a list or tuple, all of one length; sizes too.

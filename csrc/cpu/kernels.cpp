@@ -13,12 +13,12 @@ FUSEDOPT_ISA_BEGIN
 namespace {
 
 template <class Spec>
-void run_spec(const WorkView& w, const Launch& l) {
-  const auto& h = *static_cast<const typename Spec::Hyper*>(l.hyper);
-  combo_switch(w.combo, [&](auto st) {
-    Spec::template dispatch<decltype(st)>(h, l.step, [&](const auto& algo) { apply(w, algo, l.out); });
-  });
-}
+struct Entry {
+  static void run(const WorkView& w, const Launch& l) {
+    with_algorithm<Spec>(l.hyper, l.step, w.combo,
+                         [&](const auto& algo) { apply(w, algo, l.out); });
+  }
+};
 
 // The benchmark ceiling: the same loads and stores as an update of K slots, trivial math.
 template <class St, int K>
@@ -44,15 +44,15 @@ void rmw_k(const WorkView& w, int nbuf) {
   });
 }
 
-template <class... S>
-constexpr KernelTable make_table(TypeList<S...>) {
-  return {FUSEDOPT_ISA_NAME, {&run_spec<typename S::Kernel>...}, &rmw_k};
-}
-
 }  // namespace
 
 extern const KernelTable kTable;
-const KernelTable kTable = make_table(Specs{});
+constexpr auto kEntries = table_of<Entry>(Specs{});
+const KernelTable kTable = [] {
+  KernelTable t{FUSEDOPT_ISA_NAME, {}, &rmw_k};
+  for (int i = 0; i < kNumSpecs; ++i) t.kernels[i] = kEntries[i];
+  return t;
+}();
 
 FUSEDOPT_ISA_END
 }  // namespace fusedopt::cpu

@@ -173,6 +173,18 @@ template <class Algo>
 using ArgsOf = std::conditional_t<(Algo::kAccumulators > 0), ReduceListArgs<Algo::kBuffers>,
                                   TensorListArgs<Algo::kBuffers>>;
 
+// ArgsOf<Algo>, checked to fit a launch's arguments with the algorithm (Note [Kernel-argument
+// limit]); what a launch (or its emulation) names its arguments by.
+template <class Algo>
+struct FittingArgs {
+  static_assert(sizeof(Algo) <= kAlgoBytes, "Note [Kernel-argument limit]: algorithm too large");
+  static_assert(sizeof(ArgsOf<Algo>) + kPadBytes + kAlgoBytes <= kParamBytes,
+                "Note [Kernel-argument limit]: tensor list too large");
+  using type = ArgsOf<Algo>;
+};
+template <class Algo>
+using LaunchArgsOf = typename FittingArgs<Algo>::type;
+
 FUSEDOPT_ISA_BEGIN
 
 template <class Algo, int K>

@@ -19,10 +19,7 @@ FUSEDOPT_ISA_BEGIN
 
 template <class Algo>
 void emulate(const DeviceList& l, const Algo& algo, double* out) {
-  using Args = ArgsOf<Algo>;
-  static_assert(sizeof(Algo) <= kAlgoBytes, "Note [Kernel-argument limit]: algorithm too large");
-  static_assert(sizeof(Args) + kPadBytes + kAlgoBytes <= kParamBytes,
-                "Note [Kernel-argument limit]: tensor list too large");
+  using Args = LaunchArgsOf<Algo>;
   if constexpr (Algo::kAccumulators == 0) {
     (void)out;
     for_each_launch<Args>(l, [&](const Args& args, int nblocks) {

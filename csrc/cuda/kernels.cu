@@ -10,24 +10,17 @@ namespace fusedopt::cuda {
 namespace {
 
 template <class Spec>
-void run_spec(const DeviceList& l, const Launch& ln) {
-  DeviceGuard guard(l.device);
-  const auto& h = *static_cast<const typename Spec::Hyper*>(ln.hyper);
-  combo_switch(l.combo, [&](auto st) {
-    Spec::template dispatch<decltype(st)>(h, ln.step,
-                                          [&](const auto& algo) { launch(l, algo, ln.out); });
-  });
-}
-
-template <class... S>
-std::array<KernelFn, sizeof...(S)> make_table(TypeList<S...>) {
-  return {&run_spec<typename S::Kernel>...};
-}
+struct Entry {
+  static void run(const DeviceList& l, const Launch& ln) {
+    DeviceGuard guard(l.device);
+    with_algorithm<Spec>(ln.hyper, ln.step, l.combo, [&](const auto& algo) { launch(l, algo, ln.out); });
+  }
+};
 
 }  // namespace
 
 const KernelFn* kernels() {
-  static const auto table = make_table(Specs{});
+  static constexpr auto table = table_of<Entry>(Specs{});
   return table.data();
 }
 

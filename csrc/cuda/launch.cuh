@@ -62,10 +62,7 @@ class AsyncScratch {
 // current.
 template <class Algo>
 void launch(const DeviceList& l, const Algo& algo, double* out) {
-  using Args = ArgsOf<Algo>;
-  static_assert(sizeof(Algo) <= kAlgoBytes, "Note [Kernel-argument limit]: algorithm too large");
-  static_assert(sizeof(Args) + kPadBytes + kAlgoBytes <= kParamBytes,
-                "Note [Kernel-argument limit]: tensor list too large");
+  using Args = LaunchArgsOf<Algo>;
   const auto stream = reinterpret_cast<cudaStream_t>(l.stream);
   Algo a = algo;
   if constexpr (Algo::kAccumulators == 0) {
