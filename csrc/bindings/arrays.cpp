@@ -243,8 +243,8 @@ CheckedCall check_call(const Names& names, const ListArg* a, int nargs, const Si
   out.at.assign(n, {-1, -1});
 
   // 2. Every array, index by index, against the reference at that index.
-  std::vector<std::vector<Span>> runs(nargs);  // each list's spans
-  for (auto& r : runs) r.reserve(n);
+  std::vector<Span> spans;  // every non-empty array's memory
+  spans.reserve(n * static_cast<size_t>(nargs));
   if (keep) out.dims.reserve(n * nargs * 2);
   std::vector<WorkList> per_combo(kNumCombos);
   for (int c = 0; c < kNumCombos; ++c) per_combo[c].combo = c;
@@ -278,7 +278,7 @@ CheckedCall check_call(const Names& names, const ListArg* a, int nargs, const Si
       if (numel > 0) {
         const int tn = py::detail::array_descriptor_proxy(arr->descr)->type_num;
         const auto [lo, hi] = extent(arr->data, numel, tn);
-        runs[k].push_back({lo, hi, &sites[k], static_cast<uint32_t>(i),
+        spans.push_back({lo, hi, &sites[k], static_cast<uint32_t>(i),
                            static_cast<uint16_t>(rank * 8 + k), a[k].written()});
       }
     }
@@ -303,8 +303,7 @@ CheckedCall check_call(const Names& names, const ListArg* a, int nargs, const Si
 
   // 3. No written buffer may share memory with any other buffer of the call (read-only lists may
   //    share memory with each other).
-  const std::vector<Span> spans = merge_runs(runs);
-  check_no_overlap_sorted(spans);
+  check_no_overlap(spans);
 
   // What was checked, for the calls that keep it (Note [A bound call]).
   int remap[kNumCombos];

@@ -41,16 +41,6 @@ struct SpanBefore {
 };
 }  // namespace
 
-std::vector<Span> merge_runs(std::vector<std::vector<Span>>& runs) {
-  size_t total = 0;
-  for (const auto& run : runs) total += run.size();
-  std::vector<Span> out;
-  out.reserve(total);
-  for (const auto& run : runs) out.insert(out.end(), run.begin(), run.end());
-  std::sort(out.begin(), out.end(), SpanBefore{});
-  return out;
-}
-
 void check_no_overlap(std::vector<Span>& spans) {
   std::sort(spans.begin(), spans.end(), SpanBefore{});
   check_no_overlap_sorted(spans);

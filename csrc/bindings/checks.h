@@ -65,10 +65,6 @@ inline bool span_before(const Span& x, const Span& y) {
   return x.lo != y.lo ? x.lo < y.lo : (x.rank != y.rank ? x.rank < y.rank : x.i < y.i);
 }
 
-// Runs of spans (each a list's, usually already in address order: arrays allocated one after the
-// other) merged into one vector in span_before order.
-std::vector<Span> merge_runs(std::vector<std::vector<Span>>& runs);
-
 // Refuses (ValueError "<a> overlaps <b>", in the words of the later span's call) spans in which a
 // written buffer shares memory with any other; read-only buffers may share memory with each
 // other. `sorted` in span_before order.

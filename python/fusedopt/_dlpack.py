@@ -1,5 +1,5 @@
 """Reading a DLPack capsule's tensor description in place, without copying: pointer, shape, strides,
-dtype, device and read-only flag. Used by :mod:`fusedopt._buffers` only for CUDA arrays that have no
+dtype, device and read-only flag. Used by :mod:`fusedopt._cuda_arrays` only for CUDA arrays that have no
 ``__cuda_array_interface__``; the structures mirror ``dlpack.h`` (v0.8 unversioned and v1.x
 versioned capsules).
 
