@@ -255,6 +255,13 @@ def _cuobjdump():
 CUOBJDUMP = _cuobjdump()
 
 
+def _global_function(line):
+    """Whether a line of ``cuobjdump --dump-elf-symbols`` is a global function: its type and
+    binding come first, as ``STT_FUNC STB_GLOBAL`` (cuobjdump 13.2) or ``FUNC GLOBAL`` (13.5)."""
+    fields = line.split()
+    return len(fields) >= 3 and fields[0] in ("STT_FUNC", "FUNC") and fields[1] in ("STB_GLOBAL", "GLOBAL")
+
+
 def _kernel_struct(kernel):
     """The algorithm object's name, by the registry's convention: the spec's name in CamelCase."""
     return "".join(part.capitalize() for part in kernel.split("_")) + "Algo"
@@ -276,7 +283,7 @@ def test_the_module_holds_every_kernel_for_sm80_sm90_and_ptx():
         if line.startswith("arch = "):
             arch = line.split("=")[1].strip()
             per_arch[arch] = set()
-        elif "STT_FUNC" in line and "STB_GLOBAL" in line and "kernel" in line:
+        elif _global_function(line) and "kernel" in line:
             per_arch[arch].add(line.split()[-1])
     entries = {line.split()[-1].rstrip("(") for line in run("--dump-ptx").splitlines()
                if line.startswith(".visible .entry") or line.startswith(".entry")}

@@ -218,6 +218,15 @@ const py::detail::PyArray_Proxy* check_slot(const Names& names, const ListArg& a
   return check_slot_inline(names, a, slot, i, o, ref, ref_list, first);
 }
 
+// Note [The common array]
+// A call over many small tensors spends its time in the checks of its arrays (800 for Adam over
+// 200 tensors), so check_call takes the array it meets almost always -- a plain ndarray of an
+// allowed dtype, native byte order, aligned, contiguous, writeable where written, of its param's
+// shape and memory order, of the first state's dtype -- on the facts of its slot looked up once
+// per call. Every other array goes through check_slot, which is the rule: it raises what is
+// wrong, or takes the array (an ndarray subclass that is not a masked array). The two must agree
+// on every array the quick test takes: tests/test_errors.py and tests/test_review_defects.py
+// reach every refusal through check_call.
 CheckedCall check_call(const Names& names, const ListArg* a, int nargs, const Site* sites,
                        int rank, bool keep) {
   CheckedCall out;
@@ -259,18 +268,67 @@ CheckedCall check_call(const Names& names, const ListArg* a, int nargs, const Si
       per_combo[c0].chunks.reserve(n);
     }
   }
+  // What the loop asks of every array of a slot, looked up once (Note [The common array]).
+  struct SlotFacts {
+    PyObject** items;
+    int role;       // kDTypes.ok's index: 0 the reference, 1 the grad, 2 a state
+    int flags;      // the flags every array must have besides an order
+    uint16_t rank;  // its spans' rank
+    bool written;
+  };
+  SlotFacts facts[kMaxBuffers];
+  int slots_present[kMaxBuffers];
+  int npresent = 0;
+  for (int k = 0; k < nargs; ++k) {
+    if (!a[k].present) continue;
+    slots_present[npresent++] = k;
+    facts[k] = {PySequence_Fast_ITEMS(a[k].list.ptr()), k == 0 ? 0 : k == 1 ? 1 : 2,
+                kFlagAligned | (a[k].written() ? kFlagWriteable : 0),
+                static_cast<uint16_t>(rank * 8 + k), a[k].written()};
+  }
+  PyTypeObject* const ndarray = reinterpret_cast<PyTypeObject*>(npy::get().PyArray_Type_);
   std::vector<const py::detail::PyArray_Proxy*> arrs(nargs);
   for (size_t i = 0; i < n; ++i) {
     TensorRef t{};
     FirstState first;
     int64_t numel = 0;
     PyObject* ref = nullptr;
-    for (int k = 0; k < nargs; ++k) {
-      if (!a[k].present) continue;
-      PyObject* o = PySequence_Fast_ITEMS(a[k].list.ptr())[i];
-      const auto* arr = check_slot_inline(names, a[k], k, i, o, ref, a[0].name, &first);
+    const py::detail::PyArray_Proxy* p = nullptr;
+    int pdt = -1;
+    for (int j = 0; j < npresent; ++j) {
+      const int k = slots_present[j];
+      const SlotFacts& f = facts[k];
+      PyObject* o = f.items[i];
+      // A plain ndarray that passes every check is taken on a few loads and compares; anything
+      // else goes through check_slot, which says what is wrong (or takes an ndarray subclass).
+      const py::detail::PyArray_Proxy* arr = py::detail::array_proxy(o);
+      bool common = Py_TYPE(o) == ndarray;
+      if (common) {
+        const auto* descr = py::detail::array_descriptor_proxy(arr->descr);
+        const int dt = dtype_of(descr->type_num);
+        const int flags = arr->flags;
+        common = dt >= 0 && kDTypes.ok[0][0][dt] && descr->byteorder != '>' && (flags & f.flags) == f.flags;
+        if (common && k == 0) {
+          common = (flags & (kFlagC | kFlagF)) != 0;
+          pdt = dt;
+        } else if (common) {
+          common = kDTypes.ok[f.role][pdt][dt] && (flags & p->flags & (kFlagC | kFlagF)) != 0 &&
+                   arr->nd == p->nd;
+          for (int d = 0; common && d < arr->nd; ++d) common = arr->dimensions[d] == p->dimensions[d];
+          if (common && f.role == 2) {
+            if (first.type_num == 0) {
+              first = {descr->type_num, a[k].name};
+            } else {
+              common = first.type_num == descr->type_num;
+            }
+          }
+        }
+      }
+      if (!common) arr = check_slot_inline(names, a[k], k, i, o, ref, a[0].name, &first);
       if (k == 0) {
         ref = o;
+        p = arr;
+        pdt = dtype_of(py::detail::array_descriptor_proxy(arr->descr)->type_num);
         numel = numel_of(arr);
       }
       arrs[k] = arr;
@@ -278,8 +336,7 @@ CheckedCall check_call(const Names& names, const ListArg* a, int nargs, const Si
       if (numel > 0) {
         const int tn = py::detail::array_descriptor_proxy(arr->descr)->type_num;
         const auto [lo, hi] = extent(arr->data, numel, tn);
-        spans.push_back({lo, hi, &sites[k], static_cast<uint32_t>(i),
-                           static_cast<uint16_t>(rank * 8 + k), a[k].written()});
+        spans.push_back({lo, hi, &sites[k], static_cast<uint32_t>(i), f.rank, f.written});
       }
     }
     if (numel == 0) continue;
