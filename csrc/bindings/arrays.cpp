@@ -288,6 +288,8 @@ CheckedCall check_call(const Names& names, const ListArg* a, int nargs, const Si
   }
   PyTypeObject* const ndarray = reinterpret_cast<PyTypeObject*>(npy::get().PyArray_Type_);
   std::vector<const py::detail::PyArray_Proxy*> arrs(nargs);
+  int last_types[3] = {-1, -1, -1};  // the type numbers of the tensor before, and their combo
+  int last_combo = -1;
   for (size_t i = 0; i < n; ++i) {
     TensorRef t{};
     FirstState first;
@@ -328,7 +330,7 @@ CheckedCall check_call(const Names& names, const ListArg* a, int nargs, const Si
       if (k == 0) {
         ref = o;
         p = arr;
-        pdt = dtype_of(py::detail::array_descriptor_proxy(arr->descr)->type_num);
+        if (!common) pdt = dtype_of(py::detail::array_descriptor_proxy(arr->descr)->type_num);
         numel = numel_of(arr);
       }
       arrs[k] = arr;
@@ -345,7 +347,11 @@ CheckedCall check_call(const Names& names, const ListArg* a, int nargs, const Si
     const int gt = nargs > 1 && a[1].present
                        ? py::detail::array_descriptor_proxy(arrs[1]->descr)->type_num
                        : 0;
-    const int c = combo_of(pt, gt, first.type_num);
+    if (pt != last_types[0] || gt != last_types[1] || first.type_num != last_types[2]) {
+      last_types[0] = pt, last_types[1] = gt, last_types[2] = first.type_num;  // usually once
+      last_combo = combo_of(pt, gt, first.type_num);
+    }
+    const int c = last_combo;
     WorkList& wl = per_combo[c];
     const int64_t ti = static_cast<int64_t>(wl.tensors.size());
     wl.tensors.push_back(t);

@@ -5,18 +5,39 @@ Each class is declared by its algorithm's spec (``csrc/algorithms/<algo>.h``) an
 the per-parameter state (allocated at the first step), the step counts and the learning rate (a
 float or a :mod:`fusedopt.schedules` schedule); each step runs one bound call per group (and place
 its params live in). ``grads`` are passed to :meth:`~fusedopt.optim.optimizer.Optimizer.step`
-(there is no ``.grad`` to zero). An algorithm's class is registered here: its import and its name
-in ``__all__``.
+(there is no ``.grad`` to zero).
+
+An algorithm's class needs no registration here: every module of this package but the shared ones
+is imported, and the classes they declare (``class NAdam(Optimizer, algorithm="nadam")``) are
+exported in the order of the algorithm registry (``csrc/algorithms/registry.h``).
 """
 
-from .adadelta import Adadelta
-from .adagrad import Adagrad
-from .adam import Adam, AdamW
-from .adamax import Adamax
-from .ema import EMA
-from .nadam import NAdam
-from .optimizer import Optimizer
-from .rmsprop import RMSprop
-from .sgd import SGD
+from __future__ import annotations
 
-__all__ = ["Optimizer", "SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW", "NAdam", "Adamax", "EMA"]
+import importlib
+import pkgutil
+
+from .._spec import SPECS
+from .ema import EMA
+from .optimizer import Optimizer
+
+_SHARED = {"optimizer", "ema"}  # modules that declare no algorithm's class
+
+
+def _classes() -> list[type[Optimizer]]:
+    """The classes declared by the algorithm modules of this package, in the registry's order."""
+    found: list[type[Optimizer]] = []
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("_") or info.name in _SHARED:
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        found += [obj for obj in vars(module).values()
+                  if isinstance(obj, type) and issubclass(obj, Optimizer)
+                  and obj.__module__ == module.__name__]
+    order = list(SPECS)
+    return sorted(found, key=lambda cls: order.index(cls._spec.name))
+
+
+_CLASSES = _classes()
+globals().update({cls.__name__: cls for cls in _CLASSES})
+__all__ = ["Optimizer", *(cls.__name__ for cls in _CLASSES), "EMA"]
