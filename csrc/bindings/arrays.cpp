@@ -204,7 +204,59 @@ inline __attribute__((always_inline)) const py::detail::PyArray_Proxy* check_slo
   return arr;
 }
 
+// The quick tests of Note [The common array]. The reference (slot 0): a plain ndarray of a param
+// dtype, native byte order, contiguous, with the flags `want`; sets *pdt to its dtype.
+inline __attribute__((always_inline)) bool is_common_ref(PyObject* o,
+                                                         const py::detail::PyArray_Proxy* arr,
+                                                         int want, int* pdt) {
+  if (Py_TYPE(o) != reinterpret_cast<PyTypeObject*>(npy::get().PyArray_Type_)) return false;
+  const auto* descr = py::detail::array_descriptor_proxy(arr->descr);
+  const int dt = dtype_of(descr->type_num);
+  *pdt = dt;
+  return dt >= 0 && kDTypes.ok[0][0][dt] && descr->byteorder != '>' &&
+         (arr->flags & want) == want && (arr->flags & (kFlagC | kFlagF)) != 0;
+}
+
+// Another slot's array against its reference `p` (of dtype pdt): a plain ndarray of a dtype the
+// combinations allow beside pdt (role: 1 a grad, 2 a state, whose dtype must be the first
+// state's), native byte order, with the flags `want`, p's memory order and p's shape.
+inline __attribute__((always_inline)) bool is_common(PyObject* o, const py::detail::PyArray_Proxy* arr,
+                                                     int role, int want, int pdt,
+                                                     const py::detail::PyArray_Proxy* p,
+                                                     FirstState* first, const char* list) {
+  if (Py_TYPE(o) != reinterpret_cast<PyTypeObject*>(npy::get().PyArray_Type_)) return false;
+  const auto* descr = py::detail::array_descriptor_proxy(arr->descr);
+  const int dt = dtype_of(descr->type_num);
+  const int flags = arr->flags;
+  if (dt < 0 || !kDTypes.ok[role][pdt][dt] || descr->byteorder == '>' || (flags & want) != want ||
+      (flags & p->flags & (kFlagC | kFlagF)) == 0 || arr->nd != p->nd) {
+    return false;
+  }
+  for (int d = 0; d < arr->nd; ++d) {
+    if (arr->dimensions[d] != p->dimensions[d]) return false;
+  }
+  if (role == 2) {
+    if (first->type_num == 0) {
+      *first = {descr->type_num, list};
+    } else if (first->type_num != descr->type_num) {
+      return false;
+    }
+  }
+  return true;
+}
+
 }  // namespace
+
+const py::detail::PyArray_Proxy* check_grad(const Names& names, const ListArg& a, size_t i,
+                                            PyObject* o, PyObject* ref, const char* ref_list) {
+  const auto* arr = py::detail::array_proxy(o);
+  const auto* p = py::detail::array_proxy(ref);
+  const int pdt = dtype_of(py::detail::array_descriptor_proxy(p->descr)->type_num);
+  FirstState first;
+  if (pdt >= 0 && is_common(o, arr, 1, kFlagAligned, pdt, p, &first, a.name)) return arr;
+  return check_slot_inline(names, a, 1, i, o, ref, ref_list, &first);
+}
+
 
 const py::detail::PyArray_Proxy* check_array(const Names& names, const ListArg& a, int slot,
                                              size_t i, PyObject* o, PyObject* ref,
@@ -223,10 +275,11 @@ const py::detail::PyArray_Proxy* check_slot(const Names& names, const ListArg& a
 // 200 tensors), so check_call takes the array it meets almost always -- a plain ndarray of an
 // allowed dtype, native byte order, aligned, contiguous, writeable where written, of its param's
 // shape and memory order, of the first state's dtype -- on the facts of its slot looked up once
-// per call. Every other array goes through check_slot, which is the rule: it raises what is
-// wrong, or takes the array (an ndarray subclass that is not a masked array). The two must agree
-// on every array the quick test takes: tests/test_errors.py and tests/test_review_defects.py
-// reach every refusal through check_call.
+// per call; a step's grads are checked the same way against their params (check_grad). Every
+// other array goes through check_slot, which is the rule: it raises what is wrong, or takes the
+// array (an ndarray subclass that is not a masked array). The two must agree on every array the
+// quick test takes: tests/test_errors.py, test_review_defects.py, test_fuzz.py and
+// test_bound.py reach every refusal through both.
 CheckedCall check_call(const Names& names, const ListArg* a, int nargs, const Site* sites,
                        int rank, bool keep) {
   CheckedCall out;
@@ -286,7 +339,6 @@ CheckedCall check_call(const Names& names, const ListArg* a, int nargs, const Si
                 kFlagAligned | (a[k].written() ? kFlagWriteable : 0),
                 static_cast<uint16_t>(rank * 8 + k), a[k].written()};
   }
-  PyTypeObject* const ndarray = reinterpret_cast<PyTypeObject*>(npy::get().PyArray_Type_);
   std::vector<const py::detail::PyArray_Proxy*> arrs(nargs);
   int last_types[3] = {-1, -1, -1};  // the type numbers of the tensor before, and their combo
   int last_combo = -1;
@@ -301,31 +353,9 @@ CheckedCall check_call(const Names& names, const ListArg* a, int nargs, const Si
       const int k = slots_present[j];
       const SlotFacts& f = facts[k];
       PyObject* o = f.items[i];
-      // A plain ndarray that passes every check is taken on a few loads and compares; anything
-      // else goes through check_slot, which says what is wrong (or takes an ndarray subclass).
       const py::detail::PyArray_Proxy* arr = py::detail::array_proxy(o);
-      bool common = Py_TYPE(o) == ndarray;
-      if (common) {
-        const auto* descr = py::detail::array_descriptor_proxy(arr->descr);
-        const int dt = dtype_of(descr->type_num);
-        const int flags = arr->flags;
-        common = dt >= 0 && kDTypes.ok[0][0][dt] && descr->byteorder != '>' && (flags & f.flags) == f.flags;
-        if (common && k == 0) {
-          common = (flags & (kFlagC | kFlagF)) != 0;
-          pdt = dt;
-        } else if (common) {
-          common = kDTypes.ok[f.role][pdt][dt] && (flags & p->flags & (kFlagC | kFlagF)) != 0 &&
-                   arr->nd == p->nd;
-          for (int d = 0; common && d < arr->nd; ++d) common = arr->dimensions[d] == p->dimensions[d];
-          if (common && f.role == 2) {
-            if (first.type_num == 0) {
-              first = {descr->type_num, a[k].name};
-            } else {
-              common = first.type_num == descr->type_num;
-            }
-          }
-        }
-      }
+      const bool common = k == 0 ? is_common_ref(o, arr, f.flags, &pdt)
+                                 : is_common(o, arr, f.role, f.flags, pdt, p, &first, a[k].name);
       if (!common) arr = check_slot_inline(names, a[k], k, i, o, ref, a[0].name, &first);
       if (k == 0) {
         ref = o;

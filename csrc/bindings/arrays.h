@@ -88,6 +88,11 @@ const py::detail::PyArray_Proxy* check_slot(const Names& names, const ListArg& a
                                             size_t i, PyObject* o, PyObject* ref,
                                             const char* ref_list, FirstState* first);
 
+// check_slot of a grad (slot 1, `arg`'s i-th) against its param `ref`, taking the common array on
+// the quick test (Note [The common array] in arrays.cpp).
+const py::detail::PyArray_Proxy* check_grad(const Names& names, const ListArg& arg, size_t i,
+                                            PyObject* o, PyObject* ref, const char* ref_list);
+
 // The storage combination of a tensor whose slot 0 has type_num p, slot 1 g (0: not known yet) and
 // state s (0: none), or -1.
 int combo_of(int p, int g, int s);

@@ -142,24 +142,30 @@ py::tuple CpuBound::checked_grads(py::handle grads, std::vector<Span>* spans, in
   py::tuple g = py::reinterpret_steal<py::tuple>(t);
   const ListArg ga{gname, g, Role::Grad};
   PyObject** params = PySequence_Fast_ITEMS(pa.list.ptr());
+  int last_w = -1, last_gt = -1;  // a work list and grad type already found to match
   for (size_t i = 0; i < n; ++i) {
-    FirstState first;
-    const auto* arr = check_slot(names_, ga, 1, i, PyTuple_GET_ITEM(g.ptr(), i), params[i],
-                                 pa.name, &first);
+    const auto* arr = check_grad(names_, ga, i, PyTuple_GET_ITEM(g.ptr(), i), params[i], pa.name);
     const auto [w, pos] = call_.at[i];
     if (w < 0) continue;  // an empty tensor
     const WorkList& wl = call_.lists[w];
     const int gt = py::detail::array_descriptor_proxy(arr->descr)->type_num;
-    const int pt = py::detail::array_descriptor_proxy(py::detail::array_proxy(params[i])->descr)->type_num;
     // A grad dtype the storage combinations allow, but of another combination than the one the
     // call was bound for (possible once a param type has several grad types).
-    const int c = combo_of(pt, gt, 0);
-    if (c < 0 || kCombos.at[c].grad != kCombos.at[wl.combo].grad) {
-      names_.type(names_.item(gname, i) + " has dtype " + dtype_str(PyTuple_GET_ITEM(g.ptr(), i)) +
-                  ", but the call was bound for " + dtype_name(kCombos.at[wl.combo].grad) + " grads");
+    if (w != last_w || gt != last_gt) {  // a work list's combination fixes the param type
+      const int pt =
+          py::detail::array_descriptor_proxy(py::detail::array_proxy(params[i])->descr)->type_num;
+      const int c = combo_of(pt, gt, 0);
+      if (c < 0 || kCombos.at[c].grad != kCombos.at[wl.combo].grad) {
+        names_.type(names_.item(gname, i) + " has dtype " + dtype_str(PyTuple_GET_ITEM(g.ptr(), i)) +
+                    ", but the call was bound for " + dtype_name(kCombos.at[wl.combo].grad) + " grads");
+      }
+      last_w = w;
+      last_gt = gt;
     }
     const auto [lo, hi] = extent(arr->data, wl.tensors[pos].numel, gt);
-    if (const Span* o = overlapping(written_, lo, hi)) {
+    // Calls::check (spans wanted) checks every grad against every call's written memory, this
+    // call's included; a run checks against this call's.
+    if (const Span* o = spans ? nullptr : overlapping(written_, lo, hi)) {
       names_.value(names_.item(gname, i) + " overlaps " + o->item());
     }
     if (spans) {
