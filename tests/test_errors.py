@@ -375,6 +375,61 @@ def test_read_only_inputs_may_share_memory(sig):
     assert_matches(bufs, ref_bufs)
 
 
+def _carved(n, order, rng):
+    """Adam's four lists of ``n`` arrays of 8 float32 carved from one buffer, list by list, the
+    arrays of each list laid out in the address order ``order`` names: "ascending" (one run per
+    list), "runs" (each list in 3 ascending runs: 12 runs in all), "random" (many runs)."""
+    base = rng.standard_normal(4 * n * 8).astype(np.float32) ** 2
+    lists = []
+    for s in range(4):
+        if order == "ascending":
+            pos = np.arange(n)
+        elif order == "runs":
+            pos = np.concatenate([np.arange(n)[k::3] for k in range(3)])
+        else:
+            pos = rng.permutation(n)
+        lists.append([base[(s * n + q) * 8:(s * n + q + 1) * 8] for q in pos])
+    return base, lists
+
+
+def _overlap(kind, base, lists, j, k):
+    """Makes exp_avg_sqs[k] or grads[k] overlap the j-th arrays; returns the message's pattern."""
+    ps, gs, ms, vs = lists
+    if kind == "half":  # from the middle of exp_avgs[j] into the array after it: met right after it
+        at = (ms[j].ctypes.data - base.ctypes.data) // 4
+        vs[k] = base[at + 4:at + 12]
+    elif kind == "alias":  # at one address, the later slot is the one named as overlapping
+        vs[k] = ms[j]
+    else:
+        gs[k] = ps[j]
+        return rf"grads\[{k}\] overlaps params\[{j}\]"
+    return rf"exp_avg_sqs\[{k}\] overlaps exp_avgs\[{j}\]"
+
+
+@pytest.mark.parametrize("kind", ["half", "alias", "grad-is-param"])
+@pytest.mark.parametrize("empty", [0, 3], ids=["", "3empty"])
+@pytest.mark.parametrize("order", ["ascending", "runs", "random"])
+@pytest.mark.parametrize("n", [1, 5, 40, 300])
+def test_overlap_is_found_whatever_the_address_order(order, n, empty, kind):
+    """Note [Sorting spans]: a call's spans are radix-sorted by address (sorted outright when
+    few); the one overlap of a call is found, and named the same way, whatever order its arrays
+    lie in memory, and of two arrays at one address the later slot is named. With ``empty``, the
+    lists begin with that many empty arrays (which have no memory to check)."""
+    rng = np.random.default_rng(n)
+    for _ in range(3):
+        base, lists = _carved(n, order, rng)
+        lists = [[np.zeros(0, np.float32) for _ in range(empty)] + x for x in lists]
+        good = [list(x) for x in lists]
+        j, k = empty + rng.integers(n), empty + rng.integers(n)
+        message = _overlap(kind, base, lists, j, k)
+        before = base.tobytes()
+        with pytest.raises(ValueError, match=f"^adam: {message}$"):
+            functional.adam(*lists, step=1, lr=0.1)
+        assert base.tobytes() == before
+        functional.adam(*good, step=1, lr=0.1)  # the same arrays, disjoint: the call goes through
+        assert base.tobytes() != before
+
+
 @pytest.mark.parametrize("sig", SIGNATURES, ids=lambda s: s.fn)
 def test_c_and_f_contiguous_at_once_is_any_order(sig):
     """An array that is both C- and F-contiguous (a row, a column, 1-D) matches either order."""

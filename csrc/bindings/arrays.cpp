@@ -305,8 +305,6 @@ CheckedCall check_call(const Names& names, const ListArg* a, int nargs, const Si
   out.at.assign(n, {-1, -1});
 
   // 2. Every array, index by index, against the reference at that index.
-  std::vector<Span> spans;  // every non-empty array's memory
-  spans.reserve(n * static_cast<size_t>(nargs));
   if (keep) out.dims.reserve(n * nargs * 2);
   std::vector<WorkList> per_combo(kNumCombos);
   for (int c = 0; c < kNumCombos; ++c) per_combo[c].combo = c;
@@ -339,6 +337,11 @@ CheckedCall check_call(const Names& names, const ListArg* a, int nargs, const Si
                 kFlagAligned | (a[k].written() ? kFlagWriteable : 0),
                 static_cast<uint16_t>(rank * 8 + k), a[k].written()};
   }
+  // Every non-empty array's memory, list by list (Note [Sorting spans]): slot j's spans from
+  // j * n, tail[j] past its last.
+  std::vector<Span> spans(n * static_cast<size_t>(npresent));
+  Span* tail[kMaxBuffers];
+  for (int j = 0; j < npresent; ++j) tail[j] = spans.data() + static_cast<size_t>(j) * n;
   std::vector<const py::detail::PyArray_Proxy*> arrs(nargs);
   int last_types[3] = {-1, -1, -1};  // the type numbers of the tensor before, and their combo
   int last_combo = -1;
@@ -368,7 +371,7 @@ CheckedCall check_call(const Names& names, const ListArg* a, int nargs, const Si
       if (numel > 0) {
         const int tn = py::detail::array_descriptor_proxy(arr->descr)->type_num;
         const auto [lo, hi] = extent(arr->data, numel, tn);
-        spans.push_back({lo, hi, &sites[k], static_cast<uint32_t>(i), f.rank, f.written});
+        *tail[j]++ = {lo, hi, &sites[k], static_cast<uint32_t>(i), f.rank, f.written};
       }
     }
     if (numel == 0) continue;
@@ -396,6 +399,13 @@ CheckedCall check_call(const Names& names, const ListArg* a, int nargs, const Si
 
   // 3. No written buffer may share memory with any other buffer of the call (read-only lists may
   //    share memory with each other).
+  Span* end = spans.data();
+  for (int j = 0; j < npresent; ++j) {  // empty arrays have no span: close the gaps they left
+    const Span* from = spans.data() + static_cast<size_t>(j) * n;
+    if (end != from) std::copy(from, static_cast<const Span*>(tail[j]), end);
+    end += tail[j] - from;
+  }
+  spans.resize(static_cast<size_t>(end - spans.data()));
   check_no_overlap(spans);
 
   // What was checked, for the calls that keep it (Note [A bound call]).
