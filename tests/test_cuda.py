@@ -873,3 +873,15 @@ def test_more_than_2_31_elements(lib):
         hi = min(n, lo + piece)
         assert bool((p[lo:hi] == -g[lo:hi]).all()), f"p wrong in [{lo}, {hi})"
         assert bool((buf[lo:hi] == g[lo:hi]).all()), f"momentum_buffer wrong in [{lo}, {hi})"
+
+
+@needs_build
+@pytest.mark.parametrize("n", [3, 40])
+def test_an_overlap_at_one_address_names_the_later_slot(n):
+    """Two arrays at one address: the later slot's is named as the overlapping one, however many
+    spans the call sorts (Note [Sorting spans]; 40 tensors: 160 spans, the radix sort), even when
+    the later slot's array comes first in the call (exp_avgs[0] is params[n - 1])."""
+    ptrs = [[0x10000000 * (k + 1) + 0x1000 * i for i in range(n)] for k in range(4)]
+    ptrs[0][n - 1] = ptrs[2][0]
+    with pytest.raises(ValueError, match=rf"^adam: exp_avgs\[0\] overlaps params\[{n - 1}\]$"):
+        _core.cuda.bind("adam", (*ptrs, None), [10] * n, "float32", ADAM_HYPER)

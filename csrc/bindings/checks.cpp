@@ -49,9 +49,9 @@ struct SpanBefore {
 // sort of them cost more than the rest of the call's checks together. They are sorted by a radix
 // sort of their addresses instead: one pass for each byte in which the addresses differ (two or
 // three for arrays on one heap), each stable, so spans at one address keep the order they came
-// in, which is span_before's: check_call writes its spans list by list (slot, then index), and
-// Calls its calls' sorted spans call by call. Small lists are sorted outright. span_before is a
-// total order on a step's spans, so the order, and with it every message, does not depend on
+// in; a last pass puts those ties into span_before order (a few at most: arrays at one address
+// are an overlap, or read-only arrays given twice). Small lists are sorted outright. span_before
+// is a total order on a step's spans, so the order, and with it every message, does not depend on
 // how they were sorted.
 void sort_spans(std::vector<Span>& spans) {
   const size_t m = spans.size();
@@ -83,6 +83,15 @@ void sort_spans(std::vector<Span>& spans) {
       std::swap(from, to);
     }
     if (from != spans.data()) std::copy(from, from + m, spans.data());
+  }
+  for (size_t j = 1; j < m; ++j) {  // ties: spans at one address, into span_before order
+    if (spans[j].lo != spans[j - 1].lo || !span_before(spans[j], spans[j - 1])) continue;
+    const Span x = spans[j];
+    size_t h = j;
+    for (; h > 0 && spans[h - 1].lo == x.lo && span_before(x, spans[h - 1]); --h) {
+      spans[h] = spans[h - 1];
+    }
+    spans[h] = x;
   }
 }
 
