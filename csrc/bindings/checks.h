@@ -70,9 +70,6 @@ inline bool span_before(const Span& x, const Span& y) {
 // other. `sorted` in span_before order.
 void check_no_overlap_sorted(const std::vector<Span>& sorted);
 
-// Sorts spans into span_before order (Note [Sorting spans]).
-void sort_spans(std::vector<Span>& spans);
-
 // The same for spans in any order, which it leaves sorted.
 void check_no_overlap(std::vector<Span>& spans);
 
