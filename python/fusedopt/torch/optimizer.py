@@ -1,0 +1,423 @@
+"""The base of :mod:`fusedopt.torch`: a :class:`torch.optim.Optimizer` whose ``step`` runs one
+fused call per param group, device and dtype (and step count), through the same bound calls as the
+NumPy classes (Note [A bound call] in ``csrc/bindings/bound.h``).
+
+Everything an algorithm is comes from its NumPy class (``fusedopt.optim.<Name>``) and so from its
+spec: hyper-parameters, defaults, torch's messages for bad values, state names and the values new
+state starts at, scalar state (NAdam's ``mu_product``), and how a group is split into calls
+(SGD's fresh momentum buffers). What torch's base class does is left to it: param groups (named
+ones too), ``zero_grad``, ``state_dict`` / ``load_state_dict`` and their hooks, step hooks.
+
+Note [Torch tensors without a copy]
+    A CPU tensor is handed to the CPU kernels as the NumPy array that ``Tensor.numpy()`` returns,
+    which shares its memory; a CUDA tensor goes to the CUDA kernels as it is (it has
+    ``__cuda_array_interface__``). No param, grad or state tensor is ever copied or made
+    contiguous: a tensor the kernels cannot update where it lies is refused by name.
+
+Note [Step counts as torch keeps them]
+    ``state[p]["step"]`` is a 0-d float tensor on the CPU, as torch.optim keeps it (exact to 2**24
+    steps), so state dicts move between these classes and torch.optim's both ways; NAdam's
+    ``mu_product`` is a 0-d float64 tensor (torch's is float32: loaded into torch it is cast).
+    The kernels take the count as an int, read once per call.
+
+Note [GradScaler]
+    The classes set ``_step_supports_amp_scaling``: ``torch.amp.GradScaler.step`` then hands them
+    ``grad_scale`` and ``found_inf`` instead of unscaling the grads itself. A step whose
+    ``found_inf`` is non-zero changes nothing: no param, no state, no step count, and no state is
+    created for params seen for the first time. Otherwise the grads are multiplied by
+    ``1 / grad_scale`` (computed as GradScaler's ``unscale_`` computes it, so the results are the
+    same bits) after every call of the step was checked, then the calls run.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, ClassVar
+
+import torch
+
+from .. import _backend, _core
+from .._spec import Spec
+from ..optim._checks import check_hyper, resolve_lr
+
+__all__ = ["Optimizer", "make_class"]
+
+# torch.optim's implementation switches, and how these classes take them.
+_FLAGS = ("foreach", "fused", "capturable", "differentiable")
+_DTYPES = (torch.float32, torch.float64)
+
+
+def _scalar(name: str, value: Any) -> Any:
+    """A hyper-parameter given as a tensor (torch allows a 1-element ``lr`` or ``betas``) as its
+    Python number."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"Tensor {name} must be 1-element")
+        return value.item()
+    return value
+
+
+class _Call:
+    """One fused call of a step: a param group's params of one device, dtype and step count."""
+
+    __slots__ = ("gi", "key", "params", "grads", "states", "lr", "bound", "created", "step",
+                 "scalars", "where")
+
+    def __init__(self, gi, key, params, grads, states, lr, where):
+        self.gi, self.key, self.params, self.grads, self.states = gi, key, params, grads, states
+        self.lr, self.where = lr, where
+        self.bound: Any = None
+        self.created: list = []  # (param, name or None for its whole state dict)
+        self.step = 0
+        self.scalars: Any = None
+
+
+def _view(t: torch.Tensor) -> Any:
+    """What the kernels take for tensor ``t`` (Note [Torch tensors without a copy])."""
+    t = t.detach()
+    return t.numpy() if t.device.type == "cpu" else t
+
+
+class Optimizer(torch.optim.Optimizer):
+    """Base class of the :mod:`fusedopt.torch` optimizers; not used directly.
+
+    Each subclass takes torch.optim's constructor arguments (the flags ``foreach``, ``fused``,
+    ``capturable``, ``differentiable`` too, where torch's class has them): ``foreach`` and
+    ``fused`` choose between torch's implementations and are accepted and ignored (every step
+    here is fused); ``capturable=True`` (step counts on the device, for CUDA graphs) and
+    ``differentiable=True`` (autograd through the step) cannot be honoured and are refused.
+
+    Params must be float32 or float64 tensors, dense and contiguous, on the CPU or a CUDA
+    device; params of several devices and dtypes may share a group (one call each). A step reads
+    ``p.grad``; params whose grad is None are skipped, as in torch. Sparse grads are refused.
+    """
+
+    _numpy: ClassVar[type]  # the NumPy class of the algorithm (fusedopt.optim.<Name>)
+    _spec: ClassVar[Spec]
+    _kernel: ClassVar[Spec]
+    _scalar_state: ClassVar[dict] = {}
+    _flags: ClassVar[dict] = {}  # the implementation flags torch's class takes, with defaults
+    _step_supports_amp_scaling = True
+
+    def __init__(self, params: Any, hyper: dict, flags: dict) -> None:
+        self._calls_cache: dict = {}
+        self._check_flags(hyper, flags)
+        check_hyper(type(self).__name__, self._kernel, self._plain(hyper))
+        super().__init__(params, {**hyper, **flags})
+
+    # ---- checks ----------------------------------------------------------------------------------
+
+    def _check_flags(self, values: dict, flags: dict) -> None:
+        cls = type(self).__name__
+        if flags.get("capturable"):
+            raise ValueError(
+                f"{cls}: capturable=True is not supported: fusedopt keeps step counts on the host "
+                "and reads them there (it cannot be captured in a CUDA graph)")
+        if flags.get("differentiable"):
+            raise ValueError(
+                f"{cls}: differentiable=True is not supported: fusedopt's update runs outside "
+                "autograd")
+        lr, betas = values.get("lr"), values.get("betas")
+        if isinstance(betas, (tuple, list)) and len(betas) == 2 and \
+                isinstance(betas[0], torch.Tensor) != isinstance(betas[1], torch.Tensor):
+            raise ValueError("betas must be either both floats or both Tensors")
+        if flags.get("foreach") and self._spec.kernel == "adam":  # torch's Adam and AdamW refuse
+            if isinstance(lr, torch.Tensor):
+                raise ValueError(
+                    "lr as a Tensor is not supported for capturable=False and foreach=True")
+            if isinstance(betas, (tuple, list)) and isinstance(betas[0], torch.Tensor):
+                raise ValueError(
+                    "betas[0] as a Tensor is not supported for capturable=False and foreach=True")
+
+    def _plain(self, group: dict) -> dict:
+        """The group's hyper-parameters with tensors as numbers (``lr``, ``betas``)."""
+        out = {}
+        for h in self._kernel.hypers:
+            if h.name not in group:
+                continue
+            v = group[h.name]
+            if h.kind == "pair" and isinstance(v, (tuple, list)):
+                v = tuple(_scalar(f"{h.name}[{i}]", x) for i, x in enumerate(v))
+            elif h.name == "lr" and callable(v) and not isinstance(v, torch.Tensor):
+                pass  # a fusedopt.schedules schedule
+            else:
+                v = _scalar(h.name, v)
+            out[h.name] = v
+        return out
+
+    def add_param_group(self, param_group: dict) -> None:
+        """torch's ``add_param_group`` (its checks and messages), then what the kernels need of
+        the new params and of the group's values; a group refused is not added."""
+        n = len(self.param_groups)
+        super().add_param_group(param_group)
+        try:
+            self._check_group(self.param_groups[n], n)
+        except BaseException:
+            del self.param_groups[n:]
+            raise
+
+    def _check_group(self, group: dict, gi: int) -> None:
+        cls = type(self).__name__
+        where = f"param_groups[{gi}]['params']"
+        params = group["params"]
+        for j, p in enumerate(params):
+            what = f"{cls}: {where}[{j}]"
+            if p.is_complex():
+                raise TypeError(f"{what} is complex ({p.dtype}); fusedopt updates real tensors "
+                                "(optimize torch.view_as_real(p) instead)")
+            if p.dtype not in _DTYPES:
+                raise TypeError(f"{what} has dtype {p.dtype}, expected torch.float32 or "
+                                "torch.float64")
+            if p.layout != torch.strided:
+                raise TypeError(f"{what} has layout {p.layout}, expected a dense tensor")
+            if p.device.type not in ("cpu", "cuda"):
+                raise TypeError(f"{what} is on device {p.device}, expected the CPU or CUDA")
+            if not p.is_contiguous():
+                raise ValueError(f"{what} is not contiguous (params are updated in place, never "
+                                 "through a copy)")
+        if len(set(map(id, params))) != len(params):
+            raise ValueError("optimizer contains a parameter group with duplicate parameters")
+        spans = []
+        for k, g in enumerate(self.param_groups[: gi + 1]):
+            for j, p in enumerate(g["params"]):
+                if p.numel():
+                    lo = p.data_ptr()
+                    spans.append((p.device, lo, lo + p.numel() * p.element_size(), k, j))
+        spans.sort(key=lambda s: (str(s[0]), s[1]))
+        for a, b in zip(spans, spans[1:]):
+            if a[0] == b[0] and b[1] < a[2]:
+                raise ValueError(
+                    f"{cls}: param_groups[{a[3]}]['params'][{a[4]}] and "
+                    f"param_groups[{b[3]}]['params'][{b[4]}] share memory (each would be "
+                    "updated once per step through the other)")
+        self._check_flags(group, group)
+        check_hyper(cls, self._kernel, self._plain(group), f"param_groups[{gi}]")
+
+    # ---- state -----------------------------------------------------------------------------------
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._calls_cache = {}
+        for group in self.param_groups:
+            for k, v in self._flags.items():
+                group.setdefault(k, v)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch's ``load_state_dict``: a state dict of this class or of ``torch.optim``'s
+        class of the same name (their state names and layouts are the same)."""
+        super().load_state_dict(state_dict)
+        self._calls_cache = {}
+
+    def _plain_states(self, states: list) -> list:
+        """What the NumPy class's ``_call_keys`` reads of each state dict (None: no state yet):
+        the step count as an int, the scalar state as floats, and which buffers exist."""
+        out = []
+        names = self._kernel.state_names
+        for s in states:
+            if not s:
+                out.append(None)
+                continue
+            step = s.get("step", 0)
+            d: dict = {"step": int(step.item() if isinstance(step, torch.Tensor) else step)}
+            for k in self._scalar_state:
+                v = s[k]
+                d[k] = float(v.item() if isinstance(v, torch.Tensor) else v)
+            for name in names:
+                if s.get(name) is not None:
+                    d[name] = True
+            out.append(d)
+        return out
+
+    # ---- step ------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        """One update of every param that has a grad: one fused call per param group, device,
+        dtype and step count. Every call is checked before any tensor is written; a step that
+        is refused changes nothing (Note [GradScaler] for a step GradScaler skips)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        found_inf = getattr(self, "found_inf", None)
+        grad_scale = getattr(self, "grad_scale", None)
+        if found_inf is not None and float(found_inf) != 0.0:
+            return loss
+        calls: list[_Call] = []
+        try:
+            for gi, group in enumerate(self.param_groups):
+                calls += self._prepare(gi, group)
+            self._check_calls(calls)
+        except BaseException:
+            for call in calls:
+                self._undo(call)
+            raise
+        if grad_scale is not None:
+            inv = torch.reciprocal(grad_scale.double()).float()
+            by_device: dict = {}
+            for call in calls:
+                for g in call.grads:
+                    by_device.setdefault(g.device, []).append(g)
+            for device, grads in by_device.items():
+                torch._foreach_mul_(grads, inv.to(device))
+        for call in calls:
+            out = call.bound.run([_view(g) for g in call.grads], step=call.step, lr=call.lr,
+                                 scalars=call.scalars)
+            self._finish(call, out)
+        return loss
+
+    def _prepare(self, gi: int, group: dict) -> list:
+        """The calls of group ``gi``, bound, with the state they need allocated."""
+        cls = type(self).__name__
+        plain = self._plain(group)
+        check_hyper(cls, self._kernel, plain, f"param_groups[{gi}]")
+        params, grads, where = [], [], []
+        for j, p in enumerate(group["params"]):
+            g = p.grad
+            if g is None:
+                continue
+            if g.is_sparse:
+                raise RuntimeError(f"{cls} does not support sparse gradients "
+                                   f"(param_groups[{gi}]['params'][{j}].grad)")
+            params.append(p)
+            grads.append(g)
+            where.append(j)
+        if not params:
+            return []
+        states = [self.state.get(p) for p in params]
+        keys = self._numpy._call_keys(self, plain, self._plain_states(states))
+        split: dict = {}
+        for k, (p, key) in enumerate(zip(params, keys)):
+            split.setdefault((key, p.device, p.dtype), []).append(k)
+        calls = []
+        for (key, _, _), ks in split.items():
+            lr = resolve_lr(gi, plain["lr"], key[0])
+            call = _Call(gi, key, [params[k] for k in ks], [grads[k] for k in ks],
+                         [states[k] for k in ks], lr, [where[k] for k in ks])
+            calls.append(call)
+            self._allocate(call, plain)
+            call.step = self._numpy._kernel_step(self, plain, key, key[0] + 1)
+            n = len(self._scalar_state)
+            call.scalars = key[1] if n == 1 else (tuple(key[1 : 1 + n]) if n else None)
+            call.bound = self._bind(call, plain)
+        return calls
+
+    def _allocate(self, call: _Call, plain: dict) -> None:
+        names = tuple(b.state for b in self._kernel.used_states(plain))
+        for k, p in enumerate(call.params):
+            state = call.states[k]
+            if not state:
+                state = {"step": torch.tensor(0.0, dtype=_step_dtype())}
+                for name, value in self._scalar_state.items():
+                    state[name] = torch.tensor(value, dtype=torch.float64)
+                self.state[p] = state
+                call.states[k] = state
+                call.created.append((p, None))
+            for name in names:
+                if state.get(name) is None:
+                    buf = next(b for b in self._kernel.states if b.state == name)
+                    fill = plain[buf.init] if buf.init else 0.0
+                    state[name] = torch.full_like(p, fill, memory_format=torch.preserve_format)
+                    call.created.append((p, name))
+
+    def _bind(self, call: _Call, plain: dict) -> Any:
+        kernel = self._kernel
+        names = {b.state for b in kernel.used_states(plain)}
+        tensors = [call.params] + [[s[b.state] for s in call.states]
+                                   for b in kernel.states if b.state in names]
+        ident = (call.gi, call.key, tuple(call.where),
+                 tuple(map(id, call.params)), tuple(id(t) for ts in tensors for t in ts),
+                 tuple(t.data_ptr() for ts in tensors for t in ts),
+                 tuple(id(v) for v in plain.values()), tuple(map(repr, plain.values())), call.lr)
+        hit = self._calls_cache.get(call.gi)
+        if hit is not None and hit[0] == ident:
+            return hit[1]
+        views = iter([[_view(t) for t in ts] for ts in tensors])
+        lists = tuple(
+            next(views) if b.role == "param" else None if b.role == "grad" else
+            next(views) if b.state in names else None
+            for b in kernel.buffers)
+        hyper = tuple(call.lr if name == "lr" else plain[name] for name in kernel.call_hypers)
+        bound = _backend.bind(kernel.name, lists, hyper, name=f"{type(self).__name__}.step",
+                              index=call.where, grads_later=True,
+                              aliases={"params": f"param_groups[{call.gi}]['params']"})
+        self._calls_cache[call.gi] = (ident, bound)
+        return bound
+
+    def _check_calls(self, calls: list) -> None:
+        """Every call's grads, and across the calls their memory (``_core.Calls``)."""
+        cores = [getattr(c.bound, "core", c.bound) for c in calls]
+        grads = [[_view(g) for g in c.grads] for c in calls]
+        if len(calls) > 1 and all(isinstance(c, _core.Bound) for c in cores):
+            _core.Calls(cores).check([getattr(c.bound, "grads_arg", _same)(g)
+                                      for c, g in zip(calls, grads)])
+            return
+        for c, g in zip(calls, grads):
+            c.bound.check(g)
+
+    def _undo(self, call: _Call) -> None:
+        for p, name in reversed(call.created):
+            if name is None:
+                del self.state[p]
+            else:
+                del self.state[p][name]
+        call.created = []
+
+    def _finish(self, call: _Call, out: Any) -> None:
+        step = call.key[0] + 1
+        for s in call.states:
+            s["step"] = torch.tensor(float(step), dtype=_step_dtype())
+        names = tuple(self._scalar_state)
+        values = () if not names else (out,) if len(names) == 1 else tuple(out)
+        for name, v in zip(names, values):
+            for s in call.states:
+                s[name] = torch.tensor(v, dtype=torch.float64)
+
+
+def _same(x: Any) -> Any:
+    return x
+
+
+def _step_dtype() -> torch.dtype:
+    """torch.optim's dtype for a step count on the host."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def _constructor(name: str, spec: Spec, flags: dict) -> Any:
+    """``__init__`` with torch's signature: the spec's hyper-parameters (positional, then
+    keyword-only), then the implementation flags torch's class takes."""
+    positional = [h for h in spec.hypers if not h.fixed and not h.kw_only]
+    keyword = [h for h in spec.hypers if not h.fixed and h.kw_only]
+    args = ["self", "params"] + [f"{h.name}={h.default!r}" for h in positional]
+    args += ["*"] + [f"{h.name}={h.default!r}" for h in keyword]
+    args += [f"{k}={v!r}" for k, v in flags.items()]
+    hyper = ", ".join(f"{h.name!r}: {h.default!r}" if h.fixed else f"{h.name!r}: {h.name}"
+                      for h in spec.hypers)
+    flag_values = ", ".join(f"{k!r}: {k}" for k in flags)
+    source = (f"def __init__({', '.join(args)}):\n"
+              f"    Optimizer.__init__(self, params, {{{hyper}}}, {{{flag_values}}})\n")
+    scope: dict[str, Any] = {"Optimizer": Optimizer}
+    exec(compile(source, f"<fusedopt.torch.{name}.__init__>", "exec"), scope)  # noqa: S102
+    init = scope["__init__"]
+    init.__qualname__ = f"{name}.__init__"
+    return init
+
+
+def make_class(numpy_cls: type) -> type:
+    """The torch class of a NumPy optimizer class: same name, spec and update."""
+    name = numpy_cls.__name__
+    torch_cls = getattr(torch.optim, name)
+    sig = inspect.signature(torch_cls.__init__).parameters
+    flags = {k: sig[k].default for k in _FLAGS if k in sig}
+    doc = (f"``torch.optim.{name}`` run by fusedopt's fused kernels: its arguments (and "
+           f"{', '.join(f'``{k}``' for k in flags)}, see :class:`Optimizer`), param groups, "
+           f"state names and state dicts; the update of :class:`fusedopt.{name}`, whose "
+           "description follows.\n\n" + (numpy_cls.__doc__ or ""))
+    cls = type(name, (Optimizer,), {
+        "__doc__": doc, "__module__": __name__.rsplit(".", 1)[0], "_numpy": numpy_cls,
+        "_spec": numpy_cls._spec, "_kernel": numpy_cls._kernel,
+        "_scalar_state": dict(numpy_cls._scalar_state), "_flags": flags,
+    })
+    cls.__init__ = _constructor(name, numpy_cls._spec, flags)  # type: ignore[misc]
+    return cls
+
