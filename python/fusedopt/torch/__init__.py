@@ -21,6 +21,7 @@ except ImportError as e:  # pragma: no cover - only without torch
 from .. import optim as _optim
 from .optimizer import Optimizer, make_class
 
-_CLASSES = [make_class(cls) for cls in _optim._CLASSES]
+_CLASSES = [make_class(getattr(_optim, name)) for name in _optim.__all__
+            if name not in ("Optimizer", "EMA")]
 globals().update({cls.__name__: cls for cls in _CLASSES})
 __all__ = ["Optimizer", *(cls.__name__ for cls in _CLASSES)]

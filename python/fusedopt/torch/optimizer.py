@@ -92,7 +92,7 @@ class Optimizer(torch.optim.Optimizer):
     ``p.grad``; params whose grad is None are skipped, as in torch. Sparse grads are refused.
     """
 
-    _numpy: ClassVar[type]  # the NumPy class of the algorithm (fusedopt.optim.<Name>)
+    _numpy: ClassVar[Any]  # the NumPy class of the algorithm (fusedopt.optim.<Name>)
     _spec: ClassVar[Spec]
     _kernel: ClassVar[Spec]
     _scalar_state: ClassVar[dict] = {}
@@ -211,7 +211,7 @@ class Optimizer(torch.optim.Optimizer):
     def _plain_states(self, states: list) -> list:
         """What the NumPy class's ``_call_keys`` reads of each state dict (None: no state yet):
         the step count as an int, the scalar state as floats, and which buffers exist."""
-        out = []
+        out: list[dict | None] = []
         names = self._kernel.state_names
         for s in states:
             if not s:
@@ -383,14 +383,23 @@ def _step_dtype() -> torch.dtype:
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
-def _constructor(name: str, spec: Spec, flags: dict) -> Any:
-    """``__init__`` with torch's signature: the spec's hyper-parameters (positional, then
-    keyword-only), then the implementation flags torch's class takes."""
-    positional = [h for h in spec.hypers if not h.fixed and not h.kw_only]
-    keyword = [h for h in spec.hypers if not h.fixed and h.kw_only]
-    args = ["self", "params"] + [f"{h.name}={h.default!r}" for h in positional]
-    args += ["*"] + [f"{h.name}={h.default!r}" for h in keyword]
-    args += [f"{k}={v!r}" for k, v in flags.items()]
+def _constructor(name: str, spec: Spec, flags: dict, torch_sig: Any) -> Any:
+    """``__init__`` with the signature of torch's class (``torch_sig``): each argument where
+    torch has it, positional or keyword-only as there, its default the spec's (a flag's:
+    torch's)."""
+    hypers = {h.name: h for h in spec.hypers if not h.fixed}
+    args, star = ["self", "params"], False
+    for k, p in list(torch_sig.items())[2:]:
+        if k not in hypers and k not in flags:
+            continue
+        if p.kind == p.KEYWORD_ONLY and not star:
+            args.append("*")
+            star = True
+        args.append(f"{k}={(hypers[k].default if k in hypers else flags[k])!r}")
+    rest = [h for h in hypers.values() if h.name not in torch_sig]
+    if rest and not star:
+        args.append("*")
+    args += [f"{h.name}={h.default!r}" for h in rest]
     hyper = ", ".join(f"{h.name!r}: {h.default!r}" if h.fixed else f"{h.name!r}: {h.name}"
                       for h in spec.hypers)
     flag_values = ", ".join(f"{k!r}: {k}" for k in flags)
@@ -403,12 +412,12 @@ def _constructor(name: str, spec: Spec, flags: dict) -> Any:
     return init
 
 
-def make_class(numpy_cls: type) -> type:
+def make_class(numpy_cls: Any) -> type:
     """The torch class of a NumPy optimizer class: same name, spec and update."""
     name = numpy_cls.__name__
     torch_cls = getattr(torch.optim, name)
     sig = inspect.signature(torch_cls.__init__).parameters
-    flags = {k: sig[k].default for k in _FLAGS if k in sig}
+    flags = {k: sig[k].default for k in sig if k in _FLAGS}
     doc = (f"``torch.optim.{name}`` run by fusedopt's fused kernels: its arguments (and "
            f"{', '.join(f'``{k}``' for k in flags)}, see :class:`Optimizer`), param groups, "
            f"state names and state dicts; the update of :class:`fusedopt.{name}`, whose "
@@ -418,6 +427,6 @@ def make_class(numpy_cls: type) -> type:
         "_spec": numpy_cls._spec, "_kernel": numpy_cls._kernel,
         "_scalar_state": dict(numpy_cls._scalar_state), "_flags": flags,
     })
-    cls.__init__ = _constructor(name, numpy_cls._spec, flags)  # type: ignore[misc]
+    cls.__init__ = _constructor(name, numpy_cls._spec, flags, sig)  # type: ignore[misc]
     return cls
 
