@@ -82,6 +82,11 @@ class cpu:
         def run(self, grads: Sequence[np.ndarray] | None = None, *, step: int | None = None,
                 lr: float | None = None, scalars: float | tuple[float, ...] | None = None
                 ) -> float | tuple[float, ...] | npt.NDArray[np.float64] | None: ...
+        def run_addresses(self, addresses: Sequence[int], *, step: int | None = None,
+                          lr: float | None = None,
+                          scalars: float | tuple[float, ...] | None = None,
+                          others: Sequence[Bound] = (), run: bool = True
+                          ) -> float | tuple[float, ...] | npt.NDArray[np.float64] | None: ...
 
     @staticmethod
     def bind(algo: str, lists: _Lists, hyper: _Hyper, *, name: str = "", index: Any = None,

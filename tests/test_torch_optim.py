@@ -515,3 +515,122 @@ def test_numpy_views_share_memory():
     ref = np.zeros(5)
     ref -= 1.0 / (np.sqrt(1.5) + 1e-10)
     np.testing.assert_allclose(p.detach().numpy(), ref, rtol=1e-6)
+
+
+# ---- the steady step (Note [The steady step of a torch optimizer]) --------------------------------
+
+
+def _twins(name="Adam", kwargs=None, groups=2, dtype=torch.float32):
+    kwargs = kwargs or {}
+    ps, qs, ours, theirs, g = _pair(name, kwargs, dtype, groups=groups)
+    for _ in range(3):  # past the general steps: the groups run steadily
+        _grads(ps, qs, g)
+        ours.step()
+        theirs.step()
+    assert len(ours._runs) == len(ours.param_groups)  # the steady path is what is tested
+    return ps, qs, ours, theirs, g
+
+
+def test_steady_steps_keep_the_step_counts_torch_shows():
+    ps, qs, ours, theirs, g = _twins("NAdam")
+    for _ in range(4):
+        _grads(ps, qs, g)
+        ours.step()
+        theirs.step()
+    sd = ours.state_dict()
+    assert [float(e["step"]) for e in sd["state"].values()] == [7.0] * len(ps)
+    assert float(ours.state[ps[0]]["step"]) == 7.0  # a look through opt.state
+    _compare(ps, qs, ours, theirs, "NAdam")
+    _grads(ps, qs, g)
+    ours.step()  # that group now takes the general step: still right
+    theirs.step()
+    assert float(ours.state[ps[0]]["step"]) == 8.0
+    _compare(ps, qs, ours, theirs, "NAdam")
+
+
+@pytest.mark.parametrize("look", ["dict", "copy", "values", "get"])
+def test_every_look_at_opt_state_sees_current_step_counts(look):
+    ps, qs, ours, theirs, g = _twins("Adam")
+    if look == "dict":
+        states = list(dict(ours.state).values())
+    elif look == "copy":
+        states = list(copy.copy(ours.state).values())
+    elif look == "values":
+        states = list(ours.state.values())
+    else:
+        states = [ours.state.get(p) for p in ps]
+    for _ in range(2):
+        _grads(ps, qs, g)
+        ours.step()
+    assert [float(s["step"]) for s in states] == [5.0] * len(ps)
+
+
+def test_a_state_dict_taken_keeps_its_step_counts():
+    ps, qs, ours, theirs, g = _twins("Adam")
+    sd = ours.state_dict()
+    _grads(ps, qs, g)
+    ours.step()
+    assert [float(e["step"]) for e in sd["state"].values()] == [3.0] * len(ps)
+
+
+@pytest.mark.parametrize("edit", ["state entry", "param data", "betas", "betas in place",
+                                  "lr", "grad None", "params list"])
+def test_edits_between_steady_steps_take_effect(edit):
+    """Each edit made to both optimizers between steps: the runs continue alike."""
+    ps, qs, ours, theirs, g = _twins("Adam", {"amsgrad": True})
+    _grads(ps, qs, g)
+    if edit == "state entry":
+        for opt, x in ((ours, ps[0]), (theirs, qs[0])):
+            opt.state[x]["exp_avg"] = torch.full_like(x, 0.5)
+    elif edit == "param data":
+        for x in (ps[1], qs[1]):
+            grad = x.grad
+            x.data = torch.full_like(x.detach(), 2.0)
+            x.grad = grad
+    elif edit in ("betas", "lr"):
+        for opt in (ours, theirs):
+            opt.param_groups[1][edit] = (0.5, 0.9) if edit == "betas" else 0.3
+    elif edit == "betas in place":
+        for opt in (ours, theirs):
+            opt.param_groups[0]["betas"] = [0.9, 0.999]
+        ours.step()
+        theirs.step()
+        _grads(ps, qs, g)
+        for opt in (ours, theirs):
+            opt.param_groups[0]["betas"][0] = 0.5
+    elif edit == "grad None":
+        ps[2].grad = qs[2].grad = None
+    elif edit == "params list":
+        for opt in (ours, theirs):
+            opt.param_groups[0]["params"].pop()
+    ours.step()
+    theirs.step()
+    for _ in range(2):
+        _grads(ps, qs, g)
+        ours.step()
+        theirs.step()
+    _compare(ps, qs, ours, theirs, "Adam")
+
+
+@pytest.mark.parametrize("bad", ["not contiguous", "in another group's param"])
+def test_a_steady_step_refuses_a_bad_grad_and_changes_nothing(bad):
+    ps, qs, ours, theirs, g = _twins("Adam")
+    _grads(ps, qs, g)
+    before = [p.detach().clone() for p in ps]
+    sd = copy.deepcopy(ours.state_dict())
+    if bad == "not contiguous":
+        ps[3].grad = torch.ones(2 * ps[3].numel())[::2]
+        assert ours._steady_step(None) is False  # left to the general step, which words it
+        message = "contiguous|memory order"
+    else:
+        ps[1].grad = ps[3].detach()[: ps[1].numel()]
+        with pytest.raises(ValueError, match="overlaps"):
+            ours._steady_step(None)  # the steady step itself refuses it
+        message = "overlaps"
+    with pytest.raises(ValueError, match=message):
+        ours.step()
+    assert all(torch.equal(a, p) for a, p in zip(before, ps))
+    after = ours.state_dict()
+    for k in sd["state"]:
+        for key, v in sd["state"][k].items():
+            assert torch.equal(v, after["state"][k][key]), (k, key)

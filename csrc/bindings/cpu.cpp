@@ -38,6 +38,9 @@ class CpuBound : public Bound {
   enum class Driver { Cpu, EmulatedCuda };
   py::object run(py::handle grads, py::handle step, py::handle lr, py::handle scalars,
                  Driver driver = Driver::Cpu);
+  // A run whose grads are given as the addresses of their data (Note [Grads by address]).
+  py::object run_addresses(py::handle addresses, py::handle step, py::handle lr,
+                           py::handle scalars, py::handle others, bool run);
   std::vector<Span> grad_spans(py::handle grads, int rank) override {
     Busy busy(*this);
     verify_unchanged();
@@ -56,6 +59,7 @@ class CpuBound : public Bound {
 
   void check_all();
   void verify_unchanged();
+  py::object launch(int64_t t, std::vector<double>& h, std::vector<double>& in, Driver driver);
   py::tuple checked_grads(py::handle grads, std::vector<Span>* spans, int rank);
 };
 
@@ -194,6 +198,78 @@ py::object CpuBound::run(py::handle grads, py::handle step, py::handle lr, py::h
   } else if (has_grad_slot_ && !grads_bound_) {
     names_.type(std::string(args_[1].name) + " must be a list or tuple of numpy arrays, got NoneType");
   }
+  return launch(t, h, in, driver);
+}
+
+// Note [Grads by address]
+// fusedopt.torch hands a step's grads to a bound call as the addresses of their data: reading a
+// torch tensor's data pointer costs a tenth of making a NumPy array of it, and its shape, dtype
+// and device are those of its param by torch's own rule (the setter of Tensor.grad and autograd
+// enforce them). The caller checks what torch does not ensure (a dense, contiguous grad); here
+// each address is checked for its alignment and against the call's written memory, and the grad
+// is taken to have its param's dtype and element count (the call must have been bound for grads
+// of its params' dtypes).
+py::object CpuBound::run_addresses(py::handle addresses, py::handle step, py::handle lr,
+                                   py::handle scalars, py::handle others, bool run) {
+  Busy busy(*this);
+  std::vector<const Bound*> more;  // the other calls of the step, whose written memory too
+  for (py::handle o : others) more.push_back(o.cast<const Bound*>());
+  std::vector<double> h, in;
+  const int64_t t = run_args(step, lr, scalars, h, in);
+  verify_unchanged();
+  const char* gname = args_[1].name;
+  if (!has_grad_slot_) names_.type(std::string(spec_.name) + " takes no grads");
+  if (!PyList_Check(addresses.ptr()) && !PyTuple_Check(addresses.ptr())) {
+    names_.type(std::string(gname) + " addresses must be a list or tuple of ints, got " +
+                type_name(addresses));
+  }
+  const size_t n = static_cast<size_t>(PySequence_Fast_GET_SIZE(addresses.ptr()));
+  if (n != call_.n) {
+    names_.value(std::string(gname) + " has " + std::to_string(n) + " addresses, expected " +
+                 std::to_string(call_.n) + " (one per param)");
+  }
+  PyObject** items = PySequence_Fast_ITEMS(addresses.ptr());
+  PyObject** params = PySequence_Fast_ITEMS(args_[0].list.ptr());
+  std::vector<std::pair<TensorRef*, void*>> set;
+  set.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    const auto [w, pos] = call_.at[i];
+    if (w < 0) continue;  // an empty tensor
+    WorkList& wl = call_.lists[w];
+    const Combo& c = kCombos.at[wl.combo];
+    if (c.grad != c.param) {
+      names_.type(names_.item(gname, i) + ": a call bound for grads of another dtype than its "
+                  "params' takes no grad addresses");
+    }
+    if (!PyLong_Check(items[i])) {
+      names_.type(names_.item(gname, i) + " address is a " + type_name(items[i]) +
+                  ", expected an int");
+    }
+    void* ptr = PyLong_AsVoidPtr(items[i]);
+    if (ptr == nullptr && PyErr_Occurred()) throw py::error_already_set();
+    const int pt =
+        py::detail::array_descriptor_proxy(py::detail::array_proxy(params[i])->descr)->type_num;
+    const auto [lo, hi] = extent(static_cast<const char*>(ptr), wl.tensors[pos].numel, pt);
+    if (ptr == nullptr || lo % (pt == npy::NPY_FLOAT_ ? alignof(float) : alignof(double)) != 0) {
+      names_.value(names_.item(gname, i) + " is not aligned (address " + std::to_string(lo) + ")");
+    }
+    if (const Span* o = overlapping(written_, lo, hi)) {
+      names_.value(names_.item(gname, i) + " overlaps " + o->item());
+    }
+    for (const Bound* b : more) {
+      if (const Span* o = overlapping(b->written(), lo, hi)) {
+        names_.value(names_.item(gname, i) + " overlaps " + o->item());
+      }
+    }
+    set.emplace_back(&wl.tensors[pos], ptr);
+  }
+  if (!run) return py::none();
+  for (auto& [ref, ptr] : set) ref->ptr[1] = ptr;
+  return launch(t, h, in, Driver::Cpu);
+}
+
+py::object CpuBound::launch(int64_t t, std::vector<double>& h, std::vector<double>& in,
+                            Driver driver) {
   const int K = spec_.reduce;
   py::array_t<double> out;
   double* out_ptr = nullptr;
@@ -280,7 +356,15 @@ void def_cpu(py::module_& cpu) {
            py::arg("step") = py::none(), py::arg("lr") = py::none(),
            py::arg("scalars") = py::none(),
            "Checks grads (None: those given to bind) and updates: the scalar state after the step "
-           "(a float for one), a reduction's sums, or None.");
+           "(a float for one), a reduction's sums, or None.")
+      .def("run_addresses", &CpuBound::run_addresses, py::arg("addresses"), py::kw_only(),
+           py::arg("step") = py::none(), py::arg("lr") = py::none(),
+           py::arg("scalars") = py::none(), py::arg("others") = py::tuple(),
+           py::arg("run") = true,
+           "As run, the grads given as the addresses of their data, each of its param's dtype "
+           "and element count, contiguous (Note [Grads by address]); returns what run returns. "
+           "Each grad is also checked against the written memory of the bound calls `others` "
+           "(the other calls of a step); with run=False it is only checked.");
   cpu.def(
       "bind",
       [](const std::string& algo, py::handle lists, py::handle hyper, std::string name,

@@ -20,6 +20,22 @@ Note [Step counts as torch keeps them]
     ``mu_product`` is a 0-d float64 tensor (torch's is float32: loaded into torch it is cast).
     The kernels take the count as an int, read once per call.
 
+Note [The steady step of a torch optimizer]
+    Most steps repeat the last one: the same params, all with grads, the same hyper-parameters
+    and state tensors, one step count further. After a step that updated a whole param group of
+    CPU tensors in one call, the group keeps a ``_Run``: its bound call (params and state held as
+    NumPy views) and its step count. A steady step then reads each grad and its data address
+    (Note [Grads by address] in ``csrc/bindings/cpu.cpp``) and checks, by C loops over the
+    group, that every param has a contiguous grad, that the params' storage did not move (``p.data
+    = ...``), that the group's ``params`` list and hyper-parameters are the ones the call was
+    bound for (``lr`` is read at every step). Its state dicts cannot have been edited: the only
+    way to them is ``opt.state``, which ends the run (below). Anything else takes the general
+    step, which checks, allocates and binds anew.
+    The step counts (and NAdam's ``mu_product``) of a steady run live in the run; they are written
+    into the state tensors, in place, when anything can read them: ``state_dict()``, a copy of
+    the optimizer, a look through ``opt.state`` -- which hands out the live dicts, so the groups
+    it shows take the general step from then on, until ``load_state_dict`` replaces their dicts.
+
 Note [GradScaler]
     The classes set ``_step_supports_amp_scaling``: ``torch.amp.GradScaler.step`` then hands them
     ``grad_scale`` and ``found_inf`` instead of unscaling the grads itself. A step whose
@@ -31,14 +47,17 @@ Note [GradScaler]
 
 from __future__ import annotations
 
+import collections
 import inspect
+import itertools
+import operator
 from typing import Any, ClassVar
 
 import torch
 
 from .. import _backend, _core
 from .._spec import Spec
-from ..optim._checks import check_hyper, resolve_lr
+from ..optim._checks import check_hyper, mutable_parts, resolve_lr
 
 __all__ = ["Optimizer", "make_class"]
 
@@ -72,6 +91,70 @@ class _Call:
         self.scalars: Any = None
 
 
+class _StateMap(collections.defaultdict):
+    """``opt.state``: torch's mapping from a param to its state dict. Reading it writes the step
+    counts of the steady steps into the state dicts first, and hands the dicts out, so their
+    groups take the general step from then on (Note [The steady step of a torch optimizer])."""
+
+    def __init__(self, opt: Any, data: Any = ()) -> None:
+        super().__init__(dict, data)
+        self.opt = opt
+
+    def __reduce__(self) -> Any:
+        self.opt._expose(None)
+        return (collections.defaultdict, (dict, dict(super().items())))
+
+    def __copy__(self) -> Any:
+        self.opt._expose(None)
+        return collections.defaultdict(dict, super().items())
+
+    copy = __copy__
+
+    def __getitem__(self, p: Any) -> Any:
+        self.opt._expose(p)
+        return super().__getitem__(p)
+
+    def get(self, p: Any, default: Any = None) -> Any:
+        self.opt._expose(p)
+        return super().get(p, default)
+
+    def items(self) -> Any:
+        self.opt._expose(None)
+        return super().items()
+
+    def values(self) -> Any:
+        self.opt._expose(None)
+        return super().values()
+
+    def __iter__(self) -> Any:  # dict(opt.state), copies: every dict goes out
+        self.opt._expose(None)
+        return super().__iter__()
+
+    def keys(self) -> Any:
+        self.opt._expose(None)
+        return super().keys()
+
+    def __repr__(self) -> str:
+        self.opt._expose(None)
+        return super().__repr__()
+
+
+class _Run:
+    """A param group's steady step (Note [The steady step of a torch optimizer])."""
+
+    __slots__ = ("plist", "params", "snapshot", "mutable", "pptrs", "states", "bound",
+                 "step", "scalars", "stale", "kernel_step", "key_rest")
+
+    def __init__(self, **kw: Any) -> None:
+        for k, v in kw.items():
+            setattr(self, k, v)
+
+
+_grad = operator.attrgetter("grad")
+_data_ptr = torch.Tensor.data_ptr
+_is_contiguous = torch.Tensor.is_contiguous
+
+
 def _view(t: torch.Tensor) -> Any:
     """What the kernels take for tensor ``t`` (Note [Torch tensors without a copy])."""
     t = t.detach()
@@ -100,10 +183,69 @@ class Optimizer(torch.optim.Optimizer):
     _step_supports_amp_scaling = True
 
     def __init__(self, params: Any, hyper: dict, flags: dict) -> None:
-        self._calls_cache: dict = {}
+        self._reset_runs()
         self._check_flags(hyper, flags)
         check_hyper(type(self).__name__, self._kernel, self._plain(hyper))
         super().__init__(params, {**hyper, **flags})
+        self.state = _StateMap(self, self.state)
+
+    def _reset_runs(self) -> None:
+        self._calls_cache: dict = {}
+        self._runs: dict = {}  # group index -> _Run
+        self._exposed: set = set()  # groups whose state dicts were handed out
+        self._hyper_names = tuple(h.name for h in self._kernel.hypers if h.name != "lr")
+
+    def _flush(self, gi: int) -> None:
+        run = self._runs.get(gi)
+        if run is None or not run.stale:
+            return
+        for s in run.states:
+            dict.__getitem__(s, "step").fill_(float(run.step))
+        names = tuple(self._scalar_state)
+        values = () if not names else (run.scalars,) if len(names) == 1 else tuple(run.scalars)
+        for name, v in zip(names, values):
+            for s in run.states:
+                dict.__getitem__(s, name).fill_(v)
+        run.stale = False
+
+    def _flush_all(self) -> None:
+        for gi in list(self._runs):
+            self._flush(gi)
+
+    def _expose(self, p: Any) -> None:
+        """The state dict of ``p`` (None: every one) is being handed out."""
+        if not self._runs:
+            return
+        if p is None:
+            self._flush_all()
+            self._exposed.update(self._runs)
+            self._runs.clear()
+            return
+        for gi, run in list(self._runs.items()):
+            if any(map(operator.is_, run.params, itertools.repeat(p))):
+                self._flush(gi)
+                self._exposed.add(gi)
+                del self._runs[gi]
+
+    def state_dict(self) -> dict:
+        """torch's ``state_dict``, with every step count up to date, and each entry's ``step``
+        (and NAdam's ``mu_product``) a copy: the entries are new dicts, their other tensors the
+        live state, as torch's are."""
+        self._flush_all()
+        runs, self._runs = self._runs, {}  # torch's state_dict reads self.state: hand out nothing
+        try:
+            sd = super().state_dict()
+        finally:
+            self._runs = runs
+        scalars = ("step", *self._scalar_state)
+        sd["state"] = {k: {n: v.clone() if n in scalars and isinstance(v, torch.Tensor) else v
+                           for n, v in entry.items()}
+                       for k, entry in sd["state"].items()}
+        return sd
+
+    def __getstate__(self) -> dict:
+        self._flush_all()
+        return super().__getstate__()
 
     # ---- checks ----------------------------------------------------------------------------------
 
@@ -197,7 +339,8 @@ class Optimizer(torch.optim.Optimizer):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
-        self._calls_cache = {}
+        self._reset_runs()
+        self.state = _StateMap(self, dict.items(self.state))
         for group in self.param_groups:
             for k, v in self._flags.items():
                 group.setdefault(k, v)
@@ -205,8 +348,7 @@ class Optimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         """torch's ``load_state_dict``: a state dict of this class or of ``torch.optim``'s
         class of the same name (their state names and layouts are the same)."""
-        super().load_state_dict(state_dict)
-        self._calls_cache = {}
+        super().load_state_dict(state_dict)  # its __setstate__ resets the runs
 
     def _plain_states(self, states: list) -> list:
         """What the NumPy class's ``_call_keys`` reads of each state dict (None: no state yet):
@@ -234,7 +376,8 @@ class Optimizer(torch.optim.Optimizer):
     def step(self, closure: Any = None) -> Any:
         """One update of every param that has a grad: one fused call per param group, device,
         dtype and step count. Every call is checked before any tensor is written; a step that
-        is refused changes nothing (Note [GradScaler] for a step GradScaler skips)."""
+        is refused changes nothing (Note [GradScaler] for a step GradScaler skips; Note [The
+        steady step of a torch optimizer] for the steps that repeat the last one)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -243,6 +386,10 @@ class Optimizer(torch.optim.Optimizer):
         grad_scale = getattr(self, "grad_scale", None)
         if found_inf is not None and float(found_inf) != 0.0:
             return loss
+        if self._runs and self._steady_step(grad_scale):
+            return loss
+        self._flush_all()  # the general step reads the step counts from the state dicts
+        self._runs.clear()
         calls: list[_Call] = []
         try:
             for gi, group in enumerate(self.param_groups):
@@ -264,7 +411,89 @@ class Optimizer(torch.optim.Optimizer):
             out = call.bound.run([_view(g) for g in call.grads], step=call.step, lr=call.lr,
                                  scalars=call.scalars)
             self._finish(call, out)
+        self._start_runs(calls)
         return loss
+
+    def _start_runs(self, calls: list) -> None:
+        """After a general step: a run for each group of CPU tensors updated whole by one call
+        (Note [The steady step of a torch optimizer])."""
+        per_group: dict = {}
+        for call in calls:
+            per_group.setdefault(call.gi, []).append(call)
+        n = len(self._scalar_state)
+        for gi, cs in per_group.items():
+            group = self.param_groups[gi]
+            call = cs[0]
+            if len(cs) != 1 or gi in self._exposed or len(call.params) != len(group["params"]) \
+                    or not hasattr(call.bound, "run_addresses"):
+                continue
+            plain = self._plain(group)
+            keys = self._numpy._call_keys(self, plain, self._plain_states(call.states))
+            if keys.count(keys[0]) != len(keys):
+                continue
+            key = keys[0]
+            snapshot = tuple(map(group.get, self._hyper_names))
+            self._runs[gi] = _Run(
+                plist=group["params"], params=tuple(call.params), snapshot=snapshot,
+                mutable=mutable_parts(snapshot), pptrs=list(map(_data_ptr, call.params)),
+                states=call.states, bound=call.bound, step=key[0],
+                scalars=key[1] if n == 1 else (tuple(key[1 : 1 + n]) if n else None),
+                stale=False, kernel_step=None, key_rest=tuple(key[1 + n :]))
+
+    def _steady_step(self, grad_scale: Any) -> bool:
+        """A step by the groups' runs, if every group has one that still holds; False (nothing
+        done) otherwise (Note [The steady step of a torch optimizer])."""
+        if len(self._runs) != len(self.param_groups):
+            return False
+        plans = []
+        n = len(self._scalar_state)
+        for gi, group in enumerate(self.param_groups):
+            run = self._runs.get(gi)
+            if run is None:
+                return False
+            plist = group["params"]
+            if plist is not run.plist or len(plist) != len(run.params) \
+                    or not all(map(operator.is_, plist, run.params)):
+                return False
+            snapshot = tuple(map(group.get, self._hyper_names))
+            if not all(map(operator.is_, snapshot, run.snapshot)) \
+                    or (run.mutable and mutable_parts(snapshot) != run.mutable):
+                return False
+            grads = list(map(_grad, run.params))
+            if not all(map(operator.is_not, grads, itertools.repeat(None))):
+                return False
+            try:
+                addresses = list(map(_data_ptr, grads))
+            except RuntimeError:  # a sparse grad: the general step names it
+                return False
+            if not all(map(_is_contiguous, grads)) or list(map(_data_ptr, run.params)) != run.pptrs:
+                return False
+            lr = group["lr"]
+            if callable(lr) and not isinstance(lr, torch.Tensor):
+                lr = resolve_lr(gi, lr, run.step)
+            else:
+                lr = _scalar("lr", lr)
+                if isinstance(lr, bool) or not isinstance(lr, (int, float)) \
+                        or not 0 <= lr < float("inf"):
+                    return False  # the general step's check words it
+            key = (run.step, *((run.scalars,) if n == 1 else (run.scalars or ())), *run.key_rest)
+            step = self._numpy._kernel_step(self, group, key, run.step + 1)
+            plans.append((run, grads, addresses, lr, step))
+        if len(plans) > 1:  # every call checked before the first one writes
+            bounds = [plan[0].bound for plan in plans]
+            for k, (run, _, addresses, lr, step) in enumerate(plans):
+                run.bound.run_addresses(addresses, step=step, lr=lr, scalars=run.scalars,
+                                        others=bounds[:k] + bounds[k + 1 :], run=False)
+        if grad_scale is not None:
+            inv = torch.reciprocal(grad_scale.double()).float()
+            torch._foreach_mul_([g for plan in plans for g in plan[1]], inv.to("cpu"))
+        for run, _, addresses, lr, step in plans:
+            out = run.bound.run_addresses(addresses, step=step, lr=lr, scalars=run.scalars)
+            run.step += 1
+            if n:
+                run.scalars = out
+            run.stale = True
+        return True
 
     def _prepare(self, gi: int, group: dict) -> list:
         """The calls of group ``gi``, bound, with the state they need allocated."""
@@ -284,7 +513,7 @@ class Optimizer(torch.optim.Optimizer):
             where.append(j)
         if not params:
             return []
-        states = [self.state.get(p) for p in params]
+        states = [dict.get(self.state, p) for p in params]
         keys = self._numpy._call_keys(self, plain, self._plain_states(states))
         split: dict = {}
         for k, (p, key) in enumerate(zip(params, keys)):
@@ -328,7 +557,7 @@ class Optimizer(torch.optim.Optimizer):
         ident = (call.gi, call.key, tuple(call.where),
                  tuple(map(id, call.params)), tuple(id(t) for ts in tensors for t in ts),
                  tuple(t.data_ptr() for ts in tensors for t in ts),
-                 tuple(id(v) for v in plain.values()), tuple(map(repr, plain.values())), call.lr)
+                 tuple(id(v) for v in plain.values()), tuple(map(repr, plain.values())))
         hit = self._calls_cache.get(call.gi)
         if hit is not None and hit[0] == ident:
             return hit[1]
@@ -358,15 +587,19 @@ class Optimizer(torch.optim.Optimizer):
     def _undo(self, call: _Call) -> None:
         for p, name in reversed(call.created):
             if name is None:
-                del self.state[p]
+                dict.__delitem__(self.state, p)
             else:
-                del self.state[p][name]
+                del dict.__getitem__(self.state, p)[name]
         call.created = []
 
     def _finish(self, call: _Call, out: Any) -> None:
         step = call.key[0] + 1
         for s in call.states:
-            s["step"] = torch.tensor(float(step), dtype=_step_dtype())
+            t = s.get("step")
+            if isinstance(t, torch.Tensor) and t.dim() == 0 and t.is_floating_point():
+                t.fill_(float(step))
+            else:
+                s["step"] = torch.tensor(float(step), dtype=_step_dtype())
         names = tuple(self._scalar_state)
         values = () if not names else (out,) if len(names) == 1 else tuple(out)
         for name, v in zip(names, values):
