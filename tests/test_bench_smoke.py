@@ -149,3 +149,17 @@ def test_ratios_are_taken_round_by_round():
     assert npy["fusedopt_speedup"] == pytest.approx(2.0)
     assert npy["fusedopt_speedup_medians"] == pytest.approx(2.5 / 2.5)
     assert fo["fusedopt_speedup"] == pytest.approx(1.0)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
+def test_torch_front_bench_runs(tmp_path):
+    """bench/torch_front.py: every implementation on every workload, a row each in its JSON."""
+    out = tmp_path / "front.json"
+    subprocess.run([sys.executable, str(REPO / "bench" / "torch_front.py"), "--quick",
+                    "--rounds", "1", "--reps", "1", "--json", str(out)],
+                   check=True, env=child_env(), capture_output=True, timeout=600)
+    rows = json.loads(out.read_text())["rows"]
+    impls = {"ceiling", "fusedopt.torch", "fusedopt (NumPy)", "torch fused", "torch foreach"}
+    for w in ("tiny200", "flat16M", "small4096"):
+        assert {r["impl"] for r in rows if r["workload"] == w} == impls
+    assert all(r["median_us"] > 0 and math.isfinite(r["gb_s"]) for r in rows)
