@@ -372,7 +372,6 @@ class Optimizer(torch.optim.Optimizer):
 
     # ---- step ------------------------------------------------------------------------------------
 
-    @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         """One update of every param that has a grad: one fused call per param group, device,
         dtype and step count. Every call is checked before any tensor is written; a step that
@@ -388,6 +387,12 @@ class Optimizer(torch.optim.Optimizer):
             return loss
         if self._runs and self._steady_step(grad_scale):
             return loss
+        with torch.no_grad():
+            self._general_step(grad_scale)
+        return loss
+
+    def _general_step(self, grad_scale: Any) -> None:
+        """Every group checked, its state allocated and its calls bound anew."""
         self._flush_all()  # the general step reads the step counts from the state dicts
         self._runs.clear()
         calls: list[_Call] = []
@@ -412,7 +417,6 @@ class Optimizer(torch.optim.Optimizer):
                                  scalars=call.scalars)
             self._finish(call, out)
         self._start_runs(calls)
-        return loss
 
     def _start_runs(self, calls: list) -> None:
         """After a general step: a run for each group of CPU tensors updated whole by one call
@@ -485,8 +489,9 @@ class Optimizer(torch.optim.Optimizer):
                 run.bound.run_addresses(addresses, step=step, lr=lr, scalars=run.scalars,
                                         others=bounds[:k] + bounds[k + 1 :], run=False)
         if grad_scale is not None:
-            inv = torch.reciprocal(grad_scale.double()).float()
-            torch._foreach_mul_([g for plan in plans for g in plan[1]], inv.to("cpu"))
+            with torch.no_grad():
+                inv = torch.reciprocal(grad_scale.double()).float()
+                torch._foreach_mul_([g for plan in plans for g in plan[1]], inv.to("cpu"))
         for run, _, addresses, lr, step in plans:
             out = run.bound.run_addresses(addresses, step=step, lr=lr, scalars=run.scalars)
             run.step += 1
