@@ -634,3 +634,57 @@ def test_a_steady_step_refuses_a_bad_grad_and_changes_nothing(bad):
     for k in sd["state"]:
         for key, v in sd["state"][k].items():
             assert torch.equal(v, after["state"][k][key]), (k, key)
+
+
+# ---- CUDA tensors (skipped without a usable GPU) -------------------------------------------------
+
+
+def _cuda_usable():
+    import fusedopt
+
+    return torch.cuda.is_available() and fusedopt.cuda_available()
+
+
+needs_cuda = pytest.mark.skipif(not _cuda_usable(), reason="no CUDA device usable by torch and fusedopt")
+
+
+@needs_cuda
+@pytest.mark.parametrize("name", NAMES)
+def test_cuda_tensors_match_torch_optim(name):
+    kwargs = {"SGD": {"momentum": 0.9}}.get(name, {})
+    ps, qs, ours, theirs, g = _pair(name, kwargs, torch.float32)
+    ps = [p.detach().cuda().requires_grad_() for p in ps]
+    qs = [q.detach().cuda().requires_grad_() for q in qs]
+    ours = getattr(ft, name)(ps, **kwargs)
+    theirs = getattr(torch.optim, name)(qs, **kwargs)
+    for _ in range(5):
+        for p, q in zip(ps, qs):
+            d = torch.randn(p.shape, generator=g).cuda()
+            p.grad, q.grad = d.clone(), d.clone()
+        ours.step()
+        theirs.step()
+    torch.cuda.synchronize()
+    for i, (p, q) in enumerate(zip(ps, qs)):
+        _close(p.detach().cpu(), q.detach().cpu(), name, torch.float32, f"params[{i}]")
+        for key, value in theirs.state[q].items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0:
+                mine = ours.state[p][key]
+                assert mine.device == p.device
+                _close(mine.cpu(), value.cpu(), name, torch.float32, f"state[{i}][{key!r}]")
+
+
+@needs_cuda
+def test_one_group_over_cpu_and_cuda_params_makes_a_call_per_device():
+    a = torch.randn(100, requires_grad=True)
+    b = torch.randn(100, device="cuda", requires_grad=True)
+    a2, b2 = a.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+    ours, theirs = ft.Adam([a, b], lr=0.1), torch.optim.Adam([a2, b2], lr=0.1)
+    for _ in range(3):
+        for x, y in ((a, a2), (b, b2)):
+            x.grad = torch.ones_like(x)
+            y.grad = torch.ones_like(y)
+        ours.step()
+        theirs.step()
+    torch.testing.assert_close(a, a2)
+    torch.testing.assert_close(b.cpu(), b2.cpu())
+    assert ours.state[b]["exp_avg"].device.type == "cuda"
