@@ -181,6 +181,7 @@ class Optimizer(torch.optim.Optimizer):
     _scalar_state: ClassVar[dict] = {}
     _flags: ClassVar[dict] = {}  # the implementation flags torch's class takes, with defaults
     _step_supports_amp_scaling = True
+    state: Any  # torch's mapping, made a _StateMap
 
     def __init__(self, params: Any, hyper: dict, flags: dict) -> None:
         self._reset_runs()
