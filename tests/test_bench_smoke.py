@@ -163,3 +163,17 @@ def test_torch_front_bench_runs(tmp_path):
     for w in ("tiny200", "flat16M", "small4096"):
         assert {r["impl"] for r in rows if r["workload"] == w} == impls
     assert all(r["median_us"] > 0 and math.isfinite(r["gb_s"]) for r in rows)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
+def test_train_torch_runs(tmp_path):
+    """bench/train_torch.py on tiny settings: both models, both optimizers, losses recorded."""
+    out = tmp_path / "train.json"
+    subprocess.run([sys.executable, str(REPO / "bench" / "train_torch.py"), "--model", "both",
+                    "--steps", "3", "--layers", "1", "--width", "64", "--json", str(out)],
+                   check=True, env=child_env(), capture_output=True, timeout=600)
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"cnn", "lm"}
+    for r in results.values():
+        assert set(r["runs"]) == {"torch-fused", "fusedopt"} and r["steps"] == 3
+        assert math.isfinite(r["max_rel_diff"])
