@@ -143,6 +143,7 @@ struct ScalarSpec {
 struct StepArgs {
   int64_t step;               // 1-based; 0 for an algorithm without steps
   const double* scalars_in;   // kScalars.size() values
+  double grad_factor = 1.0;   // multiplies each grad as it is loaded (Note [The fused unscale])
 };
 
 constexpr bool same_name(const char* a, const char* b) {

@@ -335,3 +335,56 @@ def test_an_array_changed_in_place_is_named():
     _state_dtype_in_place(w, 4)
     assert w.call() == (TypeError, "adam: exp_avg_sqs[4] was changed in place: dtype float64 -> "
                                    "int64; the arrays of a call must keep their dtype and shape")
+
+
+# ---- grad_scale (Note [The fused unscale]) -------------------------------------------------------
+
+
+def _adam_call(rng, dtype):
+    params = [rng.standard_normal(n).astype(dtype) for n in (1, 33, 4097)]
+    states = [[np.zeros_like(p) for p in params] for _ in range(2)]
+    hyper = (1e-2, (0.9, 0.999), 1e-8, 0.0, False, False, False)
+    return params, states, hyper
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("scale", [65536.0, 3.0])
+def test_grad_scale_unscales_as_gradscaler_does(dtype, scale):
+    """run(grads * s, grad_scale=s) against run(grads * float32(1/s)): the same bits; the grads
+    are only read."""
+    rng = np.random.default_rng(0)
+    out = []
+    for fused in (True, False):
+        params, states, hyper = _adam_call(np.random.default_rng(1), dtype)
+        b = _core.cpu.bind("adam", (params, None, *states, None), hyper, grads_later=True)
+        for t in range(1, 4):
+            g = [np.random.default_rng(t).standard_normal(p.size).astype(dtype) * dtype(scale)
+                 for p in params]
+            if fused:
+                kept = [x.copy() for x in g]
+                b.run(g, step=t, grad_scale=scale)
+                assert all(np.array_equal(k, x) for k, x in zip(kept, g))
+            else:
+                inv = np.float32(1.0 / scale)
+                b.run([x * inv if dtype == np.float32 else x * np.float64(inv) for x in g], step=t)
+        out.append(params)
+    for a, c in zip(*out):
+        np.testing.assert_array_equal(a, c)
+    del rng
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("inf"), float("nan")])
+def test_grad_scale_must_be_finite_and_positive(bad):
+    params, states, hyper = _adam_call(np.random.default_rng(0), np.float32)
+    before = [p.copy() for p in params]
+    b = _core.cpu.bind("adam", (params, None, *states, None), hyper, grads_later=True)
+    with pytest.raises(ValueError, match="grad_scale must be a finite number > 0"):
+        b.run([np.ones_like(p) for p in params], step=1, grad_scale=bad)
+    assert all(np.array_equal(a, p) for a, p in zip(before, params))
+
+
+def test_grad_scale_of_a_call_without_grads_is_refused():
+    avg = [np.zeros(4, np.float32)]
+    b = _core.cpu.bind("ewa", (avg, [np.ones(4, np.float32)]), (0.5,))
+    with pytest.raises(TypeError, match="takes no grads to unscale"):
+        b.run(grad_scale=2.0)

@@ -688,3 +688,30 @@ def test_one_group_over_cpu_and_cuda_params_makes_a_call_per_device():
     torch.testing.assert_close(a, a2)
     torch.testing.assert_close(b.cpu(), b2.cpu())
     assert ours.state[b]["exp_avg"].device.type == "cuda"
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("scale", [2.0**16, 3.0])
+def test_the_fused_unscale_gives_the_bits_of_unscaled_grads(name, dtype, scale):
+    """Grads scaled by s with grad_scale=s (GradScaler's protocol) against GradScaler's own
+    unscale (grad * float32(1/s)) before an unscaled step: the same bits, on the general and the
+    steady steps; the scaled grads are left as they were."""
+    kwargs = {"SGD": {"momentum": 0.9}}.get(name, {})
+    ps, qs, ours, _, g = _pair(name, kwargs, dtype, groups=2)
+    plain = getattr(ft, name)([{"params": qs[:2]}, {"params": qs[2:], "lr": 0.05}], **kwargs)
+    inv = torch.reciprocal(torch.tensor(scale, dtype=torch.float64)).float()
+    for _ in range(4):
+        for p, q in zip(ps, qs):
+            d = torch.randn(p.shape, generator=g, dtype=dtype)
+            p.grad = d * scale
+            q.grad = p.grad * inv  # what GradScaler.unscale_ leaves
+        kept = [p.grad.clone() for p in ps]
+        ours.grad_scale, ours.found_inf = torch.tensor(scale), torch.tensor(0.0)
+        ours.step()
+        del ours.grad_scale, ours.found_inf
+        plain.step()
+        assert all(torch.equal(k, p.grad) for k, p in zip(kept, ps))
+    assert ours._runs  # the steady step took part
+    for p, q in zip(ps, qs):
+        assert torch.equal(p, q)

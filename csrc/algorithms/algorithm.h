@@ -33,6 +33,23 @@ struct Update {
   FUSEDOPT_HOST_DEVICE static constexpr bool written(int slot) { return slot != 1; }
 };
 
+// Note [The fused unscale]
+// An update can take grads that are still scaled (AMP: torch.amp.GradScaler multiplies the loss by
+// a scale s) with the factor that unscales them, 1/s computed in double and rounded to float32 as
+// GradScaler's own unscale_ computes it; each grad is multiplied by it as it is loaded, before the
+// algorithm's step, so a fused step gives the bits of an unscaled grad's step and the grads are
+// left as they were. The CPU kernels are instantiated with and without the factor: a multiply per
+// element that every step paid would slow the in-cache kernels (measured in bench/results). The CUDA
+// kernels take no factor (the torch front end unscales CUDA grads before their step).
+template <class A>
+struct GradScaled : A {
+  typename A::O grad_factor;
+  FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void operator()(typename A::O* r) const {
+    r[1] = r[1] * grad_factor;
+    A::operator()(r);
+  }
+};
+
 template <class St, int Slots, int Accumulators>
 struct Reduction {
   using storage = St;

@@ -5,6 +5,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
+
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
@@ -37,10 +39,11 @@ class CpuBound : public Bound {
   // The drivers a run can go through: the CPU's, or the CUDA driver emulated on the host.
   enum class Driver { Cpu, EmulatedCuda };
   py::object run(py::handle grads, py::handle step, py::handle lr, py::handle scalars,
-                 Driver driver = Driver::Cpu);
+                 Driver driver = Driver::Cpu, py::handle grad_scale = py::none());
   // A run whose grads are given as the addresses of their data (Note [Grads by address]).
   py::object run_addresses(py::handle addresses, py::handle step, py::handle lr,
-                           py::handle scalars, py::handle others, bool run);
+                           py::handle scalars, py::handle others, bool run,
+                           py::handle grad_scale);
   std::vector<Span> grad_spans(py::handle grads, int rank) override {
     Busy busy(*this);
     verify_unchanged();
@@ -59,7 +62,10 @@ class CpuBound : public Bound {
 
   void check_all();
   void verify_unchanged();
-  py::object launch(int64_t t, std::vector<double>& h, std::vector<double>& in, Driver driver);
+  py::object launch(int64_t t, std::vector<double>& h, std::vector<double>& in, Driver driver,
+                    double grad_factor = 1.0);
+  // The factor of Note [The fused unscale] for the scale `grad_scale` (None: 1).
+  double grad_factor(py::handle grad_scale) const;
   py::tuple checked_grads(py::handle grads, std::vector<Span>* spans, int rank);
 };
 
@@ -180,11 +186,26 @@ py::tuple CpuBound::checked_grads(py::handle grads, std::vector<Span>* spans, in
   return g;
 }
 
+double CpuBound::grad_factor(py::handle grad_scale) const {
+  if (grad_scale.is_none()) return 1.0;
+  // The optimizers: an average (ewa) reads values, not grads.
+  if (!has_grad_slot_ || !spec_.has_step) {
+    names_.type(std::string(spec_.name) + " takes no grads to unscale");
+  }
+  const double s = parse_real(names_, "grad_scale", grad_scale.ptr());
+  if (!(s > 0.0 && std::isfinite(s))) {
+    names_.value("grad_scale must be a finite number > 0, got " + std::string(py::str(grad_scale)));
+  }
+  return static_cast<double>(static_cast<float>(1.0 / s));  // as GradScaler.unscale_
+}
+
 py::object CpuBound::run(py::handle grads, py::handle step, py::handle lr, py::handle scalars,
-                         Driver driver) {
+                         Driver driver, py::handle grad_scale) {
   Busy busy(*this);
   std::vector<double> h, in;
   const int64_t t = run_args(step, lr, scalars, h, in);
+  const double factor = grad_factor(grad_scale);
+  if (factor != 1.0 && driver != Driver::Cpu) names_.value("the emulated CUDA driver takes no grad_scale");
   if (keep_) verify_unchanged();
   py::tuple g;  // holds the grads while the kernels read them
   if (!grads.is_none()) {
@@ -198,7 +219,7 @@ py::object CpuBound::run(py::handle grads, py::handle step, py::handle lr, py::h
   } else if (has_grad_slot_ && !grads_bound_) {
     names_.type(std::string(args_[1].name) + " must be a list or tuple of numpy arrays, got NoneType");
   }
-  return launch(t, h, in, driver);
+  return launch(t, h, in, driver, factor);
 }
 
 // Note [Grads by address]
@@ -210,8 +231,10 @@ py::object CpuBound::run(py::handle grads, py::handle step, py::handle lr, py::h
 // is taken to have its param's dtype and element count (the call must have been bound for grads
 // of its params' dtypes).
 py::object CpuBound::run_addresses(py::handle addresses, py::handle step, py::handle lr,
-                                   py::handle scalars, py::handle others, bool run) {
+                                   py::handle scalars, py::handle others, bool run,
+                                   py::handle grad_scale) {
   Busy busy(*this);
+  const double factor = grad_factor(grad_scale);
   std::vector<const Bound*> more;  // the other calls of the step, whose written memory too
   for (py::handle o : others) more.push_back(o.cast<const Bound*>());
   std::vector<double> h, in;
@@ -265,11 +288,11 @@ py::object CpuBound::run_addresses(py::handle addresses, py::handle step, py::ha
   }
   if (!run) return py::none();
   for (auto& [ref, ptr] : set) ref->ptr[1] = ptr;
-  return launch(t, h, in, Driver::Cpu);
+  return launch(t, h, in, Driver::Cpu, factor);
 }
 
 py::object CpuBound::launch(int64_t t, std::vector<double>& h, std::vector<double>& in,
-                            Driver driver) {
+                            Driver driver, double grad_factor) {
   const int K = spec_.reduce;
   py::array_t<double> out;
   double* out_ptr = nullptr;
@@ -278,7 +301,7 @@ py::object CpuBound::launch(int64_t t, std::vector<double>& h, std::vector<doubl
     out_ptr = out.mutable_data();
     std::fill(out_ptr, out_ptr + call_.n * K, 0.0);
   }
-  const StepArgs step_args{t, in.data()};
+  const StepArgs step_args{t, in.data(), grad_factor};
   if (driver == Driver::Cpu) {
     const cpu::Launch launch{h.data(), step_args, out_ptr};
     const cpu::KernelFn kernel = cpu::active().kernels[spec_.kernel];
@@ -349,18 +372,20 @@ void def_cpu(py::module_& cpu) {
            "Checks that the arrays it holds are as they were checked (an array changed in place "
            "is refused by name); writes nothing.")
       .def("run",
-           [](CpuBound& b, py::handle grads, py::handle step, py::handle lr, py::handle scalars) {
-             return b.run(grads, step, lr, scalars);
+           [](CpuBound& b, py::handle grads, py::handle step, py::handle lr, py::handle scalars,
+              py::handle grad_scale) {
+             return b.run(grads, step, lr, scalars, CpuBound::Driver::Cpu, grad_scale);
            },
            py::arg("grads") = py::none(), py::kw_only(),
            py::arg("step") = py::none(), py::arg("lr") = py::none(),
-           py::arg("scalars") = py::none(),
+           py::arg("scalars") = py::none(), py::arg("grad_scale") = py::none(),
            "Checks grads (None: those given to bind) and updates: the scalar state after the step "
-           "(a float for one), a reduction's sums, or None.")
+           "(a float for one), a reduction's sums, or None. With grad_scale s, the grads are taken "
+           "as scaled by s and unscaled as they are loaded (Note [The fused unscale]).")
       .def("run_addresses", &CpuBound::run_addresses, py::arg("addresses"), py::kw_only(),
            py::arg("step") = py::none(), py::arg("lr") = py::none(),
            py::arg("scalars") = py::none(), py::arg("others") = py::tuple(),
-           py::arg("run") = true,
+           py::arg("run") = true, py::arg("grad_scale") = py::none(),
            "As run, the grads given as the addresses of their data, each of its param's dtype "
            "and element count, contiguous (Note [Grads by address]); returns what run returns. "
            "Each grad is also checked against the written memory of the bound calls `others` "

@@ -2,6 +2,8 @@
 // CMake; see Note [One namespace per instruction set]). The table is generated from the registry:
 // each entry turns the spec's run-time flags into an algorithm object (its dispatch) for the
 // work list's storage combination and hands it to the driver.
+#include <type_traits>
+
 #include "driver.h"
 
 #ifndef FUSEDOPT_ISA_NAME
@@ -15,8 +17,16 @@ namespace {
 template <class Spec>
 struct Entry {
   static void run(const WorkView& w, const Launch& l) {
-    with_algorithm<Spec>(l.hyper, l.step, w.combo,
-                         [&](const auto& algo) { apply(w, algo, l.out); });
+    with_algorithm<Spec>(l.hyper, l.step, w.combo, [&](const auto& algo) {
+      using A = std::decay_t<decltype(algo)>;
+      if constexpr (A::kAccumulators == 0 && A::kBuffers > 1) {  // Note [The fused unscale]
+        if (l.step.grad_factor != 1.0) {
+          apply(w, GradScaled<A>{algo, static_cast<typename A::O>(l.step.grad_factor)}, l.out);
+          return;
+        }
+      }
+      apply(w, algo, l.out);
+    });
   }
 };
 

@@ -60,12 +60,14 @@ class cpu:
         def check(self, grads: Sequence[np.ndarray]) -> None: ...
         def verify(self) -> None: ...
         def run(self, grads: Sequence[np.ndarray] | None = None, *, step: int | None = None,
-                lr: float | None = None, scalars: float | tuple[float, ...] | None = None
+                lr: float | None = None, scalars: float | tuple[float, ...] | None = None,
+                grad_scale: float | None = None
                 ) -> float | tuple[float, ...] | npt.NDArray[np.float64] | None: ...
         def run_addresses(self, addresses: Sequence[int], *, step: int | None = None,
                           lr: float | None = None,
                           scalars: float | tuple[float, ...] | None = None,
-                          others: Sequence[Bound] = (), run: bool = True
+                          others: Sequence[Bound] = (), run: bool = True,
+                          grad_scale: float | None = None
                           ) -> float | tuple[float, ...] | npt.NDArray[np.float64] | None: ...
 
     @staticmethod

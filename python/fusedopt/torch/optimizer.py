@@ -40,9 +40,11 @@ Note [GradScaler]
     The classes set ``_step_supports_amp_scaling``: ``torch.amp.GradScaler.step`` then hands them
     ``grad_scale`` and ``found_inf`` instead of unscaling the grads itself. A step whose
     ``found_inf`` is non-zero changes nothing: no param, no state, no step count, and no state is
-    created for params seen for the first time. Otherwise the grads are multiplied by
-    ``1 / grad_scale`` (computed as GradScaler's ``unscale_`` computes it, so the results are the
-    same bits) after every call of the step was checked, then the calls run.
+    created for params seen for the first time. Otherwise the CPU kernels unscale each grad as
+    they load it (Note [The fused unscale] in ``csrc/algorithms/algorithm.h``: the bits of a step
+    on grads unscaled by GradScaler's ``unscale_``, and the grads are left scaled, as torch's fused
+    optimizers leave them); CUDA grads are multiplied by ``1 / grad_scale`` in place before their
+    calls run, after every call of the step was checked.
 """
 
 from __future__ import annotations
@@ -405,17 +407,18 @@ class Optimizer(torch.optim.Optimizer):
             for call in calls:
                 self._undo(call)
             raise
-        if grad_scale is not None:
-            inv = torch.reciprocal(grad_scale.double()).float()
-            by_device: dict = {}
+        scale = None if grad_scale is None else float(grad_scale)
+        cuda_grads: dict = {}  # the CUDA kernels take no factor: their grads are unscaled first
+        if scale is not None:
             for call in calls:
-                for g in call.grads:
-                    by_device.setdefault(g.device, []).append(g)
-            for device, grads in by_device.items():
-                torch._foreach_mul_(grads, inv.to(device))
+                if call.params[0].device.type != "cpu":
+                    cuda_grads.setdefault(call.params[0].device, []).extend(call.grads)
+            for device, grads in cuda_grads.items():
+                torch._foreach_mul_(grads, torch.reciprocal(grad_scale.double()).float().to(device))
         for call in calls:
+            kw = {} if scale is None or call.params[0].device.type != "cpu" else {"grad_scale": scale}
             out = call.bound.run([_view(g) for g in call.grads], step=call.step, lr=call.lr,
-                                 scalars=call.scalars)
+                                 scalars=call.scalars, **kw)
             self._finish(call, out)
         self._start_runs(calls)
 
@@ -489,12 +492,10 @@ class Optimizer(torch.optim.Optimizer):
             for k, (run, _, addresses, lr, step) in enumerate(plans):
                 run.bound.run_addresses(addresses, step=step, lr=lr, scalars=run.scalars,
                                         others=bounds[:k] + bounds[k + 1 :], run=False)
-        if grad_scale is not None:
-            with torch.no_grad():
-                inv = torch.reciprocal(grad_scale.double()).float()
-                torch._foreach_mul_([g for plan in plans for g in plan[1]], inv.to("cpu"))
+        scale = None if grad_scale is None else float(grad_scale)
         for run, _, addresses, lr, step in plans:
-            out = run.bound.run_addresses(addresses, step=step, lr=lr, scalars=run.scalars)
+            out = run.bound.run_addresses(addresses, step=step, lr=lr, scalars=run.scalars,
+                                          grad_scale=scale)
             run.step += 1
             if n:
                 run.scalars = out
