@@ -265,6 +265,35 @@ def _np_adamax(hp):
     return step_fn
 
 
+def _np_radam(hp):
+    lr, (b1, b2), eps = hp["lr"], hp["betas"], hp["eps"]
+    rho_inf = 2 / (1 - b2) - 1
+
+    def step_fn(params, grads, states, step, carry):
+        bc1, bc2 = 1 - b1**step, 1 - b2**step
+        rho = rho_inf - 2 * step * b2**step / bc2
+        for p, g, m, v in zip(params, grads, states["exp_avg"], states["exp_avg_sq"]):
+            tmp = np.multiply(g, 1 - b1)
+            np.multiply(m, b1, out=m)
+            np.add(m, tmp, out=m)
+            np.multiply(g, g, out=tmp)
+            np.multiply(tmp, 1 - b2, out=tmp)
+            np.multiply(v, b2, out=v)
+            np.add(v, tmp, out=v)
+            if rho > 5:
+                r = ((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho)) ** 0.5
+                np.sqrt(v, out=tmp)
+                np.add(tmp, eps, out=tmp)
+                np.divide(m, tmp, out=tmp)
+                np.multiply(tmp, lr * r * bc2**0.5 / bc1, out=tmp)
+            else:
+                np.multiply(m, lr / bc1, out=tmp)
+            np.subtract(p, tmp, out=p)
+        return carry
+
+    return step_fn
+
+
 def _np_ewa(hp):
     beta = hp["beta"]
 
@@ -419,6 +448,9 @@ ALGOS = {
         _algo("adamax", {"lr": 2e-3, "betas": (0.9, 0.999), "eps": 1e-8},
               ["exp_avg", "exp_inf"], _fo(F.adamax, ["exp_avg", "exp_inf"]), _np_adamax,
               "Adamax"),
+        _algo("radam", {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8},
+              ["exp_avg", "exp_avg_sq"], _fo(F.radam, ["exp_avg", "exp_avg_sq"]), _np_radam,
+              "RAdam"),
         _algo("ewa", {"beta": 0.999}, [], _fo_ewa, _np_ewa, None,
               torch_loop=_torch_ewa_loop({"beta": 0.999}),
               torch_foreach=_torch_ewa_foreach({"beta": 0.999}),

@@ -310,7 +310,7 @@ def group_rows(workload, algo, elements, times):
 # Agreement: the peers must compute the same update, or the comparison is meaningless.
 
 AGREE_SIZES = (33, 1000, 4097, 65539)  # 65539: a 64Ki-element chunk and a tail
-AGREE_STEPS = 5
+AGREE_STEPS = 7  # RAdam's first rectified step is the 6th
 
 
 def agreement(algo, torch, rng, wanted):

@@ -120,7 +120,7 @@ def commit_info():
 
 TORCH_FUSED_CPU = {"adam", "adamw", "sgd", "sgd-momentum", "sgd-nesterov", "adagrad"}
 TORCH_NO_FUSED = {"rmsprop", "rmsprop-centered", "rmsprop-momentum", "adadelta", "nadam",
-                  "adamax"}
+                  "adamax", "radam"}
 
 
 def _row(rows, workload, algo, impl):

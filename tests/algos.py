@@ -240,6 +240,23 @@ ALGOS = (
         ),
     ),
     Algo(
+        "radam",
+        (("params", "param"), ("grads", "grad"), ("exp_avgs", "state"), ("exp_avg_sqs", "state")),
+        # STEPS = 8 from t=1: steps 1-5 are momentum steps, 6-8 rectified (rho_t > 5)
+        _cfgs(
+            ("plain", dict(lr=0.01)),
+            ("wd", dict(lr=0.01, weight_decay=0.1, eps=1e-3)),
+            ("decoupled", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)),
+            ("maximize", dict(lr=0.01, maximize=True)),
+            ("betas-eps", dict(lr=0.01, betas=(0.8, 0.99), eps=0.1)),
+            # beta2 <= 2/3: rho_inf <= 5, no step is rectified
+            ("never-rectified", dict(lr=0.01, betas=(0.9, 0.6))),
+            ("decoupled-maximize", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True,
+                                        maximize=True)),
+            Config("t1000", dict(lr=0.01, weight_decay=0.1, eps=1e-3), start=1000),
+        ),
+    ),
+    Algo(
         "ewa",
         (("averages", "param"), ("values", "grad"), ("outs", "state")),
         _cfgs(

@@ -49,6 +49,11 @@ ROWS = [
     ("nadam", "maximize", dict(lr=0.03, maximize=True), 120),
     ("adamax", "plain", dict(lr=0.03), 150),
     ("adamax", "maximize", dict(lr=0.03, maximize=True), 150),
+    # the rectification r_t grows slowly with beta2 = 0.999: ~280 steps in the reference
+    ("radam", "plain", dict(lr=0.015), 560),
+    ("radam", "decoupled", dict(lr=0.015, weight_decay=0.01, decoupled_weight_decay=True), 560),
+    ("radam", "maximize", dict(lr=0.015, maximize=True), 560),
+    ("radam", "never-rectified", dict(lr=0.015, betas=(0.9, 0.6)), 120),
 ]
 
 

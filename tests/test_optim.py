@@ -33,7 +33,7 @@ import pytest
 
 import fusedopt
 from fusedopt import functional, reference
-from fusedopt.optim import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RMSprop
+from fusedopt.optim import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RAdam, RMSprop
 from fusedopt.schedules import CosineDecay, ExponentialDecay, StepDecay, WarmupThen
 
 from backends import CallLog, Oracle
@@ -97,8 +97,13 @@ CASES = (
     Case("adamax", Adamax, dict(lr=0.01),
          dict(lr=SCHEDULE, betas=(0.8, 0.99), weight_decay=0.1, eps=1e-3, maximize=True),
          (("exp_avg", "exp_inf"), ("exp_avg", "exp_inf"))),
+    Case("radam", RAdam, dict(lr=0.01),
+         dict(lr=SCHEDULE, betas=(0.8, 0.99), weight_decay=0.1, eps=1e-3, maximize=True),
+         (("exp_avg", "exp_avg_sq"), ("exp_avg", "exp_avg_sq"))),
+    Case("radam-decoupled", RAdam, dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True),
+         dict(lr=SCHEDULE, betas=(0.9, 0.6)), (("exp_avg", "exp_avg_sq"), ("exp_avg", "exp_avg_sq"))),
 )
-CLASSES = (SGD, Adagrad, Adadelta, RMSprop, Adam, AdamW, NAdam, Adamax)
+CLASSES = (SGD, Adagrad, Adadelta, RMSprop, Adam, AdamW, NAdam, Adamax, RAdam)
 
 
 def make_params(dtype, seed=0):
@@ -561,6 +566,8 @@ SIGNATURES = {
     NAdam: ("lr=0.002 betas=(0.9, 0.999) eps=1e-08 weight_decay=0.0 momentum_decay=0.004 "
             "decoupled_weight_decay=False | maximize=False"),
     Adamax: ("lr=0.002 betas=(0.9, 0.999) eps=1e-08 weight_decay=0.0 | maximize=False"),
+    RAdam: ("lr=0.001 betas=(0.9, 0.999) eps=1e-08 weight_decay=0.0 decoupled_weight_decay=False "
+            "| maximize=False"),
 }
 
 
@@ -616,6 +623,11 @@ HYPER_ERRORS = [
     (Adamax, dict(eps=-1.0), ValueError, "Invalid epsilon value: -1.0"),
     (Adamax, dict(betas=(0.9, 1.5)), ValueError, "Invalid beta parameter at index 1: 1.5"),
     (Adamax, dict(weight_decay=-1.0), ValueError, "Invalid weight_decay value: -1.0"),
+    (RAdam, dict(lr=-1.0), ValueError, "Invalid learning rate: -1.0"),
+    (RAdam, dict(eps=-1.0), ValueError, "Invalid epsilon value: -1.0"),
+    (RAdam, dict(betas=(1.0, 0.9)), ValueError, "Invalid beta parameter at index 0: 1.0"),
+    (RAdam, dict(betas=(0.9, 1.0)), ValueError, "Invalid beta parameter at index 1: 1.0"),
+    (RAdam, dict(weight_decay=-1.0), ValueError, "Invalid weight_decay value: -1.0"),
 ]
 
 

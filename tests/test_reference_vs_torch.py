@@ -44,6 +44,7 @@ TORCH_CLASS = {
     "adamw": "AdamW",
     "nadam": "NAdam",
     "adamax": "Adamax",
+    "radam": "RAdam",
 }
 
 SHAPES = [(1000,), (7, 5), (1,)]

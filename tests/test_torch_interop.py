@@ -34,6 +34,8 @@ CONFIGS = [
     ("NAdam", dict(lr=0.01, momentum_decay=8e-3)),
     ("NAdam", dict(lr=0.01, weight_decay=0.05, decoupled_weight_decay=True)),
     ("Adamax", dict(lr=0.01, weight_decay=0.1)),
+    ("RAdam", dict(lr=0.01, weight_decay=0.1)),
+    ("RAdam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, betas=(0.8, 0.99))),
 ]
 SHAPES = [(300,), (7, 5), (1,)]
 

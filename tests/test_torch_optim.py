@@ -22,7 +22,7 @@ import pytest
 torch = pytest.importorskip("torch")
 ft = pytest.importorskip("fusedopt.torch")
 
-NAMES = ["SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW", "NAdam", "Adamax"]
+NAMES = [name for name in ft.__all__ if name != "Optimizer"]  # every algorithm, as torch.optim names it
 
 
 def _optim_db():

@@ -11,14 +11,15 @@
 #include "adamax.h"
 #include "ewa.h"
 #include "nadam.h"
+#include "radam.h"
 #include "rmsprop.h"
 #include "sgd.h"
 #include "sumsq.h"
 
 namespace fusedopt {
 
-using Specs = TypeList<Sgd, Adagrad, Adadelta, Rmsprop, Adam, AdamW, Nadam, Adamax, Ewa, EwaReadout,
-                       Sumsq>;
+using Specs = TypeList<Sgd, Adagrad, Adadelta, Rmsprop, Adam, AdamW, Nadam, Adamax, Radam, Ewa,
+                       EwaReadout, Sumsq>;
 
 // The position of a spec in Specs: the index of its kernel in every backend's table.
 template <class S, class... T>

@@ -19,6 +19,7 @@ Algorithm = Literal[
     'adamw',
     'nadam',
     'adamax',
+    'radam',
     'ewa',
     'ewa_readout',
     'sumsq',

@@ -129,6 +129,21 @@ def adamax(
     maximize: bool = False,
 ) -> None: ...
 
+def radam(
+    params: Arrays,
+    grads: Arrays,
+    exp_avgs: Arrays,
+    exp_avg_sqs: Arrays,
+    *,
+    step: int,
+    lr: float = 0.001,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-08,
+    weight_decay: float = 0.0,
+    decoupled_weight_decay: bool = False,
+    maximize: bool = False,
+) -> None: ...
+
 def ewa(
     averages: Arrays,
     values: Arrays,
@@ -144,4 +159,4 @@ def ewa_readout(
     beta: float,
 ) -> None: ...
 
-__all__ = ['sgd', 'adagrad', 'adadelta', 'rmsprop', 'adam', 'adamw', 'nadam', 'adamax', 'ewa', 'ewa_readout']
+__all__ = ['sgd', 'adagrad', 'adadelta', 'rmsprop', 'adam', 'adamw', 'nadam', 'adamax', 'radam', 'ewa', 'ewa_readout']

@@ -28,6 +28,7 @@ __all__ = [
     "adamw",
     "nadam",
     "adamax",
+    "radam",
     "ewa",
     "ewa_readout",
 ]
@@ -383,6 +384,50 @@ def adamax(
         s["exp_avgs"][i][...] = m
         s["exp_infs"][i][...] = u
         param[...] = p - clr * m / u
+
+
+def radam(
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_sqs,
+    *,
+    step,
+    lr=1e-3,
+    betas=(0.9, 0.999),
+    eps=1e-8,
+    weight_decay=0.0,
+    decoupled_weight_decay=False,
+    maximize=False,
+):
+    """RAdam (Liu et al., 2020), ``torch.optim.RAdam``: ``g += wd*p`` (L2) or
+    ``p *= 1 - lr*wd`` (decoupled); ``m = b1*m + (1-b1)*g``; ``v = b2*v + (1-b2)*g^2``;
+    ``rho_inf = 2/(1-b2) - 1``; ``rho_t = rho_inf - 2*t*b2^t/(1-b2^t)``; if ``rho_t > 5``:
+    ``p -= lr/(1-b1^t) * m * r * sqrt(1-b2^t)/(sqrt(v) + eps)`` with
+    ``r = sqrt((rho_t-4)(rho_t-2)rho_inf / ((rho_inf-4)(rho_inf-2)rho_t))``; else
+    ``p -= lr/(1-b1^t) * m``."""
+    params, s = _lists(
+        "radam", params, step, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs
+    )
+    beta1, beta2 = betas
+    bias_correction1 = 1.0 - beta1**step
+    bias_correction2 = 1.0 - beta2**step
+    rho_inf = 2.0 / (1.0 - beta2) - 1.0
+    rho_t = rho_inf - 2.0 * step * beta2**step / bias_correction2
+    for i, param in enumerate(params):
+        p, g = _decayed(param, s["grads"][i], maximize, weight_decay,
+                        lr if decoupled_weight_decay else None)
+        m = beta1 * _f64(s["exp_avgs"][i]) + (1.0 - beta1) * g
+        v = beta2 * _f64(s["exp_avg_sqs"][i]) + (1.0 - beta2) * g * g
+        s["exp_avgs"][i][...] = m
+        s["exp_avg_sqs"][i][...] = v
+        if rho_t > 5.0:
+            rect = np.sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
+                           / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t))
+            param[...] = p - (lr / bias_correction1) * m * rect * np.sqrt(bias_correction2) \
+                / (np.sqrt(v) + eps)
+        else:
+            param[...] = p - (lr / bias_correction1) * m
 
 
 def ewa(averages, values, *, beta):

@@ -118,4 +118,17 @@ class Adamax(Optimizer):
         maximize: bool = False,
     ) -> None: ...
 
-__all__ = ['Optimizer', 'SGD', 'Adagrad', 'Adadelta', 'RMSprop', 'Adam', 'AdamW', 'NAdam', 'Adamax', 'EMA']
+class RAdam(Optimizer):
+    def __init__(
+        self,
+        params: Params,
+        lr: LR = 0.001,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-08,
+        weight_decay: float = 0.0,
+        decoupled_weight_decay: bool = False,
+        *,
+        maximize: bool = False,
+    ) -> None: ...
+
+__all__ = ['Optimizer', 'SGD', 'Adagrad', 'Adadelta', 'RMSprop', 'Adam', 'AdamW', 'NAdam', 'Adamax', 'RAdam', 'EMA']
