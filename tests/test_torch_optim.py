@@ -156,6 +156,26 @@ def test_flags_that_cannot_be_honoured_are_refused(flag):
         ft.Adam([p], **{flag: True})
 
 
+@pytest.mark.parametrize("steps_before", [0, 2])  # 2: the edit comes after steady steps
+@pytest.mark.parametrize("flag", ["capturable", "differentiable"])
+def test_a_flag_set_in_a_group_later_is_refused_at_the_next_step(flag, steps_before):
+    p = torch.ones(3, requires_grad=True)
+    opt = ft.Adam([p], lr=0.1)
+    for _ in range(steps_before):
+        p.grad = torch.ones(3)
+        opt.step()
+    p.grad = torch.ones(3)
+    before, exp_avg = p.detach().clone(), [s["exp_avg"].clone() for s in opt.state.values()]
+    opt.param_groups[0][flag] = True
+    with pytest.raises(ValueError, match=rf"param_groups\[0\]: {flag}=True is not supported"):
+        opt.step()
+    assert torch.equal(p.detach(), before)
+    assert all(torch.equal(s["exp_avg"], m) for s, m in zip(opt.state.values(), exp_avg))
+    opt.param_groups[0][flag] = False
+    opt.step()
+    assert not torch.equal(p.detach(), before)
+
+
 @pytest.mark.parametrize("flags", [{"foreach": True}, {"foreach": False}, {"fused": True}])
 def test_implementation_flags_change_nothing(flags):
     ps, qs, ours, theirs, g = _pair("Adam", flags, torch.float32)
@@ -171,6 +191,65 @@ def test_implementation_flags_change_nothing(flags):
 
 
 # ---- state dicts ---------------------------------------------------------------------------------
+
+
+def _stepped(opt, p, steps=2):
+    for _ in range(steps):
+        p.grad = torch.full_like(p, 0.5)
+        opt.step()
+
+
+@pytest.mark.parametrize("case", ["sgd-into-adam", "foreign-entry", "no-step", "group-key"])
+def test_a_state_dict_of_another_algorithm_is_refused_and_changes_nothing(case):
+    q = torch.ones(3, requires_grad=True)
+    if case == "sgd-into-adam":
+        other = torch.optim.SGD([q], lr=0.1, momentum=0.9)
+        _stepped(other, q)
+        sd, match = other.state_dict(), r"param_groups\[0\] lacks 'betas'"
+    else:
+        other = torch.optim.Adam([q], lr=0.1)
+        _stepped(other, q)
+        sd = other.state_dict()
+        if case == "foreign-entry":
+            sd["state"][0]["momentum_buffer"] = torch.zeros(3)
+            match = r"state\[0\] has an entry 'momentum_buffer', which Adam does not keep"
+        elif case == "no-step":
+            del sd["state"][0]["step"]
+            match = r"state\[0\] lacks 'step'"
+        else:
+            sd["param_groups"][0]["momentum_decay"] = 4e-3  # NAdam's
+            match = r"param_groups\[0\] has 'momentum_decay', which Adam does not use"
+    p = torch.ones(3, requires_grad=True)
+    opt = ft.Adam([p], lr=0.2)
+    _stepped(opt, p, 3)
+    before = copy.deepcopy(opt.state_dict())
+    with pytest.raises(ValueError, match=r"Adam.load_state_dict: " + match):
+        opt.load_state_dict(sd)
+    after = opt.state_dict()
+    assert after["param_groups"] == before["param_groups"]
+    for k in ("step", "exp_avg", "exp_avg_sq"):
+        assert torch.equal(after["state"][0][k], before["state"][0][k])
+
+
+def test_a_torch_state_dict_without_its_flags_loads_with_their_defaults():
+    """torch's __setstate__ gives a group without ``maximize`` or ``decoupled_weight_decay``
+    (older torch releases save neither) their defaults; so do we, AdamW's True included."""
+    for name, want in (("Adam", False), ("AdamW", True)):
+        q = torch.ones(3, requires_grad=True)
+        other = getattr(torch.optim, name)([q], lr=0.1)
+        _stepped(other, q)
+        sd = other.state_dict()
+        for k in ("maximize", "decoupled_weight_decay", "foreach"):
+            del sd["param_groups"][0][k]
+        p = q.detach().clone().requires_grad_()
+        opt = getattr(ft, name)([p], lr=0.1)
+        opt.load_state_dict(sd)
+        group = opt.param_groups[0]
+        assert group["maximize"] is False and group["decoupled_weight_decay"] is want
+        assert group["foreach"] is None
+        _stepped(opt, p, 1)
+        _stepped(other, q, 1)
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("name", NAMES)

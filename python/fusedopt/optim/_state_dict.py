@@ -11,7 +11,36 @@ from typing import Any, ClassVar
 from .. import _arrays
 from ._checks import as_float, as_step, check_hyper, load_array
 
-__all__ = ["StateDicts"]
+__all__ = ["StateDicts", "check_entry_names", "check_group_names"]
+
+
+def check_group_names(fail: str, cls: str, where: str, saved: Mapping, wanted: Any,
+                      all_hyper_names: set, allowed: Any = None) -> None:
+    """A saved param group has every hyper-parameter in ``wanted`` and none that only another
+    algorithm uses (one of ``all_hyper_names`` not in ``allowed``, by default ``wanted``: a state
+    dict of another optimizer), else ``ValueError`` naming the key."""
+    missing = [k for k in wanted if k not in saved]
+    if missing:
+        raise ValueError(f"{fail}: {where} lacks {missing[0]!r}; "
+                         f"was the state dict saved by another optimizer than {cls}?")
+    allowed = wanted if allowed is None else allowed
+    foreign = [k for k in saved if k in all_hyper_names and k not in allowed]
+    if foreign:
+        raise ValueError(f"{fail}: {where} has {foreign[0]!r}, which {cls} does not use; "
+                         "was the state dict saved by another optimizer?")
+
+
+def check_entry_names(fail: str, cls: str, where: str, names: Any, known: Any,
+                      required: tuple) -> None:
+    """A saved state entry's ``names`` are all ``known`` and include every ``required`` one,
+    else ``ValueError`` naming the entry."""
+    for name in names:
+        if name not in known:
+            raise ValueError(f"{fail}: {where} has an entry {name!r}, which {cls} does not keep; "
+                             "was the state dict saved by another optimizer?")
+    for name in required:
+        if name not in names:
+            raise ValueError(f"{fail}: {where} lacks {name!r}")
 
 
 class StateDicts:
@@ -85,18 +114,7 @@ class StateDicts:
                     f"{fail}: {where} has {len(saved['params'])} params, "
                     f"this optimizer's group has {stop - start}"
                 )
-            missing = [k for k in self.defaults if k not in saved]
-            if missing:
-                raise ValueError(
-                    f"{fail}: {where} lacks {missing[0]!r}; "
-                    f"was the state dict saved by another optimizer than {cls}?"
-                )
-            foreign = [k for k in saved if k in self._all_hyper_names and k not in self.defaults]
-            if foreign:
-                raise ValueError(
-                    f"{fail}: {where} has {foreign[0]!r}, which {cls} does not use; "
-                    "was the state dict saved by another optimizer?"
-                )
+            check_group_names(fail, cls, where, saved, self.defaults, self._all_hyper_names)
             new = {"params": group["params"]}
             new.update((k, copy.deepcopy(v)) for k, v in saved.items() if k != "params")
             try:
@@ -142,14 +160,9 @@ class StateDicts:
                 out[name] = load_array(fail, f"{where}[{name!r}]", value, p, self._metas[i], i,
                                        self._state_names.index(name))
             else:
-                raise ValueError(
-                    f"{fail}: {where} has an entry {name!r}, which {cls} does not keep; "
-                    "was the state dict saved by another optimizer?"
-                )
+                check_entry_names(fail, cls, where, (name,), (), ())
         if "step" not in out and self._step_optional:
             out["step"] = 0
-        for name in ("step", *self._scalar_state, *self._always):
-            if name not in out:
-                raise ValueError(f"{fail}: {where} lacks {name!r}")
+        check_entry_names(fail, cls, where, out, out, ("step", *self._scalar_state, *self._always))
         order = ("step", *self._scalar_state, *self._state_names)
         return {k: out[k] for k in order if k in out}

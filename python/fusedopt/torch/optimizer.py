@@ -60,6 +60,7 @@ import torch
 from .. import _backend, _core
 from .._spec import Spec
 from ..optim._checks import check_hyper, mutable_parts, resolve_lr
+from ..optim._state_dict import check_entry_names, check_group_names
 
 __all__ = ["Optimizer", "make_class"]
 
@@ -196,7 +197,10 @@ class Optimizer(torch.optim.Optimizer):
         self._calls_cache: dict = {}
         self._runs: dict = {}  # group index -> _Run
         self._exposed: set = set()  # groups whose state dicts were handed out
-        self._hyper_names = tuple(h.name for h in self._kernel.hypers if h.name != "lr")
+        # what a steady step compares with the last general one: an edit of any of these (a
+        # flag included) sends the step down the general path, which checks it
+        self._hyper_names = tuple(h.name for h in self._kernel.hypers if h.name != "lr") \
+            + tuple(self._flags)
 
     def _flush(self, gi: int) -> None:
         run = self._runs.get(gi)
@@ -252,8 +256,10 @@ class Optimizer(torch.optim.Optimizer):
 
     # ---- checks ----------------------------------------------------------------------------------
 
-    def _check_flags(self, values: dict, flags: dict) -> None:
-        cls = type(self).__name__
+    def _check_flags(self, values: dict, flags: dict, where: str | None = None) -> None:
+        """The implementation flags (at construction, of each group at each general step: an
+        edit after construction is refused at the next step, before anything is written)."""
+        cls = type(self).__name__ + (f": {where}" if where else "")
         if flags.get("capturable"):
             raise ValueError(
                 f"{cls}: capturable=True is not supported: fusedopt keeps step counts on the host "
@@ -335,7 +341,7 @@ class Optimizer(torch.optim.Optimizer):
                     f"{cls}: param_groups[{a[3]}]['params'][{a[4]}] and "
                     f"param_groups[{b[3]}]['params'][{b[4]}] share memory (each would be "
                     "updated once per step through the other)")
-        self._check_flags(group, group)
+        self._check_flags(group, group, f"param_groups[{gi}]")
         check_hyper(cls, self._kernel, self._plain(group), f"param_groups[{gi}]")
 
     # ---- state -----------------------------------------------------------------------------------
@@ -344,13 +350,37 @@ class Optimizer(torch.optim.Optimizer):
         super().__setstate__(state)
         self._reset_runs()
         self.state = _StateMap(self, dict.items(self.state))
+        flags = {h.name: h.default for h in self._spec.hypers if h.kind == "flag"}
         for group in self.param_groups:
-            for k, v in self._flags.items():
+            for k, v in {**flags, **self._flags}.items():
                 group.setdefault(k, v)
 
     def load_state_dict(self, state_dict: dict) -> None:
         """torch's ``load_state_dict``: a state dict of this class or of ``torch.optim``'s
-        class of the same name (their state names and layouts are the same)."""
+        class of the same name (their state names and layouts are the same). One of another
+        algorithm is refused (``ValueError`` naming the group key or state entry) before anything
+        changes: a group without one of the algorithm's hyper-parameters (its flags may be
+        missing: they take their defaults, as torch's ``__setstate__`` gives them) or with one
+        only another algorithm uses, a state entry with a name the algorithm does not keep, or
+        without its step count, scalar state or always-present buffers."""
+        cls = type(self).__name__
+        fail = f"{cls}.load_state_dict"
+        groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
+        states = state_dict.get("state") if isinstance(state_dict, dict) else None
+        if isinstance(groups, (list, tuple)) and isinstance(states, dict):
+            wanted = [h.name for h in self._spec.hypers if h.kind != "flag"]
+            allowed = [h.name for h in self._spec.hypers]
+            for gi, saved in enumerate(groups):
+                if isinstance(saved, dict):
+                    check_group_names(fail, cls, f"param_groups[{gi}]", saved, wanted,
+                                      self._numpy._all_hyper_names, allowed)
+            numpy = self._numpy
+            known = ("step", *numpy._scalar_state, *numpy._state_names)
+            required = (() if numpy._step_optional else ("step",)) \
+                + (*numpy._scalar_state, *numpy._always)
+            for sid, entry in states.items():
+                if isinstance(entry, dict) and entry:
+                    check_entry_names(fail, cls, f"state[{sid!r}]", entry, known, required)
         super().load_state_dict(state_dict)  # its __setstate__ resets the runs
 
     def _plain_states(self, states: list) -> list:
@@ -505,6 +535,7 @@ class Optimizer(torch.optim.Optimizer):
     def _prepare(self, gi: int, group: dict) -> list:
         """The calls of group ``gi``, bound, with the state they need allocated."""
         cls = type(self).__name__
+        self._check_flags(group, group, f"param_groups[{gi}]")
         plain = self._plain(group)
         check_hyper(cls, self._kernel, plain, f"param_groups[{gi}]")
         params, grads, where = [], [], []
