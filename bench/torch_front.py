@@ -79,8 +79,11 @@ def time_once(fn, steps, reps):
     return statistics.median(ts)
 
 
-def run_workload(name, sizes, rounds, reps, steps):
-    impls = implementations(sizes)
+def run_workload(name, sizes, rounds, reps, steps, impls=None, base="fusedopt.torch",
+                 bytes_per_element=BYTES_PER_ELEMENT):
+    """Rows of one workload: each implementation of ``impls`` (default: the Adam steps above)
+    timed once per round in a rotated order; ratios to ``base``'s time in the same round."""
+    impls = implementations(sizes) if impls is None else impls
     names = list(impls)
     for fn in impls.values():  # warm-up: state allocated, pages touched, calls bound
         for _ in range(3):
@@ -92,14 +95,14 @@ def run_workload(name, sizes, rounds, reps, steps):
             times[n].append(time_once(impls[n], steps, reps))
     elements = sum(sizes)
     rows = []
-    base = times["fusedopt.torch"]
+    base_times = times[base]
     for n in names:
-        ratio = [a / b for a, b in zip(times[n], base)]
+        ratio = [a / b for a, b in zip(times[n], base_times)]
         ceil = [c / a for c, a in zip(times["ceiling"], times[n])]
         t = statistics.median(times[n])
         rows.append({
             "workload": name, "impl": n, "median_us": t * 1e6,
-            "gb_s": elements * BYTES_PER_ELEMENT / t / 1e9,
+            "gb_s": elements * bytes_per_element / t / 1e9,
             "time_vs_fusedopt_torch": statistics.median(ratio),
             "range": [min(ratio), max(ratio)],
             "pct_ceiling": 100 * statistics.median(ceil),
@@ -123,8 +126,10 @@ def machine():
             "python": platform.python_version()}
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(impls=None, bytes_per_element=BYTES_PER_ELEMENT, description=__doc__):
+    """The command line; ``impls`` (sizes -> implementations) and ``bytes_per_element`` let
+    another bench (bench/clip.py) time its own implementations the same way."""
+    ap = argparse.ArgumentParser(description=description.split("\n\n")[0])
     ap.add_argument("--workloads", default="tiny200,flat16M,small4096")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--reps", type=int, default=5)
@@ -138,7 +143,9 @@ def main():
     for w in args.workloads.split(","):
         sizes = [8] * 200 if w == "tiny200" else workload_sizes(w, args.quick)
         steps = 200 if w == "tiny200" else 1
-        rows += run_workload(w, sizes, args.rounds, args.reps, steps)
+        rows += run_workload(w, sizes, args.rounds, args.reps, steps,
+                             impls=None if impls is None else impls(sizes),
+                             bytes_per_element=bytes_per_element)
     print("| workload | implementation | median time | GB/s | % of ceiling | time / fusedopt.torch's "
           "[range over rounds] |")
     print("|---|---|---:|---:|---:|---|")

@@ -22,7 +22,8 @@ import pytest
 torch = pytest.importorskip("torch")
 ft = pytest.importorskip("fusedopt.torch")
 
-NAMES = [name for name in ft.__all__ if name != "Optimizer"]  # every algorithm, as torch.optim names it
+NAMES = [name for name in ft.__all__  # every algorithm, as torch.optim names it
+         if isinstance(getattr(ft, name), type) and name != "Optimizer"]
 
 
 def _optim_db():

@@ -13,13 +13,14 @@
 #include "nadam.h"
 #include "radam.h"
 #include "rmsprop.h"
+#include "scale.h"
 #include "sgd.h"
 #include "sumsq.h"
 
 namespace fusedopt {
 
 using Specs = TypeList<Sgd, Adagrad, Adadelta, Rmsprop, Adam, AdamW, Nadam, Adamax, Radam, Ewa,
-                       EwaReadout, Sumsq>;
+                       EwaReadout, Sumsq, Scale>;
 
 // The position of a spec in Specs: the index of its kernel in every backend's table.
 template <class S, class... T>

@@ -1,6 +1,7 @@
 """fusedopt: fused, multi-tensor optimizer update kernels for people who write their own loops."""
 
 from . import functional, optim, reference, schedules
+from .clip import clip_grad_norm_, global_norm
 from .optim import *  # noqa: F403  (every optimizer class, and EMA)
 from ._arrays import state_like
 from ._backend import cuda_available
@@ -32,6 +33,7 @@ def set_num_threads(n):
 __all__ = [
     *(name for name in optim.__all__ if name != "Optimizer"),
     "functional", "optim", "reference", "schedules",
-    "build_info", "cuda_available", "get_num_threads", "set_num_threads", "state_like",
+    "build_info", "clip_grad_norm_", "cuda_available", "get_num_threads", "global_norm",
+    "set_num_threads", "state_like",
     "__version__",
 ]

@@ -23,6 +23,7 @@ Algorithm = Literal[
     'ewa',
     'ewa_readout',
     'sumsq',
+    'scale',
 ]
 _Lists = tuple[Any, ...]  # the lists of a call in its signature's order (None: not given)
 _Hyper = tuple[Any, ...]  # the hyper-parameters a call takes, in its signature's order

@@ -159,4 +159,10 @@ def ewa_readout(
     beta: float,
 ) -> None: ...
 
-__all__ = ['sgd', 'adagrad', 'adadelta', 'rmsprop', 'adam', 'adamw', 'nadam', 'adamax', 'radam', 'ewa', 'ewa_readout']
+def scale(
+    tensors: Arrays,
+    *,
+    factor: float,
+) -> None: ...
+
+__all__ = ['sgd', 'adagrad', 'adadelta', 'rmsprop', 'adam', 'adamw', 'nadam', 'adamax', 'radam', 'ewa', 'ewa_readout', 'scale']

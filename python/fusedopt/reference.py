@@ -17,6 +17,8 @@ hyper-parameter combinations that :mod:`fusedopt.functional` refuses.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 __all__ = [
@@ -31,6 +33,9 @@ __all__ = [
     "radam",
     "ewa",
     "ewa_readout",
+    "scale",
+    "global_norm",
+    "clip_grad_norm_",
 ]
 
 
@@ -457,3 +462,33 @@ def ewa_readout(averages, outs, *, beta, step):
                 f"(the shape of averages[{i}])"
             )
         out[...] = _f64(avg) / (1.0 - beta**step)
+
+
+def scale(tensors, *, factor):
+    """``x = x * factor`` for every tensor (the product rounded once to the tensor's dtype)."""
+    for x in _arrays("scale", "tensors", tensors):
+        x[...] = _f64(x) * factor
+
+
+def global_norm(tensors, norm_type=2.0):
+    """The 2-norm of all of ``tensors`` together: the square root of the exactly rounded sum
+    (``math.fsum``) of every element's square in float64; 0.0 for no tensors. A float."""
+    if norm_type != 2.0:
+        raise ValueError(f"global_norm: norm_type={norm_type!r}: only the 2-norm")
+    arrays = [] if isinstance(tensors, (list, tuple)) and not tensors \
+        else _arrays("global_norm", "tensors", tensors)
+    return math.sqrt(math.fsum(float(v) * float(v) for x in arrays for v in _f64(x).ravel()))
+
+
+def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
+    """``torch.nn.utils.clip_grad_norm_`` in float64: ``n = global_norm(grads)``; every grad
+    times ``min(1, max_norm / (n + 1e-6))``; returns ``n`` (a float). A non-finite ``n`` raises
+    ``RuntimeError`` if ``error_if_nonfinite``."""
+    n = global_norm(grads, norm_type)
+    if error_if_nonfinite and not math.isfinite(n):
+        raise RuntimeError(f"clip_grad_norm_: the total norm is {n}")
+    with np.errstate(all="ignore"):
+        coef = min(1.0, max_norm / (n + 1e-6)) if not math.isnan(n) else math.nan
+    if grads is not None and (not isinstance(grads, (list, tuple)) or grads):
+        scale(grads, factor=coef)
+    return n
