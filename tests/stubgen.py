@@ -138,6 +138,19 @@ def _param(name: str, type_: str, default: object | None, required: bool = False
     return f"{name}: {type_}" if required else f"{name}: {type_} = {default!r}"
 
 
+def _all(names: list[str]) -> str:
+    """``__all__ = [...]``, wrapped at 100 columns."""
+    lines, line = [], "__all__ = ["
+    for n in names:
+        item = f"{n!r}, "
+        if len(line) + len(item) > 100:
+            lines.append(line.rstrip())
+            line = "    "
+        line += item
+    lines.append(line.rstrip().rstrip(",") + "]")
+    return "\n".join(lines)
+
+
 def functional_stub() -> str:
     import fusedopt.functional as F
 
@@ -161,7 +174,7 @@ def functional_stub() -> str:
         out += [f"    {p}," for p in parts]
         out.append(f") -> {ret}: ...")
         out.append("")
-    out.append(f"__all__ = {list(F.__all__)!r}")
+    out.append(_all(F.__all__))
     return "\n".join(out) + "\n"
 
 
@@ -192,7 +205,7 @@ def optim_stub() -> str:
         out += [f"        {p}," for p in parts]
         out.append("    ) -> None: ...")
         out.append("")
-    out.append(f"__all__ = {list(O.__all__)!r}")
+    out.append(_all(O.__all__))
     return "\n".join(out) + "\n"
 
 

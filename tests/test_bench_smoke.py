@@ -167,6 +167,20 @@ def test_torch_front_bench_runs(tmp_path):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
+def test_clip_bench_runs(tmp_path):
+    """bench/clip.py: every clipping implementation on every workload, a row each in its JSON."""
+    out = tmp_path / "clip.json"
+    subprocess.run([sys.executable, str(REPO / "bench" / "clip.py"), "--quick",
+                    "--rounds", "1", "--reps", "1", "--json", str(out)],
+                   check=True, env=child_env(), capture_output=True, timeout=600)
+    rows = json.loads(out.read_text())["rows"]
+    impls = {"ceiling", "fusedopt.torch", "fusedopt (NumPy)", "torch (default)", "torch foreach"}
+    for w in ("tiny200", "flat16M", "small4096"):
+        assert {r["impl"] for r in rows if r["workload"] == w} == impls
+    assert all(r["median_us"] > 0 and math.isfinite(r["gb_s"]) for r in rows)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
 def test_train_torch_runs(tmp_path):
     """bench/train_torch.py on tiny settings: both models, both optimizers, losses recorded."""
     out = tmp_path / "train.json"

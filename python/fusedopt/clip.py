@@ -101,7 +101,7 @@ def _norm(fn: str, arrays: list) -> float:
     """The 2-norm in double: one reduction call, the per-tensor sums added in list order."""
     if not arrays:
         return 0.0
-    sums = _core.cpu.call("sumsq", (arrays,), (), None, None, fn)
+    sums: Any = _core.cpu.call("sumsq", (arrays,), (), None, None, fn)  # float64, one a tensor
     total = 0.0
     for s in sums.tolist():
         total += s

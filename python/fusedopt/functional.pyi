@@ -165,4 +165,5 @@ def scale(
     factor: float,
 ) -> None: ...
 
-__all__ = ['sgd', 'adagrad', 'adadelta', 'rmsprop', 'adam', 'adamw', 'nadam', 'adamax', 'radam', 'ewa', 'ewa_readout', 'scale']
+__all__ = ['sgd', 'adagrad', 'adadelta', 'rmsprop', 'adam', 'adamw', 'nadam', 'adamax', 'radam',
+    'ewa', 'ewa_readout', 'scale']

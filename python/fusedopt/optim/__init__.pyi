@@ -131,4 +131,5 @@ class RAdam(Optimizer):
         maximize: bool = False,
     ) -> None: ...
 
-__all__ = ['Optimizer', 'SGD', 'Adagrad', 'Adadelta', 'RMSprop', 'Adam', 'AdamW', 'NAdam', 'Adamax', 'RAdam', 'EMA']
+__all__ = ['Optimizer', 'SGD', 'Adagrad', 'Adadelta', 'RMSprop', 'Adam', 'AdamW', 'NAdam',
+    'Adamax', 'RAdam', 'EMA']
