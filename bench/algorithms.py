@@ -15,6 +15,8 @@ element: Adam 28, SGD with momentum 20, plain SGD and EWA 12.
 
 from __future__ import annotations
 
+import importlib.util
+
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -32,7 +34,8 @@ class BenchAlgo:
     ``torch.optim``. ``fusedopt`` and ``numpy`` are ``fn(params, grads, states, step, carry) ->
     carry`` (``states`` maps a name to its list of arrays; ``carry`` is NAdam's ``mu_product``).
     ``torch_cls`` is the ``torch.optim`` class name (``None``: no torch optimizer; ``torch_loop``
-    and ``torch_foreach`` then give hand-written torch peers).
+    and ``torch_foreach`` then give the torch peers, ``fn(params, grads, states)`` over torch
+    views of the group's buffers).
     """
 
     name: str
@@ -45,6 +48,12 @@ class BenchAlgo:
     torch_foreach: Callable | None = None
     note: str = ""
     init: dict = field(default_factory=dict)
+    fusedopt_cls: str | None = None  # the fusedopt.optim class, when torch.optim has none
+
+    @property
+    def class_name(self):
+        """The fusedopt.optim class that runs this configuration (None: EWA's, EMA)."""
+        return self.torch_cls or self.fusedopt_cls
 
     @property
     def nbuf(self):
@@ -391,7 +400,7 @@ def _fo_ewa(hp):
 def _torch_ewa_loop(hp):
     w = 1 - hp["beta"]
 
-    def step_fn(avgs, values):
+    def step_fn(avgs, values, states):
         for a, x in zip(avgs, values):
             a.lerp_(x, w)
 
@@ -401,10 +410,51 @@ def _torch_ewa_loop(hp):
 def _torch_ewa_foreach(hp):
     w = 1 - hp["beta"]
 
-    def step_fn(avgs, values):
+    def step_fn(avgs, values, states):
         import torch
 
         torch._foreach_lerp_(avgs, values, w)
+
+    return step_fn
+
+
+def _torch_lion(hp):
+    """lion-pytorch's Lion (a for-loop over the params), when it is installed."""
+    if importlib.util.find_spec("lion_pytorch") is None:
+        return None
+    made = {}
+
+    def step_fn(params, grads, states):
+        if id(params) not in made:  # its exp_avg is the group's buffer, as for every peer
+            from lion_pytorch import Lion
+
+            opt = Lion(params, **hp)
+            for p, g, m in zip(params, grads, states["exp_avg"]):
+                p.grad = g
+                opt.state[p]["exp_avg"] = m
+            made[id(params)] = opt
+        made[id(params)].step()
+
+    return step_fn
+
+
+def _np_lion(hp):
+    lr, (b1, b2), wd = hp["lr"], hp["betas"], hp.get("weight_decay", 0.0)
+
+    def step_fn(params, grads, states, step, carry):
+        for p, g, m in zip(params, grads, states["exp_avg"]):
+            if wd:
+                np.multiply(p, 1 - lr * wd, out=p)
+            c = np.multiply(m, b1)
+            tmp = np.multiply(g, 1 - b1)
+            np.add(c, tmp, out=c)
+            np.sign(c, out=c)
+            np.multiply(c, lr, out=c)
+            np.subtract(p, c, out=p)
+            np.multiply(m, b2, out=m)
+            np.multiply(g, 1 - b2, out=tmp)
+            np.add(m, tmp, out=m)
+        return carry
 
     return step_fn
 
@@ -451,6 +501,10 @@ ALGOS = {
         _algo("radam", {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8},
               ["exp_avg", "exp_avg_sq"], _fo(F.radam, ["exp_avg", "exp_avg_sq"]), _np_radam,
               "RAdam"),
+        _algo("lion", {"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0}, ["exp_avg"],
+              _fo(F.lion, ["exp_avg"]), _np_lion, None, fusedopt_cls="Lion",
+              torch_loop=_torch_lion({"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0}),
+              note="torch peer: lion-pytorch's Lion (a for-loop); torch.optim has no Lion"),
         _algo("ewa", {"beta": 0.999}, [], _fo_ewa, _np_ewa, None,
               torch_loop=_torch_ewa_loop({"beta": 0.999}),
               torch_foreach=_torch_ewa_foreach({"beta": 0.999}),

@@ -123,7 +123,7 @@ def torch_impls(torch, algo, tp, tg, tstates, wanted, notes):
     if algo.torch_cls is None:
         for name, fn in (("torch-loop", algo.torch_loop), ("torch-foreach", algo.torch_foreach)):
             if name in wanted and fn is not None:
-                out.append(Impl(name, (lambda fn=fn: fn(tp, tg))))
+                out.append(Impl(name, (lambda fn=fn: fn(tp, tg, tstates))))
         if "torch-fused" in wanted:
             notes.append(f"{algo.name}: torch has no fused implementation")
         return out
@@ -196,9 +196,9 @@ def class_step(algo, params, grads):
     loop calls, bookkeeping included."""
     import fusedopt.optim as O
 
-    if algo.torch_cls is None:
+    if algo.class_name is None:
         return O.EMA(grads, decay=algo.hp["beta"]).update
-    opt = getattr(O, algo.torch_cls)(params, **torch_kwargs(algo))
+    opt = getattr(O, algo.class_name)(params, **torch_kwargs(algo))
     return lambda: opt.step(grads)
 
 

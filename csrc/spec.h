@@ -90,6 +90,9 @@ struct HyperSpec {
   bool fixed = false;     // set by the variant to def0, never taken (AdamW's decoupled decay)
   bool required = false;  // no default: a call must give it
   const char* what = nullptr;  // a Pair's elements, for messages: "(beta1, beta2)"
+  // Not a constructor argument of the optimizer classes: they set it to the value of this one
+  // (Lion's init_lr, the constructor's lr); calls take it like any other.
+  const char* from_arg = nullptr;
 };
 
 template <class H>
@@ -100,6 +103,11 @@ constexpr HyperSpec<H> keyword_only(HyperSpec<H> s) {
 template <class H>
 constexpr HyperSpec<H> classes_only(HyperSpec<H> s) {
   s.in_call = false;
+  return s;
+}
+template <class H>
+constexpr HyperSpec<H> set_from(HyperSpec<H> s, const char* arg) {
+  s.from_arg = arg;
   return s;
 }
 template <class H>

@@ -257,6 +257,20 @@ ALGOS = (
         ),
     ),
     Algo(
+        "lion",
+        (("params", "param"), ("grads", "grad"), ("exp_avgs", "state")),
+        _cfgs(
+            ("plain", dict(lr=0.01)),
+            ("betas", dict(lr=0.01, betas=(0.5, 0.9))),
+            ("betas-closed", dict(lr=0.01, betas=(1.0, 0.0))),  # [0, 1]: both ends allowed
+            ("wd", dict(lr=0.01, weight_decay=0.5)),
+            ("decoupled", dict(lr=0.01, weight_decay=0.5, decoupled_weight_decay=True,
+                               init_lr=0.02)),
+            ("decoupled-own-lr", dict(lr=0.01, weight_decay=0.5, decoupled_weight_decay=True)),
+            Config("momentum", dict(lr=0.01, betas=(0.95, 0.98)), init={"exp_avgs": 0.3}),
+        ),
+    ),
+    Algo(
         "ewa",
         (("averages", "param"), ("values", "grad"), ("outs", "state")),
         _cfgs(

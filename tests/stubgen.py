@@ -193,8 +193,8 @@ def optim_stub() -> str:
             continue
         spec = cls._spec
         base = cls.__bases__[0].__name__
-        positional = [h for h in spec.hypers if not h.fixed and not h.kw_only]
-        keyword = [h for h in spec.hypers if not h.fixed and h.kw_only]
+        positional = [h for h in spec.arguments if not h.kw_only]
+        keyword = [h for h in spec.arguments if h.kw_only]
         parts = ["self", "params: Params"]
         parts += [_param(h.name, "LR" if h.kind == "lr" else KIND_TYPES[h.kind], h.default)
                   for h in positional]

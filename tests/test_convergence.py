@@ -54,6 +54,9 @@ ROWS = [
     ("radam", "decoupled", dict(lr=0.015, weight_decay=0.01, decoupled_weight_decay=True), 560),
     ("radam", "maximize", dict(lr=0.015, maximize=True), 560),
     ("radam", "never-rectified", dict(lr=0.015, betas=(0.9, 0.6)), 120),
+    # sign steps of lr: x reaches ~lr in ~100 steps, then oscillates within lr of 0
+    ("lion", "plain", dict(lr=0.01), 200),
+    ("lion", "betas", dict(lr=0.01, betas=(0.5, 0.9)), 200),
 ]
 
 

@@ -511,4 +511,7 @@ def test_nan_and_inf_gradients_propagate_like_the_reference(algo, cfg, dtype):
             fin = np.isfinite(r)
             scale = float(np.max(np.abs(r[fin]), initial=0.0))
             np.testing.assert_allclose(a[fin], r[fin], rtol=rtol, atol=atol * scale, err_msg=what)
-    assert np.isnan(params[0][0])
+    if algo.name == "lion":  # sgn(NaN) = 0: the NaN stays in the momentum, the weights move on
+        assert np.isnan(states["exp_avgs"][0][0]) and np.isfinite(params[0]).all()
+    else:
+        assert np.isnan(params[0][0])

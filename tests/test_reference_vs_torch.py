@@ -86,7 +86,17 @@ def torch_optimizer(algo, cfg, tparams, states):
     return opt
 
 
-@pytest.mark.parametrize("algo, cfg", ALGO_CONFIGS, ids=ALGO_CONFIG_IDS)
+# the algorithms torch.optim has (Lion's peer, lion-pytorch, is checked in tests/test_peers.py)
+TORCH_CONFIGS = [(a, c) for a, c in ALGO_CONFIGS if a.name in TORCH_CLASS or a.name == "ewa"]
+TORCH_CONFIG_IDS = [i for (a, _), i in zip(ALGO_CONFIGS, ALGO_CONFIG_IDS)
+                    if a.name in TORCH_CLASS or a.name == "ewa"]
+
+
+def test_every_algorithm_is_checked_against_its_peer():
+    assert {a.name for a, _ in ALGO_CONFIGS} - set(TORCH_CLASS) == {"ewa", "lion"}
+
+
+@pytest.mark.parametrize("algo, cfg", TORCH_CONFIGS, ids=TORCH_CONFIG_IDS)
 def test_reference_matches_torch(algo, cfg):
     rng = np.random.default_rng(zlib.crc32(f"torch-{algo.name}-{cfg.id}".encode()))
     params = [rng.standard_normal(s) for s in SHAPES]

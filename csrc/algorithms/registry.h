@@ -10,6 +10,7 @@
 #include "adam.h"
 #include "adamax.h"
 #include "ewa.h"
+#include "lion.h"
 #include "nadam.h"
 #include "radam.h"
 #include "rmsprop.h"
@@ -19,8 +20,8 @@
 
 namespace fusedopt {
 
-using Specs = TypeList<Sgd, Adagrad, Adadelta, Rmsprop, Adam, AdamW, Nadam, Adamax, Radam, Ewa,
-                       EwaReadout, Sumsq, Scale>;
+using Specs = TypeList<Sgd, Adagrad, Adadelta, Rmsprop, Adam, AdamW, Nadam, Adamax, Radam, Lion,
+                       Ewa, EwaReadout, Sumsq, Scale>;
 
 // The position of a spec in Specs: the index of its kernel in every backend's table.
 template <class S, class... T>

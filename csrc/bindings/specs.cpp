@@ -118,7 +118,7 @@ SpecInfo make_info() {
   info.buffers.assign(S::kBuffers.begin(), S::kBuffers.end());
   for (const auto& s : S::kHypers) {
     info.hypers.push_back({s.name, s.kind, s.def0, s.def1, s.range, s.invalid, s.order, s.kw_only,
-                           s.in_call, s.fixed, s.required, s.what});
+                           s.in_call, s.fixed, s.required, s.what, s.from_arg});
     if (s.kind == HKind::Lr) info.lr = static_cast<int>(info.hypers.size()) - 1;
   }
   for (size_t i = 0; i < info.hypers.size(); ++i) info.check_order.push_back(static_cast<int>(i));
@@ -303,6 +303,7 @@ py::list specs_data() {
       hd["in_call"] = h.in_call;
       hd["fixed"] = h.fixed;
       hd["required"] = h.required;
+      hd["from_arg"] = or_none(h.from_arg);
       hypers.append(hd);
     }
     d["hypers"] = hypers;

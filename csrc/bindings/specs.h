@@ -39,6 +39,7 @@ struct SpecInfo {
     int order;
     bool kw_only, in_call, fixed, required;
     const char* what;
+    const char* from_arg;
   };
   std::vector<Hyper> hypers;      // the public signature's order
   std::vector<int> check_order;   // indices into hypers, torch's order

@@ -20,6 +20,7 @@ Algorithm = Literal[
     'nadam',
     'adamax',
     'radam',
+    'lion',
     'ewa',
     'ewa_readout',
     'sumsq',

@@ -53,6 +53,7 @@ class Hyper:
     in_call: bool  # taken by a call (else only the classes use it)
     fixed: bool  # set by the variant itself (AdamW's decoupled_weight_decay)
     required: bool  # no default
+    from_arg: str | None  # not a constructor argument: set to that argument's value (init_lr)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,11 @@ class Spec:
     def call_hypers(self) -> tuple[str, ...]:
         """The hyper-parameters a call takes, in order."""
         return tuple(h.name for h in self.hypers if h.in_call)
+
+    @property
+    def arguments(self) -> tuple[Hyper, ...]:
+        """The hyper-parameters the optimizer classes' constructors take, in order."""
+        return tuple(h for h in self.hypers if not h.fixed and h.from_arg is None)
 
     @property
     def defaults(self) -> dict[str, Any]:

@@ -144,6 +144,19 @@ def radam(
     maximize: bool = False,
 ) -> None: ...
 
+def lion(
+    params: Arrays,
+    grads: Arrays,
+    exp_avgs: Arrays,
+    *,
+    step: int,
+    lr: float = 0.0001,
+    betas: tuple[float, float] = (0.9, 0.99),
+    weight_decay: float = 0.0,
+    decoupled_weight_decay: bool = False,
+    init_lr: float = 0.0,
+) -> None: ...
+
 def ewa(
     averages: Arrays,
     values: Arrays,
@@ -166,4 +179,4 @@ def scale(
 ) -> None: ...
 
 __all__ = ['sgd', 'adagrad', 'adadelta', 'rmsprop', 'adam', 'adamw', 'nadam', 'adamax', 'radam',
-    'ewa', 'ewa_readout', 'scale']
+    'lion', 'ewa', 'ewa_readout', 'scale']

@@ -31,6 +31,7 @@ __all__ = [
     "nadam",
     "adamax",
     "radam",
+    "lion",
     "ewa",
     "ewa_readout",
     "scale",
@@ -492,3 +493,35 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
     if grads is not None and (not isinstance(grads, (list, tuple)) or grads):
         scale(grads, factor=coef)
     return n
+
+
+def lion(
+    params,
+    grads,
+    exp_avgs,
+    *,
+    step,
+    lr=1e-4,
+    betas=(0.9, 0.99),
+    weight_decay=0.0,
+    decoupled_weight_decay=False,
+    init_lr=0.0,
+):
+    """Lion (Chen et al., 2023), ``lion_pytorch.Lion``: ``p *= 1 - lr*wd`` (``wd / init_lr``
+    if decoupled; ``init_lr`` 0: ``lr``; both 0: no decay); ``c = b1*m + (1-b1)*g``; ``p -= lr*sgn(c)`` with
+    ``sgn(0) = sgn(NaN) = 0``; ``m = b2*m + (1-b2)*g``. ``step`` is not used."""
+    params, s = _lists("lion", params, step, grads=grads, exp_avgs=exp_avgs)
+    beta1, beta2 = betas
+    init = init_lr or lr
+    if not decoupled_weight_decay:
+        factor = 1.0 - lr * weight_decay
+    else:  # lr = init_lr = 0: nothing moves, no decay either
+        factor = 1.0 - lr * (weight_decay / init) if init else 1.0
+    for i, param in enumerate(params):
+        p = _f64(param) * factor
+        g = _f64(s["grads"][i])
+        m = _f64(s["exp_avgs"][i])
+        c = beta1 * m + (1.0 - beta1) * g
+        sign = (c > 0).astype(np.float64) - (c < 0).astype(np.float64)
+        param[...] = p - lr * sign
+        s["exp_avgs"][i][...] = beta2 * m + (1.0 - beta2) * g

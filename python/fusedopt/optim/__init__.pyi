@@ -131,5 +131,16 @@ class RAdam(Optimizer):
         maximize: bool = False,
     ) -> None: ...
 
+class Lion(Optimizer):
+    def __init__(
+        self,
+        params: Params,
+        lr: LR = 0.0001,
+        betas: tuple[float, float] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+        use_triton: bool = False,
+        decoupled_weight_decay: bool = False,
+    ) -> None: ...
+
 __all__ = ['Optimizer', 'SGD', 'Adagrad', 'Adadelta', 'RMSprop', 'Adam', 'AdamW', 'NAdam',
-    'Adamax', 'RAdam', 'EMA']
+    'Adamax', 'RAdam', 'Lion', 'EMA']

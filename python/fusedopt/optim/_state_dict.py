@@ -58,6 +58,7 @@ class StateDicts:
     _always: ClassVar[tuple]
     _scalar_state: ClassVar[dict]
     _step_optional: ClassVar[bool]
+    _kept_on_load: ClassVar[tuple]
     _all_hyper_names: ClassVar[set]
 
     def _flush_all(self) -> None:
@@ -114,9 +115,12 @@ class StateDicts:
                     f"{fail}: {where} has {len(saved['params'])} params, "
                     f"this optimizer's group has {stop - start}"
                 )
-            check_group_names(fail, cls, where, saved, self.defaults, self._all_hyper_names)
+            wanted = [k for k in self.defaults if k not in self._kept_on_load]
+            check_group_names(fail, cls, where, saved, wanted, self._all_hyper_names,
+                              self.defaults)
             new = {"params": group["params"]}
             new.update((k, copy.deepcopy(v)) for k, v in saved.items() if k != "params")
+            new.update((k, group[k]) for k in self._kept_on_load if k not in new)
             try:
                 check_hyper(cls, self._kernel, new)
             except ValueError as e:

@@ -167,20 +167,40 @@ class _StateView(Mapping):
         return repr(dict(self.items()))
 
 
+def hyper_value(h: Any) -> str:
+    """The expression a generated constructor puts in the defaults for hyper-parameter ``h``: its
+    argument, a fixed one's value, or ``initial(<argument>)`` for one set from another argument
+    (``h.from_arg``)."""
+    if h.fixed:
+        return repr(h.default)
+    if h.from_arg is not None:
+        return f"initial({h.from_arg})"
+    return h.name
+
+
+def initial_value(x: Any) -> Any:
+    """The value of a learning rate before the first step: a number (a 0-d tensor's item), or a
+    schedule's value at t=0; anything else as it is, for the checks to name."""
+    if callable(x) and not hasattr(x, "item"):
+        return x(0)
+    if hasattr(x, "item") and getattr(x, "ndim", 1) == 0:
+        return x.item()
+    return x
+
+
 def _constructor(cls_name: str, spec: Spec) -> Any:
     """The ``__init__`` of a class of ``spec``: torch's signature (positional hyper-parameters,
     then keyword-only ones), each default the spec's; fixed hyper-parameters go into the defaults
     with their value."""
-    positional = [h for h in spec.hypers if not h.fixed and not h.kw_only]
-    keyword = [h for h in spec.hypers if not h.fixed and h.kw_only]
+    positional = [h for h in spec.arguments if not h.kw_only]
+    keyword = [h for h in spec.arguments if h.kw_only]
     params = ["self", "params"] + [f"{h.name}={h.default!r}" for h in positional]
     if keyword:
         params += ["*"] + [f"{h.name}={h.default!r}" for h in keyword]
-    values = ", ".join(
-        f"{h.name!r}: {h.default!r}" if h.fixed else f"{h.name!r}: {h.name}" for h in spec.hypers)
+    values = ", ".join(f"{h.name!r}: {hyper_value(h)}" for h in spec.hypers)
     source = (f"def __init__({', '.join(params)}):\n"
               f"    Optimizer.__init__(self, params, {{{values}}})\n")
-    scope: dict[str, Any] = {"Optimizer": Optimizer}
+    scope: dict[str, Any] = {"Optimizer": Optimizer, "initial": initial_value}
     exec(compile(source, f"<fusedopt.optim.{cls_name}.__init__>", "exec"), scope)  # noqa: S102
     init = scope["__init__"]
     init.__qualname__ = f"{cls_name}.__init__"
@@ -217,6 +237,9 @@ class Optimizer(StateDicts):
     _scalar_state: ClassVar[dict] = {}  # per-parameter float state besides "step", initial values
     # Whether a loaded state entry may lack "step" (then 0): torch.optim.SGD keeps no step count.
     _step_optional: ClassVar[bool] = False
+    # Hyper-parameters the peer keeps on its optimizer, not in its groups (lion-pytorch's
+    # decoupled_weight_decay): a loaded group may lack them, and then keeps its own value.
+    _kept_on_load: ClassVar[tuple] = ()
     # Every hyper-parameter name of every optimizer class, to recognise a foreign state dict.
     _all_hyper_names: ClassVar[set] = set()
 

@@ -61,6 +61,7 @@ from .. import _backend, _core
 from .._spec import Spec
 from ..optim._checks import check_hyper, mutable_parts, resolve_lr
 from ..optim._state_dict import check_entry_names, check_group_names
+from ..optim.optimizer import hyper_value, initial_value
 
 __all__ = ["Optimizer", "make_class"]
 
@@ -360,7 +361,8 @@ class Optimizer(torch.optim.Optimizer):
         class of the same name (their state names and layouts are the same). One of another
         algorithm is refused (``ValueError`` naming the group key or state entry) before anything
         changes: a group without one of the algorithm's hyper-parameters (its flags may be
-        missing: they take their defaults, as torch's ``__setstate__`` gives them) or with one
+        missing: they take their defaults, as torch's ``__setstate__`` gives them; those the
+        peer keeps on its optimizer, ``_kept_on_load``, keep this optimizer's values) or with one
         only another algorithm uses, a state entry with a name the algorithm does not keep, or
         without its step count, scalar state or always-present buffers."""
         cls = type(self).__name__
@@ -368,7 +370,8 @@ class Optimizer(torch.optim.Optimizer):
         groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
         states = state_dict.get("state") if isinstance(state_dict, dict) else None
         if isinstance(groups, (list, tuple)) and isinstance(states, dict):
-            wanted = [h.name for h in self._spec.hypers if h.kind != "flag"]
+            kept = self._numpy._kept_on_load
+            wanted = [h.name for h in self._spec.hypers if h.kind != "flag" and h.name not in kept]
             allowed = [h.name for h in self._spec.hypers]
             for gi, saved in enumerate(groups):
                 if isinstance(saved, dict):
@@ -381,7 +384,13 @@ class Optimizer(torch.optim.Optimizer):
             for sid, entry in states.items():
                 if isinstance(entry, dict) and entry:
                     check_entry_names(fail, cls, f"state[{sid!r}]", entry, known, required)
+        kept = self._numpy._kept_on_load
+        own = [{k: g[k] for k in kept if k in g} for g in self.param_groups]
+        missing = [[k for k in kept if k not in saved] if isinstance(saved, dict) else []
+                   for saved in (groups if isinstance(groups, (list, tuple)) else ())]
         super().load_state_dict(state_dict)  # its __setstate__ resets the runs
+        for group, mine, gone in zip(self.param_groups, own, missing):
+            group.update((k, mine[k]) for k in gone if k in mine)
 
     def _plain_states(self, states: list) -> list:
         """What the NumPy class's ``_call_keys`` reads of each state dict (None: no state yet):
@@ -658,7 +667,7 @@ def _constructor(name: str, spec: Spec, flags: dict, torch_sig: Any) -> Any:
     """``__init__`` with the signature of torch's class (``torch_sig``): each argument where
     torch has it, positional or keyword-only as there, its default the spec's (a flag's:
     torch's)."""
-    hypers = {h.name: h for h in spec.hypers if not h.fixed}
+    hypers = {h.name: h for h in spec.arguments}
     args, star = ["self", "params"], False
     for k, p in list(torch_sig.items())[2:]:
         if k not in hypers and k not in flags:
@@ -671,12 +680,11 @@ def _constructor(name: str, spec: Spec, flags: dict, torch_sig: Any) -> Any:
     if rest and not star:
         args.append("*")
     args += [f"{h.name}={h.default!r}" for h in rest]
-    hyper = ", ".join(f"{h.name!r}: {h.default!r}" if h.fixed else f"{h.name!r}: {h.name}"
-                      for h in spec.hypers)
+    hyper = ", ".join(f"{h.name!r}: {hyper_value(h)}" for h in spec.hypers)
     flag_values = ", ".join(f"{k!r}: {k}" for k in flags)
     source = (f"def __init__({', '.join(args)}):\n"
               f"    Optimizer.__init__(self, params, {{{hyper}}}, {{{flag_values}}})\n")
-    scope: dict[str, Any] = {"Optimizer": Optimizer}
+    scope: dict[str, Any] = {"Optimizer": Optimizer, "initial": initial_value}
     exec(compile(source, f"<fusedopt.torch.{name}.__init__>", "exec"), scope)  # noqa: S102
     init = scope["__init__"]
     init.__qualname__ = f"{name}.__init__"
@@ -686,13 +694,20 @@ def _constructor(name: str, spec: Spec, flags: dict, torch_sig: Any) -> Any:
 def make_class(numpy_cls: Any) -> type:
     """The torch class of a NumPy optimizer class: same name, spec and update."""
     name = numpy_cls.__name__
-    torch_cls = getattr(torch.optim, name)
-    sig = inspect.signature(torch_cls.__init__).parameters
-    flags = {k: sig[k].default for k in sig if k in _FLAGS}
-    doc = (f"``torch.optim.{name}`` run by fusedopt's fused kernels: its arguments (and "
-           f"{', '.join(f'``{k}``' for k in flags)}, see :class:`Optimizer`), param groups, "
-           f"state names and state dicts; the update of :class:`fusedopt.{name}`, whose "
-           "description follows.\n\n" + (numpy_cls.__doc__ or ""))
+    torch_cls = getattr(torch.optim, name, None)
+    if torch_cls is None:  # no torch.optim twin (Lion): the NumPy class's arguments
+        sig = inspect.signature(numpy_cls.__init__).parameters
+        flags: dict = {}
+        doc = (f"A :class:`torch.optim.Optimizer` running :class:`fusedopt.{name}` (the same "
+               "arguments, state names and update, over torch tensors), whose description "
+               "follows.\n\n" + (numpy_cls.__doc__ or ""))
+    else:
+        sig = inspect.signature(torch_cls.__init__).parameters
+        flags = {k: sig[k].default for k in sig if k in _FLAGS}
+        doc = (f"``torch.optim.{name}`` run by fusedopt's fused kernels: its arguments (and "
+               f"{', '.join(f'``{k}``' for k in flags)}, see :class:`Optimizer`), param groups, "
+               f"state names and state dicts; the update of :class:`fusedopt.{name}`, whose "
+               "description follows.\n\n" + (numpy_cls.__doc__ or ""))
     cls = type(name, (Optimizer,), {
         "__doc__": doc, "__module__": __name__.rsplit(".", 1)[0], "_numpy": numpy_cls,
         "_spec": numpy_cls._spec, "_kernel": numpy_cls._kernel,
