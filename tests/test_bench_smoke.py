@@ -153,28 +153,20 @@ def test_ratios_are_taken_round_by_round():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
-def test_torch_front_bench_runs(tmp_path):
-    """bench/torch_front.py: every implementation on every workload, a row each in its JSON."""
-    out = tmp_path / "front.json"
-    subprocess.run([sys.executable, str(REPO / "bench" / "torch_front.py"), "--quick",
+@pytest.mark.parametrize("script, impls", [
+    ("torch_front.py", {"ceiling", "fusedopt.torch", "fusedopt (NumPy)", "torch fused",
+                        "torch foreach"}),
+    ("clip.py", {"ceiling", "fusedopt.torch", "fusedopt (NumPy)", "torch (default)",
+                 "torch foreach"}),
+])
+def test_torch_side_by_side_benches_run(tmp_path, script, impls):
+    """bench/torch_front.py (Adam) and bench/clip.py (clipping): every implementation on every
+    workload, a row each in the JSON."""
+    out = tmp_path / "out.json"
+    subprocess.run([sys.executable, str(REPO / "bench" / script), "--quick",
                     "--rounds", "1", "--reps", "1", "--json", str(out)],
                    check=True, env=child_env(), capture_output=True, timeout=600)
     rows = json.loads(out.read_text())["rows"]
-    impls = {"ceiling", "fusedopt.torch", "fusedopt (NumPy)", "torch fused", "torch foreach"}
-    for w in ("tiny200", "flat16M", "small4096"):
-        assert {r["impl"] for r in rows if r["workload"] == w} == impls
-    assert all(r["median_us"] > 0 and math.isfinite(r["gb_s"]) for r in rows)
-
-
-@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
-def test_clip_bench_runs(tmp_path):
-    """bench/clip.py: every clipping implementation on every workload, a row each in its JSON."""
-    out = tmp_path / "clip.json"
-    subprocess.run([sys.executable, str(REPO / "bench" / "clip.py"), "--quick",
-                    "--rounds", "1", "--reps", "1", "--json", str(out)],
-                   check=True, env=child_env(), capture_output=True, timeout=600)
-    rows = json.loads(out.read_text())["rows"]
-    impls = {"ceiling", "fusedopt.torch", "fusedopt (NumPy)", "torch (default)", "torch foreach"}
     for w in ("tiny200", "flat16M", "small4096"):
         assert {r["impl"] for r in rows if r["workload"] == w} == impls
     assert all(r["median_us"] > 0 and math.isfinite(r["gb_s"]) for r in rows)

@@ -45,14 +45,22 @@ inline AdamScalars<O> adam_scalars(const H& h, int64_t step) {
           O(h.weight_decay), O(1.0 - h.lr * h.weight_decay)};
 }
 
-template <class O, bool Amsgrad, bool Maximize, WeightDecay WD>
-FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void adam_update(O& p, O g, O& m, O& v, O& vmax,
-                                                      const AdamScalars<O>& s) {
+// The first lines of Adam's family (Adam, NAdam, RAdam): the sign of g for maximize, the weight
+// decay (into g, coupled, or onto p, decoupled), then both moments from the decayed g. S holds
+// beta1, one_minus_beta1, beta2, one_minus_beta2, weight_decay and decay_factor (1 - lr * wd).
+template <bool Maximize, WeightDecay WD, class O, class S>
+FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void adam_moments(O& p, O& g, O& m, O& v, const S& s) {
   if constexpr (Maximize) g = -g;
   if constexpr (WD == WeightDecay::L2) g = g + s.weight_decay * p;
   if constexpr (WD == WeightDecay::Decoupled) p = p * s.decay_factor;
   m = s.beta1 * m + s.one_minus_beta1 * g;
   v = s.beta2 * v + s.one_minus_beta2 * g * g;
+}
+
+template <class O, bool Amsgrad, bool Maximize, WeightDecay WD>
+FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void adam_update(O& p, O g, O& m, O& v, O& vmax,
+                                                      const AdamScalars<O>& s) {
+  adam_moments<Maximize, WD>(p, g, m, v, s);
   O v_used = v;
   if constexpr (Amsgrad) {
     vmax = nan_max(vmax, v);

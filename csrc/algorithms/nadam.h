@@ -21,7 +21,7 @@
 // Slots: param, grad, exp_avg, exp_avg_sq. Scalar state: mu_product.
 #pragma once
 
-#include "algorithm.h"
+#include "adam.h"
 
 namespace fusedopt {
 FUSEDOPT_ISA_BEGIN
@@ -73,11 +73,7 @@ struct NadamAlgo : Update<St, 4> {
     O g = r[1];
     O& m = r[2];
     O& v = r[3];
-    if constexpr (Maximize) g = -g;
-    if constexpr (WD == WeightDecay::L2) g = g + s.weight_decay * p;
-    if constexpr (WD == WeightDecay::Decoupled) p = p * s.decay_factor;
-    m = s.beta1 * m + s.one_minus_beta1 * g;
-    v = s.beta2 * v + s.one_minus_beta2 * g * g;
+    adam_moments<Maximize, WD>(p, g, m, v, s);
     p = p - (s.coef_g * g + s.coef_m * m) / (fo_sqrt(v) + s.eps);
   }
 };

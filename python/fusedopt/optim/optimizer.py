@@ -198,12 +198,19 @@ def _constructor(cls_name: str, spec: Spec) -> Any:
     if keyword:
         params += ["*"] + [f"{h.name}={h.default!r}" for h in keyword]
     values = ", ".join(f"{h.name!r}: {hyper_value(h)}" for h in spec.hypers)
-    source = (f"def __init__({', '.join(params)}):\n"
-              f"    Optimizer.__init__(self, params, {{{values}}})\n")
-    scope: dict[str, Any] = {"Optimizer": Optimizer, "initial": initial_value}
-    exec(compile(source, f"<fusedopt.optim.{cls_name}.__init__>", "exec"), scope)  # noqa: S102
+    return make_init(f"fusedopt.optim.{cls_name}", params, [f"{{{values}}}"], Optimizer)
+
+
+def make_init(where: str, args: list, exprs: list, base: type) -> Any:
+    """An ``__init__(args...)`` that calls ``base.__init__(self, params, *exprs)``, ``exprs``
+    being source expressions over the arguments (and ``initial``, :func:`initial_value`);
+    ``where`` names it in tracebacks."""
+    source = (f"def __init__({', '.join(args)}):\n"
+              f"    Base.__init__(self, params, {', '.join(exprs)})\n")
+    scope: dict[str, Any] = {"Base": base, "initial": initial_value}
+    exec(compile(source, f"<{where}.__init__>", "exec"), scope)  # noqa: S102
     init = scope["__init__"]
-    init.__qualname__ = f"{cls_name}.__init__"
+    init.__qualname__ = f"{where.rsplit('.', 1)[1]}.__init__"
     return init
 
 

@@ -61,7 +61,7 @@ from .. import _backend, _core
 from .._spec import Spec
 from ..optim._checks import check_hyper, mutable_parts, resolve_lr
 from ..optim._state_dict import check_entry_names, check_group_names
-from ..optim.optimizer import hyper_value, initial_value
+from ..optim.optimizer import hyper_value, make_init
 
 __all__ = ["Optimizer", "make_class"]
 
@@ -682,13 +682,8 @@ def _constructor(name: str, spec: Spec, flags: dict, torch_sig: Any) -> Any:
     args += [f"{h.name}={h.default!r}" for h in rest]
     hyper = ", ".join(f"{h.name!r}: {hyper_value(h)}" for h in spec.hypers)
     flag_values = ", ".join(f"{k!r}: {k}" for k in flags)
-    source = (f"def __init__({', '.join(args)}):\n"
-              f"    Optimizer.__init__(self, params, {{{hyper}}}, {{{flag_values}}})\n")
-    scope: dict[str, Any] = {"Optimizer": Optimizer, "initial": initial_value}
-    exec(compile(source, f"<fusedopt.torch.{name}.__init__>", "exec"), scope)  # noqa: S102
-    init = scope["__init__"]
-    init.__qualname__ = f"{name}.__init__"
-    return init
+    return make_init(f"fusedopt.torch.{name}", args, [f"{{{hyper}}}", f"{{{flag_values}}}"],
+                     Optimizer)
 
 
 def make_class(numpy_cls: Any) -> type:
