@@ -177,3 +177,30 @@ def test_the_reference_lion_is_lion_pytorch(name):
                                    err_msg=f"params[{i}]")
         np.testing.assert_allclose(ms[i], theirs.state[q]["exp_avg"].numpy(), rtol=1e-13,
                                    atol=1e-15, err_msg=f"exp_avg[{i}]")
+
+
+def test_numpy_lion_loads_a_lion_pytorch_state_dict():
+    """lion-pytorch keeps decoupled_weight_decay and its initial lr on the optimizer, not in its
+    groups: a NumPy Lion loading its state dict keeps its own, and goes on as lion-pytorch."""
+    kwargs = dict(lr=1e-3, weight_decay=1e-4, decoupled_weight_decay=True)
+    g = torch.Generator().manual_seed(3)
+    qs = [torch.randn(n, generator=g, dtype=torch.float64).requires_grad_() for n in SIZES]
+    theirs = lion_pytorch.Lion(qs, **kwargs)
+    for _ in range(2):
+        for q in qs:
+            q.grad = torch.randn(q.shape, generator=g, dtype=q.dtype)
+        theirs.step()
+    arrays = [q.detach().numpy().copy() for q in qs]
+    ours = fusedopt.Lion(arrays, **kwargs)
+    ours.load_state_dict(theirs.state_dict())
+    group = ours.param_groups[0]
+    assert group["decoupled_weight_decay"] is True and group["init_lr"] == 1e-3
+    for _ in range(3):
+        grads = [torch.randn(q.shape, generator=g, dtype=q.dtype) for q in qs]
+        for q, d in zip(qs, grads):
+            q.grad = d
+        theirs.step()
+        ours.step([d.numpy() for d in grads])
+    for i, (a, q) in enumerate(zip(arrays, qs)):
+        np.testing.assert_allclose(a, q.detach().numpy(), rtol=1e-12, atol=1e-14,
+                                   err_msg=f"params[{i}]")
