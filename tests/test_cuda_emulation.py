@@ -167,6 +167,26 @@ def test_reductions_give_the_cpu_bits(dtype):
     assert got.tobytes() == want.tobytes()
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=[DTYPE_IDS[d] for d in DTYPES])
+def test_the_clipping_scale_gives_the_cpu_bits(dtype):
+    """The scaling pass of clip_grad_norm_ (spec "scale"), misaligned tensors included."""
+    sizes = [*SIZES, 0, 70_001]
+    outs = []
+    for run in (0, 1):
+        tensors = []
+        for i, n in enumerate(sizes):
+            base = np.empty(n + 1, dtype)
+            t = base[i % 2: i % 2 + n]
+            t[...] = np.random.default_rng(i).standard_normal(n)
+            tensors.append(t)
+        if run == 0:
+            _core.cpu.call("scale", (tensors,), (0.37,), None, None, "")
+        else:
+            EMU.call("scale", (tensors,), (0.37,))
+        outs.append(b"".join(t.tobytes() for t in tensors))
+    assert outs[0] == outs[1]
+
+
 # ---- the plan ---------------------------------------------------------------------------------
 
 
