@@ -130,7 +130,7 @@ def _as_given(tensors: Any, value: Any) -> Any:
     first = tensors if not isinstance(tensors, (list, tuple)) else (tensors[0] if tensors else None)
     if first is not None and _torch_tensor(first):
         torch = sys.modules["torch"]
-        return torch.tensor(value.item(), dtype=torch.from_numpy(np.zeros(0, value.dtype)).dtype)
+        return torch.as_tensor(value)  # a NumPy scalar: a 0-d tensor of its dtype
     return value
 
 
