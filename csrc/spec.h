@@ -58,7 +58,19 @@ enum class HKind : uint8_t {
   Real,  // a float
   Flag,  // a bool
   Pair,  // two floats (betas)
+  // A float that may change at every step (ADOPT's clip_lambda): a number, None (+inf: no bound),
+  // or a callable of the number of completed steps (a Python float), which a bound call calls at
+  // each run. Its default is that count to the power def0 (Note [Hyper-parameters of the step]).
+  StepFn,
 };
+
+// Note [Hyper-parameters of the step]
+// A StepFn hyper-parameter is a function of the step, as a reference implementation gives it
+// (ADOPT's `clip_lambda=lambda step: step**0.25`). Python hands the callable itself to bind, which
+// keeps it; each run calls it with the count of steps completed before this one (step - 1, as a
+// float) and checks the number it returns against the range before anything is written. Its
+// default, the callable n -> n ** def0, is the picklable fusedopt._spec.StepPower(def0). The
+// kernel sees only the number.
 
 // The values a real hyper-parameter may take: [lo, hi], either end open. Unchecked when
 // !checked (any real, NaN included).
@@ -125,6 +137,11 @@ template <class H>
 constexpr HyperSpec<H> real_hyper(const char* name, double def, double H::*f, Range range,
                                   const char* invalid, int order) {
   return {name, HKind::Real, def, 0.0, range, invalid, order, f, nullptr, nullptr};
+}
+template <class H>
+constexpr HyperSpec<H> step_fn_hyper(const char* name, double power, double H::*f, Range range,
+                                     const char* invalid, int order) {
+  return {name, HKind::StepFn, power, 0.0, range, invalid, order, f, nullptr, nullptr};
 }
 template <class H>
 constexpr HyperSpec<H> flag_hyper(const char* name, bool def, bool H::*f, int order) {

@@ -18,6 +18,8 @@ from typing import Callable
 
 import numpy as np
 
+from fusedopt._spec import StepPower
+
 DTYPES = (np.float32, np.float64)
 DTYPE_IDS = {np.float32: "fp32", np.float64: "fp64"}
 SIZES = (1, 7, 33, 4097, 65539)  # 65539 = one 65536-element kernel chunk plus a 3-element tail
@@ -268,6 +270,26 @@ ALGOS = (
                                init_lr=0.02)),
             ("decoupled-own-lr", dict(lr=0.01, weight_decay=0.5, decoupled_weight_decay=True)),
             Config("momentum", dict(lr=0.01, betas=(0.95, 0.98)), init={"exp_avgs": 0.3}),
+        ),
+    ),
+    Algo(
+        "adopt",
+        (("params", "param"), ("grads", "grad"), ("exp_avgs", "state"), ("exp_avg_sqs", "state")),
+        # from t=1: step 1 only sets v, steps 2-8 update with clip (t-1)**0.25
+        _cfgs(
+            ("plain", dict(lr=0.01)),
+            ("no-clip", dict(lr=0.01, clip_lambda=None)),
+            ("clip-number", dict(lr=0.01, clip_lambda=0.5)),
+            ("clip-callable", dict(lr=0.01, clip_lambda=StepPower(1.0))),
+            ("wd", dict(lr=0.01, weight_decay=0.1)),
+            ("decouple", dict(lr=0.01, weight_decay=0.1, decouple=True)),
+            ("maximize", dict(lr=0.01, maximize=True, weight_decay=0.1)),
+            ("betas-eps", dict(lr=0.01, betas=(0.8, 0.99), eps=0.1)),
+            # 1 - beta1 >= 0.5: torch.lerp's other form, which gives m = u exactly at beta1 = 0
+            ("beta1-0", dict(lr=0.01, betas=(0.0, 0.99))),
+            ("beta1-0.3", dict(lr=0.01, betas=(0.3, 0.99))),
+            Config("t1000", dict(lr=0.01, weight_decay=0.1, eps=1e-3), start=1000,
+                   init={"exp_avg_sqs": 0.25}),
         ),
     ),
     Algo(

@@ -57,6 +57,11 @@ ROWS = [
     # sign steps of lr: x reaches ~lr in ~100 steps, then oscillates within lr of 0
     ("lion", "plain", dict(lr=0.01), 200),
     ("lion", "betas", dict(lr=0.01, betas=(0.5, 0.9)), 200),
+    # ~85 steps in the reference; the first step only sets v
+    ("adopt", "plain", dict(lr=0.03), 170),
+    ("adopt", "no-clip", dict(lr=0.03, clip_lambda=None), 170),
+    ("adopt", "decouple", dict(lr=0.03, weight_decay=0.01, decouple=True), 170),
+    ("adopt", "maximize", dict(lr=0.03, maximize=True), 170),
 ]
 
 

@@ -33,7 +33,10 @@ import pytest
 
 import fusedopt
 from fusedopt import functional, reference
-from fusedopt.optim import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RAdam, RMSprop
+from fusedopt._spec import StepPower
+from fusedopt.optim import (
+    ADOPT, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RAdam, RMSprop,
+)
 from fusedopt.schedules import CosineDecay, ExponentialDecay, StepDecay, WarmupThen
 
 from backends import CallLog, Oracle
@@ -102,6 +105,14 @@ CASES = (
          (("exp_avg", "exp_avg_sq"), ("exp_avg", "exp_avg_sq"))),
     Case("radam-decoupled", RAdam, dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True),
          dict(lr=SCHEDULE, betas=(0.9, 0.6)), (("exp_avg", "exp_avg_sq"), ("exp_avg", "exp_avg_sq"))),
+    Case("adopt", ADOPT, dict(lr=0.01),
+         dict(lr=SCHEDULE, betas=(0.8, 0.99), weight_decay=0.1, eps=1e-3, maximize=True,
+              clip_lambda=None),
+         (("exp_avg", "exp_avg_sq"), ("exp_avg", "exp_avg_sq"))),
+    Case("adopt-decouple", ADOPT,
+         dict(lr=0.01, weight_decay=0.1, decouple=True, clip_lambda=StepPower(0.5)),
+         dict(lr=SCHEDULE, betas=(0.3, 0.9), clip_lambda=0.5),
+         (("exp_avg", "exp_avg_sq"), ("exp_avg", "exp_avg_sq"))),
 )
 CLASSES = (SGD, Adagrad, Adadelta, RMSprop, Adam, AdamW, NAdam, Adamax, RAdam)
 

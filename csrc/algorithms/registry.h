@@ -9,6 +9,7 @@
 #include "adagrad.h"
 #include "adam.h"
 #include "adamax.h"
+#include "adopt.h"
 #include "ewa.h"
 #include "lion.h"
 #include "nadam.h"
@@ -21,7 +22,7 @@
 namespace fusedopt {
 
 using Specs = TypeList<Sgd, Adagrad, Adadelta, Rmsprop, Adam, AdamW, Nadam, Adamax, Radam, Lion,
-                       Ewa, EwaReadout, Sumsq, Scale>;
+                       Adopt, Ewa, EwaReadout, Sumsq, Scale>;
 
 // The position of a spec in Specs: the index of its kernel in every backend's table.
 template <class S, class... T>

@@ -28,6 +28,13 @@ void Bound::parse_hyper(py::handle hyper) {
   hyper_.assign((spec_.hyper_size + sizeof(double) - 1) / sizeof(double) + 1, 0.0);
   numbers_.assign(hs.size() + 1, 0.0);
   spec_.parse(spec_, values.data(), hyper_.data(), numbers_.data(), HyperCheck{names_});
+  step_fns_.clear();
+  for (size_t i = 0; i < hs.size(); ++i) {
+    if (hs[i].kind == HKind::StepFn && values[i] != nullptr && values[i] != Py_None &&
+        PyCallable_Check(values[i])) {
+      step_fns_.emplace_back(static_cast<int>(i), py::reinterpret_borrow<py::object>(values[i]));
+    }
+  }
 }
 
 std::vector<int> Bound::bind_lists(py::handle lists, py::handle aliases, bool grads_later) {
@@ -95,6 +102,12 @@ int64_t Bound::run_args(py::handle step, py::handle lr, py::handle scalars, std:
     }
     spec_.set_lr(h.data(), x);
   }
+  if (!step_fns_.empty()) {
+    prepare_step(t);
+    for (size_t k = 0; k < step_fns_.size(); ++k) {
+      spec_.set_real(h.data(), step_fns_[k].first, prepared_[k]);
+    }
+  }
   const size_t ns = spec_.scalars.size();
   in.assign(ns, 0.0);
   if (ns == 0) return t;
@@ -107,6 +120,22 @@ int64_t Bound::run_args(py::handle step, py::handle lr, py::handle scalars, std:
     for (size_t i = 0; i < ns; ++i) in[i] = parse_real(names_, spec_.scalars[i].name, tup[i].ptr());
   }
   return t;
+}
+
+void Bound::prepare_step(int64_t t) const {
+  if (prepared_step_ == t) return;
+  std::vector<double> values;
+  for (const auto& [index, fn] : step_fns_) {
+    values.push_back(step_fn_value(names_, spec_.hypers[index], fn.ptr(), t));
+  }
+  prepared_ = std::move(values);
+  prepared_step_ = t;
+}
+
+bool Bound::prepare(py::handle step) {
+  if (step_fns_.empty()) return false;
+  prepare_step(parse_step(names_, step));
+  return true;
 }
 
 py::object Bound::scalars_result(const std::vector<double>& h, int64_t step,
@@ -157,7 +186,11 @@ void def_bound(py::module_& m) {
                     "csrc/bindings/bound.h); made by cpu.bind or cuda.bind.")
       .def_property_readonly("name", [](const Bound& b) { return b.names().fn(); })
       .def_property_readonly("algorithm", [](const Bound& b) { return b.spec().name; })
-      .def("__len__", &Bound::size);
+      .def("__len__", &Bound::size)
+      .def("prepare", &Bound::prepare, py::arg("step"),
+           "Calls the hyper-parameters given as callables of the step (ADOPT's clip_lambda) for "
+           "the 1-based `step` and checks their values, for the runs of that step; returns "
+           "whether there were any. Writes nothing (Note [Hyper-parameters of the step]).");
   py::class_<Calls>(m, "Calls", py::module_local(),
                     "The bound calls of one step, checked together: no two write the same memory, "
                     "and no grad of one overlaps a buffer another writes.")

@@ -23,6 +23,7 @@
 #include <atomic>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "checks.h"
@@ -47,6 +48,10 @@ class Bound {
   // Checks grads as check() does and returns the spans they cover (rank: `rank`).
   virtual std::vector<Span> grad_spans(py::handle grads, int rank) = 0;
   size_t size() const { return n_; }
+  // Calls the StepFn callables for the 1-based `step` and checks their values, for the runs of
+  // that step (a step of several calls prepares them all before the first runs, so that a
+  // callable that fails or returns a bad value writes nothing); whether there were any.
+  bool prepare(py::handle step);
 
  protected:
   // Refuses a second thread while one runs this call (busy() as a guard).
@@ -66,6 +71,15 @@ class Bound {
   std::vector<double> numbers_;  // the hyper-parameters' numbers (SpecInfo::parse)
   std::vector<Span> written_;
   std::vector<std::string> aliases_;  // the lists' names in messages, by spec buffer
+  // The StepFn hyper-parameters given as callables: (index in the spec's hypers, the callable),
+  // called at each run (Note [Hyper-parameters of the step] in spec.h).
+  std::vector<std::pair<int, py::object>> step_fns_;
+  // Their values at step prepared_step_ (0: none yet): each callable is called once per step,
+  // by prepare() or by the first run (or check by address) of that step.
+  mutable std::vector<double> prepared_;
+  mutable int64_t prepared_step_ = 0;
+  // Makes prepared_ the values at step t, calling the callables unless they are already.
+  void prepare_step(int64_t t) const;
   size_t n_ = 0;
   bool has_grad_slot_ = false;  // the variant reads grads
   bool grads_bound_ = false;    // ... and they were given to bind

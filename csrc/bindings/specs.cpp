@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "../algorithms/registry.h"
 
@@ -70,6 +71,19 @@ void parse(const SpecInfo& info, PyObject* const* values, void* out, double* num
           break;
         }
         [[fallthrough]];
+      case HKind::StepFn:
+        // None: no bound; a callable: called at each run (Note [Hyper-parameters of the step])
+        if (v == Py_None) {
+          h.*s.real0 = std::numeric_limits<double>::infinity();
+          numbers[idx] = h.*s.real0;
+          break;
+        }
+        if (v != nullptr && PyCallable_Check(v)) {
+          h.*s.real0 = std::numeric_limits<double>::quiet_NaN();
+          numbers[idx] = 0.0;
+          break;
+        }
+        [[fallthrough]];
       case HKind::Real: {
         const double x = v ? checked_real(c, si, v, -1) : s.def0;
         h.*s.real0 = x;
@@ -134,6 +148,9 @@ SpecInfo make_info() {
       if (s.kind == HKind::Lr) static_cast<H*>(h)->*s.real0 = lr;
     }
   };
+  info.set_real = [](void* h, int index, double x) {
+    static_cast<H*>(h)->*S::kHypers[index].real0 = x;
+  };
   info.advance = [](const void* h, int64_t step, const double* in, double* out) {
     S::advance(*static_cast<const H*>(h), step, in, out);
   };
@@ -174,6 +191,7 @@ const char* kind_name(HKind k) {
     case HKind::Real: return "real";
     case HKind::Flag: return "flag";
     case HKind::Pair: return "pair";
+    case HKind::StepFn: return "step_fn";
   }
   return "?";
 }
@@ -242,6 +260,19 @@ int64_t parse_step(const Names& names, py::handle v) {
   }
   if (t < 1) names.value("step must be >= 1, got " + std::to_string(t));
   return t;
+}
+
+double step_fn_value(const Names& names, const SpecInfo::Hyper& s, PyObject* fn, int64_t step) {
+  const double n = static_cast<double>(step - 1);
+  py::object r = py::reinterpret_steal<py::object>(PyObject_CallOneArg(fn, py::float_(n).ptr()));
+  if (!r) throw py::error_already_set();
+  const std::string what = std::string(s.name) + "(" + py::str(py::float_(n)).cast<std::string>() + ")";
+  if (r.is_none()) return std::numeric_limits<double>::infinity();
+  const double x = parse_real(names, what, r.ptr());
+  if (!in_range(s.range, x)) {
+    names.value(format_message(s.invalid, py::str(r), -1) + " (returned by " + what + ")");
+  }
+  return x;
 }
 
 double parse_real(const Names& names, const std::string& what, PyObject* v) {

@@ -55,6 +55,7 @@ struct SpecInfo {
   void (*parse)(const SpecInfo&, PyObject* const* values, void* out, double* numbers,
                 const HyperCheck&);
   void (*set_lr)(void* h, double lr);
+  void (*set_real)(void* h, int index, double x);  // the Real or StepFn of hypers[index]
   void (*advance)(const void* h, int64_t step, const double* in, double* out);
   void (*initial)(const void* h, int64_t step, double* out);
 
@@ -76,6 +77,9 @@ py::list specs_data();
 int64_t parse_step(const Names& names, py::handle v);
 // A real number (not a bool) as a double, or TypeError "<fn>: <what> must be a real number".
 double parse_real(const Names& names, const std::string& what, PyObject* v);
+// The value of StepFn hyper-parameter `s` at the 1-based `step`: fn(step - 1.0), None as +inf,
+// checked against its range (Note [Hyper-parameters of the step] in spec.h).
+double step_fn_value(const Names& names, const SpecInfo::Hyper& s, PyObject* fn, int64_t step);
 
 #pragma GCC visibility pop
 

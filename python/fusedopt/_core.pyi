@@ -21,6 +21,7 @@ Algorithm = Literal[
     'adamax',
     'radam',
     'lion',
+    'adopt',
     'ewa',
     'ewa_readout',
     'sumsq',
@@ -51,6 +52,7 @@ class Bound:
     @property
     def algorithm(self) -> str: ...
     def __len__(self) -> int: ...
+    def prepare(self, step: int) -> bool: ...
 
 class Calls:
     def __init__(self, bounds: list[Bound]) -> None: ...

@@ -13,7 +13,7 @@ from typing import Any
 
 from . import _core
 
-__all__ = ["Buffer", "Hyper", "Spec", "SPECS"]
+__all__ = ["Buffer", "Hyper", "Spec", "SPECS", "StepPower"]
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class Hyper:
     """One hyper-parameter."""
 
     name: str
-    kind: str  # "lr", "real", "flag", "pair"
+    kind: str  # "lr", "real", "flag", "pair", "step_fn"
     default: Any
     range: tuple | None  # (lo, hi, lo_open, hi_open), or None: any real
     invalid: str | None  # torch's text for a value out of range
@@ -54,6 +54,33 @@ class Hyper:
     fixed: bool  # set by the variant itself (AdamW's decoupled_weight_decay)
     required: bool  # no default
     from_arg: str | None  # not a constructor argument: set to that argument's value (init_lr)
+
+
+class StepPower:
+    """The callable ``n -> n ** power`` of the number of completed steps ``n``: the default of a
+    hyper-parameter that is a function of the step (ADOPT's ``clip_lambda``, the reference's
+    ``lambda step: step**0.25``), as an object that compares, copies and pickles (a lambda in a
+    param group would stop ``pickle`` and ``torch.save`` of the optimizer)."""
+
+    __slots__ = ("power",)
+
+    def __init__(self, power: float) -> None:
+        self.power = float(power)
+
+    def __call__(self, step: float) -> float:
+        return float(step) ** self.power
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StepPower) and other.power == self.power
+
+    def __hash__(self) -> int:
+        return hash(("StepPower", self.power))
+
+    def __reduce__(self) -> tuple:
+        return (StepPower, (self.power,))
+
+    def __repr__(self) -> str:
+        return f"StepPower({self.power!r})"
 
 
 @dataclass(frozen=True)
@@ -106,7 +133,9 @@ def _load() -> dict[str, Spec]:
             name=d["name"],
             kernel=d["kernel"],
             buffers=tuple(Buffer(**b) for b in d["buffers"]),
-            hypers=tuple(Hyper(**h) for h in d["hypers"]),
+            hypers=tuple(
+                Hyper(**{**h, "default": StepPower(h["default"])}) if h["kind"] == "step_fn"
+                else Hyper(**h) for h in d["hypers"]),
             scalars=tuple(tuple(s) for s in d["scalars"]),
             step=d["step"],
             reduce=d["reduce"],

@@ -24,7 +24,7 @@ import keyword
 from typing import Any, Callable
 
 from . import _backend
-from ._spec import SPECS, Spec
+from ._spec import SPECS, Spec, StepPower
 
 
 def _rules() -> dict[str, str]:
@@ -100,7 +100,7 @@ def _make(spec: Spec, rules: dict[str, str]) -> Callable[..., Any]:
         f"    return _call({spec.name!r}, ({lists}), ({hyper}), "
         f"{'step' if spec.step else 'None'}, {scalars})\n"
     )
-    scope: dict[str, Any] = {"_call": _call}
+    scope: dict[str, Any] = {"_call": _call, "StepPower": StepPower}
     exec(compile(source, f"<fusedopt.functional.{spec.name}>", "exec"), scope)  # noqa: S102
     fn = scope[spec.name]
     fn.__module__ = __name__

@@ -32,6 +32,7 @@ __all__ = [
     "adamax",
     "radam",
     "lion",
+    "adopt",
     "ewa",
     "ewa_readout",
     "scale",
@@ -434,6 +435,62 @@ def radam(
                 / (np.sqrt(v) + eps)
         else:
             param[...] = p - (lr / bias_correction1) * m
+
+
+def _quarter_power(n):
+    """ADOPT's default clip: the reference's ``lambda step: step**0.25``."""
+    return n**0.25
+
+
+def adopt(
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_sqs,
+    *,
+    step,
+    lr=1e-3,
+    betas=(0.9, 0.9999),
+    eps=1e-6,
+    clip_lambda=_quarter_power,
+    weight_decay=0.0,
+    decouple=False,
+    maximize=False,
+):
+    """ADOPT (Taniguchi et al., 2024), the authors' ``adopt.ADOPT``. ``n = step - 1``;
+    ``g = -g`` if maximize; ``g += wd*p`` unless ``decouple``. ``n == 0``: ``v += g^2``, nothing
+    else. Otherwise ``p *= 1 - lr*wd`` if ``decouple``; ``u = clamp(g / max(sqrt(v), eps), -c,
+    c)`` with ``c = clip_lambda(float(n))`` (a callable, a number, or None: no clamp);
+    ``m += (1-b1)*(u - m)``; ``p -= lr*m``; ``v = b2*v + (1-b2)*g^2``."""
+    params, s = _lists(
+        "adopt", params, step, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs
+    )
+    beta1, beta2 = betas
+    n = step - 1
+    clip = clip_lambda(float(n)) if callable(clip_lambda) else clip_lambda
+    for i, param in enumerate(params):
+        p = _f64(param)
+        g = _f64(s["grads"][i])
+        if maximize:
+            g = -g
+        if weight_decay != 0 and not decouple:
+            g = g + weight_decay * p
+        v = _f64(s["exp_avg_sqs"][i])
+        if n == 0:
+            s["exp_avg_sqs"][i][...] = v + g * g
+            continue
+        if weight_decay != 0 and decouple:
+            p = p - lr * weight_decay * p
+        with np.errstate(divide="ignore", invalid="ignore"):
+            root = np.sqrt(v)
+            u = g / np.where(root < eps, eps, root)  # NaN stays NaN, as torch.clamp keeps it
+        if clip is not None:
+            u = np.where(u < -clip, -clip, np.where(u > clip, clip, u))
+        m = _f64(s["exp_avgs"][i])
+        m = m + (1.0 - beta1) * (u - m)
+        param[...] = p - lr * m
+        s["exp_avgs"][i][...] = m
+        s["exp_avg_sqs"][i][...] = beta2 * v + (1.0 - beta2) * g * g
 
 
 def ewa(averages, values, *, beta):

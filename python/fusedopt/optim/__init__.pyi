@@ -142,5 +142,19 @@ class Lion(Optimizer):
         decoupled_weight_decay: bool = False,
     ) -> None: ...
 
+class ADOPT(Optimizer):
+    def __init__(
+        self,
+        params: Params,
+        lr: LR = 0.001,
+        betas: tuple[float, float] = (0.9, 0.9999),
+        eps: float = 1e-06,
+        clip_lambda: Callable[[float], float | None] | float | None = ...,
+        weight_decay: float = 0.0,
+        decouple: bool = False,
+        *,
+        maximize: bool = False,
+    ) -> None: ...
+
 __all__ = ['Optimizer', 'SGD', 'Adagrad', 'Adadelta', 'RMSprop', 'Adam', 'AdamW', 'NAdam',
-    'Adamax', 'RAdam', 'Lion', 'EMA']
+    'Adamax', 'RAdam', 'Lion', 'ADOPT', 'EMA']

@@ -53,7 +53,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 from .. import _arrays, _backend, _core
-from .._spec import SPECS, Spec
+from .._spec import SPECS, Spec, StepPower
 from ._checks import (
     as_list,
     check_hyper,
@@ -207,7 +207,7 @@ def make_init(where: str, args: list, exprs: list, base: type) -> Any:
     ``where`` names it in tracebacks."""
     source = (f"def __init__({', '.join(args)}):\n"
               f"    Base.__init__(self, params, {', '.join(exprs)})\n")
-    scope: dict[str, Any] = {"Base": base, "initial": initial_value}
+    scope: dict[str, Any] = {"Base": base, "initial": initial_value, "StepPower": StepPower}
     exec(compile(source, f"<{where}.__init__>", "exec"), scope)  # noqa: S102
     init = scope["__init__"]
     init.__qualname__ = f"{where.rsplit('.', 1)[1]}.__init__"
@@ -242,11 +242,15 @@ class Optimizer(StateDicts):
     _state_names: ClassVar[tuple] = ()  # every state array it may hold, in torch's order
     _always: ClassVar[tuple] = ()  # those always allocated
     _scalar_state: ClassVar[dict] = {}  # per-parameter float state besides "step", initial values
+    _step_fns: ClassVar[tuple] = ()  # hyper-parameters that may be callables of the step
     # Whether a loaded state entry may lack "step" (then 0): torch.optim.SGD keeps no step count.
     _step_optional: ClassVar[bool] = False
     # Hyper-parameters the peer keeps on its optimizer, not in its groups (lion-pytorch's
     # decoupled_weight_decay): a loaded group may lack them, and then keeps its own value.
     _kept_on_load: ClassVar[tuple] = ()
+    # The implementation flags the peer's torch class takes, with its defaults, where torch.optim
+    # has no twin (fusedopt.torch accepts them as torch.optim's: foreach, fused, ...).
+    _peer_flags: ClassVar[dict] = {}
     # Every hyper-parameter name of every optimizer class, to recognise a foreign state dict.
     _all_hyper_names: ClassVar[set] = set()
 
@@ -260,6 +264,7 @@ class Optimizer(StateDicts):
         cls._state_names = kernel.state_names
         cls._always = tuple(b.state for b in kernel.states if not b.optional)
         cls._scalar_state = dict(kernel.scalars)
+        cls._step_fns = tuple(h.name for h in kernel.hypers if h.kind == "step_fn")
         cls.__init__ = _constructor(cls.__name__, spec)  # type: ignore[method-assign]
         Optimizer._all_hyper_names.update(h.name for h in kernel.hypers)
 
@@ -448,6 +453,8 @@ class Optimizer(StateDicts):
                 calls.append(self._prepare(gi, group, key, indices, lr, states, grads))
             if len(calls) > 1:  # one call checks everything before it writes
                 self._check_calls(calls)
+                if self._step_fns:
+                    self._prepare_step_fns(calls)
             for call in calls:
                 scalars = self._run_call(call)
                 made += 1
@@ -468,6 +475,14 @@ class Optimizer(StateDicts):
         scalars = key[1] if n == 1 else (key[1 : 1 + n] if n else None)
         step = self._kernel_step(call.group, key, key[0] + 1)
         return call.bound.run(call.grads, step=step, lr=call.lr, scalars=scalars)
+
+    def _prepare_step_fns(self, calls: list) -> None:
+        """Every call's hyper-parameters given as callables of the step, called and checked
+        before the first call runs (Note [Hyper-parameters of the step] in ``csrc/spec.h``)."""
+        for call in calls:
+            core = getattr(call.bound, "core", call.bound)
+            if isinstance(core, _core.Bound):  # an oracle's call evaluates them itself
+                core.prepare(self._kernel_step(call.group, call.key, call.key[0] + 1))
 
     def _check_calls(self, calls: list) -> None:
         """Every call of a step of several, checked before the first runs (Note [A bound call]):

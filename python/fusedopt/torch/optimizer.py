@@ -442,6 +442,11 @@ class Optimizer(torch.optim.Optimizer):
             for gi, group in enumerate(self.param_groups):
                 calls += self._prepare(gi, group)
             self._check_calls(calls)
+            if len(calls) > 1 and self._numpy._step_fns:
+                for call in calls:  # their callables called and checked before any call runs
+                    core = getattr(call.bound, "core", call.bound)
+                    if isinstance(core, _core.Bound):
+                        core.prepare(call.step)
         except BaseException:
             for call in calls:
                 self._undo(call)
@@ -677,9 +682,11 @@ def _constructor(name: str, spec: Spec, flags: dict, torch_sig: Any) -> Any:
             star = True
         args.append(f"{k}={(hypers[k].default if k in hypers else flags[k])!r}")
     rest = [h for h in hypers.values() if h.name not in torch_sig]
-    if rest and not star:
+    rest_flags = [k for k in flags if k not in torch_sig]  # a peer's flags (no torch.optim twin)
+    if (rest or rest_flags) and not star:
         args.append("*")
     args += [f"{h.name}={h.default!r}" for h in rest]
+    args += [f"{k}={flags[k]!r}" for k in rest_flags]
     hyper = ", ".join(f"{h.name!r}: {hyper_value(h)}" for h in spec.hypers)
     flag_values = ", ".join(f"{k!r}: {k}" for k in flags)
     return make_init(f"fusedopt.torch.{name}", args, [f"{{{hyper}}}", f"{{{flag_values}}}"],
@@ -690,9 +697,10 @@ def make_class(numpy_cls: Any) -> type:
     """The torch class of a NumPy optimizer class: same name, spec and update."""
     name = numpy_cls.__name__
     torch_cls = getattr(torch.optim, name, None)
-    if torch_cls is None:  # no torch.optim twin (Lion): the NumPy class's arguments
+    if torch_cls is None:  # no torch.optim twin (Lion): the NumPy class's arguments, and the
+        # implementation flags of the peer's torch class (ADOPT's), keyword-only
         sig = inspect.signature(numpy_cls.__init__).parameters
-        flags: dict = {}
+        flags: dict = dict(numpy_cls._peer_flags)
         doc = (f"A :class:`torch.optim.Optimizer` running :class:`fusedopt.{name}` (the same "
                "arguments, state names and update, over torch tensors), whose description "
                "follows.\n\n" + (numpy_cls.__doc__ or ""))
