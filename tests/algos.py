@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from fusedopt._spec import StepPower
+from fusedopt._spec import SPECS, StepPower
 
 DTYPES = (np.float32, np.float64)
 DTYPE_IDS = {np.float32: "fp32", np.float64: "fp64"}
@@ -66,9 +66,13 @@ class Algo:
         return pred is None or pred(hp)
 
     def new_states(self, params, cfg):
-        """Fresh state lists for ``params`` (zeros, or ``cfg.init``), one per state name used."""
+        """Fresh state lists for ``params`` (``cfg.init``, else where the classes start them:
+        zeros, or a copy of the param), one per state name used."""
+        copied = {b.list for b in SPECS[self.name].states if b.init == "params"} \
+            if self.name in SPECS else set()
         return {
-            s: [np.full_like(p, cfg.init.get(s, 0.0)) for p in params]
+            s: [np.array(p, copy=True) if s in copied and s not in cfg.init
+                else np.full_like(p, cfg.init.get(s, 0.0)) for p in params]
             for s in self.states
             if self.uses(s, cfg.hp)
         }
@@ -88,8 +92,11 @@ class Algo:
             else:
                 pos.append(states.get(name))
         kwargs = dict(hp)
-        if self.name == "nadam":
-            kwargs["mu_product"] = carry
+        names = [n for n, _ in SPECS[self.name].scalars]
+        if len(names) == 1:  # NAdam's mu_product
+            kwargs[names[0]] = carry
+        elif names and carry is not None:  # Schedule-Free's weight_sum and lr_max
+            kwargs.update(zip(names, carry))
         return fn(*pos, step=step, **kwargs)
 
 
@@ -290,6 +297,22 @@ ALGOS = (
             ("beta1-0.3", dict(lr=0.01, betas=(0.3, 0.99))),
             Config("t1000", dict(lr=0.01, weight_decay=0.1, eps=1e-3), start=1000,
                    init={"exp_avg_sqs": 0.25}),
+        ),
+    ),
+    Algo(
+        "adamw_schedulefree",
+        (("params", "param"), ("grads", "grad"), ("zs", "state"), ("exp_avg_sqs", "state")),
+        # z starts anywhere here (the classes start it at the params); from t=1 the first step
+        # has c = 1 (torch.lerp's second form), later ones c = 1/t < 0.5
+        _cfgs(
+            Config("plain", dict(lr=0.01), init={"zs": 0.5}),
+            Config("wd", dict(lr=0.01, weight_decay=0.1), init={"zs": -0.25}),
+            Config("warmup", dict(lr=0.01, warmup_steps=5, betas=(0.8, 0.99), eps=1e-3),
+                   init={"zs": 0.5}),
+            Config("r-power", dict(lr=0.01, r=1.0, weight_lr_power=1.0), init={"zs": 0.5}),
+            Config("beta1-0", dict(lr=0.01, betas=(0.0, 0.999)), init={"zs": 0.5}),
+            Config("t1000", dict(lr=0.01, warmup_steps=3, weight_decay=0.1), start=1000,
+                   init={"zs": 0.5, "exp_avg_sqs": 0.25}),
         ),
     ),
     Algo(

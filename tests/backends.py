@@ -40,8 +40,10 @@ class _ModuleCall:
             kw["lr"] = lr
         if spec.step:
             kw["step"] = step
-        if spec.scalars:
+        if len(spec.scalars) == 1:
             kw[spec.scalars[0][0]] = scalars
+        elif spec.scalars:
+            kw.update(zip((n for n, _ in spec.scalars), scalars or (None,) * len(spec.scalars)))
         return self.fn(*lists, **kw)
 
 

@@ -197,7 +197,7 @@ def optim_stub() -> str:
         if not isinstance(cls, type) or not issubclass(cls, O.Optimizer) or cls is O.Optimizer:
             continue
         spec = cls._spec
-        base = cls.__bases__[0].__name__
+        base = next(b for b in cls.__mro__[1:] if issubclass(b, O.Optimizer)).__name__
         positional = [h for h in spec.arguments if not h.kw_only]
         keyword = [h for h in spec.arguments if h.kw_only]
         parts = ["self", "params: Params"]
@@ -209,6 +209,9 @@ def optim_stub() -> str:
         out.append("    def __init__(")
         out += [f"        {p}," for p in parts]
         out.append("    ) -> None: ...")
+        for mixin in cls._front_mixins:  # Schedule-Free's train() and eval(): no arguments
+            out += [f"    def {k}(self) -> None: ..." for k, v in vars(mixin).items()
+                    if callable(v) and not k.startswith("_")]
         out.append("")
     out.append(_all(O.__all__))
     return "\n".join(out) + "\n"

@@ -35,7 +35,7 @@ import fusedopt
 from fusedopt import functional, reference
 from fusedopt._spec import StepPower
 from fusedopt.optim import (
-    ADOPT, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RAdam, RMSprop,
+    ADOPT, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, AdamWScheduleFree, NAdam, RAdam, RMSprop,
 )
 from fusedopt.schedules import CosineDecay, ExponentialDecay, StepDecay, WarmupThen
 
@@ -105,6 +105,9 @@ CASES = (
          (("exp_avg", "exp_avg_sq"), ("exp_avg", "exp_avg_sq"))),
     Case("radam-decoupled", RAdam, dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True),
          dict(lr=SCHEDULE, betas=(0.9, 0.6)), (("exp_avg", "exp_avg_sq"), ("exp_avg", "exp_avg_sq"))),
+    Case("adamw_schedulefree", AdamWScheduleFree, dict(lr=0.01),
+         dict(lr=SCHEDULE, betas=(0.8, 0.99), weight_decay=0.1, warmup_steps=5, r=0.5),
+         (("z", "exp_avg_sq"), ("z", "exp_avg_sq")), scalars=("weight_sum", "lr_max")),
     Case("adopt", ADOPT, dict(lr=0.01),
          dict(lr=SCHEDULE, betas=(0.8, 0.99), weight_decay=0.1, eps=1e-3, maximize=True,
               clip_lambda=None),
@@ -145,6 +148,8 @@ def build(case, groups, backend=None):
     opt = case.cls([{"params": groups[0]}, {"params": groups[1], **case.group1}], **case.kwargs)
     if backend is not None:
         opt._backend = backend
+    if hasattr(opt, "train"):  # Schedule-Free steps in train mode only
+        opt.train()
     return opt
 
 
@@ -948,15 +953,16 @@ def test_bad_group_edit_fails_before_any_write(edit, message):
 
 def test_every_update_algorithm_has_its_class_exported_in_registry_order():
     """optim/__init__.py finds the classes by importing the package's modules: each update spec of
-    the registry but the weight average's (EMA) and clipping's scaling pass must come out as
+    the registry but the weight average's (EMA), clipping's scaling pass and lerp must come out as
     exactly one class, in order."""
     from fusedopt._spec import SPECS
 
     classes = [getattr(fusedopt.optim, n) for n in fusedopt.optim.__all__
                if n not in ("Optimizer", "EMA")]
     declared = [cls._spec.name for cls in classes]
-    # not optimizers: the weight average's passes, and clipping's scaling pass (fusedopt.clip)
+    # not optimizers: the weight average's passes, clipping's scaling pass (fusedopt.clip) and
+    # Schedule-Free's train/eval pass (lerp)
     want = [n for n, s in SPECS.items()
-            if s.reduce == 0 and not n.startswith("ewa") and n != "scale"]
+            if s.reduce == 0 and not n.startswith("ewa") and n not in ("scale", "lerp")]
     assert declared == want
     assert all(getattr(fusedopt, cls.__name__) is cls for cls in classes)

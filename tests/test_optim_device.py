@@ -24,7 +24,7 @@ import pytest
 import fusedopt
 from fusedopt import _arrays, _core, _cuda_calls
 from fusedopt.optim import EMA
-from test_optim import CASES, DTYPES, EDIT_AT, flat, grads_at, make_params
+from test_optim import CASES, DTYPES, EDIT_AT, build, flat, grads_at, make_params
 
 STEPS = 12
 
@@ -140,10 +140,6 @@ def on_device(groups, device=lambda gi, j: 0):
             for gi, g in enumerate(groups)]
 
 
-def build(case, groups):
-    return case.cls([{"params": groups[0]}, {"params": groups[1], **case.group1}], **case.kwargs)
-
-
 def drive(opt, params, start, stop, wrap):
     """Steps ``start..stop-1`` of test_optim's run: its grads (laid out like the params) and its
     mid-run lr edit; ``wrap(i, g)`` puts grad ``i`` where its param is."""
@@ -182,9 +178,10 @@ def assert_same_state(got, want):
 
 
 def state_arrays(state):
-    """(index, name, array) of every state array."""
+    """(index, name, array) of every state array (not the step count nor the scalar state:
+    NAdam's mu_product, Schedule-Free's weight_sum and lr_max)."""
     return [(i, k, v) for i, s in state.items() for k, v in s.items()
-            if k not in ("step", "mu_product")]
+            if k not in ("step", "mu_product", "weight_sum", "lr_max")]
 
 
 def run_beside_host(case, groups, placed):
@@ -214,6 +211,31 @@ def test_classes_on_device_arrays_match_host(case, dtype, emulated_cuda):
     # one launch per group and step, all on the CUDA backend
     assert len(emulated_cuda.calls) == 2 * STEPS
     assert {dev for _, dev in emulated_cuda.calls} == {0}
+
+
+def test_schedule_free_modes_on_a_group_spanning_devices_match_host(emulated_cuda):
+    """eval() and train() over a group whose params live on two devices and the host: one lerp
+    per (group, place), the NumPy run's bits."""
+    case = next(c for c in CASES if c.id == "adamw_schedulefree")
+    groups = make_params(np.float64)
+    place = {(0, 0): 1, (0, 1): 0, (0, 2): None, (1, 0): 0, (1, 1): 1}
+    mixed = [[p.copy(order="K") if place[gi, j] is None else Emu(p.copy(order="K"), place[gi, j])
+              for j, p in enumerate(g)] for gi, g in enumerate(groups)]
+    opt_h, opt = build(case, groups), build(case, mixed)
+    m_params = flat(mixed)
+    drive(opt_h, flat(groups), 0, STEPS, lambda i, g: g)
+    drive(opt, m_params, 0, STEPS, like(m_params))
+    before = len(emulated_cuda.calls)
+    for o in (opt, opt_h):
+        o.eval()
+    # group 0: cuda:1 and cuda:0 (its host param on the CPU); group 1: cuda:0 and cuda:1
+    assert sorted(dev for _, dev in emulated_cuda.calls[before:]) == [0, 0, 1, 1]
+    for i, (h, d) in enumerate(zip(flat(groups), m_params)):
+        assert_same_bits(d, h, f"params[{i}] in eval mode")
+    for o in (opt, opt_h):
+        o.train()
+    for i, (h, d) in enumerate(zip(flat(groups), m_params)):
+        assert_same_bits(d, h, f"params[{i}] back in train mode")
 
 
 @pytest.mark.parametrize("case", CASES[::3], ids=[c.id for c in CASES[::3]])

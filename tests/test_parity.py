@@ -129,6 +129,10 @@ def check(algo, got, ref, scales, carries_f, carries_r, label):
         for k, (cf, cr) in enumerate(zip(carries_f, carries_r)):
             assert isinstance(cf, float), f"{label}: nadam returned {type(cf).__name__}"
             assert cf == pytest.approx(cr, rel=MU_PRODUCT_RTOL), f"{label}: mu_product at step {k}"
+    elif algo.name == "adamw_schedulefree":  # (weight_sum, lr_max): the same float64 expressions
+        for k, (cf, cr) in enumerate(zip(carries_f, carries_r)):
+            assert isinstance(cf, tuple) and len(cf) == 2, f"{label}: returned {cf!r}"
+            assert cf == pytest.approx(cr, rel=1e-15), f"{label}: scalar state at step {k}"
     else:
         assert all(c is None for c in carries_f), f"{label}: {algo.name} returned a value"
 
@@ -312,5 +316,7 @@ def test_empty_lists_are_a_no_op(algo):
     ret_r = algo.step(reference, [], [], states, cfg.start, cfg.hp)
     if algo.name == "nadam":
         assert ret_f == pytest.approx(ret_r, rel=MU_PRODUCT_RTOL)
+    elif algo.name == "adamw_schedulefree":  # the scalar state advances with no tensors too
+        assert ret_f == pytest.approx(ret_r, rel=1e-15) and ret_f[1] == cfg.hp["lr"]
     else:
         assert ret_f is None and ret_r is None

@@ -16,13 +16,14 @@
 #include "radam.h"
 #include "rmsprop.h"
 #include "scale.h"
+#include "schedulefree.h"
 #include "sgd.h"
 #include "sumsq.h"
 
 namespace fusedopt {
 
 using Specs = TypeList<Sgd, Adagrad, Adadelta, Rmsprop, Adam, AdamW, Nadam, Adamax, Radam, Lion,
-                       Adopt, Ewa, EwaReadout, Sumsq, Scale>;
+                       Adopt, AdamWScheduleFree, Ewa, EwaReadout, Sumsq, Scale, Lerp>;
 
 // The position of a spec in Specs: the index of its kernel in every backend's table.
 template <class S, class... T>

@@ -111,13 +111,29 @@ int64_t Bound::run_args(py::handle step, py::handle lr, py::handle scalars, std:
   const size_t ns = spec_.scalars.size();
   in.assign(ns, 0.0);
   if (ns == 0) return t;
-  if (scalars.is_none()) {
+  // several: a tuple of them, all given or all None (fusedopt.functional passes its arguments)
+  size_t given = ns;
+  if (ns > 1 && !scalars.is_none()) {
+    if (!PyTuple_Check(scalars.ptr()) || static_cast<size_t>(PyTuple_GET_SIZE(scalars.ptr())) != ns) {
+      names_.type("scalars must be a tuple of " + std::to_string(ns) + " floats, got " +
+                  repr_of(scalars));
+    }
+    given = 0;
+    for (size_t i = 0; i < ns; ++i) given += PyTuple_GET_ITEM(scalars.ptr(), i) != Py_None;
+    if (given != 0 && given != ns) {
+      std::string all;
+      for (size_t i = 0; i < ns; ++i) all += (i ? " and " : "") + std::string(spec_.scalars[i].name);
+      names_.value(all + " are given together (or none of them: a run from step 1)");
+    }
+  }
+  if (scalars.is_none() || given == 0) {
     spec_.initial(h.data(), t, in.data());
   } else if (ns == 1) {
     in[0] = parse_real(names_, spec_.scalars[0].name, scalars.ptr());
   } else {
-    py::tuple tup = py::reinterpret_borrow<py::tuple>(scalars);
-    for (size_t i = 0; i < ns; ++i) in[i] = parse_real(names_, spec_.scalars[i].name, tup[i].ptr());
+    for (size_t i = 0; i < ns; ++i) {
+      in[i] = parse_real(names_, spec_.scalars[i].name, PyTuple_GET_ITEM(scalars.ptr(), i));
+    }
   }
   return t;
 }

@@ -22,10 +22,12 @@ Algorithm = Literal[
     'radam',
     'lion',
     'adopt',
+    'adamw_schedulefree',
     'ewa',
     'ewa_readout',
     'sumsq',
     'scale',
+    'lerp',
 ]
 _Lists = tuple[Any, ...]  # the lists of a call in its signature's order (None: not given)
 _Hyper = tuple[Any, ...]  # the hyper-parameters a call takes, in its signature's order

@@ -174,6 +174,24 @@ def adopt(
     maximize: bool = False,
 ) -> None: ...
 
+def adamw_schedulefree(
+    params: Arrays,
+    grads: Arrays,
+    zs: Arrays,
+    exp_avg_sqs: Arrays,
+    *,
+    step: int,
+    weight_sum: float | None = None,
+    lr_max: float | None = None,
+    lr: float = 0.0025,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-08,
+    weight_decay: float = 0.0,
+    warmup_steps: float = 0.0,
+    r: float = 0.0,
+    weight_lr_power: float = 2.0,
+) -> None: ...
+
 def ewa(
     averages: Arrays,
     values: Arrays,
@@ -195,5 +213,12 @@ def scale(
     factor: float,
 ) -> None: ...
 
+def lerp(
+    params: Arrays,
+    ends: Arrays,
+    *,
+    weight: float,
+) -> None: ...
+
 __all__ = ['sgd', 'adagrad', 'adadelta', 'rmsprop', 'adam', 'adamw', 'nadam', 'adamax', 'radam',
-    'lion', 'adopt', 'ewa', 'ewa_readout', 'scale']
+    'lion', 'adopt', 'adamw_schedulefree', 'ewa', 'ewa_readout', 'scale', 'lerp']

@@ -33,6 +33,8 @@ __all__ = [
     "radam",
     "lion",
     "adopt",
+    "adamw_schedulefree",
+    "lerp",
     "ewa",
     "ewa_readout",
     "scale",
@@ -491,6 +493,79 @@ def adopt(
         param[...] = p - lr * m
         s["exp_avgs"][i][...] = m
         s["exp_avg_sqs"][i][...] = beta2 * v + (1.0 - beta2) * g * g
+
+
+def _torch_lerp(a, b, w):
+    """``torch.lerp``: ``a + w (b - a)`` for ``|w| < 0.5``, else ``b - (b - a)(1 - w)``."""
+    return a + w * (b - a) if abs(w) < 0.5 else b - (b - a) * (1.0 - w)
+
+
+def _schedulefree_scalars(lr, warmup_steps, r, weight_lr_power, step, weight_sum, lr_max):
+    """``(lr, lr_max, weight_sum, c)`` of step ``step`` (1-based) from the state before it, as
+    ``schedulefree.AdamWScheduleFree.step`` computes them (``k = step - 1``)."""
+    k = step - 1
+    sched = (k + 1) / warmup_steps if k < warmup_steps else 1.0
+    lr = lr * sched
+    lr_max = max(lr, lr_max)
+    weight = ((k + 1) ** r) * (lr_max**weight_lr_power)
+    weight_sum = weight_sum + weight
+    c = weight / weight_sum if weight_sum != 0 else 0.0
+    return lr, lr_max, weight_sum, c
+
+
+def adamw_schedulefree(
+    params,
+    grads,
+    zs,
+    exp_avg_sqs,
+    *,
+    step,
+    weight_sum=None,
+    lr_max=None,
+    lr=0.0025,
+    betas=(0.9, 0.999),
+    eps=1e-8,
+    weight_decay=0.0,
+    warmup_steps=0.0,
+    r=0.0,
+    weight_lr_power=2.0,
+):
+    """Schedule-Free AdamW (Defazio et al., 2024), ``schedulefree.AdamWScheduleFree``: the params
+    hold ``y``. With the step's ``lr`` (warmed up), ``c`` (``_schedulefree_scalars``):
+    ``v = b2*v + (1-b2)*g^2``; ``u = g / (sqrt(v/(1-b2^t)) + eps) + wd*y``;
+    ``y = lerp(y, z, c) + lr*(b1*(1-c) - 1)*u``; ``z -= lr*u``. ``weight_sum`` and ``lr_max``
+    are the state before the step (None: a run from step 1 at this lr); returns them after it."""
+    params, s = _lists(
+        "adamw_schedulefree", params, step, grads=grads, zs=zs, exp_avg_sqs=exp_avg_sqs
+    )
+    if weight_sum is None or lr_max is None:
+        weight_sum, lr_max = 0.0, -1.0
+        for t in range(1, step):
+            _, lr_max, weight_sum, _ = _schedulefree_scalars(
+                lr, warmup_steps, r, weight_lr_power, t, weight_sum, lr_max)
+    beta1, beta2 = betas
+    lr_t, lr_max, weight_sum, c = _schedulefree_scalars(
+        lr, warmup_steps, r, weight_lr_power, step, weight_sum, lr_max)
+    bias_correction2 = 1.0 - beta2**step
+    for i, param in enumerate(params):
+        y = _f64(param)
+        g = _f64(s["grads"][i])
+        z = _f64(s["zs"][i])
+        v = beta2 * _f64(s["exp_avg_sqs"][i]) + (1.0 - beta2) * g * g
+        u = g / (np.sqrt(v / bias_correction2) + eps)
+        if weight_decay != 0:
+            u = u + weight_decay * y
+        param[...] = _torch_lerp(y, z, c) + lr_t * (beta1 * (1.0 - c) - 1.0) * u
+        s["zs"][i][...] = z - lr_t * u
+        s["exp_avg_sqs"][i][...] = v
+    return weight_sum, lr_max
+
+
+def lerp(params, ends, *, weight):
+    """``params = torch.lerp(params, ends, weight)``, in place (Schedule-Free's train/eval)."""
+    params, s = _lists("lerp", params, None, ends=ends)
+    for i, param in enumerate(params):
+        param[...] = _torch_lerp(_f64(param), _f64(s["ends"][i]), weight)
 
 
 def ewa(averages, values, *, beta):

@@ -156,5 +156,20 @@ class ADOPT(Optimizer):
         maximize: bool = False,
     ) -> None: ...
 
+class AdamWScheduleFree(Optimizer):
+    def __init__(
+        self,
+        params: Params,
+        lr: LR = 0.0025,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-08,
+        weight_decay: float = 0.0,
+        warmup_steps: float = 0.0,
+        r: float = 0.0,
+        weight_lr_power: float = 2.0,
+    ) -> None: ...
+    def train(self) -> None: ...
+    def eval(self) -> None: ...
+
 __all__ = ['Optimizer', 'SGD', 'Adagrad', 'Adadelta', 'RMSprop', 'Adam', 'AdamW', 'NAdam',
-    'Adamax', 'RAdam', 'Lion', 'ADOPT', 'EMA']
+    'Adamax', 'RAdam', 'Lion', 'ADOPT', 'AdamWScheduleFree', 'EMA']

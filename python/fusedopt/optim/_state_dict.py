@@ -60,6 +60,7 @@ class StateDicts:
     _step_optional: ClassVar[bool]
     _kept_on_load: ClassVar[tuple]
     _all_hyper_names: ClassVar[set]
+    _group_state: ClassVar[dict]
 
     def _flush_all(self) -> None:
         raise NotImplementedError
@@ -80,8 +81,19 @@ class StateDicts:
         for group, (start, stop) in zip(self.param_groups, self._slices):
             packed = {k: copy.deepcopy(v) for k, v in group.items() if k != "params"}
             packed["params"] = list(range(start, stop))
+            packed.update(self._group_state_values(range(start, stop)))
             groups.append(packed)
         return {"state": state, "param_groups": groups}
+
+    def _group_state_values(self, indices: Any) -> dict:
+        """The group keys the peer keeps in place of per-param state (``_group_state``), from
+        the first param of ``indices`` that has state (before the first step: the initial
+        values)."""
+        if not self._group_state:
+            return {}
+        first = next((self._state[i] for i in indices if i in self._state), None)
+        initial = {"step": 0, **self._scalar_state}
+        return {k: (first or initial)[name] for k, name in self._group_state.items()}
 
     def load_state_dict(self, state_dict: Mapping) -> None:
         """Replace the state and the groups' hyper-parameters by those of ``state_dict`` (as saved
@@ -104,6 +116,7 @@ class StateDicts:
             )
         new_groups = []
         id_map = {}  # saved param id -> flat index
+        group_state: dict = {}  # saved param id -> the state its group carries (_group_state)
         for gi, (saved, group, (start, stop)) in enumerate(
             zip(saved_groups, self.param_groups, self._slices)
         ):
@@ -119,7 +132,10 @@ class StateDicts:
             check_group_names(fail, cls, where, saved, wanted, self._all_hyper_names,
                               self.defaults)
             new = {"params": group["params"]}
-            new.update((k, copy.deepcopy(v)) for k, v in saved.items() if k != "params")
+            new.update((k, copy.deepcopy(v)) for k, v in saved.items()
+                       if k != "params" and k not in self._group_state)
+            # a peer's group keeps what is per-param state here: its entries take it from there
+            given = {name: saved[k] for k, name in self._group_state.items() if k in saved}
             new.update((k, group[k]) for k in self._kept_on_load if k not in new)
             try:
                 check_hyper(cls, self._kernel, new)
@@ -129,6 +145,7 @@ class StateDicts:
                 if sid in id_map:
                     raise ValueError(f"{fail}: parameter id {sid!r} appears twice in param_groups")
                 id_map[sid] = i
+                group_state[sid] = given
             new_groups.append(new)
 
         saved_state = state_dict["state"]
@@ -139,6 +156,8 @@ class StateDicts:
             if sid not in id_map:
                 raise ValueError(f"{fail}: state[{sid!r}] belongs to no parameter listed in param_groups")
             i = id_map[sid]
+            if group_state[sid] and isinstance(entry, Mapping):
+                entry = {**group_state[sid], **entry}
             new_state[i] = self._load_entry(fail, f"state[{sid!r}]", entry, i)
 
         self._state = dict(sorted(new_state.items()))

@@ -52,6 +52,8 @@ import threading
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
+import numpy as np
+
 from .. import _arrays, _backend, _core
 from .._spec import SPECS, Spec, StepPower
 from ._checks import (
@@ -251,6 +253,12 @@ class Optimizer(StateDicts):
     # The implementation flags the peer's torch class takes, with its defaults, where torch.optim
     # has no twin (fusedopt.torch accepts them as torch.optim's: foreach, fused, ...).
     _peer_flags: ClassVar[dict] = {}
+    # Keys every group has besides the hyper-parameters, with their initial values (Schedule-Free's
+    # train_mode), and group keys the peer keeps in place of per-param state: {group key: state
+    # name}, written into a state dict's groups and read from a peer's (_state_dict.py).
+    _group_defaults: ClassVar[dict] = {}
+    _group_state: ClassVar[dict] = {}
+    _front_mixins: ClassVar[tuple] = ()  # bases of the class that fusedopt.torch's class shares
     # Every hyper-parameter name of every optimizer class, to recognise a foreign state dict.
     _all_hyper_names: ClassVar[set] = set()
 
@@ -271,7 +279,7 @@ class Optimizer(StateDicts):
     def __init__(self, params: Any, defaults: dict) -> None:
         cls = type(self).__name__
         check_hyper(cls, self._kernel, defaults)
-        self.defaults = dict(defaults)
+        self.defaults = {**defaults, **self._group_defaults}
         self._bare = _arrays.looks_like_array(params)
         groups = as_list(cls, "params", params)
         if not groups:
@@ -372,6 +380,12 @@ class Optimizer(StateDicts):
 
     def _new_buffer(self, name: str, p: Any, group: dict) -> Any:
         buf = next(b for b in self._kernel.states if b.state == name)
+        if buf.init == "params":  # a copy of the param (Schedule-Free's z)
+            if not isinstance(p, np.ndarray):
+                return _arrays.copy(p)  # in its library, on its device
+            out = _arrays.state_like(p, 0.0, self._state_names.index(name))
+            out[...] = p
+            return out
         fill = group[buf.init] if buf.init else 0.0
         return _arrays.state_like(p, fill, self._state_names.index(name))
 
@@ -417,7 +431,24 @@ class Optimizer(StateDicts):
         finally:
             self._lock.release()
 
+    def _params_with_state(self, gi: int, name: str) -> list:
+        """The (params, state ``name``) lists of group ``gi``'s params that have that state, one
+        pair per place their arrays live in."""
+        start, stop = self._slices[gi]
+        places: dict = {}
+        for i in range(start, stop):
+            state = self._state.get(i)
+            if state is not None and name in state:
+                pair = places.setdefault(self._metas[i].place, ([], []))
+                pair[0].append(self._params[i])
+                pair[1].append(state[name])
+        return list(places.values())
+
+    def _before_step(self) -> None:
+        """What a class checks before each step (Schedule-Free: train mode)."""
+
     def _step(self, grads: Any) -> None:
+        self._before_step()
         grads = self._grads_list(grads)
         plan: list[Any] = []
         for gi, (group, (start, stop)) in enumerate(self._groups_checked()):

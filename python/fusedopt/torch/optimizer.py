@@ -191,7 +191,7 @@ class Optimizer(torch.optim.Optimizer):
         self._reset_runs()
         self._check_flags(hyper, flags)
         check_hyper(type(self).__name__, self._kernel, self._plain(hyper))
-        super().__init__(params, {**hyper, **flags})
+        super().__init__(params, {**hyper, **flags, **self._numpy._group_defaults})
         self.state = _StateMap(self, self.state)
 
     def _reset_runs(self) -> None:
@@ -249,6 +249,15 @@ class Optimizer(torch.optim.Optimizer):
         sd["state"] = {k: {n: v.clone() if n in scalars and isinstance(v, torch.Tensor) else v
                            for n, v in entry.items()}
                        for k, entry in sd["state"].items()}
+        kept = self._numpy._group_state  # what the peer keeps per group (Schedule-Free's k)
+        if kept:
+            initial = {"step": 0, **self._scalar_state}
+            for group in sd["param_groups"]:
+                first = next((sd["state"][i] for i in group["params"] if i in sd["state"]), None)
+                for key, name in kept.items():
+                    v = first[name] if first else initial[name]
+                    v = v.item() if isinstance(v, torch.Tensor) else v
+                    group[key] = int(v) if name == "step" else float(v)
         return sd
 
     def __getstate__(self) -> dict:
@@ -367,6 +376,7 @@ class Optimizer(torch.optim.Optimizer):
         without its step count, scalar state or always-present buffers."""
         cls = type(self).__name__
         fail = f"{cls}.load_state_dict"
+        state_dict = self._with_group_state(state_dict)
         groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
         states = state_dict.get("state") if isinstance(state_dict, dict) else None
         if isinstance(groups, (list, tuple)) and isinstance(states, dict):
@@ -391,6 +401,33 @@ class Optimizer(torch.optim.Optimizer):
         super().load_state_dict(state_dict)  # its __setstate__ resets the runs
         for group, mine, gone in zip(self.param_groups, own, missing):
             group.update((k, mine[k]) for k in gone if k in mine)
+
+    def _with_group_state(self, state_dict: Any) -> Any:
+        """A state dict whose groups carry what is per-param state here (``_group_state``: the
+        peer's layout) as a new dict: its entries completed from their group's values (a step
+        count as a float tensor, scalar state as float64), and those keys left out of the
+        groups. Anything else is returned as it is, for the checks to name."""
+        kept = self._numpy._group_state
+        if not kept or not isinstance(state_dict, dict) \
+                or not isinstance(state_dict.get("param_groups"), (list, tuple)) \
+                or not isinstance(state_dict.get("state"), dict):
+            return state_dict
+        states = dict(state_dict["state"])
+        groups = []
+        for group in state_dict["param_groups"]:
+            if not isinstance(group, dict):
+                groups.append(group)
+                continue
+            given = {name: group[k] for k, name in kept.items() if k in group}
+            for pid in group.get("params", ()):
+                entry = states.get(pid)
+                if isinstance(entry, dict) and entry:
+                    add = {n: torch.tensor(float(v), dtype=_step_dtype() if n == "step"
+                                           else torch.float64)
+                           for n, v in given.items() if n not in entry}
+                    states[pid] = {**add, **entry}
+            groups.append({k: v for k, v in group.items() if k not in kept})
+        return {**state_dict, "state": states, "param_groups": groups}
 
     def _plain_states(self, states: list) -> list:
         """What the NumPy class's ``_call_keys`` reads of each state dict (None: no state yet):
@@ -419,6 +456,7 @@ class Optimizer(torch.optim.Optimizer):
         dtype and step count. Every call is checked before any tensor is written; a step that
         is refused changes nothing (Note [GradScaler] for a step GradScaler skips; Note [The
         steady step of a torch optimizer] for the steps that repeat the last one)."""
+        self._before_step()
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -432,6 +470,21 @@ class Optimizer(torch.optim.Optimizer):
         with torch.no_grad():
             self._general_step(grad_scale)
         return loss
+
+    def _before_step(self) -> None:
+        """What a class checks before each step (Schedule-Free: train mode)."""
+
+    def _params_with_state(self, gi: int, name: str) -> list:
+        """The (params, state ``name``) lists of group ``gi``'s params that have that state, one
+        pair per device, as the kernels take them (Note [Torch tensors without a copy])."""
+        places: dict = {}
+        for p in self.param_groups[gi]["params"]:
+            state = dict.get(self.state, p)
+            if state and state.get(name) is not None:
+                pair = places.setdefault(p.device, ([], []))
+                pair[0].append(_view(p))
+                pair[1].append(_view(state[name]))
+        return list(places.values())
 
     def _general_step(self, grad_scale: Any) -> None:
         """Every group checked, its state allocated and its calls bound anew."""
@@ -597,8 +650,11 @@ class Optimizer(torch.optim.Optimizer):
             for name in names:
                 if state.get(name) is None:
                     buf = next(b for b in self._kernel.states if b.state == name)
-                    fill = plain[buf.init] if buf.init else 0.0
-                    state[name] = torch.full_like(p, fill, memory_format=torch.preserve_format)
+                    if buf.init == "params":  # a copy of the param (Schedule-Free's z)
+                        state[name] = p.detach().clone(memory_format=torch.preserve_format)
+                    else:
+                        fill = plain[buf.init] if buf.init else 0.0
+                        state[name] = torch.full_like(p, fill, memory_format=torch.preserve_format)
                     call.created.append((p, name))
 
     def _bind(self, call: _Call, plain: dict) -> Any:
@@ -711,7 +767,7 @@ def make_class(numpy_cls: Any) -> type:
                f"{', '.join(f'``{k}``' for k in flags)}, see :class:`Optimizer`), param groups, "
                f"state names and state dicts; the update of :class:`fusedopt.{name}`, whose "
                "description follows.\n\n" + (numpy_cls.__doc__ or ""))
-    cls = type(name, (Optimizer,), {
+    cls = type(name, (*numpy_cls._front_mixins, Optimizer), {
         "__doc__": doc, "__module__": __name__.rsplit(".", 1)[0], "_numpy": numpy_cls,
         "_spec": numpy_cls._spec, "_kernel": numpy_cls._kernel,
         "_scalar_state": dict(numpy_cls._scalar_state), "_flags": flags,
