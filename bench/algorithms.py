@@ -459,6 +459,108 @@ def _np_lion(hp):
     return step_fn
 
 
+def _torch_peer(module, cls_name, hp, foreach, writes_grads=False, step_state=False):
+    """A peer's torch optimizer class (``module.cls_name``, when that package is installed) as a
+    torch_loop / torch_foreach step: made at the first call with the group's buffers as its state
+    (so every implementation works on the same memory). ``writes_grads``: the peer overwrites
+    ``p.grad`` (schedulefree writes its normalized grad there); the harness then hands it a private
+    copy, refreshed outside the timing. ``step_state``: its state has a ``step`` tensor too
+    (torch-adopt's, counting from 0)."""
+    if importlib.util.find_spec(module) is None:
+        return None
+    made = {}
+
+    def step_fn(params, grads, states):
+        if id(params) not in made:
+            cls = getattr(importlib.import_module(module), cls_name)
+            import torch
+
+            opt = cls(params, foreach=foreach, **hp)
+            for i, (p, g) in enumerate(zip(params, grads)):
+                p.grad = g
+                if step_state:
+                    opt.state[p]["step"] = torch.tensor(0.0)
+                for name, bufs in states.items():
+                    opt.state[p][name] = bufs[i]
+            if "train_mode" in opt.param_groups[0]:  # schedulefree: y = x = z at the start
+                for group in opt.param_groups:
+                    group["train_mode"] = True
+            made[id(params)] = opt
+        made[id(params)].step()
+
+    step_fn.writes_grads = writes_grads
+    return step_fn
+
+
+def _np_adopt(hp):
+    lr, (b1, b2), eps = hp["lr"], hp["betas"], hp["eps"]
+
+    def step_fn(params, grads, states, step, carry):
+        clip = (step - 1) ** 0.25
+        for p, g, m, v in zip(params, grads, states["exp_avg"], states["exp_avg_sq"]):
+            tmp = np.multiply(g, g)
+            if step == 1:
+                np.add(v, tmp, out=v)
+                continue
+            u = np.sqrt(v)
+            np.maximum(u, eps, out=u)
+            np.divide(g, u, out=u)
+            np.clip(u, -clip, clip, out=u)
+            np.subtract(u, m, out=u)
+            np.multiply(u, 1 - b1, out=u)
+            np.add(m, u, out=m)
+            np.multiply(m, lr, out=u)
+            np.subtract(p, u, out=p)
+            np.multiply(tmp, 1 - b2, out=tmp)
+            np.multiply(v, b2, out=v)
+            np.add(v, tmp, out=v)
+        return carry
+
+    return step_fn
+
+
+def _np_schedulefree(hp):
+    lr, (b1, b2), eps = hp["lr"], hp["betas"], hp["eps"]
+
+    def step_fn(params, grads, states, step, carry):
+        weight_sum, lr_max = carry or (0.0, -1.0)
+        lr_max = max(lr, lr_max)
+        weight = lr_max**2.0
+        weight_sum += weight
+        c = weight / weight_sum
+        bc2 = 1 - b2**step
+        for y, g, z, v in zip(params, grads, states["z"], states["exp_avg_sq"]):
+            u = np.multiply(g, g)
+            np.multiply(u, 1 - b2, out=u)
+            np.multiply(v, b2, out=v)
+            np.add(v, u, out=v)
+            np.divide(v, bc2, out=u)
+            np.sqrt(u, out=u)
+            np.add(u, eps, out=u)
+            np.divide(g, u, out=u)
+            tmp = np.subtract(z, y)
+            np.multiply(tmp, c, out=tmp)
+            np.add(y, tmp, out=y)
+            np.multiply(u, lr * (b1 * (1 - c) - 1), out=tmp)
+            np.add(y, tmp, out=y)
+            np.multiply(u, lr, out=u)
+            np.subtract(z, u, out=z)
+        return weight_sum, lr_max
+
+    return step_fn
+
+
+def _fo_schedulefree(hp):
+    kw = dict(hp)
+
+    def step_fn(params, grads, states, step, carry):
+        weight_sum, lr_max = carry or (None, None)
+        return F.adamw_schedulefree(params, grads, states["z"], states["exp_avg_sq"], step=step,
+                                    weight_sum=weight_sum, lr_max=lr_max, **kw)
+
+    return step_fn
+
+
 def _algo(name, hp, states, fo, npy, torch_cls=None, **kw):
     return BenchAlgo(
         name=name, hp=hp, states=tuple(states), fusedopt=fo(hp), numpy=npy(hp),
@@ -467,6 +569,8 @@ def _algo(name, hp, states, fo, npy, torch_cls=None, **kw):
 
 
 _ADAM = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0}
+_ADOPT = {"lr": 1e-3, "betas": (0.9, 0.9999), "eps": 1e-6}
+_SF = {"lr": 0.0025, "betas": (0.9, 0.999), "eps": 1e-8}
 
 
 ALGOS = {
@@ -505,6 +609,18 @@ ALGOS = {
               _fo(F.lion, ["exp_avg"]), _np_lion, None, fusedopt_cls="Lion",
               torch_loop=_torch_lion({"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0}),
               note="torch peer: lion-pytorch's Lion (a for-loop); torch.optim has no Lion"),
+        _algo("adopt", _ADOPT, ["exp_avg", "exp_avg_sq"],
+              _fo(F.adopt, ["exp_avg", "exp_avg_sq"]), _np_adopt, None, fusedopt_cls="ADOPT",
+              torch_loop=_torch_peer("adopt", "ADOPT", _ADOPT, False, step_state=True),
+              torch_foreach=_torch_peer("adopt", "ADOPT", _ADOPT, True, step_state=True),
+              note="torch peers: the authors' torch-adopt ADOPT, foreach=False and True"),
+        _algo("adamw_schedulefree", _SF, ["z", "exp_avg_sq"], _fo_schedulefree,
+              _np_schedulefree, None, fusedopt_cls="AdamWScheduleFree", init={"z": "params"},
+              torch_loop=_torch_peer("schedulefree", "AdamWScheduleFree", _SF, False, True),
+              torch_foreach=_torch_peer("schedulefree", "AdamWScheduleFree", _SF, True, True),
+              note="torch peers: the schedulefree package's AdamWScheduleFree, foreach=False "
+                   "and True (it writes its normalized grad into p.grad: it gets a private copy "
+                   "of the grads, refreshed outside the timing)"),
         _algo("ewa", {"beta": 0.999}, [], _fo_ewa, _np_ewa, None,
               torch_loop=_torch_ewa_loop({"beta": 0.999}),
               torch_foreach=_torch_ewa_foreach({"beta": 0.999}),

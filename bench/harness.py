@@ -88,10 +88,15 @@ def make_arrays(sizes, algo, rng, plain_state=False):
     states = {}
     for slot, s in enumerate(algo.states):
         fill = algo.init.get(s, 0.0)
+        copy = fill == "params"  # Schedule-Free's z starts at the params
+        fill = 0.0 if copy else fill
         if plain_state:
             bufs = [np.full(n, fill, np.float32) for n in sizes]
         else:
             bufs = [fusedopt.state_like(p, fill, slot) for p in params]
+        if copy:
+            for b, p in zip(bufs, params):
+                b[...] = p
         states[s] = bufs
     return params, grads, states
 
@@ -123,7 +128,12 @@ def torch_impls(torch, algo, tp, tg, tstates, wanted, notes):
     if algo.torch_cls is None:
         for name, fn in (("torch-loop", algo.torch_loop), ("torch-foreach", algo.torch_foreach)):
             if name in wanted and fn is not None:
-                out.append(Impl(name, (lambda fn=fn: fn(tp, tg, tstates))))
+                if getattr(fn, "writes_grads", False):  # a private copy, refreshed untimed
+                    private = [g.clone() for g in tg]
+                    out.append(Impl(name, (lambda fn=fn, pg=private: fn(tp, pg, tstates)),
+                                    before=(lambda pg=private: torch._foreach_copy_(pg, tg))))
+                else:
+                    out.append(Impl(name, (lambda fn=fn: fn(tp, tg, tstates))))
         if "torch-fused" in wanted:
             notes.append(f"{algo.name}: torch has no fused implementation")
         return out
@@ -199,6 +209,8 @@ def class_step(algo, params, grads):
     if algo.class_name is None:
         return O.EMA(grads, decay=algo.hp["beta"]).update
     opt = getattr(O, algo.class_name)(params, **torch_kwargs(algo))
+    if hasattr(opt, "train"):  # Schedule-Free steps in train mode
+        opt.train()
     return lambda: opt.step(grads)
 
 

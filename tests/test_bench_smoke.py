@@ -60,7 +60,8 @@ def run_bench(tmp_path, args, hide=()):
 
 
 def test_quick_run_without_optional_dependencies(tmp_path):
-    algos = ["adam", "sgd-nesterov", "rmsprop-centered", "nadam", "radam", "ewa"]
+    algos = ["adam", "sgd-nesterov", "rmsprop-centered", "nadam", "radam", "adamw_schedulefree",
+             "ewa"]
     workloads = ["flat16M", "model200"]
     out, _ = run_bench(
         tmp_path,
@@ -91,7 +92,7 @@ def test_quick_run_without_optional_dependencies(tmp_path):
         assert r["bytes"] == r["bytes_per_elem"] * out["workloads"][r["workload"]]["elements"]
     bpe = {r["algo"]: r["bytes_per_elem"] for r in rows}
     assert bpe == {"adam": 28, "sgd-nesterov": 20, "rmsprop-centered": 28, "nadam": 28,
-                   "radam": 28, "ewa": 12}
+                   "radam": 28, "adamw_schedulefree": 28, "ewa": 12}
     assert set(out["groups"]) == {f"{w}/{a}" for w in workloads for a in algos}
     assert all(g["finite"] for g in out["groups"].values())
 
