@@ -254,13 +254,13 @@ def tiny_results(tmp_path_factory):
 
 def test_every_run_lowers_the_loss(tiny_results):
     _, results = tiny_results
-    assert list(results) == ["optimizers", "regimes", "decay"]
+    assert list(results) == ["optimizers", "regimes", "decay", "trajectories"]
     labels = [r["label"] for r in results["optimizers"]]
     assert labels == ["SGD", "SGD+momentum", "Nesterov", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW",
                       "NAdam", "Adamax"]
     assert [r["batch_size"] for r in results["regimes"]] == [48, 16, 1]
-    for name, runs in results.items():
-        for r in runs:
+    for name in ("optimizers", "regimes", "decay"):  # the trajectories: tests/test_trajectories.py
+        for r in results[name]:
             first = r["curve"]["loss"][0]
             assert r["final_train_loss"] < (0.85 * first if name == "optimizers" else first), r["label"]
             assert np.isfinite(r["test_accuracy"]) and 0 < r["wall_s"] and 0 < r["update_s"] < r["wall_s"]
@@ -306,14 +306,18 @@ def test_cli_run_writes_table_plots_and_json(dataset_dir, tmp_path):
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| optimizers |")]
     assert len(rows) == 10
     assert "note:" not in proc.stdout  # tqdm, matplotlib (the test extra) are installed
-    for name in ("optimizers", "regimes", "decay"):
+    pictures = ("optimizers", "regimes", "decay", "trajectories-regimes", "trajectories-bowl",
+                "trajectories-nonconvex", "trajectories-decay")
+    for name in pictures:
         assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     record = json.loads((out / "results.json").read_text())
     assert record["meta"]["verified"] is False and record["meta"]["seed"] == 3
     assert record["meta"]["image_shape"] == [8, 8]
     decay = {r["label"] for r in record["results"]["decay"]}
     assert decay == {"constant", "exponential", "inverse-time", "step"}
-    assert all(len(r["curve"]["loss"]) > 2 for runs in record["results"].values() for r in runs)
+    assert all(len(r["curve"]["loss"]) > 2 for name in ("optimizers", "regimes", "decay")
+               for r in record["results"][name])
+    assert set(record["results"]["trajectories"]) == {"regimes", "bowl", "nonconvex", "decay"}
 
 
 def test_cli_refuses_unverified_data_without_traceback(dataset_dir, tmp_path):

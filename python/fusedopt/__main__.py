@@ -14,7 +14,8 @@ commands:
   demo      train one MLP on Fashion-MNIST with every optimizer of fusedopt.optim (SGD with and
             without momentum and Nesterov, and the adaptive ones), batch / mini-batch / stochastic
             SGD and learning-rate decays; print a table, write PNG plots and a JSON of the loss
-            curves
+            curves; and the optimizers' paths on 2-D loss surfaces (--only trajectories needs no
+            data, --gif animates one)
             (python -m fusedopt demo --help; needs pip install "fusedopt[demo]" for bars and plots)
   example   a few seconds: every update rule on an ill-conditioned quadratic, checked against the
             float64 reference

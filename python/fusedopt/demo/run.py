@@ -13,6 +13,10 @@ the experiment varies:
 ``decay``
     SGD+momentum with a constant learning rate and with exponential, inverse-time and step decay
     (:mod:`fusedopt.schedules`), each decaying to about a tenth of the initial rate by the end.
+``trajectories``
+    no network and no data: optimizer paths drawn on two-parameter loss surfaces (batch,
+    mini-batch and stochastic descent; the elongated bowl; Rosenbrock's valley with every
+    optimizer; learning-rate decays), :mod:`fusedopt.demo.trajectories`.
 
 Every run reports its final training loss (over the whole training set it used, after the last
 step), test accuracy, the wall time of its training loop (evaluations excluded) and the share of
@@ -39,12 +43,14 @@ from pathlib import Path
 import numpy as np
 
 from .. import schedules
+from . import trajectories
 from .data import DataError, load_fashion_mnist
 from .mlp import MLP
 
 __all__ = ["FULL", "QUICK", "Plan", "RunSpec", "main", "run_demo"]
 
-EXPERIMENTS = ("optimizers", "regimes", "decay")
+EXPERIMENTS = ("optimizers", "regimes", "decay", "trajectories")
+MLP_EXPERIMENTS = EXPERIMENTS[:3]  # those that train the network (and need the data)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,12 +252,22 @@ def _subset(x, y, size, seed, stream):
 
 
 def run_demo(data, plan=FULL, *, seed=0, progress=None, log=print):
-    """Run the experiments of ``plan`` on ``data`` (a :class:`~fusedopt.demo.data.Dataset`);
-    return ``{experiment: [run record, ...]}``. ``log`` gets one line as each experiment starts."""
-    sizes = (data.x_train.shape[1], *plan.hidden, data.n_classes)
-    common = dict(sizes=sizes, seed=seed, progress=progress)
-    results = {}
+    """Run the experiments of ``plan`` on ``data`` (a :class:`~fusedopt.demo.data.Dataset`; None
+    when ``plan`` has only the trajectories); return ``{experiment: [run record, ...]}`` (the
+    trajectories: :func:`fusedopt.demo.trajectories.trajectories`' dict). ``log`` gets one line
+    as each experiment starts."""
+    results: dict = {}
+    if data is None and any(name in MLP_EXPERIMENTS for name in plan.experiments):
+        raise ValueError("run_demo: the MLP experiments need data")
+    common = {}
+    if data is not None:
+        sizes = (data.x_train.shape[1], *plan.hidden, data.n_classes)
+        common = dict(sizes=sizes, seed=seed, progress=progress)
     for name in plan.experiments:
+        if name == "trajectories":  # two-parameter surfaces: no data, a fraction of a second
+            log("trajectories: optimizer paths on four 2-D loss surfaces")
+            results[name] = trajectories.trajectories(seed)
+            continue
         if name in ("optimizers", "decay"):
             x, y = _subset(data.x_train, data.y_train, plan.train_size, seed, 2)
             specs = optimizer_specs(plan) if name == "optimizers" else decay_specs(plan, len(x))
@@ -282,12 +298,25 @@ def table(results):
         "|---|---|---|--:|--:|--:|--:|--:|--:|",
     ]
     for name, runs in results.items():
+        if name == "trajectories":
+            continue
         for r in runs:
             lines.append(
                 f"| {name} | {r['label']} | {r['curve']['lr'][0]:g} | {r['batch_size']} | "
                 f"{r['final_train_loss']:.4f} | {100 * r['test_accuracy']:.2f} % | {r['wall_s']:.1f} | "
                 f"{100 * r['update_share']:.1f} % | {r['us_per_update']:.0f} |"
             )
+    return "\n".join(lines)
+
+
+def trajectory_table(results):
+    """The trajectories as a Markdown table: where each path ends after its step budget."""
+    lines = ["| figure | path | optimizer | steps | distance to the optimum | loss above the minimum |",
+             "|---|---|---|--:|--:|--:|"]
+    for name, result in results.items():
+        for r in result["paths"]:
+            lines.append(f"| {name} | {r['label']} | {r['optimizer']} | {r['steps']} | "
+                         f"{r['final_distance']:.3g} | {r['final_loss']:.3g} |")
     return "\n".join(lines)
 
 
@@ -305,6 +334,9 @@ def plot(results, out_dir, *, arch):
 
     paths = []
     for name, runs in results.items():
+        if name == "trajectories":
+            paths += trajectories.plot_trajectories(runs, out_dir)
+            continue
         fig = Figure(figsize=(11, 4.2), layout="constrained")
         left, right = fig.subplots(1, 2)
         for i, r in enumerate(runs):
@@ -394,11 +426,13 @@ def _meta(data, plan, seed, threads, blas_threads):
         "cpus": os.cpu_count(),
         "seed": seed,
         "plan": dataclasses.asdict(plan),
-        "data": str(data.directory),
-        "verified": data.verified,
-        "train_samples": len(data.x_train),
-        "test_samples": len(data.x_test),
-        "image_shape": list(data.image_shape),
+        **({} if data is None else {
+            "data": str(data.directory),
+            "verified": data.verified,
+            "train_samples": len(data.x_train),
+            "test_samples": len(data.x_test),
+            "image_shape": list(data.image_shape),
+        }),
     }
 
 
@@ -424,6 +458,9 @@ def _parser(prog):
                    help="accept idx files that are not the published Fashion-MNIST (other data, test "
                    "data); the output then says UNVERIFIED")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--gif", action="store_true",
+                   help="also an animation of the trajectories' elongated bowl "
+                   "(trajectories-bowl.gif)")
     return p
 
 
@@ -450,11 +487,13 @@ def main(argv=None, prog="python -m fusedopt demo"):
         print(f"{prog}: error: --threads must be >= 0, got {args.threads}", file=sys.stderr)
         return 2
 
-    try:
-        data = load_fashion_mnist(args.data, verify=not args.no_verify)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    data = None
+    if any(name in MLP_EXPERIMENTS for name in plan.experiments):  # trajectories need no data
+        try:
+            data = load_fashion_mnist(args.data, verify=not args.no_verify)
+        except DataError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -473,10 +512,15 @@ def main(argv=None, prog="python -m fusedopt demo"):
     try:
         with blas_limit:
             threads = fusedopt.get_num_threads()
-            arch = "-".join(str(s) for s in (data.x_train.shape[1], *plan.hidden, data.n_classes))
-            verified = "verified Fashion-MNIST" if data.verified else "UNVERIFIED idx data (--no-verify)"
-            print(f"fusedopt {fusedopt.__version__} demo: MLP {arch}, {len(data.x_train)} training / "
-                  f"{len(data.x_test)} test images, {verified} from {data.directory}")
+            arch = ""
+            if data is not None:
+                arch = "-".join(str(s) for s in (data.x_train.shape[1], *plan.hidden, data.n_classes))
+                verified = ("verified Fashion-MNIST" if data.verified
+                            else "UNVERIFIED idx data (--no-verify)")
+                print(f"fusedopt {fusedopt.__version__} demo: MLP {arch}, {len(data.x_train)} "
+                      f"training / {len(data.x_test)} test images, {verified} from {data.directory}")
+            else:
+                print(f"fusedopt {fusedopt.__version__} demo: {', '.join(plan.experiments)}")
             blas_text = "BLAS on 1 thread" if blas else "BLAS threads not limited (no threadpoolctl)"
             print(f"seed {args.seed}; fusedopt kernels on {threads} thread(s), {blas_text}", flush=True)
             start = time.perf_counter()
@@ -486,7 +530,10 @@ def main(argv=None, prog="python -m fusedopt demo"):
         fusedopt.set_num_threads(previous_threads)
 
     print()
-    print(table(results))
+    if any(name in MLP_EXPERIMENTS for name in results):
+        print(table(results))
+    if "trajectories" in results:
+        print(trajectory_table(results["trajectories"]))
     notes = []
     if not args.no_progress and not _importable("tqdm"):
         notes.append("no progress bars: tqdm is not installed (pip install 'fusedopt[demo]')")
@@ -494,6 +541,8 @@ def main(argv=None, prog="python -m fusedopt demo"):
     written = []
     try:
         written += plot(results, out, arch=arch)
+        if args.gif and "trajectories" in results:
+            written.append(trajectories.animate(results["trajectories"], out))
     except ImportError:
         notes.append("no plots: matplotlib is not installed (pip install 'fusedopt[demo]')")
     json_path = out / "results.json"
