@@ -68,7 +68,8 @@ enum class HKind : uint8_t {
 // A StepFn hyper-parameter is a function of the step, as a reference implementation gives it
 // (ADOPT's `clip_lambda=lambda step: step**0.25`). Python hands the callable itself to bind, which
 // keeps it; each run calls it with the count of steps completed before this one (step - 1, as a
-// float) and checks the number it returns against the range before anything is written. Its
+// float; not before the spec's from_step, where the value is +inf) and checks the number it
+// returns against the range before anything is written. Its
 // default, the callable n -> n ** def0, is the picklable fusedopt._spec.StepPower(def0). The
 // kernel sees only the number.
 
@@ -105,6 +106,9 @@ struct HyperSpec {
   // Not a constructor argument of the optimizer classes: they set it to the value of this one
   // (Lion's init_lr, the constructor's lr); calls take it like any other.
   const char* from_arg = nullptr;
+  // A StepFn's first 1-based step: before it the callable is not called and the value is +inf
+  // (ADOPT's first step only sets v; its reference calls clip_lambda from the second step on).
+  int from_step = 1;
 };
 
 template <class H>
@@ -140,8 +144,10 @@ constexpr HyperSpec<H> real_hyper(const char* name, double def, double H::*f, Ra
 }
 template <class H>
 constexpr HyperSpec<H> step_fn_hyper(const char* name, double power, double H::*f, Range range,
-                                     const char* invalid, int order) {
-  return {name, HKind::StepFn, power, 0.0, range, invalid, order, f, nullptr, nullptr};
+                                     const char* invalid, int order, int from_step = 1) {
+  HyperSpec<H> s{name, HKind::StepFn, power, 0.0, range, invalid, order, f, nullptr, nullptr};
+  s.from_step = from_step;
+  return s;
 }
 template <class H>
 constexpr HyperSpec<H> flag_hyper(const char* name, bool def, bool H::*f, int order) {

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from fusedopt import functional, reference
+from fusedopt._spec import SPECS
 
-from algos import ALGO_BY_NAME, ALGO_CONFIG_IDS, ALGO_CONFIGS, DTYPE_IDS, DTYPES, SIGNATURES
+from algos import ALGO_BY_NAME, ALGO_CONFIG_IDS, ALGO_CONFIGS, ALGOS, DTYPE_IDS, DTYPES, SIGNATURES
 from test_parity import TOL
 
 LENGTHS = (4, 300)  # a short call and a long one; the bad entry is always the last
@@ -515,3 +516,36 @@ def test_nan_and_inf_gradients_propagate_like_the_reference(algo, cfg, dtype):
         assert np.isnan(states["exp_avgs"][0][0]) and np.isfinite(params[0]).all()
     else:
         assert np.isnan(params[0][0])
+
+
+# -- a learning rate that is not a number: refused by every call that takes one (a regression of
+# the step-function hyper-parameters let None through as +inf and a callable as NaN)
+
+
+@pytest.mark.parametrize("bad, exc", [(None, TypeError), (lambda t: 0.1, TypeError),
+                                      ("0.1", TypeError), (float("nan"), ValueError)],
+                         ids=["None", "callable", "str", "nan"])
+@pytest.mark.parametrize("algo", [a for a in ALGOS if "lr" in SPECS[a.name].call_hypers],
+                         ids=lambda a: a.name)
+def test_a_learning_rate_that_is_not_a_number_is_refused(algo, bad, exc):
+    cfg = algo.config(algo.full)
+    rng = np.random.default_rng(0)
+    params = [rng.standard_normal(5)]
+    grads = [rng.standard_normal(5)]
+    states = algo.new_states(params, cfg)
+    bufs = dict(params=params, grads=grads, **states)
+    snap = snapshot(bufs)
+    with pytest.raises(exc, match="lr|learning rate"):
+        algo.step(functional, params, grads, states, 2, {**cfg.hp, "lr": bad})
+    assert_untouched(bufs, snap)
+
+
+def test_schedule_free_far_into_a_run_needs_its_scalar_state():
+    """Without weight_sum and lr_max a call replays the run from step 1 to find them; past 2**24
+    steps that is refused (it would hold the interpreter for seconds), and nothing is written."""
+    p, g, z, v = (np.ones(3) for _ in range(4))
+    snap = snapshot(dict(params=[p], zs=[z], exp_avg_sqs=[v]))
+    with pytest.raises(ValueError, match="weight_sum and lr_max are needed past step 16777216"):
+        functional.adamw_schedulefree(p, g, z, v, step=2**40)
+    assert_untouched(dict(params=[p], zs=[z], exp_avg_sqs=[v]), snap)
+    functional.adamw_schedulefree(p, g, z, v, step=2**40, weight_sum=1.0, lr_max=0.0025)

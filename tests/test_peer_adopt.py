@@ -23,6 +23,8 @@ torch = pytest.importorskip("torch")
 adopt = pytest.importorskip("adopt")
 ft = pytest.importorskip("fusedopt.torch")
 
+from peer_tools import assert_close_to_peer  # noqa: E402
+
 import fusedopt  # noqa: E402
 from fusedopt import reference  # noqa: E402
 from fusedopt._spec import StepPower  # noqa: E402
@@ -52,14 +54,7 @@ CONFIGS = {
 STEPS = 8
 
 
-def _close(a, b, what):
-    if a.dtype == torch.float64:
-        rtol, scale = 1e-12, 1e-14
-    else:
-        rtol, scale = 1e-6, 1e-7
-    atol = scale * max(float(b.nan_to_num(0.0).abs().max()), 1.0)
-    torch.testing.assert_close(a, b, rtol=rtol, atol=atol, equal_nan=True,
-                               msg=lambda m: f"{what}: {m}")
+_close = assert_close_to_peer
 
 
 def _grouped(xs, groups):
@@ -233,8 +228,8 @@ def test_torch_clip_lambda_is_called_once_per_group_and_step_with_the_completed_
         for p in ps:
             p.grad = torch.ones_like(p)
         opt.step()
-    # step 1 (n = 0) calls it too, as the peer's would not: its value is checked, then unused
-    assert a.calls == b.calls == [0.0, 1.0, 2.0, 3.0]
+    # not at step 1 (n = 0), which only sets v: the peer does not call it there either
+    assert a.calls == b.calls == [1.0, 2.0, 3.0]
     assert all(type(n) is float for n in a.calls)
 
 
@@ -277,7 +272,7 @@ def test_numpy_a_bad_clip_lambda_of_the_second_group_changes_nothing():
     a, b = Recorder(), Recorder()
     opt = fusedopt.ADOPT([{"params": [ws[0]], "clip_lambda": a},
                           {"params": [ws[1]], "clip_lambda": b}], lr=0.1)
-    opt.step([np.ones(4), np.ones(3)])  # step 1: the value is taken (n = 0) and checked
+    opt.step([np.ones(4), np.ones(3)])  # step 1 sets v and calls no clip_lambda
     opt.step([np.ones(4), np.ones(3)])
     b.value = -2.0
     before = copy.deepcopy(opt.state_dict())
@@ -291,7 +286,7 @@ def test_numpy_a_bad_clip_lambda_of_the_second_group_changes_nothing():
         assert after["state"][i]["step"] == before["state"][i]["step"]
         for k in ("exp_avg", "exp_avg_sq"):
             np.testing.assert_array_equal(after["state"][i][k], before["state"][i][k])
-    assert a.calls == [0.0, 1.0, 2.0]  # called once per step, the failed one included
+    assert a.calls == [1.0, 2.0]  # once per step from the second, the refused one included
 
 
 def test_the_default_clip_pickles_with_the_optimizer():
@@ -302,8 +297,7 @@ def test_the_default_clip_pickles_with_the_optimizer():
     assert clone.param_groups[0]["clip_lambda"] == StepPower(0.25)
     assert clone.param_groups[0]["clip_lambda"](16.0) == 2.0
     t = ft.ADOPT([torch.ones(3)])
-    assert pickle.loads(pickle.dumps(t.state_dict()))["param_groups"][0]["clip_lambda"] == \
-        StepPower(0.25)
+    assert pickle.loads(pickle.dumps(t)).param_groups[0]["clip_lambda"] == StepPower(0.25)
     assert math.isclose(copy.deepcopy(StepPower(0.25))(81.0), 3.0)
 
 
@@ -322,3 +316,50 @@ def test_functional_takes_a_number_none_or_a_callable(clip):
         warnings.simplefilter("error")
         with pytest.raises(ValueError, match=r"adopt: Invalid clip_lambda value: -1"):
             fusedopt.functional.adopt(mine, grads[0], *states[0], step=5, clip_lambda=-1.0)
+
+
+def test_the_first_step_does_not_call_clip_lambda():
+    """The first step only sets v, and the peer calls clip_lambda from the second step on: a
+    callable undefined at n = 0 (a negative power) works in both."""
+    fn = lambda n: n ** -0.25  # noqa: E731
+    ps = [torch.randn(5, dtype=torch.float64)]
+    qs = [p.clone() for p in ps]
+    ours, theirs = ft.ADOPT(ps, lr=0.1, clip_lambda=fn), adopt.ADOPT(qs, lr=0.1, clip_lambda=fn,
+                                                                     foreach=False)
+    w = ps[0].numpy().copy()
+    numpy_opt = fusedopt.ADOPT([w], lr=0.1, clip_lambda=fn)
+    for k in range(3):
+        g = torch.randn(5, dtype=torch.float64, generator=torch.Generator().manual_seed(k))
+        ps[0].grad, qs[0].grad = g.clone(), g.clone()
+        ours.step()
+        theirs.step()
+        numpy_opt.step([g.numpy()])
+    _close(ps[0], qs[0], "params")
+    np.testing.assert_allclose(w, qs[0].numpy(), rtol=1e-12)
+    ref = qs[0].detach().numpy() * 0  # the reference does not call it at n = 0 either
+    reference.adopt([ref], [np.ones(5)], [np.zeros(5)], [np.zeros(5)], step=1, clip_lambda=fn)
+
+
+def test_clip_lambda_is_left_out_of_state_dicts_as_the_peer_keeps_it():
+    """The peer keeps clip_lambda on the optimizer: its state dicts pickle whatever the callable.
+    Ours leave it out too (a lambda in them would stop torch.save), and loading keeps the
+    optimizer's own."""
+    import io
+
+    fn = lambda n: 0.5  # noqa: E731
+    p = torch.randn(3)
+    opt = ft.ADOPT([p], clip_lambda=fn)
+    p.grad = torch.ones(3)
+    opt.step()
+    sd = opt.state_dict()
+    assert "clip_lambda" not in sd["param_groups"][0]
+    torch.save(sd, io.BytesIO())
+    w = np.ones(3)
+    numpy_opt = fusedopt.ADOPT([w], clip_lambda=fn)
+    numpy_opt.step([np.ones(3)])
+    nsd = numpy_opt.state_dict()
+    assert "clip_lambda" not in nsd["param_groups"][0]
+    pickle.dumps(nsd)
+    other = fusedopt.ADOPT([np.ones(3)])
+    other.load_state_dict(nsd)
+    assert other.param_groups[0]["clip_lambda"] == StepPower(0.25)

@@ -12,6 +12,7 @@ form, so each step differs from the peer's in the last bits.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 
 import numpy as np
@@ -20,6 +21,8 @@ import pytest
 torch = pytest.importorskip("torch")
 schedulefree = pytest.importorskip("schedulefree")
 ft = pytest.importorskip("fusedopt.torch")
+
+from peer_tools import assert_close_to_peer  # noqa: E402
 
 import fusedopt  # noqa: E402
 from fusedopt import functional, reference  # noqa: E402
@@ -37,13 +40,7 @@ STEPS = 10
 EVAL_AT = 5  # eval() then train() after this many steps, as a training loop's evaluation does
 
 
-def _close(a, b, what):
-    if a.dtype == torch.float64:
-        rtol, scale = 1e-12, 1e-14
-    else:
-        rtol, scale = 1e-5, 1e-6
-    atol = scale * max(float(b.abs().max()), 1.0)
-    torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
+_close = functools.partial(assert_close_to_peer, fp32=(1e-5, 1e-6))
 
 
 def _grouped(xs, groups):
@@ -279,3 +276,37 @@ def test_lerp_is_torch_lerp(weight, dtype):
         np.testing.assert_allclose(x, r, rtol=tol, atol=tol)
     if weight == 1.0:  # the second form gives the end exactly
         assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_a_param_without_a_grad_on_some_steps_takes_the_groups_counts():
+    """The package counts steps per group: a param that had no grad on a step (or joins late)
+    still takes the group's k, weight_sum and lr_max at its next step."""
+    g = torch.Generator().manual_seed(7)
+    ps = [torch.randn(4, generator=g, dtype=torch.float64) for _ in range(3)]
+    qs = [p.clone() for p in ps]
+    ours = ft.AdamWScheduleFree(ps, lr=0.05, warmup_steps=2)
+    theirs = schedulefree.AdamWScheduleFree(qs, lr=0.05, warmup_steps=2, foreach=False)
+    ours.train()
+    theirs.train()
+    for k in range(5):
+        for i, (p, q) in enumerate(zip(ps, qs)):
+            if (i == 1 and k in (0, 2)) or (i == 2 and k < 3):  # no grad: skipped by both
+                p.grad = q.grad = None
+                continue
+            d = torch.randn(4, generator=g, dtype=torch.float64)
+            p.grad, q.grad = d.clone(), d.clone()
+        ours.step()
+        theirs.step()
+    for i, (p, q) in enumerate(zip(ps, qs)):
+        _close(p, q, f"params[{i}]")
+
+
+@pytest.mark.parametrize("power", [-1.0, float("nan")])
+def test_a_negative_weight_lr_power_is_refused(power):
+    """The package raises ZeroDivisionError at lr = 0 with a negative power (0 ** -1) and
+    computes nonsense weights otherwise; refused here at construction."""
+    with pytest.raises(ValueError, match="Invalid weight_lr_power value"):
+        ft.AdamWScheduleFree([torch.zeros(2)], weight_lr_power=power)
+    with pytest.raises(ValueError, match="Invalid weight_lr_power value"):
+        functional.adamw_schedulefree(np.zeros(2), np.ones(2), np.zeros(2), np.zeros(2), step=1,
+                                      weight_lr_power=power)

@@ -18,6 +18,8 @@ torch = pytest.importorskip("torch")
 lion_pytorch = pytest.importorskip("lion_pytorch")
 ft = pytest.importorskip("fusedopt.torch")
 
+from peer_tools import assert_close_to_peer  # noqa: E402
+
 import fusedopt  # noqa: E402
 
 SIZES = (1, 7, 33, 4097)
@@ -30,14 +32,7 @@ CONFIGS = {
 }
 
 
-def _close(a, b, what):
-    if a.dtype == torch.float64:
-        rtol, scale = 1e-12, 1e-14
-    else:
-        rtol, scale = 1e-6, 1e-7
-    atol = scale * max(float(b.nan_to_num(0.0).abs().max()), 1.0)
-    torch.testing.assert_close(a, b, rtol=rtol, atol=atol, equal_nan=True,
-                               msg=lambda m: f"{what}: {m}")
+_close = assert_close_to_peer
 
 
 def _pair(kwargs, dtype, groups):

@@ -68,11 +68,7 @@ struct AdoptAlgo : Update<St, 4> {
     const O denom = root < s.eps ? s.eps : root;
     O u = g / denom;
     u = u < -s.clip ? -s.clip : (u > s.clip ? s.clip : u);
-    if constexpr (HighWeight) {
-      m = u - (u - m) * s.one_minus_w;
-    } else {
-      m = m + s.w * (u - m);
-    }
+    m = torch_lerp<HighWeight>(m, u, s.w, s.one_minus_w);
     p = p + s.neg_lr * m;
     v = s.beta2 * v + s.one_minus_beta2 * g * g;
   }
@@ -98,7 +94,7 @@ struct Adopt : SpecDefaults {
       betas_hyper(0.9, 0.9999, &Hyper::beta1, &Hyper::beta2, 2),
       real_hyper("eps", 1e-6, &Hyper::eps, kNonNegative, kInvalidEps, 1),
       step_fn_hyper("clip_lambda", 0.25, &Hyper::clip_lambda, kNonNegative,
-                    "Invalid clip_lambda value: {}", 4),
+                    "Invalid clip_lambda value: {}", 4, /*from_step=*/2),
       real_hyper("weight_decay", 0.0, &Hyper::weight_decay, kNonNegative, kInvalidWeightDecay, 3),
       flag_hyper("decouple", false, &Hyper::decouple, 5),
       keyword_only(flag_hyper("maximize", false, &Hyper::maximize, 6)),

@@ -50,6 +50,18 @@ struct GradScaled : A {
   }
 };
 
+// torch.lerp(a, b, w) in its two forms: a + w (b - a) for |w| < 0.5, else b - (b - a)(1 - w)
+// (the second gives b exactly at w = 1). The form is the caller's template argument, chosen once
+// per call from the host's w; one_minus_w is 1 - w in the compute type, as torch forms it.
+template <bool HighWeight, class O>
+FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE O torch_lerp(O a, O b, O w, O one_minus_w) {
+  if constexpr (HighWeight) {
+    return b - (b - a) * one_minus_w;
+  } else {
+    return a + w * (b - a);
+  }
+}
+
 template <class St, int Slots, int Accumulators>
 struct Reduction {
   using storage = St;

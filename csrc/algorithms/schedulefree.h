@@ -25,6 +25,7 @@
 #pragma once
 
 #include <algorithm>
+#include <stdexcept>
 
 #include "algorithm.h"
 
@@ -41,16 +42,6 @@ struct SfScalars {
   O a;            // lr * (beta1 * (1 - c) - 1)
   O lr;
 };
-
-// torch.lerp(a, b, w) in its two forms: a + w (b - a) for |w| < 0.5, else b - (b - a)(1 - w).
-template <bool HighWeight, class O>
-FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE O torch_lerp(O a, O b, O w, O one_minus_w) {
-  if constexpr (HighWeight) {
-    return b - (b - a) * one_minus_w;
-  } else {
-    return a + w * (b - a);
-  }
-}
 
 template <class St, bool Decay, bool HighWeight>
 struct AdamwSchedulefreeAlgo : Update<St, 4> {
@@ -117,7 +108,10 @@ struct AdamWScheduleFree : SpecDefaults {
       real_hyper("warmup_steps", 0.0, &Hyper::warmup_steps, kFiniteNonNegative,
                  "Invalid warmup_steps value: {}", 4),
       real_hyper("r", 0.0, &Hyper::r, kAnyReal, nullptr, 5),
-      real_hyper("weight_lr_power", 2.0, &Hyper::weight_lr_power, kAnyReal, nullptr, 6),
+      // >= 0: the package raises ZeroDivisionError for lr = 0 and a negative power (0 ** -1),
+      // and a negative power would weigh the iterates of the smallest rates most
+      real_hyper("weight_lr_power", 2.0, &Hyper::weight_lr_power, kNonNegative,
+                 "Invalid weight_lr_power value: {}", 6),
   };
   static constexpr std::array kScalars{ScalarSpec{"weight_sum", 0.0}, ScalarSpec{"lr_max", -1.0}};
 
@@ -126,8 +120,15 @@ struct AdamWScheduleFree : SpecDefaults {
     out[0] = s.weight_sum;
     out[1] = s.lr_max;
   }
-  // Before step t of a run that started at step 1 with this lr throughout.
+  // Before step t of a run that started at step 1 with this lr throughout: the steps replayed
+  // (so a call far into a run must give the scalar state).
+  static constexpr int64_t kMaxReplay = int64_t{1} << 24;
   static void initial(const Hyper& h, int64_t step, double* out) {
+    if (step > kMaxReplay) {
+      throw std::invalid_argument(
+          "adamw_schedulefree: weight_sum and lr_max are needed past step 16777216 (the state "
+          "before a step is replayed from step 1 only up to there)");
+    }
     double in[2] = {0.0, -1.0};
     for (int64_t t = 1; t < step; ++t) advance(h, t, in, in);
     out[0] = in[0];

@@ -64,32 +64,35 @@ void parse(const SpecInfo& info, PyObject* const* values, void* out, double* num
     const auto& s = S::kHypers[idx];
     const SpecInfo::Hyper& si = info.hypers[idx];
     PyObject* v = s.fixed ? nullptr : values[idx];
+    // a Real, or a Lr or StepFn given as a number: checked against the range
+    const auto real_value = [&] {
+      const double x = v ? checked_real(c, si, v, -1) : s.def0;
+      h.*s.real0 = x;
+      numbers[idx] = x;
+    };
     switch (s.kind) {
       case HKind::Lr:
         if (v != nullptr && c.allow_schedule && PyCallable_Check(v)) {
-          numbers[idx] = 0.0;
-          break;
+          numbers[idx] = 0.0;  // a schedule, resolved by the classes at each step
+        } else {
+          real_value();
         }
-        [[fallthrough]];
+        break;
       case HKind::StepFn:
         // None: no bound; a callable: called at each run (Note [Hyper-parameters of the step])
         if (v == Py_None) {
           h.*s.real0 = std::numeric_limits<double>::infinity();
           numbers[idx] = h.*s.real0;
-          break;
-        }
-        if (v != nullptr && PyCallable_Check(v)) {
+        } else if (v != nullptr && PyCallable_Check(v)) {
           h.*s.real0 = std::numeric_limits<double>::quiet_NaN();
           numbers[idx] = 0.0;
-          break;
+        } else {
+          real_value();
         }
-        [[fallthrough]];
-      case HKind::Real: {
-        const double x = v ? checked_real(c, si, v, -1) : s.def0;
-        h.*s.real0 = x;
-        numbers[idx] = x;
         break;
-      }
+      case HKind::Real:
+        real_value();
+        break;
       case HKind::Flag: {
         const bool b = v ? checked_flag(c, si, v) : s.def0 != 0.0;
         h.*s.flag = b;
@@ -132,7 +135,7 @@ SpecInfo make_info() {
   info.buffers.assign(S::kBuffers.begin(), S::kBuffers.end());
   for (const auto& s : S::kHypers) {
     info.hypers.push_back({s.name, s.kind, s.def0, s.def1, s.range, s.invalid, s.order, s.kw_only,
-                           s.in_call, s.fixed, s.required, s.what, s.from_arg});
+                           s.in_call, s.fixed, s.required, s.what, s.from_arg, s.from_step});
     if (s.kind == HKind::Lr) info.lr = static_cast<int>(info.hypers.size()) - 1;
   }
   for (size_t i = 0; i < info.hypers.size(); ++i) info.check_order.push_back(static_cast<int>(i));
@@ -263,6 +266,7 @@ int64_t parse_step(const Names& names, py::handle v) {
 }
 
 double step_fn_value(const Names& names, const SpecInfo::Hyper& s, PyObject* fn, int64_t step) {
+  if (step < s.from_step) return std::numeric_limits<double>::infinity();  // not used yet
   const double n = static_cast<double>(step - 1);
   py::object r = py::reinterpret_steal<py::object>(PyObject_CallOneArg(fn, py::float_(n).ptr()));
   if (!r) throw py::error_already_set();

@@ -40,6 +40,7 @@ struct SpecInfo {
     bool kw_only, in_call, fixed, required;
     const char* what;
     const char* from_arg;
+    int from_step;
   };
   std::vector<Hyper> hypers;      // the public signature's order
   std::vector<int> check_order;   // indices into hypers, torch's order

@@ -469,7 +469,9 @@ def adopt(
     )
     beta1, beta2 = betas
     n = step - 1
-    clip = clip_lambda(float(n)) if callable(clip_lambda) else clip_lambda
+    clip = None  # the first step does not clip (nor call clip_lambda)
+    if n > 0:
+        clip = clip_lambda(float(n)) if callable(clip_lambda) else clip_lambda
     for i, param in enumerate(params):
         p = _f64(param)
         g = _f64(s["grads"][i])

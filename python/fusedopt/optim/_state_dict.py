@@ -61,6 +61,7 @@ class StateDicts:
     _kept_on_load: ClassVar[tuple]
     _all_hyper_names: ClassVar[set]
     _group_state: ClassVar[dict]
+    _step_fns: ClassVar[tuple]
 
     def _flush_all(self) -> None:
         raise NotImplementedError
@@ -71,7 +72,9 @@ class StateDicts:
     def state_dict(self) -> dict:
         """The optimizer's state in torch's layout, every array copied:
         ``{"state": {index: {"step": int, <name>: array, ...}}, "param_groups": [{..., "params":
-        [indices]}]}``. Group values (schedules included) are deep-copied."""
+        [indices]}]}``. Group values (schedules included) are deep-copied; a hyper-parameter
+        that is a callable of the step (ADOPT's ``clip_lambda``) is left out, as its peer keeps
+        it on the optimizer, and a loaded state dict keeps the optimizer's own."""
         self._flush_all()
         state = {
             i: {k: v if isinstance(v, (int, float)) else _arrays.copy(v) for k, v in s.items()}
@@ -79,7 +82,8 @@ class StateDicts:
         }
         groups = []
         for group, (start, stop) in zip(self.param_groups, self._slices):
-            packed = {k: copy.deepcopy(v) for k, v in group.items() if k != "params"}
+            packed = {k: copy.deepcopy(v) for k, v in group.items()
+                      if k != "params" and k not in self._step_fns}
             packed["params"] = list(range(start, stop))
             packed.update(self._group_state_values(range(start, stop)))
             groups.append(packed)

@@ -27,16 +27,18 @@ class ADOPT(Optimizer, algorithm="adopt"):
     a floor under :math:`\sqrt{v}`, not added to it; no bias correction. A coordinate whose first
     grad is 0 is divided by :math:`\epsilon` later, which the clip bounds. ``clip_lambda`` is a
     callable of :math:`n` (a float; default :math:`n^{1/4}`, so :math:`c_1 = 1`), a number, or
-    ``None`` for no clip; each step calls it once per param group, and its value must be a real
-    :math:`\ge 0`. NaN propagates through the floor and the clip (``torch.clamp``). Taniguchi et
+    ``None`` for no clip; each step but the first calls it once per param group, and its value
+    must be a real :math:`\ge 0`. NaN propagates through the floor and the clip (``torch.clamp``). Taniguchi et
     al., "ADOPT: Modified Adam Can Converge with Any :math:`\beta_2` with the Optimal Rate",
     NeurIPS 2024.
 
     Elsewhere: ``pytorch-optimizer``'s ``ADOPT`` counts the step before it uses it, so its clip
     is :math:`(n + 1)^{1/4}` (:math:`2^{1/4}` where the reference has 1 on the second step), and
     it applies the decoupled decay on the first step too. The reference keeps ``clip_lambda`` on
-    the optimizer, not in its groups: a state dict of it loads here with this optimizer's own
-    ``clip_lambda`` kept. The default here is :class:`fusedopt._spec.StepPower` ``(0.25)``, the
+    the optimizer, not in its groups; here each group has it (so groups may differ), state dicts
+    leave it out as the reference's do (a lambda would stop ``torch.save``), and loading one keeps
+    this optimizer's own. It is first called at the second step (:math:`n = 1`), as the
+    reference calls it. The default here is :class:`fusedopt._spec.StepPower` ``(0.25)``, the
     same function as the reference's lambda, which pickles.
 
     Args:
@@ -65,7 +67,4 @@ class ADOPT(Optimizer, algorithm="adopt"):
     array([ 0.99, -2.01])
     """
 
-    # The reference keeps clip_lambda on its optimizer, not in its groups: loading one of its
-    # state dicts keeps this optimizer's own.
-    _kept_on_load = ("clip_lambda",)
     _peer_flags = {"foreach": None, "capturable": False, "differentiable": False, "fused": None}

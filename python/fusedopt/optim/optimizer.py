@@ -273,6 +273,9 @@ class Optimizer(StateDicts):
         cls._always = tuple(b.state for b in kernel.states if not b.optional)
         cls._scalar_state = dict(kernel.scalars)
         cls._step_fns = tuple(h.name for h in kernel.hypers if h.kind == "step_fn")
+        # a callable of the step is code, not state: left out of state dicts (as the peer keeps
+        # ADOPT's clip_lambda on its optimizer), and a loaded state dict keeps the optimizer's own
+        cls._kept_on_load = tuple(dict.fromkeys((*cls._kept_on_load, *cls._step_fns)))
         cls.__init__ = _constructor(cls.__name__, spec)  # type: ignore[method-assign]
         Optimizer._all_hyper_names.update(h.name for h in kernel.hypers)
 

@@ -53,6 +53,14 @@ class ScheduleFreeModes:
                 functional.lerp(params, zs, weight=weight)
             group["train_mode"] = train
 
+    def _call_keys(self, group: dict, states: list) -> list:
+        """The package counts steps per group: every param of a group steps with the group's most
+        advanced count and scalar state, also one that had no grad on some steps or joins late
+        (a param's own count would give it another bias correction and average weight)."""
+        keys = Optimizer._call_keys(self, group, states)  # type: ignore[arg-type]
+        top = max(keys, key=lambda k: k[0])
+        return [top] * len(keys)
+
     def _before_step(self) -> None:
         for gi, group in enumerate(self.param_groups):
             if not group.get("train_mode", False):
@@ -91,7 +99,10 @@ class AdamWScheduleFree(ScheduleFreeModes, Optimizer, algorithm="adamw_schedulef
     :math:`u`, which breaks gradient accumulation across steps); every group must be in train
     mode to step (the package looks at the first). The package keeps ``k``, ``weight_sum`` and
     ``lr_max`` in each group; here they are per-param state (``step`` and the scalar state), and a
-    state dict carries them in its groups too, so that state dicts move both ways.
+    state dict carries them in its groups too, so that state dicts move both ways. A param steps
+    with its group's most advanced count, as in the package, also after steps on which it had no
+    grad; but a step on which no param of a group has a grad does not count here, where the
+    package counts it.
 
     Args:
         params: an array, a list of arrays, or a list of param-group dicts. Float32 or float64,

@@ -249,6 +249,9 @@ class Optimizer(torch.optim.Optimizer):
         sd["state"] = {k: {n: v.clone() if n in scalars and isinstance(v, torch.Tensor) else v
                            for n, v in entry.items()}
                        for k, entry in sd["state"].items()}
+        for group in sd["param_groups"]:  # code, not state (ADOPT's clip_lambda): left out
+            for name in self._numpy._step_fns:
+                group.pop(name, None)
         kept = self._numpy._group_state  # what the peer keeps per group (Schedule-Free's k)
         if kept:
             initial = {"step": 0, **self._scalar_state}
