@@ -45,12 +45,53 @@ def test_every_convex_path_ends_near_the_optimum(results):
             assert r["final_distance"] <= bound, (figure, label, r["final_distance"])
 
 
-def test_the_decays_beat_the_constant_rate_near_the_optimum(results):
-    """What the decay figure shows: at the end, a decayed rate sits lower in the loss than the
-    constant one, which keeps wandering (inverse-time excepted: it is still on its way)."""
-    loss = {r["label"]: r["final_loss"] for r in results["decay"]["paths"]}
-    assert loss["exponential to 0.015"] < loss["constant lr 0.3"] / 10
-    assert loss["step (x0.37 every 100) to 0.015"] < loss["constant lr 0.3"] / 10
+@pytest.mark.parametrize("seed", range(5))
+def test_the_decays_beat_the_constant_rate_near_the_optimum(seed):
+    """What the decay figure shows: over the last 50 steps, an exponentially or stepwise decayed
+    rate sits lower in the loss than the constant one, which keeps wandering in a noise ball
+    (inverse-time decay, still on its way, is not compared). For any seed, not only the
+    README's 0: the tail mean, not the last point, which is one draw of the noise."""
+    result = T.trajectories(seed=seed, figures=("decay",))["decay"]
+    loss = {r["label"].split()[0]: r["tail_loss"] for r in result["paths"]}
+    assert loss["exponential"] < loss["constant"] / 10
+    assert loss["step"] < loss["constant"] / 10
+
+
+def test_the_decay_labels_are_the_schedules_end():
+    specs = dict((s.label, s) for s in T.figure_specs(0)["decay"][1])
+    for label, spec in specs.items():
+        lr = spec.hyper["lr"]
+        end = lr(T.DECAY_STEPS - 1)  # the rate of the last step (0-based count of steps before)
+        if label.startswith("constant"):
+            assert end == T.DECAY_LR
+        else:
+            assert label.endswith("to 0.015") and end == pytest.approx(0.015, rel=0.02), label
+
+
+@pytest.mark.parametrize("problem, grad", [(T.BOWL, T._bowl_grad),
+                                           (T.ROSENBROCK, T._rosenbrock_grad)],
+                         ids=["bowl", "rosenbrock"])
+def test_gradients_are_the_losses_derivatives(problem, grad):
+    rng = np.random.default_rng(0)
+    for w in rng.uniform(-1.5, 1.5, (5, 2)):
+        h = 1e-6
+        fd = [(problem.loss(w + h * e) - problem.loss(w - h * e)) / (2 * h) for e in np.eye(2)]
+        np.testing.assert_allclose(grad(w, 0), fd, rtol=1e-6, atol=1e-6)
+
+
+def test_the_least_squares_gradient_is_its_losss_derivative():
+    problem, grad_of = T.least_squares(0)
+    grad = grad_of(lambda t: np.arange(T.LS_POINTS))
+    for w in ((0.0, 0.0), (1.5, -2.0), problem.start):
+        w = np.asarray(w)
+        h = 1e-6
+        fd = [(problem.loss(w + h * e) - problem.loss(w - h * e)) / (2 * h) for e in np.eye(2)]
+        np.testing.assert_allclose(grad(w, 0), fd, rtol=1e-6, atol=1e-8)
+
+
+def test_adam_reaches_rosenbrocks_minimum(results):
+    adam = next(r for r in results["nonconvex"]["paths"] if r["label"] == "Adam")
+    assert adam["final_distance"] < 1e-4  # 2.9e-6 with seed 0 (the surface has no randomness)
 
 
 def test_the_nonconvex_figure_has_every_optimizer(results):
@@ -89,13 +130,31 @@ def test_the_least_squares_optimum_is_the_minimum_of_its_loss(results):
         assert problem.loss(w + np.asarray(d)) > f
 
 
+def test_another_seed_draws_its_own_surface(tmp_path):
+    """The least-squares data come from the seed: a figure of seed 5 marks seed 5's optimum."""
+    pytest.importorskip("matplotlib")
+    result = T.trajectories(seed=5, figures=("regimes",))
+    optimum = result["regimes"]["problem"]["optimum"]
+    assert optimum != T.trajectories(seed=0, figures=("regimes",))["regimes"]["problem"]["optimum"]
+    fig = T._draw("regimes", result["regimes"], T._problem("regimes", result["regimes"]))
+    star = next(line for line in fig.axes[0].get_lines() if line.get_label() == "optimum")
+    np.testing.assert_allclose(np.ravel(star.get_data()), optimum)
+
+
+def test_cli_refuses_a_negative_seed(tmp_path):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(["--only", "trajectories", "--seed", "-1", "--out", str(tmp_path)]) == 2
+    assert "--seed must be >= 0" in err.getvalue()
+
+
 def test_cli_writes_pictures_animation_and_every_point_without_the_dataset(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")  # the demo extra; the test extra installs it
     monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path / "no-data-here"))
     out = tmp_path / "out"
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        rc = main(["--only", "trajectories", "--quick", "--gif", "--out", str(out)])
+        rc = main(["--only", "trajectories,trajectories", "--quick", "--gif", "--out", str(out)])
     assert rc == 0
     for figure in T.FIGURES:
         assert (out / f"trajectories-{figure}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -107,4 +166,4 @@ def test_cli_writes_pictures_animation_and_every_point_without_the_dataset(tmp_p
         for a, b in zip(saved[figure]["paths"], mine[figure]["paths"]):
             assert a["points"] == b["points"] and len(a["points"]) == a["steps"] + 1
     rows = [line for line in stdout.getvalue().splitlines() if line.startswith("| bowl |")]
-    assert len(rows) == len(T.BOWL_RUNS)
+    assert len(rows) == len(T.BOWL_RUNS)  # once: a repeated --only name runs once

@@ -311,12 +311,14 @@ def table(results):
 
 def trajectory_table(results):
     """The trajectories as a Markdown table: where each path ends after its step budget."""
-    lines = ["| figure | path | optimizer | steps | distance to the optimum | loss above the minimum |",
-             "|---|---|---|--:|--:|--:|"]
+    lines = ["| figure | path | optimizer | steps | distance to the optimum | loss above the minimum "
+             "| mean of the last 50 |",
+             "|---|---|---|--:|--:|--:|--:|"]
     for name, result in results.items():
         for r in result["paths"]:
             lines.append(f"| {name} | {r['label']} | {r['optimizer']} | {r['steps']} | "
-                         f"{r['final_distance']:.3g} | {r['final_loss']:.3g} |")
+                         f"{r['final_distance']:.3g} | {r['final_loss']:.3g} | "
+                         f"{r['tail_loss']:.3g} |")
     return "\n".join(lines)
 
 
@@ -439,8 +441,9 @@ def _meta(data, plan, seed, threads, blas_threads):
 def _parser(prog):
     p = argparse.ArgumentParser(
         prog=prog,
-        description="Train one MLP on Fashion-MNIST with every fusedopt optimizer; write a table, "
-        "PNG plots of the loss curves and a JSON of them.",
+        description="Train one MLP on Fashion-MNIST with every fusedopt optimizer, and draw the "
+        "optimizers' paths on 2-D loss surfaces; write tables, PNG plots and a JSON of every "
+        "curve and path.",
     )
     p.add_argument("--quick", action="store_true", help="a short run (about a minute on 2 cores)")
     p.add_argument("--data", metavar="DIR", help="folder with the four Fashion-MNIST idx files "
@@ -476,7 +479,7 @@ def main(argv=None, prog="python -m fusedopt demo"):
             return 2
         plan = dataclasses.replace(plan, epochs=args.epochs)
     if args.only:
-        chosen = tuple(e.strip() for e in args.only.split(",") if e.strip())
+        chosen = tuple(dict.fromkeys(e.strip() for e in args.only.split(",") if e.strip()))
         unknown = [e for e in chosen if e not in EXPERIMENTS]
         if unknown or not chosen:
             print(f"{prog}: error: --only takes experiments among {','.join(EXPERIMENTS)}, got {args.only!r}",
@@ -485,6 +488,9 @@ def main(argv=None, prog="python -m fusedopt demo"):
         plan = dataclasses.replace(plan, experiments=chosen)
     if args.threads < 0:
         print(f"{prog}: error: --threads must be >= 0, got {args.threads}", file=sys.stderr)
+        return 2
+    if args.seed < 0:
+        print(f"{prog}: error: --seed must be >= 0, got {args.seed}", file=sys.stderr)
         return 2
 
     data = None
@@ -543,6 +549,8 @@ def main(argv=None, prog="python -m fusedopt demo"):
         written += plot(results, out, arch=arch)
         if args.gif and "trajectories" in results:
             written.append(trajectories.animate(results["trajectories"], out))
+        elif args.gif:
+            notes.append("no animation: --gif draws the trajectories, which --only left out")
     except ImportError:
         notes.append("no plots: matplotlib is not installed (pip install 'fusedopt[demo]')")
     json_path = out / "results.json"

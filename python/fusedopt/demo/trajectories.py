@@ -111,7 +111,7 @@ def least_squares(seed: int) -> tuple[Problem, Callable]:
         return grad
 
     problem = Problem("least squares", "least squares on 100 points, y = 2x - 1 + noise",
-                      loss, (-1.0, 3.0), tuple(w_star), (-1.5, 3.5, -3.0, 3.5),
+                      loss, (-1.0, 3.0), tuple(w_star), (-1.8, 3.5, -3.0, 3.5),
                       ("slope", "intercept"))
     return problem, grad_of
 
@@ -177,6 +177,7 @@ REGIME_LR = 0.25
 REGIME_STEPS = 200
 DECAY_LR = 0.3
 DECAY_STEPS = 400
+TAIL = 50  # the last points over which tail_loss averages
 
 
 def figure_specs(seed: int = 0) -> dict:
@@ -221,7 +222,8 @@ def _hyper_json(hyper: dict) -> dict:
 
 def trajectories(seed: int = 0, figures: tuple = FIGURES) -> dict:
     """Every path of ``figures``: ``{figure: {"problem": {...}, "paths": [{"label", "optimizer",
-    "hyper", "steps", "points" (steps + 1 pairs), "final_distance", "final_loss"}, ...]}}``."""
+    "hyper", "steps", "points" (steps + 1 pairs), "final_distance", "final_loss", "tail_loss"
+    (the mean loss above the minimum over the last ``TAIL`` points)}, ...]}}``."""
     specs = figure_specs(seed)
     out = {}
     for name in figures:
@@ -237,8 +239,11 @@ def trajectories(seed: int = 0, figures: tuple = FIGURES) -> dict:
                 "points": points.tolist(),
                 "final_distance": float(np.linalg.norm(points[-1] - optimum)),
                 "final_loss": float(problem.loss(points[-1])) - f_star,
+                # a noisy path's last point is one draw: the mean over its last steps says more
+                "tail_loss": float(np.mean(problem.loss(points[-TAIL:].T))) - f_star,
             })
-        out[name] = {"problem": {"title": problem.title, "start": list(problem.start),
+        out[name] = {"problem": {"title": problem.title, "seed": seed,
+                                 "start": list(problem.start),
                                  "optimum": list(map(float, problem.optimum)),
                                  "extent": list(problem.extent), "axes": list(problem.axes),
                                  "min_loss": f_star},
@@ -294,7 +299,9 @@ def _draw(name: str, result: dict, problem: Problem) -> Any:
             ax.label_outer()
         for ax in axes[len(runs):]:
             ax.set_axis_off()
-        fig.suptitle(title + "\n(the dot: the start; the star: the optimum)", fontsize=11)
+        handles = [h for h in axes[0].get_lines() if h.get_label() in ("start", "optimum")]
+        fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=9)
+        fig.suptitle(title, fontsize=11)
         return fig
     fig = Figure(figsize=(8, 5.5), layout="constrained")
     ax = fig.subplots()
@@ -315,38 +322,44 @@ def _colors(n: int) -> list:
     return [cmap(i) for i in range(n)]
 
 
-def plot_trajectories(results: dict, out_dir: Any, seed: int = 0) -> list:
+def _problem(name: str, result: dict) -> Problem:
+    """The surface a result was computed on (its seed's)."""
+    return figure_specs(result["problem"]["seed"])[name][0]
+
+
+def plot_trajectories(results: dict, out_dir: Any) -> list:
     """One PNG per figure of ``results`` (:func:`trajectories`) in ``out_dir``:
     ``trajectories-<figure>.png``; returns their paths. Needs matplotlib."""
-    specs = figure_specs(seed)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     written = []
     for name, result in results.items():
-        fig = _draw(name, result, specs[name][0])
+        fig = _draw(name, result, _problem(name, result))
         path = Path(out_dir) / f"trajectories-{name}.png"
         fig.savefig(path, dpi=80 if len(fig.axes) > 4 else 110)  # the 14 panels: a smaller file
         written.append(path)
     return written
 
 
-def animate(results: dict, out_dir: Any, name: str = "bowl", seed: int = 0) -> Path:
-    """``trajectories-<name>.gif``: the paths of one figure drawn step by step (matplotlib's
-    Pillow writer)."""
+def animate(results: dict, out_dir: Any, name: str = "bowl") -> Path:
+    """``trajectories-<name>.gif``: the paths of one figure drawn step by step, at most 51 frames
+    (matplotlib's Pillow writer)."""
     from matplotlib.animation import FuncAnimation, PillowWriter
 
     result = results[name]
-    fig = _draw(name, result, figure_specs(seed)[name][0])
+    fig = _draw(name, result, _problem(name, result))
     ax = fig.axes[0]
     lines = [line for line in ax.get_lines() if line.get_label() not in ("start", "optimum")]
     paths = [np.asarray(run["points"]) for run in result["paths"]]
-    frames = max(len(p) for p in paths)
+    steps = max(len(p) for p in paths) - 1
+    every = max(1, -(-steps // 50))
+    frames = list(range(0, steps, every)) + [steps]
 
     def show(k: int) -> list:
         for line, p in zip(lines, paths):
             line.set_data(p[: k + 1, 0], p[: k + 1, 1])
         return lines
 
-    anim = FuncAnimation(fig, show, frames=frames, interval=80, blit=False)
+    anim = FuncAnimation(fig, show, frames=frames, interval=120, blit=False)
     path = Path(out_dir) / f"trajectories-{name}.gif"
-    anim.save(path, writer=PillowWriter(fps=12), dpi=80)
+    anim.save(path, writer=PillowWriter(fps=8), dpi=80)
     return path
