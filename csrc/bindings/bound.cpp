@@ -100,7 +100,7 @@ int64_t Bound::run_args(py::handle step, py::handle lr, py::handle scalars, std:
     if (!(x >= s.range.lo && x < s.range.hi)) {
       names_.value(format_message(s.invalid, py::str(lr)));
     }
-    spec_.set_lr(h.data(), x);
+    spec_.set_real(h.data(), spec_.lr, x);
   }
   if (!step_fns_.empty()) {
     prepare_step(t);

@@ -146,11 +146,6 @@ SpecInfo make_info() {
   info.reduce = S::kReduce;
   info.hyper_size = sizeof(H);
   info.parse = &parse<S>;
-  info.set_lr = [](void* h, double lr) {
-    for (const auto& s : S::kHypers) {
-      if (s.kind == HKind::Lr) static_cast<H*>(h)->*s.real0 = lr;
-    }
-  };
   info.set_real = [](void* h, int index, double x) {
     static_cast<H*>(h)->*S::kHypers[index].real0 = x;
   };
@@ -267,16 +262,20 @@ int64_t parse_step(const Names& names, py::handle v) {
 
 double step_fn_value(const Names& names, const SpecInfo::Hyper& s, PyObject* fn, int64_t step) {
   if (step < s.from_step) return std::numeric_limits<double>::infinity();  // not used yet
-  const double n = static_cast<double>(step - 1);
-  py::object r = py::reinterpret_steal<py::object>(PyObject_CallOneArg(fn, py::float_(n).ptr()));
+  py::float_ n(static_cast<double>(step - 1));
+  py::object r = py::reinterpret_steal<py::object>(PyObject_CallOneArg(fn, n.ptr()));
   if (!r) throw py::error_already_set();
-  const std::string what = std::string(s.name) + "(" + py::str(py::float_(n)).cast<std::string>() + ")";
   if (r.is_none()) return std::numeric_limits<double>::infinity();
-  const double x = parse_real(names, what, r.ptr());
-  if (!in_range(s.range, x)) {
+  // a float in range, the usual answer, needs no name; anything else is named "clip_lambda(2.0)"
+  const bool plain = PyFloat_Check(r.ptr());
+  const double x = plain ? PyFloat_AS_DOUBLE(r.ptr()) : -1.0;
+  if (plain && in_range(s.range, x)) return x;
+  const std::string what = std::string(s.name) + "(" + std::string(py::str(n)) + ")";
+  const double y = plain ? x : parse_real(names, what, r.ptr());
+  if (!in_range(s.range, y)) {
     names.value(format_message(s.invalid, py::str(r), -1) + " (returned by " + what + ")");
   }
-  return x;
+  return y;
 }
 
 double parse_real(const Names& names, const std::string& what, PyObject* v) {

@@ -55,8 +55,7 @@ struct SpecInfo {
   // the optional buffers (uses).
   void (*parse)(const SpecInfo&, PyObject* const* values, void* out, double* numbers,
                 const HyperCheck&);
-  void (*set_lr)(void* h, double lr);
-  void (*set_real)(void* h, int index, double x);  // the Real or StepFn of hypers[index]
+  void (*set_real)(void* h, int index, double x);  // the float of hypers[index] (Lr, Real, StepFn)
   void (*advance)(const void* h, int64_t step, const double* in, double* out);
   void (*initial)(const void* h, int64_t step, double* out);
 
