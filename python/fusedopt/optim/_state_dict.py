@@ -5,13 +5,14 @@ of ``torch.optim`` (0-d tensors for ``step`` and ``mu_product``, extra group key
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 from .. import _arrays
-from ._checks import as_float, as_step, check_hyper, load_array
+from ._checks import as_float, as_scalar, as_step, check_hyper, load_array
 
-__all__ = ["StateDicts", "check_entry_names", "check_group_names"]
+__all__ = ["StateDicts", "check_entry_names", "check_group_names", "group_state_values",
+           "with_group_state"]
 
 
 def check_group_names(fail: str, cls: str, where: str, saved: Mapping, wanted: Any,
@@ -41,6 +42,42 @@ def check_entry_names(fail: str, cls: str, where: str, names: Any, known: Any,
     for name in required:
         if name not in names:
             raise ValueError(f"{fail}: {where} lacks {name!r}")
+
+
+def group_state_values(kept: Mapping, entries: Iterable, initial: Mapping) -> dict:
+    """The group keys a peer keeps in place of per-param state (``kept``: {group key: state
+    name}, Schedule-Free's ``k``), from the first of a group's state ``entries`` that has state
+    (None or empty: a param without), else from ``initial``: a step count as an int, scalar state
+    as a float."""
+    first = next((e for e in entries if e), None) or initial
+    return {k: (int if name == "step" else float)(as_scalar(first[name]))
+            for k, name in kept.items()}
+
+
+def with_group_state(state_dict: Any, kept: Mapping,
+                     make: Callable[[str, Any], Any] = lambda name, value: value) -> Any:
+    """A peer's state dict as these classes keep it: each non-empty state entry completed with
+    what its group carries in place of per-param state (``kept``; ``make(name, value)`` the value
+    as the front end stores it), and those keys left out of the groups. A new dict; anything
+    malformed is returned as it is, for the loader's checks to name."""
+    if not kept or not isinstance(state_dict, Mapping) \
+            or not isinstance(state_dict.get("param_groups"), (list, tuple)) \
+            or not isinstance(state_dict.get("state"), Mapping):
+        return state_dict
+    states = dict(state_dict["state"])
+    groups = []
+    for group in state_dict["param_groups"]:
+        if not isinstance(group, Mapping):
+            groups.append(group)
+            continue
+        given = {name: group[k] for k, name in kept.items() if k in group}
+        for pid in group.get("params", ()):
+            entry = states.get(pid)
+            if isinstance(entry, Mapping) and entry:
+                states[pid] = {**{n: make(n, v) for n, v in given.items() if n not in entry},
+                               **entry}
+        groups.append({k: v for k, v in group.items() if k not in kept})
+    return {**state_dict, "state": states, "param_groups": groups}
 
 
 class StateDicts:
@@ -85,19 +122,12 @@ class StateDicts:
             packed = {k: copy.deepcopy(v) for k, v in group.items()
                       if k != "params" and k not in self._step_fns}
             packed["params"] = list(range(start, stop))
-            packed.update(self._group_state_values(range(start, stop)))
+            if self._group_state:
+                packed.update(group_state_values(
+                    self._group_state, map(self._state.get, range(start, stop)),
+                    {"step": 0, **self._scalar_state}))
             groups.append(packed)
         return {"state": state, "param_groups": groups}
-
-    def _group_state_values(self, indices: Any) -> dict:
-        """The group keys the peer keeps in place of per-param state (``_group_state``), from
-        the first param of ``indices`` that has state (before the first step: the initial
-        values)."""
-        if not self._group_state:
-            return {}
-        first = next((self._state[i] for i in indices if i in self._state), None)
-        initial = {"step": 0, **self._scalar_state}
-        return {k: (first or initial)[name] for k, name in self._group_state.items()}
 
     def load_state_dict(self, state_dict: Mapping) -> None:
         """Replace the state and the groups' hyper-parameters by those of ``state_dict`` (as saved
@@ -110,6 +140,7 @@ class StateDicts:
         """
         cls = type(self).__name__
         fail = f"{cls}.load_state_dict"
+        state_dict = with_group_state(state_dict, self._group_state)
         if not (isinstance(state_dict, Mapping) and {"state", "param_groups"} <= state_dict.keys()):
             raise ValueError(f"{fail}: expected a dict with 'state' and 'param_groups'")
         saved_groups = state_dict["param_groups"]
@@ -120,7 +151,6 @@ class StateDicts:
             )
         new_groups = []
         id_map = {}  # saved param id -> flat index
-        group_state: dict = {}  # saved param id -> the state its group carries (_group_state)
         for gi, (saved, group, (start, stop)) in enumerate(
             zip(saved_groups, self.param_groups, self._slices)
         ):
@@ -136,10 +166,7 @@ class StateDicts:
             check_group_names(fail, cls, where, saved, wanted, self._all_hyper_names,
                               self.defaults)
             new = {"params": group["params"]}
-            new.update((k, copy.deepcopy(v)) for k, v in saved.items()
-                       if k != "params" and k not in self._group_state)
-            # a peer's group keeps what is per-param state here: its entries take it from there
-            given = {name: saved[k] for k, name in self._group_state.items() if k in saved}
+            new.update((k, copy.deepcopy(v)) for k, v in saved.items() if k != "params")
             new.update((k, group[k]) for k in self._kept_on_load if k not in new)
             try:
                 check_hyper(cls, self._kernel, new)
@@ -149,7 +176,6 @@ class StateDicts:
                 if sid in id_map:
                     raise ValueError(f"{fail}: parameter id {sid!r} appears twice in param_groups")
                 id_map[sid] = i
-                group_state[sid] = given
             new_groups.append(new)
 
         saved_state = state_dict["state"]
@@ -160,8 +186,6 @@ class StateDicts:
             if sid not in id_map:
                 raise ValueError(f"{fail}: state[{sid!r}] belongs to no parameter listed in param_groups")
             i = id_map[sid]
-            if group_state[sid] and isinstance(entry, Mapping):
-                entry = {**group_state[sid], **entry}
             new_state[i] = self._load_entry(fail, f"state[{sid!r}]", entry, i)
 
         self._state = dict(sorted(new_state.items()))

@@ -49,7 +49,7 @@ import math
 import numbers
 import operator
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -188,6 +188,16 @@ def initial_value(x: Any) -> Any:
     if hasattr(x, "item") and getattr(x, "ndim", 1) == 0:
         return x.item()
     return x
+
+
+def prepare_step_fns(calls: Iterable) -> None:
+    """For each ``(bound call, step)`` of a step of several calls, its hyper-parameters given as
+    callables of the step called and checked before the first call runs, so that one that fails
+    writes nothing (Note [Hyper-parameters of the step] in ``csrc/spec.h``)."""
+    for bound, step in calls:
+        core = getattr(bound, "core", bound)
+        if isinstance(core, _core.Bound):  # an oracle's call evaluates them itself
+            core.prepare(step)
 
 
 def _constructor(cls_name: str, spec: Spec) -> Any:
@@ -488,7 +498,8 @@ class Optimizer(StateDicts):
             if len(calls) > 1:  # one call checks everything before it writes
                 self._check_calls(calls)
                 if self._step_fns:
-                    self._prepare_step_fns(calls)
+                    prepare_step_fns((c.bound, self._kernel_step(c.group, c.key, c.key[0] + 1))
+                                     for c in calls)
             for call in calls:
                 scalars = self._run_call(call)
                 made += 1
@@ -509,14 +520,6 @@ class Optimizer(StateDicts):
         scalars = key[1] if n == 1 else (key[1 : 1 + n] if n else None)
         step = self._kernel_step(call.group, key, key[0] + 1)
         return call.bound.run(call.grads, step=step, lr=call.lr, scalars=scalars)
-
-    def _prepare_step_fns(self, calls: list) -> None:
-        """Every call's hyper-parameters given as callables of the step, called and checked
-        before the first call runs (Note [Hyper-parameters of the step] in ``csrc/spec.h``)."""
-        for call in calls:
-            core = getattr(call.bound, "core", call.bound)
-            if isinstance(core, _core.Bound):  # an oracle's call evaluates them itself
-                core.prepare(self._kernel_step(call.group, call.key, call.key[0] + 1))
 
     def _check_calls(self, calls: list) -> None:
         """Every call of a step of several, checked before the first runs (Note [A bound call]):

@@ -60,8 +60,13 @@ import torch
 from .. import _backend, _core
 from .._spec import Spec
 from ..optim._checks import check_hyper, mutable_parts, resolve_lr
-from ..optim._state_dict import check_entry_names, check_group_names
-from ..optim.optimizer import hyper_value, make_init
+from ..optim._state_dict import (
+    check_entry_names,
+    check_group_names,
+    group_state_values,
+    with_group_state,
+)
+from ..optim.optimizer import hyper_value, make_init, prepare_step_fns
 
 __all__ = ["Optimizer", "make_class"]
 
@@ -256,11 +261,8 @@ class Optimizer(torch.optim.Optimizer):
         if kept:
             initial = {"step": 0, **self._scalar_state}
             for group in sd["param_groups"]:
-                first = next((sd["state"][i] for i in group["params"] if i in sd["state"]), None)
-                for key, name in kept.items():
-                    v = first[name] if first else initial[name]
-                    v = v.item() if isinstance(v, torch.Tensor) else v
-                    group[key] = int(v) if name == "step" else float(v)
+                group.update(group_state_values(kept, map(sd["state"].get, group["params"]),
+                                                initial))
         return sd
 
     def __getstate__(self) -> dict:
@@ -406,31 +408,10 @@ class Optimizer(torch.optim.Optimizer):
             group.update((k, mine[k]) for k in gone if k in mine)
 
     def _with_group_state(self, state_dict: Any) -> Any:
-        """A state dict whose groups carry what is per-param state here (``_group_state``: the
-        peer's layout) as a new dict: its entries completed from their group's values (a step
-        count as a float tensor, scalar state as float64), and those keys left out of the
-        groups. Anything else is returned as it is, for the checks to name."""
-        kept = self._numpy._group_state
-        if not kept or not isinstance(state_dict, dict) \
-                or not isinstance(state_dict.get("param_groups"), (list, tuple)) \
-                or not isinstance(state_dict.get("state"), dict):
-            return state_dict
-        states = dict(state_dict["state"])
-        groups = []
-        for group in state_dict["param_groups"]:
-            if not isinstance(group, dict):
-                groups.append(group)
-                continue
-            given = {name: group[k] for k, name in kept.items() if k in group}
-            for pid in group.get("params", ()):
-                entry = states.get(pid)
-                if isinstance(entry, dict) and entry:
-                    add = {n: torch.tensor(float(v), dtype=_step_dtype() if n == "step"
-                                           else torch.float64)
-                           for n, v in given.items() if n not in entry}
-                    states[pid] = {**add, **entry}
-            groups.append({k: v for k, v in group.items() if k not in kept})
-        return {**state_dict, "state": states, "param_groups": groups}
+        """``with_group_state`` (``optim/_state_dict.py``) with the values as torch keeps them: a
+        step count as a float tensor, scalar state as float64."""
+        return with_group_state(state_dict, self._numpy._group_state, lambda name, v: torch.tensor(
+            float(v), dtype=_step_dtype() if name == "step" else torch.float64))
 
     def _plain_states(self, states: list) -> list:
         """What the NumPy class's ``_call_keys`` reads of each state dict (None: no state yet):
@@ -499,10 +480,7 @@ class Optimizer(torch.optim.Optimizer):
                 calls += self._prepare(gi, group)
             self._check_calls(calls)
             if len(calls) > 1 and self._numpy._step_fns:
-                for call in calls:  # their callables called and checked before any call runs
-                    core = getattr(call.bound, "core", call.bound)
-                    if isinstance(core, _core.Bound):
-                        core.prepare(call.step)
+                prepare_step_fns((c.bound, c.step) for c in calls)
         except BaseException:
             for call in calls:
                 self._undo(call)
