@@ -418,26 +418,6 @@ def _torch_ewa_foreach(hp):
     return step_fn
 
 
-def _torch_lion(hp):
-    """lion-pytorch's Lion (a for-loop over the params), when it is installed."""
-    if importlib.util.find_spec("lion_pytorch") is None:
-        return None
-    made = {}
-
-    def step_fn(params, grads, states):
-        if id(params) not in made:  # its exp_avg is the group's buffer, as for every peer
-            from lion_pytorch import Lion
-
-            opt = Lion(params, **hp)
-            for p, g, m in zip(params, grads, states["exp_avg"]):
-                p.grad = g
-                opt.state[p]["exp_avg"] = m
-            made[id(params)] = opt
-        made[id(params)].step()
-
-    return step_fn
-
-
 def _np_lion(hp):
     lr, (b1, b2), wd = hp["lr"], hp["betas"], hp.get("weight_decay", 0.0)
 
@@ -459,10 +439,11 @@ def _np_lion(hp):
     return step_fn
 
 
-def _torch_peer(module, cls_name, hp, foreach, writes_grads=False, step_state=False):
+def _torch_peer(module, cls_name, hp, foreach=None, writes_grads=False, step_state=False):
     """A peer's torch optimizer class (``module.cls_name``, when that package is installed) as a
-    torch_loop / torch_foreach step: made at the first call with the group's buffers as its state
-    (so every implementation works on the same memory). ``writes_grads``: the peer overwrites
+    torch_loop / torch_foreach step (``foreach`` passed unless None: lion-pytorch takes none),
+    made at the first call with the group's buffers as its state (so every implementation works
+    on the same memory). ``writes_grads``: the peer overwrites
     ``p.grad`` (schedulefree writes its normalized grad there); the harness then hands it a private
     copy, refreshed outside the timing. ``step_state``: its state has a ``step`` tensor too
     (torch-adopt's, counting from 0)."""
@@ -475,7 +456,7 @@ def _torch_peer(module, cls_name, hp, foreach, writes_grads=False, step_state=Fa
             cls = getattr(importlib.import_module(module), cls_name)
             import torch
 
-            opt = cls(params, foreach=foreach, **hp)
+            opt = cls(params, **hp, **({} if foreach is None else {"foreach": foreach}))
             for i, (p, g) in enumerate(zip(params, grads)):
                 p.grad = g
                 if step_state:
@@ -607,7 +588,8 @@ ALGOS = {
               "RAdam"),
         _algo("lion", {"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0}, ["exp_avg"],
               _fo(F.lion, ["exp_avg"]), _np_lion, None, fusedopt_cls="Lion",
-              torch_loop=_torch_lion({"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0}),
+              torch_loop=_torch_peer("lion_pytorch", "Lion",
+                                     {"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0}),
               note="torch peer: lion-pytorch's Lion (a for-loop); torch.optim has no Lion"),
         _algo("adopt", _ADOPT, ["exp_avg", "exp_avg_sq"],
               _fo(F.adopt, ["exp_avg", "exp_avg_sq"]), _np_adopt, None, fusedopt_cls="ADOPT",
