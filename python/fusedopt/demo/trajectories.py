@@ -45,10 +45,9 @@ FIGURES = ("regimes", "bowl", "nonconvex", "decay")
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-    """A two-parameter loss: ``loss(w)`` exact (``w`` of shape (2, ...), for the contours),
-    ``grad(w, t)`` the gradient a step ``t`` (0-based) takes, possibly of a sample of the data."""
+    """A two-parameter loss, ``loss(w)`` exact (``w`` of shape (2, ...), for the contours); the
+    gradient each path takes is its :class:`PathSpec`'s, possibly of a sample of the data."""
 
-    name: str
     title: str
     loss: Callable[[np.ndarray], Any]
     start: tuple
@@ -110,7 +109,7 @@ def least_squares(seed: int) -> tuple[Problem, Callable]:
             return features[i].T @ r / len(i)
         return grad
 
-    problem = Problem("least squares", "least squares on 100 points, y = 2x - 1 + noise",
+    problem = Problem("least squares on 100 points, y = 2x - 1 + noise",
                       loss, (-1.0, 3.0), tuple(w_star), (-1.8, 3.5, -3.0, 3.5),
                       ("slope", "intercept"))
     return problem, grad_of
@@ -138,9 +137,9 @@ def _rosenbrock_grad(w, t):
     return np.array([-2.0 * (1.0 - x) - 400.0 * x * (y - x * x), 200.0 * (y - x * x)])
 
 
-BOWL = Problem("bowl", "the elongated bowl f = (x² + 25 y²) / 2", _bowl_loss, (-4.0, 1.0),
+BOWL = Problem("the elongated bowl f = (x² + 25 y²) / 2", _bowl_loss, (-4.0, 1.0),
                (0.0, 0.0), (-4.5, 1.5, -1.3, 1.3), ("x", "y"))
-ROSENBROCK = Problem("rosenbrock", "Rosenbrock's valley f = (1 - x)² + 100 (y - x²)²",
+ROSENBROCK = Problem("Rosenbrock's valley f = (1 - x)² + 100 (y - x²)²",
                      _rosenbrock_loss, (-1.5, 2.0), (1.0, 1.0), (-2.0, 2.0, -1.0, 3.0),
                      ("x", "y"))
 
