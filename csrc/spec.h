@@ -9,6 +9,7 @@
 //   kScalars    per-call scalar state the caller keeps between steps (a running product)
 //   kHasStep    whether a call takes the 1-based step
 //   kReduce     0 for an update; K for a reduction that returns K float64 sums per tensor
+//   kPasses     1; or the passes of an update that needs reductions first (Note [Passes])
 //   Kernel      the spec whose math runs (itself, or the spec it is a variant of: AdamW -> Adam)
 //   dispatch    (Kernel) turns the run-time flags into an algorithm object for one Storage
 // and optionally
@@ -175,7 +176,27 @@ struct StepArgs {
   int64_t step;               // 1-based; 0 for an algorithm without steps
   const double* scalars_in;   // kScalars.size() values
   double grad_factor = 1.0;   // multiplies each grad as it is loaded (Note [The fused unscale])
+  // A spec of several passes (Note [Passes]): which pass runs, and what its between() made of
+  // the passes before it: kCallValues values for the call, kTensorValues per tensor of the call
+  // (by its index in the call), in the memory the kernels run in.
+  int pass = 0;
+  const double* call_values = nullptr;
+  const double* tensor_values = nullptr;
 };
+
+// Note [Passes]
+// An update that needs sums over its tensors first (LAMB's trust ratio: the norms of each param
+// and of its update) is one spec of several passes over the call's work lists, run by one bound
+// call. Its dispatch gives, for StepArgs::pass, that pass's algorithm object: a reduction (whose
+// sums per tensor go to a scratch array) or an update, which may read one value per tensor (an
+// algorithm object with kPerTensor: the drivers take for_tensor(i) of it for the elements of the
+// call's tensor i). Between two passes the host calls the spec's
+//   between(h, t, pass, n, sums, call, tensor)
+// which turns the sums of `pass` (n x its accumulators, in the order of Note [Deterministic
+// reductions]; nullptr after an update or a skipped pass) into the values the later passes read:
+// call[kCallValues], tensor[n x kTensorValues]. call[0] is the run's input (the spec's run_input: LAMB's global grad norm, NaN
+// when the call computes it from its own grads). pass_sums(h, pass, call) says what a pass is for
+// these hyper-parameters: its number of sums (0: an update), or -1 when it is skipped.
 
 constexpr bool same_name(const char* a, const char* b) {
   while (*a != '\0' && *a == *b) {
@@ -215,6 +236,16 @@ struct SpecDefaults {
   static constexpr std::array<ScalarSpec, 0> kScalars{};
   static constexpr bool kHasStep = true;
   static constexpr int kReduce = 0;
+  static constexpr int kPasses = 1;  // Note [Passes]
+  static constexpr int kCallValues = 0;
+  static constexpr int kTensorValues = 0;
+  static constexpr const char* kRunInput = nullptr;  // the name of call_values[0] in a run
+  template <class H>
+  static int pass_sums(const H&, int, const double*) {
+    return 0;
+  }
+  template <class H>
+  static void between(const H&, int64_t, int, int64_t, const double*, double*, double*) {}
   template <class H>
   static constexpr const char* check(const H&) {
     return nullptr;

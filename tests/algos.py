@@ -316,6 +316,25 @@ ALGOS = (
         ),
     ),
     Algo(
+        "lamb",
+        (("params", "param"), ("grads", "grad"), ("exp_avgs", "state"), ("exp_avg_sqs", "state")),
+        # Note [LAMB's passes]: with wd = 0 and not use_nvlamb there is no trust ratio (two
+        # passes); the grads' norm is far above max_grad_norm = 1 here, so "plain" clips
+        _cfgs(
+            ("plain", dict(lr=0.01)),
+            ("wd0", dict(lr=0.01, weight_decay=0.0)),
+            ("nvlamb", dict(lr=0.01, weight_decay=0.0, use_nvlamb=True)),
+            ("l2", dict(lr=0.01, weight_decay=0.1, adam_w_mode=False, eps=1e-3)),
+            ("no-clip", dict(lr=0.01, max_grad_norm=float("inf"))),
+            ("wd0-no-clip", dict(lr=0.01, weight_decay=0.0, max_grad_norm=float("inf"))),
+            ("max_grad_norm-0", dict(lr=0.01, max_grad_norm=0.0)),  # zeroes every grad
+            ("no-averaging-no-bc", dict(lr=0.01, grad_averaging=False, bias_correction=False)),
+            ("betas-eps", dict(lr=0.01, betas=(0.8, 0.99), eps=0.1, weight_decay=0.5)),
+            Config("t1000", dict(lr=0.01, weight_decay=0.1, max_grad_norm=5.0), start=1000,
+                   init={"exp_avg_sqs": 0.25}),
+        ),
+    ),
+    Algo(
         "ewa",
         (("averages", "param"), ("values", "grad"), ("outs", "state")),
         _cfgs(

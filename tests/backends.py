@@ -30,7 +30,7 @@ class _ModuleCall:
     def check(self, grads):  # the module checks what it checks when it runs
         pass
 
-    def run(self, grads=None, *, step=None, lr=None, scalars=None):
+    def run(self, grads=None, *, step=None, lr=None, scalars=None, **run):
         spec = self.spec
         lists = list(self.lists)
         if grads is not None:
@@ -44,7 +44,7 @@ class _ModuleCall:
             kw[spec.scalars[0][0]] = scalars
         elif spec.scalars:
             kw.update(zip((n for n, _ in spec.scalars), scalars or (None,) * len(spec.scalars)))
-        return self.fn(*lists, **kw)
+        return self.fn(*lists, **kw, **run)  # LAMB's grad_norm
 
 
 class CallLog:

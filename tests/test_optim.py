@@ -35,7 +35,8 @@ import fusedopt
 from fusedopt import functional, reference
 from fusedopt._spec import StepPower
 from fusedopt.optim import (
-    ADOPT, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, AdamWScheduleFree, NAdam, RAdam, RMSprop,
+    ADOPT, LAMB, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, AdamWScheduleFree, NAdam, RAdam,
+    RMSprop,
 )
 from fusedopt.schedules import CosineDecay, ExponentialDecay, StepDecay, WarmupThen
 
@@ -115,6 +116,15 @@ CASES = (
     Case("adopt-decouple", ADOPT,
          dict(lr=0.01, weight_decay=0.1, decouple=True, clip_lambda=StepPower(0.5)),
          dict(lr=SCHEDULE, betas=(0.3, 0.9), clip_lambda=0.5),
+         (("exp_avg", "exp_avg_sq"), ("exp_avg", "exp_avg_sq"))),
+    # two groups: the grads' norm is taken over both (Note [Passes]); group 1 has no trust ratio
+    Case("lamb", LAMB, dict(lr=0.01),
+         dict(lr=SCHEDULE, betas=(0.8, 0.99), weight_decay=0.0),
+         (("exp_avg", "exp_avg_sq"), ("exp_avg", "exp_avg_sq"))),
+    Case("lamb-l2", LAMB,
+         dict(lr=0.01, adam_w_mode=False, weight_decay=0.1, eps=1e-3, max_grad_norm=5.0),
+         dict(lr=SCHEDULE, weight_decay=0.0, use_nvlamb=True, grad_averaging=False,
+              bias_correction=False),
          (("exp_avg", "exp_avg_sq"), ("exp_avg", "exp_avg_sq"))),
 )
 CLASSES = (SGD, Adagrad, Adadelta, RMSprop, Adam, AdamW, NAdam, Adamax, RAdam)

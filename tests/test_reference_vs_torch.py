@@ -87,14 +87,16 @@ def torch_optimizer(algo, cfg, tparams, states):
 
 
 # the algorithms torch.optim has (Lion's peer, lion-pytorch, is checked in tests/test_peers.py;
-# ADOPT's, torch-adopt, in tests/test_peer_adopt.py; Schedule-Free's in tests/test_peer_schedulefree.py)
+# ADOPT's, torch-adopt, in tests/test_peer_adopt.py; Schedule-Free's in tests/test_peer_schedulefree.py;
+# LAMB's, timm's Lamb, in tests/test_peer_lamb.py)
 TORCH_CONFIGS = [(a, c) for a, c in ALGO_CONFIGS if a.name in TORCH_CLASS or a.name == "ewa"]
 TORCH_CONFIG_IDS = [i for (a, _), i in zip(ALGO_CONFIGS, ALGO_CONFIG_IDS)
                     if a.name in TORCH_CLASS or a.name == "ewa"]
 
 
 def test_every_algorithm_is_checked_against_its_peer():
-    assert {a.name for a, _ in ALGO_CONFIGS} - set(TORCH_CLASS) == {"ewa", "lion", "adopt", "adamw_schedulefree"}
+    assert {a.name for a, _ in ALGO_CONFIGS} - set(TORCH_CLASS) == {
+        "ewa", "lion", "adopt", "adamw_schedulefree", "lamb"}
 
 
 @pytest.mark.parametrize("algo, cfg", TORCH_CONFIGS, ids=TORCH_CONFIG_IDS)

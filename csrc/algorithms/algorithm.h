@@ -6,9 +6,13 @@
 //   using storage;  using O (the compute type);  kBuffers (slots, Note [Kernel slots])
 //   an update:      void operator()(O* r) const           r[k] is slot k, loaded; written back
 //   a reduction:    void operator()(O* r, double* c) const
-//                   adds nothing to r it writes (kWrites false) and sets c[0..kAccumulators) to
-//                   this element's terms of the per-tensor sums (Note [Deterministic reductions]
-//                   in cpu/driver.h)
+//                   sets c[0..kAccumulators) to this element's terms of the per-tensor sums
+//                   (Note [Deterministic reductions] in cpu/driver.h); a reduction that also
+//                   updates (kWrites) writes back its written slots
+//   read(k)         whether slot k is loaded (else r[k] is 0): a pass of a spec of several
+//                   passes (Note [Passes] in spec.h) touches only the buffers it needs
+//   kPerTensor      whether it reads a value per tensor: the drivers run for_tensor(i), a copy
+//                   with the value of the call's tensor i, over that tensor's elements
 //
 // Note [Step scalars in double]
 // Everything that depends only on the step and the hyper-parameters (bias corrections, decayed
@@ -29,9 +33,22 @@ struct Update {
   static constexpr int kBuffers = Slots;
   static constexpr int kAccumulators = 0;
   static constexpr bool kWrites = true;
+  static constexpr bool kPerTensor = false;
   // Slot 1 (the grads) is only read; every other slot is written back.
   FUSEDOPT_HOST_DEVICE static constexpr bool written(int slot) { return slot != 1; }
+  FUSEDOPT_HOST_DEVICE static constexpr bool read(int) { return true; }
 };
+
+// The copy of `algo` that runs over the elements of the call's tensor `tensor`.
+template <class A>
+FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE A at_tensor(const A& algo, int64_t tensor) {
+  if constexpr (A::kPerTensor) {
+    return algo.for_tensor(tensor);
+  } else {
+    (void)tensor;
+    return algo;
+  }
+}
 
 // Note [The fused unscale]
 // An update can take grads that are still scaled (AMP: torch.amp.GradScaler multiplies the loss by
@@ -41,12 +58,20 @@ struct Update {
 // left as they were. The CPU kernels are instantiated with and without the factor: a multiply per
 // element that every step paid would slow the in-cache kernels (measured in bench/results). The CUDA
 // kernels take no factor (the torch front end unscales CUDA grads before their step).
+// A reduction that reads grads (a pass of LAMB's) takes the factor the same way.
 template <class A>
 struct GradScaled : A {
   typename A::O grad_factor;
   FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void operator()(typename A::O* r) const {
     r[1] = r[1] * grad_factor;
     A::operator()(r);
+  }
+  FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void operator()(typename A::O* r, double* c) const {
+    r[1] = r[1] * grad_factor;
+    A::operator()(r, c);
+  }
+  FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE GradScaled for_tensor(int64_t tensor) const {
+    return {A::for_tensor(tensor), grad_factor};
   }
 };
 
@@ -69,7 +94,9 @@ struct Reduction {
   static constexpr int kBuffers = Slots;
   static constexpr int kAccumulators = Accumulators;
   static constexpr bool kWrites = false;
+  static constexpr bool kPerTensor = false;
   FUSEDOPT_HOST_DEVICE static constexpr bool written(int) { return false; }
+  FUSEDOPT_HOST_DEVICE static constexpr bool read(int) { return true; }
 };
 
 FUSEDOPT_ISA_END

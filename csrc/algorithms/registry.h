@@ -11,6 +11,7 @@
 #include "adamax.h"
 #include "adopt.h"
 #include "ewa.h"
+#include "lamb.h"
 #include "lion.h"
 #include "nadam.h"
 #include "radam.h"
@@ -23,7 +24,7 @@
 namespace fusedopt {
 
 using Specs = TypeList<Sgd, Adagrad, Adadelta, Rmsprop, Adam, AdamW, Nadam, Adamax, Radam, Lion,
-                       Adopt, AdamWScheduleFree, Ewa, EwaReadout, Sumsq, Scale, Lerp>;
+                       Adopt, AdamWScheduleFree, Lamb, Ewa, EwaReadout, Sumsq, Scale, Lerp>;
 
 // The position of a spec in Specs: the index of its kernel in every backend's table.
 template <class S, class... T>

@@ -39,11 +39,12 @@ class CpuBound : public Bound {
   // The drivers a run can go through: the CPU's, or the CUDA driver emulated on the host.
   enum class Driver { Cpu, EmulatedCuda };
   py::object run(py::handle grads, py::handle step, py::handle lr, py::handle scalars,
-                 Driver driver = Driver::Cpu, py::handle grad_scale = py::none());
+                 Driver driver = Driver::Cpu, py::handle grad_scale = py::none(),
+                 py::handle input = py::none());
   // A run whose grads are given as the addresses of their data (Note [Grads by address]).
   py::object run_addresses(py::handle addresses, py::handle step, py::handle lr,
                            py::handle scalars, py::handle others, bool run,
-                           py::handle grad_scale);
+                           py::handle grad_scale, py::handle input);
   std::vector<Span> grad_spans(py::handle grads, int rank) override {
     Busy busy(*this);
     verify_unchanged();
@@ -63,9 +64,11 @@ class CpuBound : public Bound {
   void check_all();
   void verify_unchanged();
   py::object launch(int64_t t, std::vector<double>& h, std::vector<double>& in, Driver driver,
-                    double grad_factor = 1.0);
+                    double grad_factor = 1.0, double input = std::nan(""));
   // The factor of Note [The fused unscale] for the scale `grad_scale` (None: 1).
   double grad_factor(py::handle grad_scale) const;
+  // The run's input of a spec of several passes (Note [Passes]), NaN for None.
+  double run_input(py::handle input) const;
   py::tuple checked_grads(py::handle grads, std::vector<Span>* spans, int rank);
 };
 
@@ -199,12 +202,25 @@ double CpuBound::grad_factor(py::handle grad_scale) const {
   return static_cast<double>(static_cast<float>(1.0 / s));  // as GradScaler.unscale_
 }
 
+double CpuBound::run_input(py::handle input) const {
+  if (input.is_none()) return std::nan("");
+  if (spec_.run_input == nullptr) {
+    names_.type(std::string(spec_.name) + " takes no grad_norm");
+  }
+  const double x = parse_real(names_, spec_.run_input, input.ptr());
+  if (x < 0.0) {
+    names_.value(std::string(spec_.run_input) + " must be >= 0, got " + std::string(py::str(input)));
+  }
+  return x;
+}
+
 py::object CpuBound::run(py::handle grads, py::handle step, py::handle lr, py::handle scalars,
-                         Driver driver, py::handle grad_scale) {
+                         Driver driver, py::handle grad_scale, py::handle input) {
   Busy busy(*this);
   std::vector<double> h, in;
   const int64_t t = run_args(step, lr, scalars, h, in);
   const double factor = grad_factor(grad_scale);
+  const double given = run_input(input);
   if (factor != 1.0 && driver != Driver::Cpu) names_.value("the emulated CUDA driver takes no grad_scale");
   if (keep_) verify_unchanged();
   py::tuple g;  // holds the grads while the kernels read them
@@ -219,7 +235,7 @@ py::object CpuBound::run(py::handle grads, py::handle step, py::handle lr, py::h
   } else if (has_grad_slot_ && !grads_bound_) {
     names_.type(std::string(args_[1].name) + " must be a list or tuple of numpy arrays, got NoneType");
   }
-  return launch(t, h, in, driver, factor);
+  return launch(t, h, in, driver, factor, given);
 }
 
 // Note [Grads by address]
@@ -232,9 +248,10 @@ py::object CpuBound::run(py::handle grads, py::handle step, py::handle lr, py::h
 // of its params' dtypes).
 py::object CpuBound::run_addresses(py::handle addresses, py::handle step, py::handle lr,
                                    py::handle scalars, py::handle others, bool run,
-                                   py::handle grad_scale) {
+                                   py::handle grad_scale, py::handle input) {
   Busy busy(*this);
   const double factor = grad_factor(grad_scale);
+  const double given = run_input(input);
   std::vector<const Bound*> more;  // the other calls of the step, whose written memory too
   for (py::handle o : others) more.push_back(o.cast<const Bound*>());
   std::vector<double> h, in;
@@ -288,11 +305,11 @@ py::object CpuBound::run_addresses(py::handle addresses, py::handle step, py::ha
   }
   if (!run) return py::none();
   for (auto& [ref, ptr] : set) ref->ptr[1] = ptr;
-  return launch(t, h, in, Driver::Cpu, factor);
+  return launch(t, h, in, Driver::Cpu, factor, given);
 }
 
 py::object CpuBound::launch(int64_t t, std::vector<double>& h, std::vector<double>& in,
-                            Driver driver, double grad_factor) {
+                            Driver driver, double grad_factor, double input) {
   const int K = spec_.reduce;
   py::array_t<double> out;
   double* out_ptr = nullptr;
@@ -301,21 +318,44 @@ py::object CpuBound::launch(int64_t t, std::vector<double>& h, std::vector<doubl
     out_ptr = out.mutable_data();
     std::fill(out_ptr, out_ptr + call_.n * K, 0.0);
   }
-  const StepArgs step_args{t, in.data(), grad_factor};
-  if (driver == Driver::Cpu) {
-    const cpu::Launch launch{h.data(), step_args, out_ptr};
-    const cpu::KernelFn kernel = cpu::active().kernels[spec_.kernel];
-    const int threads = thread_setting();
+  const int threads = thread_setting();
+  auto run_pass = [&](const StepArgs& step_args, double* sums) {
+    if (driver == Driver::Cpu) {
+      const cpu::Launch launch{h.data(), step_args, sums};
+      const cpu::KernelFn kernel = cpu::active().kernels[spec_.kernel];
+      for (const WorkList& wl : call_.lists) kernel(wl.view(threads), launch);
+    } else {
+      const cuda::Launch launch{h.data(), step_args, sums};
+      const cuda::KernelFn kernel = cuda::emulated_kernels()[spec_.kernel];
+      for (const WorkList& wl : call_.lists) {
+        kernel({wl.tensors.data(), wl.origin.data(), static_cast<int64_t>(wl.tensors.size()),
+                wl.combo, 0, 0},
+               launch);
+      }
+    }
+  };
+  if (spec_.passes == 1) {
     py::gil_scoped_release nogil;
-    for (const WorkList& wl : call_.lists) kernel(wl.view(threads), launch);
+    run_pass(StepArgs{t, in.data(), grad_factor}, out_ptr);
   } else {
-    const cuda::Launch launch{h.data(), step_args, out_ptr};
-    const cuda::KernelFn kernel = cuda::emulated_kernels()[spec_.kernel];
+    // Each pass over every work list, then the host's part between passes (Note [Passes]).
+    const int64_t n = static_cast<int64_t>(call_.n);
+    std::vector<double> call(static_cast<size_t>(spec_.call_values), 0.0);
+    std::vector<double> tensor(static_cast<size_t>(n * spec_.tensor_values), 0.0);
+    std::vector<double> sums;
+    call[0] = input;
     py::gil_scoped_release nogil;
-    for (const WorkList& wl : call_.lists) {
-      kernel({wl.tensors.data(), wl.origin.data(), static_cast<int64_t>(wl.tensors.size()),
-              wl.combo, 0, 0},
-             launch);
+    for (int pass = 0; pass < spec_.passes; ++pass) {
+      const int k = spec_.pass_sums(h.data(), pass, call.data());
+      sums.assign(static_cast<size_t>(n * std::max(k, 0)), 0.0);
+      if (k >= 0) {
+        StepArgs a{t, in.data(), grad_factor, pass, call.data(), tensor.data()};
+        run_pass(a, k > 0 ? sums.data() : nullptr);
+      }
+      if (pass + 1 < spec_.passes) {
+        spec_.between(h.data(), t, pass, n, k > 0 ? sums.data() : nullptr, call.data(),
+                      tensor.data());
+      }
     }
   }
   if (K == 1) return out.attr("reshape")(call_.n);
@@ -373,19 +413,23 @@ void def_cpu(py::module_& cpu) {
            "is refused by name); writes nothing.")
       .def("run",
            [](CpuBound& b, py::handle grads, py::handle step, py::handle lr, py::handle scalars,
-              py::handle grad_scale) {
-             return b.run(grads, step, lr, scalars, CpuBound::Driver::Cpu, grad_scale);
+              py::handle grad_scale, py::handle grad_norm) {
+             return b.run(grads, step, lr, scalars, CpuBound::Driver::Cpu, grad_scale, grad_norm);
            },
            py::arg("grads") = py::none(), py::kw_only(),
            py::arg("step") = py::none(), py::arg("lr") = py::none(),
            py::arg("scalars") = py::none(), py::arg("grad_scale") = py::none(),
+           py::arg("grad_norm") = py::none(),
            "Checks grads (None: those given to bind) and updates: the scalar state after the step "
            "(a float for one), a reduction's sums, or None. With grad_scale s, the grads are taken "
-           "as scaled by s and unscaled as they are loaded (Note [The fused unscale]).")
+           "as scaled by s and unscaled as they are loaded (Note [The fused unscale]). "
+           "grad_norm: LAMB's global grad norm over every call of the step (None: this call's "
+           "grads'; Note [Passes]).")
       .def("run_addresses", &CpuBound::run_addresses, py::arg("addresses"), py::kw_only(),
            py::arg("step") = py::none(), py::arg("lr") = py::none(),
            py::arg("scalars") = py::none(), py::arg("others") = py::tuple(),
            py::arg("run") = true, py::arg("grad_scale") = py::none(),
+           py::arg("grad_norm") = py::none(),
            "As run, the grads given as the addresses of their data, each of its param's dtype "
            "and element count, contiguous (Note [Grads by address]); returns what run returns. "
            "Each grad is also checked against the written memory of the bound calls `others` "
@@ -409,15 +453,16 @@ void def_cpu(py::module_& cpu) {
   cpu.def(
       "call",
       [](const std::string& algo, py::handle lists, py::handle hyper, py::handle step,
-         py::handle scalars, std::string name) {
+         py::handle scalars, std::string name, py::handle grad_norm) {
         CpuBound b(find_spec(algo), lists, hyper, std::move(name), py::none(), false, py::none(),
                    false);
-        return b.run(py::none(), step, py::none(), scalars);
+        return b.run(py::none(), step, py::none(), scalars, CpuBound::Driver::Cpu, py::none(),
+                     grad_norm);
       },
       py::arg("algo"), py::arg("lists"), py::arg("hyper"), py::arg("step") = py::none(),
-      py::arg("scalars") = py::none(), py::arg("name") = "",
-      "bind(algo, lists, hyper, name=name).run(step=step, scalars=scalars) in one call, holding "
-      "nothing: fusedopt.functional's one-shot call.");
+      py::arg("scalars") = py::none(), py::arg("name") = "", py::arg("grad_norm") = py::none(),
+      "bind(algo, lists, hyper, name=name).run(step=step, scalars=scalars, grad_norm=grad_norm) "
+      "in one call, holding nothing: fusedopt.functional's one-shot call.");
 
   cpu.def(
       "rmw",

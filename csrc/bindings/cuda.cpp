@@ -218,6 +218,12 @@ CudaBound::CudaBound(const SpecInfo& spec, py::handle lists, py::handle sizes, p
                      py::handle hyper, std::string name, py::handle index, bool grads_later,
                      py::handle aliases)
     : Bound(spec, name.empty() ? std::string(spec.name) : std::move(name), index) {
+  if (spec.passes > 1) {
+    // The host's part between passes (Note [Passes]) needs the sums back from the device, which
+    // this binder does not do yet (the kernels themselves compile and run in the emulation).
+    throw py::type_error(names_.fn() + ": " + spec.name +
+                         " runs on the CPU only for now (device memory is not supported)");
+  }
   parse_hyper(hyper);
   const auto& bs = spec.buffers;
   const std::vector<int> sl = bind_lists(lists, aliases, grads_later);

@@ -144,6 +144,10 @@ SpecInfo make_info() {
   info.scalars.assign(S::kScalars.begin(), S::kScalars.end());
   info.has_step = S::kHasStep;
   info.reduce = S::kReduce;
+  info.passes = S::kPasses;
+  info.call_values = S::kCallValues;
+  info.tensor_values = S::kTensorValues;
+  info.run_input = S::kRunInput;
   info.hyper_size = sizeof(H);
   info.parse = &parse<S>;
   info.set_real = [](void* h, int index, double x) {
@@ -154,6 +158,13 @@ SpecInfo make_info() {
   };
   info.initial = [](const void* h, int64_t step, double* out) {
     S::initial(*static_cast<const H*>(h), step, out);
+  };
+  info.pass_sums = [](const void* h, int pass, const double* call) {
+    return S::pass_sums(*static_cast<const H*>(h), pass, call);
+  };
+  info.between = [](const void* h, int64_t step, int pass, int64_t n, const double* sums,
+                    double* call, double* tensor) {
+    S::between(*static_cast<const H*>(h), step, pass, n, sums, call, tensor);
   };
   return info;
 }
@@ -346,6 +357,8 @@ py::list specs_data() {
     d["scalars"] = scalars;
     d["step"] = s.has_step;
     d["reduce"] = s.reduce;
+    d["passes"] = s.passes;
+    d["run_input"] = or_none(s.run_input);
     out.append(d);
   }
   return out;

@@ -47,6 +47,9 @@ struct SpecInfo {
   std::vector<ScalarSpec> scalars;
   bool has_step;
   int reduce;
+  // Note [Passes] in spec.h
+  int passes, call_values, tensor_values;
+  const char* run_input;  // the name of the run's input (call_values[0]), or nullptr
   int lr = -1;  // index of the learning rate in hypers, or -1
   size_t hyper_size;
 
@@ -58,6 +61,9 @@ struct SpecInfo {
   void (*set_real)(void* h, int index, double x);  // the float of hypers[index] (Lr, Real, StepFn)
   void (*advance)(const void* h, int64_t step, const double* in, double* out);
   void (*initial)(const void* h, int64_t step, double* out);
+  int (*pass_sums)(const void* h, int pass, const double* call);
+  void (*between)(const void* h, int64_t step, int pass, int64_t n, const double* sums,
+                  double* call, double* tensor);
 
   // Whether buffer b is used, given the hyper-parameters' numbers.
   bool uses(int b, const double* numbers) const;

@@ -19,6 +19,16 @@ FUSEDOPT_ISA_BEGIN
 template <class Algo, size_t I>
 using slot_t = typename Algo::storage::template slot_t<static_cast<int>(I)>;
 
+// Slot I of an element, loaded if the algorithm reads it (else 0: nothing is loaded).
+template <class Algo, size_t I, class P>
+FUSEDOPT_INLINE typename Algo::O load_slot(const P& x) {
+  if constexpr (Algo::read(static_cast<int>(I))) {
+    return load<typename Algo::O>(x);
+  } else {
+    return typename Algo::O(0);
+  }
+}
+
 // The element loop over one chunk. The buffers arrive as separate restrict pointers, paired
 // with their compile-time slots, so the loads and stores are straight-line code the vectorizer
 // sees through (an array of pointers indexed in a loop defeats it).
@@ -33,7 +43,7 @@ inline void update_loop(const Algo& algo, int64_t len, std::index_sequence<I...>
   const Algo a = algo;
 #pragma GCC ivdep
   for (int64_t i = 0; i < len; ++i) {
-    O r[] = {load<O>(b[i])...};
+    O r[] = {load_slot<Algo, I>(b[i])...};
     a(r);
     ((Algo::written(I) ? void(b[i] = store<P>(r[I])) : void()), ...);
   }
@@ -65,7 +75,7 @@ inline void reduce_loop(const Algo& algo, int64_t len, double* sums, std::index_
     const int n = static_cast<int>(len - base < kLanes ? len - base : kLanes);
 #pragma GCC ivdep
     for (int j = 0; j < n; ++j) {
-      O r[] = {load<O>(b[base + j])...};
+      O r[] = {load_slot<Algo, I>(b[base + j])...};
       double c[K];
       a(r, c);
       for (int k = 0; k < K; ++k) acc[k][j] += c[k];
@@ -130,8 +140,8 @@ void for_each_chunk(const WorkView& w, const Algo& algo, double* partial) {
     const int64_t hi = thread + 1 == nthreads ? w.nchunks : first_chunk_at(w, hi_el);
     for (int64_t c = lo; c < hi; ++c) {
       const Chunk& ch = w.chunks[c];
-      run_chunk(algo, w.tensors[ch.tensor], ch, K > 0 ? partial + c * K : nullptr,
-                std::make_index_sequence<Algo::kBuffers>{});
+      run_chunk(at_tensor(algo, w.origin[ch.tensor]), w.tensors[ch.tensor], ch,
+                K > 0 ? partial + c * K : nullptr, std::make_index_sequence<Algo::kBuffers>{});
     }
   }
 }

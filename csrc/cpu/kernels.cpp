@@ -19,7 +19,7 @@ struct Entry {
   static void run(const WorkView& w, const Launch& l) {
     with_algorithm<Spec>(l.hyper, l.step, w.combo, [&](const auto& algo) {
       using A = std::decay_t<decltype(algo)>;
-      if constexpr (A::kAccumulators == 0 && A::kBuffers > 1) {  // Note [The fused unscale]
+      if constexpr (A::kBuffers > 1 && A::read(1)) {  // Note [The fused unscale]
         if (l.step.grad_factor != 1.0) {
           apply(w, GradScaled<A>{algo, static_cast<typename A::O>(l.step.grad_factor)}, l.out);
           return;

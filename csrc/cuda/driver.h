@@ -169,9 +169,10 @@ void for_each_launch(const DeviceList& l, Emit&& emit) {
 }
 
 // The argument list of an algorithm object's launches.
+// (An update that reads a value per tensor takes a reduction's list, for its tensors' origin.)
 template <class Algo>
-using ArgsOf = std::conditional_t<(Algo::kAccumulators > 0), ReduceListArgs<Algo::kBuffers>,
-                                  TensorListArgs<Algo::kBuffers>>;
+using ArgsOf = std::conditional_t<(Algo::kAccumulators > 0 || Algo::kPerTensor),
+                                  ReduceListArgs<Algo::kBuffers>, TensorListArgs<Algo::kBuffers>>;
 
 // ArgsOf<Algo>, checked to fit a launch's arguments with the algorithm (Note [Kernel-argument
 // limit]); what a launch (or its emulation) names its arguments by.
@@ -223,7 +224,11 @@ template <class Algo, int D, int K = 0, class Args>
 FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void load_all(const Args& args, int t, int64_t begin, int i,
                                                    typename Algo::O* r) {
   if constexpr (K < D) {
-    r[K] = load<typename Algo::O>(slot_ptr<Algo, K>(args, t, begin)[i]);
+    if constexpr (Algo::read(K)) {
+      r[K] = load<typename Algo::O>(slot_ptr<Algo, K>(args, t, begin)[i]);
+    } else {
+      r[K] = typename Algo::O(0);
+    }
     load_all<Algo, D, K + 1>(args, t, begin, i, r);
   }
 }
@@ -254,9 +259,14 @@ FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void load_packs(const Args& args, int t, in
                                                      typename Algo::O (&r)[kILP][D]) {
   if constexpr (K < D) {
     using S = slot_type<Algo, K>;
-    const Pack<S> pk = reinterpret_cast<const Pack<S>*>(slot_ptr<Algo, K>(args, t, begin))[v];
+    if constexpr (Algo::read(K)) {
+      const Pack<S> pk = reinterpret_cast<const Pack<S>*>(slot_ptr<Algo, K>(args, t, begin))[v];
 #pragma unroll
-    for (int e = 0; e < kILP; ++e) r[e][K] = load<typename Algo::O>(pk.v[e]);
+      for (int e = 0; e < kILP; ++e) r[e][K] = load<typename Algo::O>(pk.v[e]);
+    } else {
+#pragma unroll
+      for (int e = 0; e < kILP; ++e) r[e][K] = typename Algo::O(0);
+    }
     load_packs<Algo, D, K + 1>(args, t, begin, v, r);
   }
 }
@@ -275,14 +285,12 @@ FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void store_packs(const Args& args, int t, i
   }
 }
 
-// What thread `thread` of block `block` of an update launch does: its share of one chunk.
+// The elements [begin, begin + len) of tensor t of an update launch: thread `thread`'s share.
 template <class Algo>
-FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void update_chunk(const ArgsOf<Algo>& args, const Algo& algo,
-                                                       int block, int thread) {
+FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void update_span(const ArgsOf<Algo>& args, const Algo& algo,
+                                                      int t, int64_t begin, int len, int thread) {
   using O = typename Algo::O;
   constexpr int D = Algo::kBuffers;
-  const auto [t, begin, len] = block_span(args, block);
-
   if (all_aligned<Algo, D>(args, t, begin)) {
     // Vector path: packs of 4, then the last len % 4 elements one by one.
     const int npack = len / kILP;
@@ -323,6 +331,19 @@ FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void update_chunk(const ArgsOf<Algo>& args,
         if (i < len) store_all<Algo, D>(args, t, begin, i, r[e]);
       }
     }
+  }
+}
+
+// What thread `thread` of block `block` of an update launch does: its share of one chunk, with
+// the algorithm's copy for its tensor if it reads a value per tensor.
+template <class Algo>
+FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void update_chunk(const ArgsOf<Algo>& args, const Algo& algo,
+                                                       int block, int thread) {
+  const auto [t, begin, len] = block_span(args, block);
+  if constexpr (Algo::kPerTensor) {
+    update_span(args, algo.for_tensor(args.origin[t]), t, begin, len, thread);
+  } else {
+    update_span(args, algo, t, begin, len, thread);
   }
 }
 

@@ -57,13 +57,15 @@ def bind(algo: str, lists: tuple, hyper: tuple, *, name: str, index: Any = None,
                           aliases=aliases)
 
 
-def call(algo: str, lists: tuple, hyper: tuple, step: Any, scalars: Any) -> Any:
-    """One call, bound and run at once (fusedopt.functional's): returns what the run returns."""
+def call(algo: str, lists: tuple, hyper: tuple, step: Any, scalars: Any, **run: Any) -> Any:
+    """One call, bound and run at once (fusedopt.functional's): returns what the run returns.
+    ``run``: the spec's run input (LAMB's ``grad_norm``), if given."""
     if on_device(lists[0]):
         from . import _cuda_calls
 
-        return _cuda_calls.bind(algo, lists, hyper, name=algo).run(step=step, scalars=scalars)
-    return _core.cpu.call(algo, lists, hyper, step, scalars, algo)
+        return _cuda_calls.bind(algo, lists, hyper, name=algo).run(step=step, scalars=scalars,
+                                                                   **run)
+    return _core.cpu.call(algo, lists, hyper, step, scalars, algo, **run)
 
 
 def cuda_available() -> bool:

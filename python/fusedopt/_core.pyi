@@ -23,6 +23,7 @@ Algorithm = Literal[
     'lion',
     'adopt',
     'adamw_schedulefree',
+    'lamb',
     'ewa',
     'ewa_readout',
     'sumsq',

@@ -94,6 +94,8 @@ class Spec:
     scalars: tuple[tuple[str, float], ...]  # scalar state and its value before the first step
     step: bool
     reduce: int
+    passes: int = 1  # Note [Passes] in csrc/spec.h
+    run_input: str | None = None  # what a run takes besides grads (LAMB's "grad_norm")
 
     @property
     def lists(self) -> tuple[str, ...]:
@@ -139,6 +141,8 @@ def _load() -> dict[str, Spec]:
             scalars=tuple(tuple(s) for s in d["scalars"]),
             step=d["step"],
             reduce=d["reduce"],
+            passes=d["passes"],
+            run_input=d["run_input"],
         )
     return out
 

@@ -47,9 +47,10 @@ _as_list = _backend.as_list
 _one_call = _backend.call
 
 
-def _call(spec: str, lists: tuple, hyper: tuple, step: Any, scalars: Any) -> Any:
-    """One call of ``spec``: lists in its signature's order, its in-call hyper-parameters."""
-    return _one_call(spec, tuple(map(_as_list, lists)), hyper, step, scalars)
+def _call(spec: str, lists: tuple, hyper: tuple, step: Any, scalars: Any, **run: Any) -> Any:
+    """One call of ``spec``: lists in its signature's order, its in-call hyper-parameters, and
+    its run input (LAMB's ``grad_norm``) if it has one."""
+    return _one_call(spec, tuple(map(_as_list, lists)), hyper, step, scalars, **run)
 
 
 def _signature(spec: Spec) -> str:
@@ -63,6 +64,8 @@ def _signature(spec: Spec) -> str:
     for h in spec.hypers:
         if h.in_call:
             parts.append(h.name if h.required else f"{h.name}={h.default!r}")
+    if spec.run_input:
+        parts.append(f"{spec.run_input}=None")
     return ", ".join(parts)
 
 
@@ -80,6 +83,9 @@ def _docstring(spec: Spec, rules: dict[str, str]) -> str:
     ]
     if spec.step:
         lines.append("``step`` is the 1-based step of this update.")
+    if spec.run_input:
+        lines.append(f"``{spec.run_input}`` is the norm of every grad of the step when it spans "
+                     "several calls (None: computed from this call's grads).")
     for name, _ in spec.scalars:
         lines.append(f"``{name}`` is its value before this step (None: computed from ``step`` "
                      "for a run that started at step 1); the call returns its value after it.")
@@ -95,10 +101,11 @@ def _make(spec: Spec, rules: dict[str, str]) -> Callable[..., Any]:
     hyper = ", ".join(h.name for h in spec.hypers if h.in_call) + ("," if spec.call_hypers else "")
     scalars = spec.scalars[0][0] if len(spec.scalars) == 1 else (
         "(" + ", ".join(n for n, _ in spec.scalars) + ")" if spec.scalars else "None")
+    run = f", {spec.run_input}={spec.run_input}" if spec.run_input else ""
     source = (
         f"def {spec.name}({_signature(spec)}):\n"
         f"    return _call({spec.name!r}, ({lists}), ({hyper}), "
-        f"{'step' if spec.step else 'None'}, {scalars})\n"
+        f"{'step' if spec.step else 'None'}, {scalars}{run})\n"
     )
     scope: dict[str, Any] = {"_call": _call, "StepPower": StepPower}
     exec(compile(source, f"<fusedopt.functional.{spec.name}>", "exec"), scope)  # noqa: S102

@@ -192,6 +192,24 @@ def adamw_schedulefree(
     weight_lr_power: float = 2.0,
 ) -> None: ...
 
+def lamb(
+    params: Arrays,
+    grads: Arrays,
+    exp_avgs: Arrays,
+    exp_avg_sqs: Arrays,
+    *,
+    step: int,
+    lr: float = 0.001,
+    bias_correction: bool = True,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-06,
+    weight_decay: float = 0.01,
+    adam_w_mode: bool = True,
+    grad_averaging: bool = True,
+    max_grad_norm: float = 1.0,
+    use_nvlamb: bool = False,
+) -> None: ...
+
 def ewa(
     averages: Arrays,
     values: Arrays,
@@ -221,4 +239,4 @@ def lerp(
 ) -> None: ...
 
 __all__ = ['sgd', 'adagrad', 'adadelta', 'rmsprop', 'adam', 'adamw', 'nadam', 'adamax', 'radam',
-    'lion', 'adopt', 'adamw_schedulefree', 'ewa', 'ewa_readout', 'scale', 'lerp']
+    'lion', 'adopt', 'adamw_schedulefree', 'lamb', 'ewa', 'ewa_readout', 'scale', 'lerp']

@@ -34,6 +34,7 @@ __all__ = [
     "lion",
     "adopt",
     "adamw_schedulefree",
+    "lamb",
     "lerp",
     "ewa",
     "ewa_readout",
@@ -561,6 +562,66 @@ def adamw_schedulefree(
         s["zs"][i][...] = z - lr_t * u
         s["exp_avg_sqs"][i][...] = v
     return weight_sum, lr_max
+
+
+def lamb(
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_sqs,
+    *,
+    step,
+    lr=1e-3,
+    bias_correction=True,
+    betas=(0.9, 0.999),
+    eps=1e-6,
+    weight_decay=1e-2,
+    adam_w_mode=True,
+    grad_averaging=True,
+    max_grad_norm=1.0,
+    use_nvlamb=False,
+    grad_norm=None,
+):
+    """LAMB as apex's ``FusedLAMB``: ``G`` = ``grad_norm``, or the 2-norm of all ``grads``;
+    ``g = g / (G / max_grad_norm)`` if ``G > max_grad_norm``; ``g += wd*p`` unless
+    ``adam_w_mode``; ``m = b1*m + b3*g`` (``b3 = 1-b1`` with ``grad_averaging``, else 1);
+    ``v = b2*v + (1-b2)*g^2``; ``u = (m/bc1) / (sqrt(v/bc2) + eps)`` (``bc = 1 - b^step`` with
+    ``bias_correction``, else 1); ``u += wd*p`` if ``adam_w_mode``; per tensor
+    ``r = lr*||p||/||u||`` (``lr`` if either norm is 0, or if ``wd == 0`` and not
+    ``use_nvlamb``); ``p -= r*u``."""
+    params, s = _lists(
+        "lamb", params, step, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs
+    )
+    beta1, beta2 = betas
+    if grad_norm is None:
+        grad_norm = math.sqrt(math.fsum(
+            float(v) * float(v) for g in s["grads"] for v in _f64(g).ravel()))
+    clip = 1.0
+    if grad_norm > max_grad_norm:  # max_grad_norm 0 zeroes every grad (g / inf)
+        clip = grad_norm / max_grad_norm if max_grad_norm else math.inf
+    bc1 = 1.0 - beta1**step if bias_correction else 1.0
+    bc2 = 1.0 - beta2**step if bias_correction else 1.0
+    beta3 = 1.0 - beta1 if grad_averaging else 1.0
+    for i, param in enumerate(params):
+        p = _f64(param)
+        with np.errstate(all="ignore"):
+            g = _f64(s["grads"][i]) / clip
+            if weight_decay != 0 and not adam_w_mode:
+                g = g + weight_decay * p
+            m = beta1 * _f64(s["exp_avgs"][i]) + beta3 * g
+            v = beta2 * _f64(s["exp_avg_sqs"][i]) + (1.0 - beta2) * g * g
+            u = (m / bc1) / (np.sqrt(v / bc2) + eps)
+            if weight_decay != 0 and adam_w_mode:
+                u = u + weight_decay * p
+            ratio = lr
+            if use_nvlamb or weight_decay != 0:
+                p_norm = math.sqrt(float(np.sum(p * p)))
+                u_norm = math.sqrt(float(np.sum(u * u)))
+                if p_norm != 0 and u_norm != 0:
+                    ratio = lr * (p_norm / u_norm)
+            param[...] = p - ratio * u
+        s["exp_avgs"][i][...] = m
+        s["exp_avg_sqs"][i][...] = v
 
 
 def lerp(params, ends, *, weight):

@@ -171,5 +171,22 @@ class AdamWScheduleFree(Optimizer):
     def train(self) -> None: ...
     def eval(self) -> None: ...
 
+class LAMB(Optimizer):
+    def __init__(
+        self,
+        params: Params,
+        lr: LR = 0.001,
+        bias_correction: bool = True,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-06,
+        weight_decay: float = 0.01,
+        amsgrad: bool = False,
+        adam_w_mode: bool = True,
+        grad_averaging: bool = True,
+        set_grad_none: bool = True,
+        max_grad_norm: float = 1.0,
+        use_nvlamb: bool = False,
+    ) -> None: ...
+
 __all__ = ['Optimizer', 'SGD', 'Adagrad', 'Adadelta', 'RMSprop', 'Adam', 'AdamW', 'NAdam',
-    'Adamax', 'RAdam', 'Lion', 'ADOPT', 'AdamWScheduleFree', 'EMA']
+    'Adamax', 'RAdam', 'Lion', 'ADOPT', 'AdamWScheduleFree', 'LAMB', 'EMA']

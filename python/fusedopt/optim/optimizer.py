@@ -190,6 +190,20 @@ def initial_value(x: Any) -> Any:
     return x
 
 
+def grad_norm(grad_lists: Iterable, factor: float = 1.0) -> float:
+    """The 2-norm of every grad of ``grad_lists`` (lists of NumPy arrays), times ``factor``: one
+    sum-of-squares pass per list (Note [Deterministic reductions]), the sums added in order, in
+    double, as a single call adds its own."""
+    total = 0.0
+    for grads in grad_lists:
+        grads = list(grads)
+        if grads:
+            sums: Any = _core.cpu.call("sumsq", (grads,), (), None, None, "grad_norm")
+            for s in sums.tolist():
+                total += s
+    return math.sqrt(total) * factor
+
+
 def prepare_step_fns(calls: Iterable) -> None:
     """For each ``(bound call, step)`` of a step of several calls, its hyper-parameters given as
     callables of the step called and checked before the first call runs, so that one that fails
@@ -500,8 +514,9 @@ class Optimizer(StateDicts):
                 if self._step_fns:
                     prepare_step_fns((c.bound, self._kernel_step(c.group, c.key, c.key[0] + 1))
                                      for c in calls)
+            run = self._run_input(calls)
             for call in calls:
-                scalars = self._run_call(call)
+                scalars = self._run_call(call, run)
                 made += 1
                 self._finish(call, scalars)
         except BaseException:
@@ -514,12 +529,21 @@ class Optimizer(StateDicts):
                 last[call.gi].append(call.bound)
         self._last = [tuple(b) for b in last]
 
-    def _run_call(self, call: _Call) -> Any:
+    def _run_call(self, call: _Call, run: dict) -> Any:
         key = call.key
         n = len(self._scalar_state)
         scalars = key[1] if n == 1 else (key[1 : 1 + n] if n else None)
         step = self._kernel_step(call.group, key, key[0] + 1)
-        return call.bound.run(call.grads, step=step, lr=call.lr, scalars=scalars)
+        return call.bound.run(call.grads, step=step, lr=call.lr, scalars=scalars, **run)
+
+    def _run_input(self, calls: list) -> dict:
+        """What every run of a step of several calls takes besides its own grads: the norm of the
+        grads of all of them where the algorithm clips by it (LAMB: Note [Passes] in
+        ``csrc/spec.h``); one call computes it from its own grads."""
+        name = self._kernel.run_input
+        if name is None or len(calls) < 2:
+            return {}
+        return {name: grad_norm(c.grads for c in calls)}
 
     def _check_calls(self, calls: list) -> None:
         """Every call of a step of several, checked before the first runs (Note [A bound call]):

@@ -55,6 +55,7 @@ import itertools
 import operator
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from .. import _backend, _core
@@ -66,7 +67,7 @@ from ..optim._state_dict import (
     group_state_values,
     with_group_state,
 )
-from ..optim.optimizer import hyper_value, make_init, prepare_step_fns
+from ..optim.optimizer import grad_norm, hyper_value, make_init, prepare_step_fns
 
 __all__ = ["Optimizer", "make_class"]
 
@@ -493,12 +494,22 @@ class Optimizer(torch.optim.Optimizer):
                     cuda_grads.setdefault(call.params[0].device, []).extend(call.grads)
             for device, grads in cuda_grads.items():
                 torch._foreach_mul_(grads, torch.reciprocal(grad_scale.double()).float().to(device))
+        run = self._run_input([[_view(g) for g in call.grads] for call in calls], scale)
         for call in calls:
             kw = {} if scale is None or call.params[0].device.type != "cpu" else {"grad_scale": scale}
             out = call.bound.run([_view(g) for g in call.grads], step=call.step, lr=call.lr,
-                                 scalars=call.scalars, **kw)
+                                 scalars=call.scalars, **kw, **run)
             self._finish(call, out)
         self._start_runs(calls)
+
+    def _run_input(self, grad_lists: list, scale: float | None) -> dict:
+        """As the NumPy classes' ``_run_input``: LAMB's norm of the grads of every call of a step
+        of several, unscaled by GradScaler's factor as the kernels unscale them."""
+        name = self._kernel.run_input
+        if name is None or len(grad_lists) < 2:
+            return {}
+        factor = 1.0 if scale is None else float(np.float32(1.0 / scale))
+        return {name: grad_norm(grad_lists, factor)}
 
     def _start_runs(self, calls: list) -> None:
         """After a general step: a run for each group of CPU tensors updated whole by one call
@@ -571,9 +582,10 @@ class Optimizer(torch.optim.Optimizer):
                 run.bound.run_addresses(addresses, step=step, lr=lr, scalars=run.scalars,
                                         others=bounds[:k] + bounds[k + 1 :], run=False)
         scale = None if grad_scale is None else float(grad_scale)
+        extra = self._run_input([list(map(_view, plan[1])) for plan in plans], scale)
         for run, _, addresses, lr, step in plans:
             out = run.bound.run_addresses(addresses, step=step, lr=lr, scalars=run.scalars,
-                                          grad_scale=scale)
+                                          grad_scale=scale, **extra)
             run.step += 1
             if n:
                 run.scalars = out
