@@ -15,9 +15,11 @@ element: Adam 28, SGD with momentum 20, plain SGD and EWA 12.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 
 import math
+import types
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -49,6 +51,12 @@ class BenchAlgo:
     note: str = ""
     init: dict = field(default_factory=dict)
     fusedopt_cls: str | None = None  # the fusedopt.optim class, when torch.optim has none
+    # The ceiling's read-modify-write passes, by the buffers each touches (None: one pass over
+    # all of them): an algorithm of several passes (LAMB) moves more than one pass's bytes.
+    ceiling_passes: tuple | None = None
+    cpu_only: bool = False  # its kernels take host memory only (LAMB, for now)
+    other_rule: tuple = ()  # peers that do the same work by another rule: their agreement is
+    # recorded, not expected
 
     @property
     def class_name(self):
@@ -60,9 +68,15 @@ class BenchAlgo:
         return 2 + len(self.states)
 
     @property
+    def passes(self):
+        """The buffers of each of the ceiling's passes."""
+        return self.ceiling_passes or (self.nbuf,)
+
+    @property
     def bytes_per_elem(self):
-        """Minimum fp32 bytes per element: read every buffer, write all but the gradient."""
-        return 4 * (2 * self.nbuf - 1)
+        """Minimum fp32 bytes per element: in each pass, read its buffers and write all but the
+        gradient."""
+        return sum(4 * (2 * k - 1) for k in self.passes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -439,21 +453,39 @@ def _np_lion(hp):
     return step_fn
 
 
+def timm_lamb():
+    """timm's ``Lamb`` class (apex FusedLAMB's rule on the CPU), or None without timm. Its
+    package imports torchvision, which its ``optim/lamb.py`` (torch only) does not need: that
+    file is run from the installed distribution, with its one relative import (a type alias)
+    given."""
+    try:
+        dist = importlib.metadata.distribution("timm")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    path = dist.locate_file("timm/optim/lamb.py")
+    source = path.read_text().replace("from ._types import ParamsT", "ParamsT = object")
+    module = types.ModuleType("timm_optim_lamb")
+    exec(compile(source, str(path), "exec"), module.__dict__)  # noqa: S102
+    return module.Lamb
+
+
 def _torch_peer(module, cls_name, hp, foreach=None, writes_grads=False, step_state=False):
-    """A peer's torch optimizer class (``module.cls_name``, when that package is installed) as a
+    """A peer's torch optimizer class (``module.cls_name``, when that package is installed;
+    ``cls_name`` may be a function that returns the class) as a
     torch_loop / torch_foreach step (``foreach`` passed unless None: lion-pytorch takes none),
     made at the first call with the group's buffers as its state (so every implementation works
     on the same memory). ``writes_grads``: the peer overwrites
     ``p.grad`` (schedulefree writes its normalized grad there); the harness then hands it a private
     copy, refreshed outside the timing. ``step_state``: its state has a ``step`` tensor too
     (torch-adopt's, counting from 0)."""
-    if importlib.util.find_spec(module) is None:
+    if importlib.util.find_spec(module) is None or importlib.util.find_spec("torch") is None:
         return None
     made = {}
 
     def step_fn(params, grads, states):
         if id(params) not in made:
-            cls = getattr(importlib.import_module(module), cls_name)
+            cls = cls_name() if callable(cls_name) else getattr(importlib.import_module(module),
+                                                                cls_name)
             import torch
 
             opt = cls(params, **hp, **({} if foreach is None else {"foreach": foreach}))
@@ -542,6 +574,40 @@ def _fo_schedulefree(hp):
     return step_fn
 
 
+def _np_lamb(hp):
+    lr, (b1, b2), eps = hp["lr"], hp["betas"], hp["eps"]
+    wd, max_norm = hp["weight_decay"], hp["max_grad_norm"]
+
+    def step_fn(params, grads, states, step, carry):
+        norm = float(np.sqrt(sum(float(np.dot(g.ravel(), g.ravel())) for g in grads)))
+        clip = norm / max_norm if norm > max_norm else 1.0
+        bc1, bc2 = 1 - b1**step, 1 - b2**step
+        for p, g, m, v in zip(params, grads, states["exp_avg"], states["exp_avg_sq"]):
+            gc = np.divide(g, clip)
+            np.multiply(m, b1, out=m)
+            np.multiply(gc, 1 - b1, out=gc)
+            np.add(m, gc, out=m)
+            np.divide(g, clip, out=gc)
+            np.multiply(gc, gc, out=gc)
+            np.multiply(gc, 1 - b2, out=gc)
+            np.multiply(v, b2, out=v)
+            np.add(v, gc, out=v)
+            u = np.divide(v, bc2)
+            np.sqrt(u, out=u)
+            np.add(u, eps, out=u)
+            np.divide(m, u, out=u)
+            np.divide(u, bc1, out=u)
+            np.multiply(p, wd, out=gc)
+            np.add(u, gc, out=u)
+            p_norm, u_norm = np.linalg.norm(p), np.linalg.norm(u)
+            ratio = lr * p_norm / u_norm if p_norm and u_norm else lr
+            np.multiply(u, ratio, out=u)
+            np.subtract(p, u, out=p)
+        return carry
+
+    return step_fn
+
+
 def _algo(name, hp, states, fo, npy, torch_cls=None, **kw):
     return BenchAlgo(
         name=name, hp=hp, states=tuple(states), fusedopt=fo(hp), numpy=npy(hp),
@@ -552,6 +618,12 @@ def _algo(name, hp, states, fo, npy, torch_cls=None, **kw):
 _ADAM = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0}
 _ADOPT = {"lr": 1e-3, "betas": (0.9, 0.9999), "eps": 1e-6}
 _SF = {"lr": 0.0025, "betas": (0.9, 0.999), "eps": 1e-8}
+_LAMB = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.01,
+         "max_grad_norm": 1.0}
+# pytorch_optimizer's Lamb doing the same work: the decay, clipping by the global norm (pre_norm),
+# a trust ratio per tensor (it clamps ||p|| at 10 and has no bias correction)
+_PO_LAMB = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.01,
+            "pre_norm": True}
 
 
 ALGOS = {
@@ -603,6 +675,19 @@ ALGOS = {
               note="torch peers: the schedulefree package's AdamWScheduleFree, foreach=False "
                    "and True (it writes its normalized grad into p.grad: it gets a private copy "
                    "of the grads, refreshed outside the timing)"),
+        _algo("lamb", _LAMB, ["exp_avg", "exp_avg_sq"],
+              _fo(F.lamb, ["exp_avg", "exp_avg_sq"]), _np_lamb, None, fusedopt_cls="LAMB",
+              ceiling_passes=(4, 3), cpu_only=True,
+              torch_loop=_torch_peer("timm", timm_lamb, _LAMB, writes_grads=True),
+              torch_foreach=_torch_peer("pytorch_optimizer", "Lamb", _PO_LAMB, True),
+              other_rule=("torch-foreach",),
+              note="3 passes, 48 B per fp32 element (Note [LAMB's passes]); ceiling: two "
+                   "read-modify-write passes of the same bytes (4 and 3 buffers). torch peers: "
+                   "timm's Lamb (apex FusedLAMB's rule, a for-loop; it divides p.grad in place: "
+                   "it gets a private copy of the grads, refreshed outside the timing) and "
+                   "pytorch_optimizer's Lamb, foreach=True, the same work by another rule (no "
+                   "bias correction, ||p|| clamped at 10: its agreement is not a check); apex's "
+                   "FusedLAMB needs CUDA"),
         _algo("ewa", {"beta": 0.999}, [], _fo_ewa, _np_ewa, None,
               torch_loop=_torch_ewa_loop({"beta": 0.999}),
               torch_foreach=_torch_ewa_foreach({"beta": 0.999}),

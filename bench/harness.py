@@ -184,7 +184,12 @@ def cpu_group(algo, sizes, rng, torch, wanted, plain_state=False):
     g = Group([], params + grads + [b for v in states.values() for b in v])
     if "ceiling" in wanted:
         lists = [states[s] for s in algo.states]
-        g.impls.append(Impl("ceiling", lambda: _core.cpu.rmw(params, grads, lists)))
+
+        def ceiling():
+            for k in algo.passes:  # one read-modify-write pass over the first k buffers each
+                _core.cpu.rmw(params, grads, lists[: k - 2])
+
+        g.impls.append(Impl("ceiling", ceiling))
     if "fusedopt" in wanted:
         g.impls.append(Impl("fusedopt", Stepper(algo.fusedopt, params, grads, states)))
     if "fusedopt-class" in wanted:

@@ -119,6 +119,12 @@ def main(argv=None):
 
     torch = harness.import_torch()
     algos = [algorithms.ALGOS[a] for a in pick(args.algos, algorithms.ALGOS, algorithms.ALGOS)]
+    if args.device == "cuda":
+        skipped = [a.name for a in algos if a.cpu_only]
+        if skipped:
+            print(f"--device cuda: {', '.join(skipped)} take host memory only; not timed",
+                  file=sys.stderr)
+        algos = [a for a in algos if not a.cpu_only]
     wls = pick(args.workloads, W.WORKLOADS, W.DEFAULT[args.device])
     impls = pick(args.impls, harness.IMPLS, harness.IMPLS)
     if "fusedopt" not in impls:
@@ -245,7 +251,8 @@ def main(argv=None):
                    else QUICK_POLICY},
         "algorithms": {a.name: {"hp": a.hp, "states": list(a.states), "buffers": a.nbuf,
                                 "bytes_per_elem": a.bytes_per_elem, "torch": a.torch_cls,
-                                "note": a.note} for a in algos},
+                                "other_rule": list(a.other_rule), "note": a.note}
+                       for a in algos},
         "workloads": workloads,
         "notes": notes,
         "results": rows,

@@ -117,7 +117,9 @@ def test_quick_run_with_torch_peers(tmp_path):
     assert out["versions"]["torch"] is not None and out["threads"]["torch"] == 1
     for algo, peers in out["agreement"].items():
         for peer, err in peers.items():
-            assert err < 1e-5, (algo, peer, err)
+            if peer not in out["algorithms"][algo]["other_rule"]:  # those are recorded only
+                assert err < 1e-5, (algo, peer, err)
+    assert ("lamb", "torch-loop") in impls  # timm's Lamb, the same rule
 
 
 def test_unknown_algorithm_is_refused():
