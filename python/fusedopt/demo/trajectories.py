@@ -160,6 +160,8 @@ NONCONVEX_RUNS = (
     ("Lion", "Lion", dict(lr=3e-3)),
     ("ADOPT", "ADOPT", dict(lr=0.2)),
     ("AdamWScheduleFree", "AdamWScheduleFree", dict(lr=0.05)),
+    # its trust ratio makes each step lr ||w|| long, whatever the gradient (it ends 0.17 away)
+    ("LAMB", "LAMB", dict(lr=0.02)),
 )
 NONCONVEX_STEPS = 2000
 
