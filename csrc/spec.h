@@ -184,6 +184,8 @@ struct StepArgs {
   const double* tensor_values = nullptr;
 };
 
+constexpr double kNoRunInput = -1.0;  // Note [Passes]
+
 // Note [Passes]
 // An update that needs sums over its tensors first (LAMB's trust ratio: the norms of each param
 // and of its update) is one spec of several passes over the call's work lists, run by one bound
@@ -194,9 +196,10 @@ struct StepArgs {
 //   between(h, t, pass, n, sums, call, tensor)
 // which turns the sums of `pass` (n x its accumulators, in the order of Note [Deterministic
 // reductions]; nullptr after an update or a skipped pass) into the values the later passes read:
-// call[kCallValues], tensor[n x kTensorValues]. call[0] is the run's input (the spec's run_input: LAMB's global grad norm, NaN
-// when the call computes it from its own grads). pass_sums(h, pass, call) says what a pass is for
-// these hyper-parameters: its number of sums (0: an update), or -1 when it is skipped.
+// call[kCallValues], tensor[n x kTensorValues]. call[0] is the run's input (the spec's
+// run_input: LAMB's global grad norm; kNoRunInput, a negative number no run may give, when the
+// call computes it from its own grads). pass_sums(h, pass, call) says what a pass is for these
+// hyper-parameters: its number of sums (0: an update), or -1 when it is skipped.
 
 constexpr bool same_name(const char* a, const char* b) {
   while (*a != '\0' && *a == *b) {

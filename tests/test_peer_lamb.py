@@ -163,15 +163,34 @@ def test_state_dicts_interchange_with_timm(direction):
         assert_close_to_peer(q.detach(), p.detach(), f"params[{i}]")
 
 
+def test_a_param_without_grads_takes_the_groups_step_count():
+    """apex and timm count steps per group: a param whose grad was None on some steps steps again
+    with the group's count (its bias correction is the group's, not its own)."""
+    kwargs = dict(lr=1e-2)
+    ps = [p.requires_grad_() for p in _params(torch.float64, seed=2)[:4]]
+    qs = [p.detach().clone().requires_grad_() for p in ps]
+    ours, theirs = ft.LAMB(ps, **kwargs), Lamb(qs, **kwargs)
+    for k in range(6):
+        for i, (p, q, g) in enumerate(zip(ps, qs, _grads(ps, k))):
+            skip = (i == 1 and k in (0, 2)) or (i == 3 and k < 3)  # late, and intermittent
+            p.grad, q.grad = (None, None) if skip else (g.clone(), g.clone())
+        ours.step()
+        theirs.step()
+    for i, (p, q) in enumerate(zip(ps, qs)):
+        assert_close_to_peer(p.detach(), q.detach(), f"params[{i}]")
+    assert [int(ours.state[p]["step"]) for p in ps] == [6, 6, 6, 6]
+
+
 def test_the_grad_norm_spans_every_group_and_dtype():
-    """Three calls in one step (two groups, one of them float32 and float64): each is clipped by
-    the norm of all the grads together, as one call of everything would be (the same bits in
-    float64, where one call gives the same sums)."""
+    """A step of two calls (two groups, one of them float32 and float64) clips each by the norm
+    of all the grads together, as one call over everything does: the same bits."""
     rng = np.random.default_rng(3)
     shapes = [(5,), (300,), (7, 3), (2,)]
-    a = [rng.standard_normal(s) for s in shapes]
-    b = [x.copy() for x in a]
-    grads = [rng.standard_normal(s) * 4 for s in shapes]
+    start = [rng.standard_normal(s).astype(np.float32 if i == 2 else np.float64)
+             for i, s in enumerate(shapes)]
+    grads = [(rng.standard_normal(s) * 4).astype(x.dtype) for s, x in zip(shapes, start)]
+    a = [x.copy() for x in start]
+    b = [x.copy() for x in start]
     split = fusedopt.LAMB([{"params": a[:2]}, {"params": a[2:]}], lr=0.1)
     whole = fusedopt.LAMB(b, lr=0.1)
     for _ in range(3):
@@ -179,12 +198,29 @@ def test_the_grad_norm_spans_every_group_and_dtype():
         whole.step(grads)
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
-    # a wrong norm would show: clipping group by group gives other params
-    c = [x.copy() for x in b]
+    # clipping each group by its own grads' norm gives other params
+    c = [x.copy() for x in start]
     alone = [fusedopt.LAMB(c[:2], lr=0.1), fusedopt.LAMB(c[2:], lr=0.1)]
-    d = [x.copy() for x in b]
-    for opt, gs in zip(alone, (grads[:2], grads[2:])):
-        opt.step(gs)
-    whole.step(grads)
-    assert not all(np.array_equal(x, y) for x, y in zip(c, b))
-    del d
+    for _ in range(3):
+        alone[0].step(grads[:2])
+        alone[1].step(grads[2:])
+    assert not any(np.array_equal(x, y) for x, y in zip(c, b))
+
+
+def test_a_nan_norm_does_not_clip():
+    """A grad norm of NaN (a NaN in some grad) does not clip, given or computed (apex: NaN >
+    max_grad_norm is false): two groups, one holding the NaN, step as one call does."""
+    p = [np.ones(3)]
+    m, v = [np.zeros(3)], [np.zeros(3)]
+    fusedopt.functional.lamb(p, [np.full(3, 10.0)], m, v, step=1, weight_decay=0.0,
+                             grad_norm=float("nan"))
+    np.testing.assert_allclose(m[0], 1.0)  # (1 - beta1) * 10: not clipped
+    rng = np.random.default_rng(4)
+    start = [rng.standard_normal(s) for s in (4, 6)]
+    grads = [rng.standard_normal(s) * 10 for s in (4, 6)]
+    grads[0][1] = np.nan
+    a, b = [x.copy() for x in start], [x.copy() for x in start]
+    fusedopt.LAMB([{"params": a[:1]}, {"params": a[1:]}], lr=0.1).step(grads)
+    fusedopt.LAMB(b, lr=0.1).step(grads)
+    np.testing.assert_array_equal(a[1], b[1])
+    assert np.isnan(a[0]).all() and np.isnan(b[0]).all()  # the NaN's tensor: a NaN norm of u

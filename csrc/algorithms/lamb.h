@@ -27,7 +27,7 @@
 // 48 bytes per element of fp32, where apex moves 52. Without a trust ratio (wd == 0 and not
 // use_nvlamb) pass 1 updates p itself and pass 2 is skipped; pass 0 then reads only the grads,
 // and is skipped too when the norm is given (below) or cannot clip (max_grad_norm = inf): 32 or
-// 24 bytes per element. Pass 2 recomputes u from the stored m and v with pass 1's arithmetic, so
+// 28 bytes per element. With a trust ratio, pass 0 reads the grads only when it needs their norm. Pass 2 recomputes u from the stored m and v with pass 1's arithmetic, so
 // it updates p with the u whose norm pass 1 summed, bit for bit (both in the compute type).
 //
 // The grad norm is over every grad of the step, across param groups (apex's). A bound call
@@ -169,10 +169,14 @@ struct Lamb : SpecDefaults {
   static constexpr const char* kRunInput = "grad_norm";
 
   static bool trust_ratio(const Hyper& h) { return h.use_nvlamb || h.weight_decay != 0.0; }
+  // Whether pass 0 sums the grads' squares: the norm is not given, and it can clip.
+  static bool grads_norm(const Hyper& h, const double* call) {
+    return call[0] == kNoRunInput && h.max_grad_norm != kInf;
+  }
   static int pass_sums(const Hyper& h, int pass, const double* call) {
     switch (pass) {
       case 0:  // the norms: of p for a trust ratio, of the grads unless given or unused
-        return trust_ratio(h) || (std::isnan(call[0]) && h.max_grad_norm != kInf) ? 2 : -1;
+        return trust_ratio(h) || grads_norm(h, call) ? 2 : -1;
       case 1: return trust_ratio(h) ? 1 : 0;
       default: return trust_ratio(h) ? 0 : -1;
     }
@@ -182,13 +186,14 @@ struct Lamb : SpecDefaults {
   static void between(const Hyper& h, int64_t, int pass, int64_t n, const double* sums,
                       double* call, double* tensor) {
     if (pass == 0) {
-      double norm = call[0];
-      if (std::isnan(norm) && sums != nullptr) {
+      double norm = call[0];  // a NaN given stays NaN: it does not clip, as in apex
+      if (grads_norm(h, call) && sums != nullptr) {
         double sq = 0.0;
         for (int64_t i = 0; i < n; ++i) sq += sums[i * 2];
         norm = std::sqrt(sq);
       }
-      // apex: G > max_grad_norm ? G / max_grad_norm : 1 (a NaN norm does not clip)
+      // apex: G > max_grad_norm ? G / max_grad_norm : 1 (a NaN norm does not clip; nor does
+      // kNoRunInput, left where the norm cannot clip)
       call[1] = norm > h.max_grad_norm ? norm / h.max_grad_norm : 1.0;
       if (sums != nullptr) {
         for (int64_t i = 0; i < n; ++i) tensor[i * 2] = std::sqrt(sums[i * 2 + 1]);
@@ -219,9 +224,9 @@ struct Lamb : SpecDefaults {
                            O(clip),
                            O(h.lr)};
     if (a.pass == 0) {
-      const bool given = a.call_values != nullptr && !std::isnan(a.call_values[0]);
+      const bool grads = a.call_values != nullptr && grads_norm(h, a.call_values);
       bool_switch(trust_ratio(h), [&](auto P) {
-        bool_switch(!given, [&](auto G) {
+        bool_switch(grads, [&](auto G) {
           run(LambNormsAlgo<St, decltype(P)::value, decltype(G)::value>{});
         });
       });

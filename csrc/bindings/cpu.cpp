@@ -64,10 +64,10 @@ class CpuBound : public Bound {
   void check_all();
   void verify_unchanged();
   py::object launch(int64_t t, std::vector<double>& h, std::vector<double>& in, Driver driver,
-                    double grad_factor = 1.0, double input = std::nan(""));
+                    double grad_factor = 1.0, double input = kNoRunInput);
   // The factor of Note [The fused unscale] for the scale `grad_scale` (None: 1).
   double grad_factor(py::handle grad_scale) const;
-  // The run's input of a spec of several passes (Note [Passes]), NaN for None.
+  // The run's input of a spec of several passes (Note [Passes]), kNoRunInput for None.
   double run_input(py::handle input) const;
   py::tuple checked_grads(py::handle grads, std::vector<Span>* spans, int rank);
 };
@@ -203,12 +203,12 @@ double CpuBound::grad_factor(py::handle grad_scale) const {
 }
 
 double CpuBound::run_input(py::handle input) const {
-  if (input.is_none()) return std::nan("");
+  if (input.is_none()) return kNoRunInput;
   if (spec_.run_input == nullptr) {
     names_.type(std::string(spec_.name) + " takes no grad_norm");
   }
   const double x = parse_real(names_, spec_.run_input, input.ptr());
-  if (x < 0.0) {
+  if (x < 0.0) {  // (NaN is a value: the norm of grads that hold a NaN)
     names_.value(std::string(spec_.run_input) + " must be >= 0, got " + std::string(py::str(input)));
   }
   return x;

@@ -69,13 +69,13 @@ class cpu:
         def verify(self) -> None: ...
         def run(self, grads: Sequence[np.ndarray] | None = None, *, step: int | None = None,
                 lr: float | None = None, scalars: float | tuple[float, ...] | None = None,
-                grad_scale: float | None = None
+                grad_scale: float | None = None, grad_norm: float | None = None
                 ) -> float | tuple[float, ...] | npt.NDArray[np.float64] | None: ...
         def run_addresses(self, addresses: Sequence[int], *, step: int | None = None,
                           lr: float | None = None,
                           scalars: float | tuple[float, ...] | None = None,
                           others: Sequence[Bound] = (), run: bool = True,
-                          grad_scale: float | None = None
+                          grad_scale: float | None = None, grad_norm: float | None = None
                           ) -> float | tuple[float, ...] | npt.NDArray[np.float64] | None: ...
 
     @staticmethod
@@ -83,7 +83,8 @@ class cpu:
              grads_later: bool = False, aliases: dict[str, str] | None = None) -> cpu.Bound: ...
     @staticmethod
     def call(algo: str, lists: _Lists, hyper: _Hyper, step: int | None = None,
-             scalars: float | tuple[float, ...] | None = None, name: str = ""
+             scalars: float | tuple[float, ...] | None = None, name: str = "",
+             grad_norm: float | None = None
              ) -> float | tuple[float, ...] | npt.NDArray[np.float64] | None: ...
     @staticmethod
     def rmw(params: Sequence[np.ndarray], grads: Sequence[np.ndarray],

@@ -208,6 +208,7 @@ def lamb(
     grad_averaging: bool = True,
     max_grad_norm: float = 1.0,
     use_nvlamb: bool = False,
+    grad_norm: float | None = None,
 ) -> None: ...
 
 def ewa(

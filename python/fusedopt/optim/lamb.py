@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from .optimizer import Optimizer
+from .optimizer import Optimizer, StepsPerGroup
 
 __all__ = ["LAMB"]
 
 
-class LAMB(Optimizer, algorithm="lamb"):
+class LAMB(StepsPerGroup, Optimizer, algorithm="lamb"):
     r"""LAMB (layer-wise adaptive moments for batch training) as apex's ``FusedLAMB`` (the same
     arguments, defaults, state names and update): Adam's direction, then a step per tensor
     scaled to the tensor's own norm.
@@ -69,7 +69,9 @@ class LAMB(Optimizer, algorithm="lamb"):
     its state dict keeps this optimizer's values.
 
     State per param: ``step``, ``exp_avg`` (:math:`m`), ``exp_avg_sq`` (:math:`v`); a state dict
-    also carries each group's ``step``, where apex (and timm) keep the count.
+    also carries each group's ``step``, where apex (and timm) keep the count. Steps are counted
+    per group, as apex counts them: a param that had no grad on some steps takes the group's
+    count when it steps again (its bias correction is the group's).
 
     >>> import numpy as np, fusedopt
     >>> w = np.array([3.0, 4.0])

@@ -787,3 +787,15 @@ def _set_all(dicts: list, key: str, value: Any) -> None:
     collections.deque(map(operator.setitem, dicts, itertools.repeat(key), itertools.repeat(value)),
                       maxlen=0)
 
+
+class StepsPerGroup:
+    """A mixin for the classes whose peer counts steps per group (schedulefree's
+    ``AdamWScheduleFree``, apex's ``FusedLAMB``): every param of a group steps with the group's
+    most advanced count and scalar state, also one that had no grad on some steps or joins late
+    (its own count would give it another bias correction, or average weight). A step in which no
+    param of a group has a grad does not count here; the peers count it."""
+
+    def _call_keys(self, group: dict, states: list) -> list:
+        keys = Optimizer._call_keys(self, group, states)  # type: ignore[arg-type]
+        top = max(keys, key=lambda k: k[0])
+        return [top] * len(keys)

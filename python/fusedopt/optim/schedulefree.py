@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from .. import functional
-from .optimizer import Optimizer
+from .optimizer import Optimizer, StepsPerGroup
 
 __all__ = ["AdamWScheduleFree", "ScheduleFreeModes"]
 
@@ -53,14 +53,6 @@ class ScheduleFreeModes:
                 functional.lerp(params, zs, weight=weight)
             group["train_mode"] = train
 
-    def _call_keys(self, group: dict, states: list) -> list:
-        """The package counts steps per group: every param of a group steps with the group's most
-        advanced count and scalar state, also one that had no grad on some steps or joins late
-        (a param's own count would give it another bias correction and average weight)."""
-        keys = Optimizer._call_keys(self, group, states)  # type: ignore[arg-type]
-        top = max(keys, key=lambda k: k[0])
-        return [top] * len(keys)
-
     def _before_step(self) -> None:
         for gi, group in enumerate(self.param_groups):
             if not group.get("train_mode", False):
@@ -69,7 +61,8 @@ class ScheduleFreeModes:
                     "opt.train() before the first step and after eval() (the params must hold y)")
 
 
-class AdamWScheduleFree(ScheduleFreeModes, Optimizer, algorithm="adamw_schedulefree"):
+class AdamWScheduleFree(ScheduleFreeModes, StepsPerGroup, Optimizer,
+                        algorithm="adamw_schedulefree"):
     r"""Schedule-Free AdamW as the ``schedulefree`` package's ``AdamWScheduleFree`` (1.4.1: the same
     arguments, defaults, state names, modes and update): no learning-rate schedule; the weights
     evaluated are an average :math:`x` of the iterates :math:`z`, and the grads are taken at an
