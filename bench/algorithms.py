@@ -51,8 +51,9 @@ class BenchAlgo:
     note: str = ""
     init: dict = field(default_factory=dict)
     fusedopt_cls: str | None = None  # the fusedopt.optim class, when torch.optim has none
-    # The ceiling's read-modify-write passes, by the buffers each touches (None: one pass over
-    # all of them): an algorithm of several passes (LAMB) moves more than one pass's bytes.
+    # The ceiling's passes, each (buffers read, buffers written) (None: one pass reading every
+    # buffer and writing all but the grads): an algorithm of several passes (LAMB) moves the
+    # bytes of each of its passes, a read-only reduction among them.
     ceiling_passes: tuple | None = None
     cpu_only: bool = False  # its kernels take host memory only (LAMB, for now)
     other_rule: tuple = ()  # peers that do the same work by another rule: their agreement is
@@ -69,14 +70,13 @@ class BenchAlgo:
 
     @property
     def passes(self):
-        """The buffers of each of the ceiling's passes."""
-        return self.ceiling_passes or (self.nbuf,)
+        """The ceiling's passes, as (buffers read, buffers written)."""
+        return self.ceiling_passes or ((self.nbuf, self.nbuf - 1),)
 
     @property
     def bytes_per_elem(self):
-        """Minimum fp32 bytes per element: in each pass, read its buffers and write all but the
-        gradient."""
-        return sum(4 * (2 * k - 1) for k in self.passes)
+        """Minimum fp32 bytes per element: what each pass reads and writes."""
+        return sum(4 * (k + w) for k, w in self.passes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -677,12 +677,13 @@ ALGOS = {
                    "of the grads, refreshed outside the timing)"),
         _algo("lamb", _LAMB, ["exp_avg", "exp_avg_sq"],
               _fo(F.lamb, ["exp_avg", "exp_avg_sq"]), _np_lamb, None, fusedopt_cls="LAMB",
-              ceiling_passes=(4, 3), cpu_only=True,
+              ceiling_passes=((2, 0), (4, 2), (3, 1)), cpu_only=True,
               torch_loop=_torch_peer("timm", timm_lamb, _LAMB, writes_grads=True),
               torch_foreach=_torch_peer("pytorch_optimizer", "Lamb", _PO_LAMB, True),
               other_rule=("torch-foreach",),
-              note="3 passes, 48 B per fp32 element (Note [LAMB's passes]); ceiling: two "
-                   "read-modify-write passes of the same bytes (4 and 3 buffers). torch peers: "
+              note="3 passes, 48 B per fp32 element (Note [LAMB's passes]); ceiling: three "
+                   "passes of the same reads and writes (read p, g; read 4 buffers writing 2; "
+                   "read 3 writing 1). torch peers: "
                    "timm's Lamb (apex FusedLAMB's rule, a for-loop; it divides p.grad in place: "
                    "it gets a private copy of the grads, refreshed outside the timing) and "
                    "pytorch_optimizer's Lamb, foreach=True, the same work by another rule (no "

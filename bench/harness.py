@@ -186,8 +186,8 @@ def cpu_group(algo, sizes, rng, torch, wanted, plain_state=False):
         lists = [states[s] for s in algo.states]
 
         def ceiling():
-            for k in algo.passes:  # one read-modify-write pass over the first k buffers each
-                _core.cpu.rmw(params, grads, lists[: k - 2])
+            for k, w in algo.passes:  # a pass reading the first k buffers, writing w of them
+                _core.cpu.rmw(params, grads, lists[: k - 2], w)
 
         g.impls.append(Impl("ceiling", ceiling))
     if "fusedopt" in wanted:

@@ -187,3 +187,23 @@ def test_train_torch_runs(tmp_path):
     for r in results.values():
         assert set(r["runs"]) == {"torch-fused", "fusedopt"} and r["steps"] == 3
         assert math.isfinite(r["max_rel_diff"])
+
+
+def test_the_ceiling_writes_what_it_is_told():
+    """``_core.cpu.rmw`` (the ceiling): params and the first ``writes - 1`` state lists are
+    written (each plus the grads and the lists only read), the others only read; ``writes=0``
+    writes nothing; a count out of range is refused."""
+    import numpy as np
+
+    from fusedopt import _core
+
+    p, g, m, v = (np.full(70000, x, np.float32) for x in (1.0, 2.0, 3.0, 4.0))
+    _core.cpu.rmw([p], [g], [[m], [v]], 2)  # p and m written, v only read
+    assert (p == 1 + 2 + 4).all() and (m == 3 + 2 + 4).all() and (v == 4).all() and (g == 2).all()
+    before = [x.copy() for x in (p, g, m, v)]
+    _core.cpu.rmw([p], [g], [[m], [v]], 0)
+    assert all((x == y).all() for x, y in zip((p, g, m, v), before))
+    _core.cpu.rmw([p], [g], [[m], [v]])  # all but the grads
+    assert (p == 7 + 2).all() and (m == 9 + 2).all() and (v == 4 + 2).all()
+    with pytest.raises(ValueError, match=r"rmw: writes must be 0..3, got 4"):
+        _core.cpu.rmw([p], [g], [[m], [v]], 4)

@@ -466,11 +466,16 @@ void def_cpu(py::module_& cpu) {
 
   cpu.def(
       "rmw",
-      [](py::handle params, py::handle grads, py::list states) {
+      [](py::handle params, py::handle grads, py::list states, py::handle writes) {
         const int nbuf = 2 + static_cast<int>(states.size());
         if (nbuf > kMaxBuffers) {
           throw py::value_error("rmw: at most " + std::to_string(kMaxBuffers - 2) +
                                 " state lists, got " + std::to_string(states.size()));
+        }
+        const int nwrite = writes.is_none() ? nbuf - 1 : writes.cast<int>();
+        if (nwrite < 0 || nwrite > nbuf - 1) {
+          throw py::value_error("rmw: writes must be 0.." + std::to_string(nbuf - 1) + ", got " +
+                                std::to_string(nwrite));
         }
         static const char* names[] = {"states[0]", "states[1]", "states[2]"};
         std::vector<ListArg> args{{"params", params, Role::Param}, {"grads", grads, Role::Grad}};
@@ -481,11 +486,13 @@ void def_cpu(py::module_& cpu) {
         const CheckedCall call = check_call(who, args.data(), nbuf, sites);
         const int threads = thread_setting();
         py::gil_scoped_release nogil;
-        for (const WorkList& wl : call.lists) cpu::active().rmw(wl.view(threads), nbuf);
+        for (const WorkList& wl : call.lists) cpu::active().rmw(wl.view(threads), nbuf, nwrite);
       },
-      py::arg("params"), py::arg("grads"), py::arg("states"),
+      py::arg("params"), py::arg("grads"), py::arg("states"), py::arg("writes") = py::none(),
       "Benchmark ceiling: params += grads and each state += grads over the same driver, i.e. "
-      "the memory traffic of an algorithm with that many state buffers.");
+      "the memory traffic of an algorithm with that many state buffers. With `writes` w, only "
+      "params and the first w - 1 state lists are written (the others only read; w = 0: a "
+      "reduction pass reading every list): the traffic of a pass of a spec of several.");
 
   cpu.def(
       "set_num_threads",

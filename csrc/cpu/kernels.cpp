@@ -30,25 +30,53 @@ struct Entry {
   }
 };
 
-// The benchmark ceiling: the same loads and stores as an update of K slots, trivial math.
-template <class St, int K>
+// The benchmark ceiling: the loads and stores of an update of K slots that writes W of them
+// (slot 0, then the states in order), trivial math: each written slot adds the sum of the slots
+// only read.
+template <class St, int K, int W>
 struct RmwAlgo : Update<St, K> {
   using O = typename St::compute_t;
+  static constexpr bool written(int slot) { return slot != 1 && (slot == 0 ? W >= 1 : slot < W + 1); }
   void operator()(O* r) const {
+    O read = r[1];
+    for (int k = 2; k < K; ++k) {
+      if (!written(k)) read = read + r[k];
+    }
     for (int k = 0; k < K; ++k) {
-      if (k != 1) r[k] = r[k] + r[1];
+      if (written(k)) r[k] = r[k] + read;
     }
   }
 };
 
-void rmw_k(const WorkView& w, int nbuf) {
+// ... and of a reduction pass over K slots (W = 0): their sum.
+template <class St, int K>
+struct RmwSumAlgo : Reduction<St, K, 1> {
+  using O = typename St::compute_t;
+  void operator()(const O* r, double* c) const {
+    O x = r[0];
+    for (int k = 1; k < K; ++k) x = x + r[k];
+    c[0] = static_cast<double>(x);
+  }
+};
+
+template <class St, int K, int... W>
+void rmw_of(const WorkView& w, int nwrite, std::integer_sequence<int, W...>) {
+  if (nwrite == 0) {  // each chunk's sum, discarded
+    std::vector<double> partial(static_cast<size_t>(w.nchunks));
+    for_each_chunk(w, RmwSumAlgo<St, K>{}, partial.data());
+    return;
+  }
+  ((nwrite == W + 1 ? apply(w, RmwAlgo<St, K, W + 1>{}, nullptr) : void()), ...);
+}
+
+void rmw_k(const WorkView& w, int nbuf, int nwrite) {
   combo_switch(w.combo, [&](auto st) {
     using St = decltype(st);
     switch (nbuf) {
-      case 2: apply(w, RmwAlgo<St, 2>{}, nullptr); break;
-      case 3: apply(w, RmwAlgo<St, 3>{}, nullptr); break;
-      case 4: apply(w, RmwAlgo<St, 4>{}, nullptr); break;
-      case 5: apply(w, RmwAlgo<St, 5>{}, nullptr); break;
+      case 2: rmw_of<St, 2>(w, nwrite, std::make_integer_sequence<int, 1>{}); break;
+      case 3: rmw_of<St, 3>(w, nwrite, std::make_integer_sequence<int, 2>{}); break;
+      case 4: rmw_of<St, 4>(w, nwrite, std::make_integer_sequence<int, 3>{}); break;
+      case 5: rmw_of<St, 5>(w, nwrite, std::make_integer_sequence<int, 4>{}); break;
       default: break;
     }
   });

@@ -54,9 +54,11 @@ using KernelFn = void (*)(const WorkView&, const Launch&);
 struct KernelTable {
   const char* name;
   KernelFn kernels[kNumSpecs];  // by kSpecIndex
-  // Benchmark ceiling: reads nbuf buffers and writes all but slot 1, with trivial math
-  // (x += g), through the same driver: the bytes an algorithm of nbuf buffers must move.
-  void (*rmw)(const WorkView&, int nbuf);
+  // Benchmark ceiling: reads nbuf buffers and writes nwrite of them (slot 0 and the states,
+  // in slot order; never slot 1), with trivial math (x += g), through the same driver: the
+  // bytes an algorithm, or a pass of one, that reads nbuf buffers and writes nwrite must move.
+  // nwrite 0 is a reduction pass (the buffers' sum per tensor, into a scratch array).
+  void (*rmw)(const WorkView&, int nbuf, int nwrite);
 };
 
 // The instruction sets this build compiled, best last, and the one in use.
