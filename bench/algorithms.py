@@ -55,7 +55,6 @@ class BenchAlgo:
     # buffer and writing all but the grads): an algorithm of several passes (LAMB) moves the
     # bytes of each of its passes, a read-only reduction among them.
     ceiling_passes: tuple | None = None
-    cpu_only: bool = False  # its kernels take host memory only (LAMB, for now)
     other_rule: tuple = ()  # peers that do the same work by another rule: their agreement is
     # recorded, not expected
 
@@ -677,7 +676,7 @@ ALGOS = {
                    "of the grads, refreshed outside the timing)"),
         _algo("lamb", _LAMB, ["exp_avg", "exp_avg_sq"],
               _fo(F.lamb, ["exp_avg", "exp_avg_sq"]), _np_lamb, None, fusedopt_cls="LAMB",
-              ceiling_passes=((2, 0), (4, 2), (3, 1)), cpu_only=True,
+              ceiling_passes=((2, 0), (4, 2), (3, 1)),
               torch_loop=_torch_peer("timm", timm_lamb, _LAMB, writes_grads=True),
               torch_foreach=_torch_peer("pytorch_optimizer", "Lamb", _PO_LAMB, True),
               other_rule=("torch-foreach",),

@@ -119,12 +119,6 @@ def main(argv=None):
 
     torch = harness.import_torch()
     algos = [algorithms.ALGOS[a] for a in pick(args.algos, algorithms.ALGOS, algorithms.ALGOS)]
-    if args.device == "cuda":
-        skipped = [a.name for a in algos if a.cpu_only]
-        if skipped:
-            print(f"--device cuda: {', '.join(skipped)} take host memory only; not timed",
-                  file=sys.stderr)
-        algos = [a for a in algos if not a.cpu_only]
     wls = pick(args.workloads, W.WORKLOADS, W.DEFAULT[args.device])
     impls = pick(args.impls, harness.IMPLS, harness.IMPLS)
     if "fusedopt" not in impls:

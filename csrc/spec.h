@@ -171,6 +171,8 @@ struct ScalarSpec {
   double init;  // before the first step
 };
 
+constexpr double kNoRunInput = -1.0;  // a run without its input (Note [Passes])
+
 // Per call: the step and the scalar state before it.
 struct StepArgs {
   int64_t step;               // 1-based; 0 for an algorithm without steps
@@ -179,12 +181,13 @@ struct StepArgs {
   // A spec of several passes (Note [Passes]): which pass runs, and what its between() made of
   // the passes before it: kCallValues values for the call, kTensorValues per tensor of the call
   // (by its index in the call), in the memory the kernels run in.
+  // The values live where the kernels run (device memory for the CUDA kernels): only the
+  // algorithm objects read them, through for_tensor; dispatch reads run_input, on the host.
   int pass = 0;
   const double* call_values = nullptr;
   const double* tensor_values = nullptr;
+  double run_input = kNoRunInput;  // call_values[0], as the host knows it
 };
-
-constexpr double kNoRunInput = -1.0;  // Note [Passes]
 
 // Note [Passes]
 // An update that needs sums over its tensors first (LAMB's trust ratio: the norms of each param
@@ -248,7 +251,8 @@ struct SpecDefaults {
     return 0;
   }
   template <class H>
-  static void between(const H&, int64_t, int, int64_t, const double*, double*, double*) {}
+  FUSEDOPT_HOST_DEVICE static void between(const H&, int64_t, int, int64_t, const double*,
+                                           double*, double*) {}
   template <class H>
   static constexpr const char* check(const H&) {
     return nullptr;

@@ -20,19 +20,9 @@ import pytest
 
 import fusedopt
 from fusedopt import _backend, _core, _cuda_arrays, functional, reference
-from fusedopt._spec import SPECS
 
-from algos import ALGO_BY_NAME, DTYPE_IDS, DTYPES, SIZES, STEPS
-from algos import ALGO_CONFIG_IDS as _ALL_IDS
-from algos import ALGO_CONFIGS as _ALL_CONFIGS
-from algos import ALGOS as _ALL_ALGOS
+from algos import ALGO_BY_NAME, ALGO_CONFIG_IDS, ALGO_CONFIGS, ALGOS, DTYPE_IDS, DTYPES, SIZES, STEPS
 from test_parity import TOL, check, full_and_plain, is_f, many_small_specs, random_like, seed_of
-
-# LAMB (a spec of several passes) takes host memory only for now: the CUDA binder refuses it
-# (test_a_spec_of_several_passes_is_refused_on_device); the device tables leave it out
-ALGOS = tuple(a for a in _ALL_ALGOS if SPECS[a.name].passes == 1)
-ALGO_CONFIGS, ALGO_CONFIG_IDS = map(list, zip(*[
-    (ac, i) for ac, i in zip(_ALL_CONFIGS, _ALL_IDS) if SPECS[ac[0].name].passes == 1]))
 
 BUILT = bool(fusedopt.build_info()["cuda"])
 GPU = fusedopt.cuda_available()
@@ -243,14 +233,6 @@ def fake_adam(params=None, grads=None, exp_avgs=None, exp_avg_sqs=None):
 def test_device_arrays_are_checked_before_launch(lists, exc, msg):
     with pytest.raises(exc, match=msg):
         functional.adam(*lists, step=1)
-
-
-@needs_build
-def test_a_spec_of_several_passes_is_refused_on_device():
-    """LAMB's passes need the host between them (Note [Passes]), which the CUDA binder does not
-    do yet: device arrays are refused by name before anything is read or launched."""
-    with pytest.raises(TypeError, match=r"lamb: lamb runs on the CPU only for now"):
-        functional.lamb(*fake_adam(), step=1)
 
 
 @needs_build

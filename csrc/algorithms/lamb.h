@@ -49,7 +49,7 @@ struct LambScalars {
   O u_scale;  // sqrt(bc2) / bc1
   O eps;      // eps * sqrt(bc2)
   O weight_decay;
-  O clip;     // the divisor of the grads (1: no clipping)
+  O clip;     // the divisor of the grads (1: no clipping), set per tensor from the call's values
   O lr;       // the step of pass 1 when it is the last
 };
 
@@ -89,7 +89,14 @@ template <class St, bool L2, bool Decay>
 struct LambMomentsAlgo : Reduction<St, 4, 1> {
   using O = typename St::compute_t;
   static constexpr bool kWrites = true;
+  static constexpr bool kPerTensor = true;  // the clip divisor, from the call's values
   LambScalars<O> s;
+  const double* call;
+  FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE LambMomentsAlgo for_tensor(int64_t) const {
+    LambMomentsAlgo a = *this;
+    a.s.clip = O(call[1]);
+    return a;
+  }
   FUSEDOPT_HOST_DEVICE static constexpr bool written(int slot) { return slot >= 2; }
   FUSEDOPT_HOST_DEVICE static constexpr bool read(int slot) { return slot != 0 || Decay; }
   FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void operator()(O* r, double* c) const {
@@ -102,7 +109,14 @@ struct LambMomentsAlgo : Reduction<St, 4, 1> {
 template <class St, bool L2, bool Decay>
 struct LambStepAlgo : Update<St, 4> {
   using O = typename St::compute_t;
+  static constexpr bool kPerTensor = true;  // the clip divisor, from the call's values
   LambScalars<O> s;
+  const double* call;
+  FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE LambStepAlgo for_tensor(int64_t) const {
+    LambStepAlgo a = *this;
+    a.s.clip = O(call[1]);
+    return a;
+  }
   FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void operator()(O* r) const {
     r[0] = r[0] - s.lr * lamb_moments<L2, Decay>(r[0], r[1], r[2], r[3], s);
   }
@@ -168,26 +182,29 @@ struct Lamb : SpecDefaults {
   static constexpr int kTensorValues = 2;  // ||p||, then the trust ratio
   static constexpr const char* kRunInput = "grad_norm";
 
-  static bool trust_ratio(const Hyper& h) { return h.use_nvlamb || h.weight_decay != 0.0; }
+  FUSEDOPT_HOST_DEVICE static bool trust_ratio(const Hyper& h) {
+    return h.use_nvlamb || h.weight_decay != 0.0;
+  }
   // Whether pass 0 sums the grads' squares: the norm is not given, and it can clip.
-  static bool grads_norm(const Hyper& h, const double* call) {
-    return call[0] == kNoRunInput && h.max_grad_norm != kInf;
+  FUSEDOPT_HOST_DEVICE static bool grads_norm(const Hyper& h, double input) {
+    return input == kNoRunInput && h.max_grad_norm != kInf;
   }
   static int pass_sums(const Hyper& h, int pass, const double* call) {
     switch (pass) {
       case 0:  // the norms: of p for a trust ratio, of the grads unless given or unused
-        return trust_ratio(h) || grads_norm(h, call) ? 2 : -1;
+        return trust_ratio(h) || grads_norm(h, call[0]) ? 2 : -1;
       case 1: return trust_ratio(h) ? 1 : 0;
       default: return trust_ratio(h) ? 0 : -1;
     }
   }
   // After pass 0: the clip divisor and each ||p|| (skipped, sums is null: no ratio is needed, and
   // the norm is given or cannot clip); after pass 1: each trust ratio.
-  static void between(const Hyper& h, int64_t, int pass, int64_t n, const double* sums,
-                      double* call, double* tensor) {
+  // Runs on the host for host memory and as one device thread for device memory.
+  FUSEDOPT_HOST_DEVICE static void between(const Hyper& h, int64_t, int pass, int64_t n,
+                                           const double* sums, double* call, double* tensor) {
     if (pass == 0) {
       double norm = call[0];  // a NaN given stays NaN: it does not clip, as in apex
-      if (grads_norm(h, call) && sums != nullptr) {
+      if (grads_norm(h, call[0]) && sums != nullptr) {
         double sq = 0.0;
         for (int64_t i = 0; i < n; ++i) sq += sums[i * 2];
         norm = std::sqrt(sq);
@@ -213,7 +230,6 @@ struct Lamb : SpecDefaults {
     const double t = static_cast<double>(a.step);
     const double bc1 = h.bias_correction ? 1.0 - std::pow(h.beta1, t) : 1.0;
     const double bc2 = h.bias_correction ? 1.0 - std::pow(h.beta2, t) : 1.0;
-    const double clip = a.call_values ? a.call_values[1] : 1.0;
     const LambScalars<O> s{O(h.beta1),
                            O(h.grad_averaging ? 1.0 - h.beta1 : 1.0),
                            O(h.beta2),
@@ -221,10 +237,10 @@ struct Lamb : SpecDefaults {
                            O(std::sqrt(bc2) / bc1),
                            O(h.eps * std::sqrt(bc2)),
                            O(h.weight_decay),
-                           O(clip),
+                           O(1),
                            O(h.lr)};
     if (a.pass == 0) {
-      const bool grads = a.call_values != nullptr && grads_norm(h, a.call_values);
+      const bool grads = grads_norm(h, a.run_input);
       bool_switch(trust_ratio(h), [&](auto P) {
         bool_switch(grads, [&](auto G) {
           run(LambNormsAlgo<St, decltype(P)::value, decltype(G)::value>{});
@@ -236,9 +252,9 @@ struct Lamb : SpecDefaults {
       bool_switch(h.weight_decay != 0.0, [&](auto D) {
         constexpr bool l2 = decltype(L2)::value, decay = decltype(D)::value;
         if (a.pass == 1 && trust_ratio(h)) {
-          run(LambMomentsAlgo<St, l2, decay>{{}, s});
+          run(LambMomentsAlgo<St, l2, decay>{{}, s, a.call_values});
         } else if (a.pass == 1) {
-          run(LambStepAlgo<St, l2, decay>{{}, s});
+          run(LambStepAlgo<St, l2, decay>{{}, s, a.call_values});
         } else {
           run(LambApplyAlgo<St, l2, decay>{{}, s, a.tensor_values, O(0)});
         }

@@ -138,6 +138,18 @@ int64_t Bound::run_args(py::handle step, py::handle lr, py::handle scalars, std:
   return t;
 }
 
+double Bound::run_input(py::handle input) const {
+  if (input.is_none()) return kNoRunInput;
+  if (spec_.run_input == nullptr) {
+    names_.type(std::string(spec_.name) + " takes no grad_norm");
+  }
+  const double x = parse_real(names_, spec_.run_input, input.ptr());
+  if (x < 0.0) {  // (NaN is a value: the norm of grads that hold a NaN)
+    names_.value(std::string(spec_.run_input) + " must be >= 0, got " + std::string(py::str(input)));
+  }
+  return x;
+}
+
 void Bound::prepare_step(int64_t t) const {
   if (prepared_step_ == t) return;
   std::vector<double> values;

@@ -90,6 +90,9 @@ class Bound {
   // The step, learning rate and scalar state of a run, into a copy of hyper_ (`h`) and `in`.
   int64_t run_args(py::handle step, py::handle lr, py::handle scalars, std::vector<double>& h,
                    std::vector<double>& in) const;
+  // The run's input of a spec of several passes (Note [Passes] in spec.h: LAMB's grad_norm), or
+  // kNoRunInput for None; refused for a spec without one.
+  double run_input(py::handle input) const;
   // What run returns besides a reduction: the scalar state after the step (a float, a tuple of
   // floats, or None).
   py::object scalars_result(const std::vector<double>& h, int64_t step,

@@ -67,8 +67,6 @@ class CpuBound : public Bound {
                     double grad_factor = 1.0, double input = kNoRunInput);
   // The factor of Note [The fused unscale] for the scale `grad_scale` (None: 1).
   double grad_factor(py::handle grad_scale) const;
-  // The run's input of a spec of several passes (Note [Passes]), kNoRunInput for None.
-  double run_input(py::handle input) const;
   py::tuple checked_grads(py::handle grads, std::vector<Span>* spans, int rank);
 };
 
@@ -200,18 +198,6 @@ double CpuBound::grad_factor(py::handle grad_scale) const {
     names_.value("grad_scale must be a finite number > 0, got " + std::string(py::str(grad_scale)));
   }
   return static_cast<double>(static_cast<float>(1.0 / s));  // as GradScaler.unscale_
-}
-
-double CpuBound::run_input(py::handle input) const {
-  if (input.is_none()) return kNoRunInput;
-  if (spec_.run_input == nullptr) {
-    names_.type(std::string(spec_.name) + " takes no grad_norm");
-  }
-  const double x = parse_real(names_, spec_.run_input, input.ptr());
-  if (x < 0.0) {  // (NaN is a value: the norm of grads that hold a NaN)
-    names_.value(std::string(spec_.run_input) + " must be >= 0, got " + std::string(py::str(input)));
-  }
-  return x;
 }
 
 py::object CpuBound::run(py::handle grads, py::handle step, py::handle lr, py::handle scalars,
@@ -349,7 +335,7 @@ py::object CpuBound::launch(int64_t t, std::vector<double>& h, std::vector<doubl
       const int k = spec_.pass_sums(h.data(), pass, call.data());
       sums.assign(static_cast<size_t>(n * std::max(k, 0)), 0.0);
       if (k >= 0) {
-        StepArgs a{t, in.data(), grad_factor, pass, call.data(), tensor.data()};
+        StepArgs a{t, in.data(), grad_factor, pass, call.data(), tensor.data(), input};
         run_pass(a, k > 0 ? sums.data() : nullptr);
       }
       if (pass + 1 < spec_.passes) {

@@ -172,7 +172,8 @@ class CudaBound : public Bound {
     checked_grads(grads, nullptr, 0);
   }
   py::object run(py::handle grads, py::handle step, py::handle lr, py::handle scalars,
-                 py::handle stream, py::handle wait_streams, py::handle out);
+                 py::handle stream, py::handle wait_streams, py::handle out,
+                 py::handle grad_norm);
   std::vector<Span> grad_spans(py::handle grads, int rank) override {
     Busy busy(*this);
     if (grads.is_none() && grads_bound_) return bound_grad_spans(read_, rank);
@@ -196,6 +197,9 @@ class CudaBound : public Bound {
   std::vector<Span> read_;
   int device_ = -1;
 
+  // The launches of a spec of several passes (Note [Passes]), on stream s after `waits`.
+  void run_passes(int64_t t, std::vector<double>& h, std::vector<double>& in, double input,
+                  uintptr_t s, const std::vector<uintptr_t>& waits);
   // Pointer i of slot k, checked: an int, and for a non-empty tensor non-null and aligned.
   uintptr_t pointer(int k, size_t i, PyObject* o) const;
   void checked_grads(py::handle grads, std::vector<Span>* spans, int rank);
@@ -218,12 +222,6 @@ CudaBound::CudaBound(const SpecInfo& spec, py::handle lists, py::handle sizes, p
                      py::handle hyper, std::string name, py::handle index, bool grads_later,
                      py::handle aliases)
     : Bound(spec, name.empty() ? std::string(spec.name) : std::move(name), index) {
-  if (spec.passes > 1) {
-    // The host's part between passes (Note [Passes]) needs the sums back from the device, which
-    // this binder does not do yet (the kernels themselves compile and run in the emulation).
-    throw py::type_error(names_.fn() + ": " + spec.name +
-                         " runs on the CPU only for now (device memory is not supported)");
-  }
   parse_hyper(hyper);
   const auto& bs = spec.buffers;
   const std::vector<int> sl = bind_lists(lists, aliases, grads_later);
@@ -365,11 +363,59 @@ void CudaBound::checked_grads(py::handle grads, std::vector<Span>* spans, int ra
   if (spans) spans->insert(spans->end(), mine.begin(), mine.end());
 }
 
+// Note [Passes] on the device: the sums, the call's and the tensors' values in one stream-ordered
+// scratch allocation, each pass's launches, and between() as one device thread after each pass
+// but the last: all queued on the stream, nothing synchronizes. Which passes run and what they
+// sum is decided on the host, from the hyper-parameters and the run's input.
+void CudaBound::run_passes(int64_t t, std::vector<double>& h, std::vector<double>& in,
+                           double input, uintptr_t s, const std::vector<uintptr_t>& waits) {
+  const int64_t n = static_cast<int64_t>(n_);
+  std::vector<double> host_call(static_cast<size_t>(spec_.call_values), 0.0);
+  host_call[0] = input;
+  std::vector<int> ks;
+  int most = 0;
+  for (int pass = 0; pass < spec_.passes; ++pass) {
+    ks.push_back(spec_.pass_sums(h.data(), pass, host_call.data()));
+    most = std::max(most, ks.back());
+  }
+  const size_t count = static_cast<size_t>(n * most + spec_.call_values + n * spec_.tensor_values);
+  const cuda::KernelFn kernel = cuda::kernels()[spec_.kernel];
+  const cuda::BetweenFn between = cuda::between_kernels()[spec_.kernel];
+  cuda_call(names_, [&] {
+    py::gil_scoped_release nogil;
+    for (uintptr_t w : waits) cuda::stream_wait(device_, s, w);
+    const cuda::Scratch scratch(device_, s, count * sizeof(double));
+    double* sums = static_cast<double*>(scratch.get());
+    double* call = sums + n * most;
+    double* tensor = call + spec_.call_values;
+    cuda::zero_async(device_, s, sums, count * sizeof(double));
+    cuda::set_async(device_, s, call, input);
+    for (int pass = 0; pass < spec_.passes; ++pass) {
+      const int k = ks[static_cast<size_t>(pass)];
+      if (k > 0 && pass > 0) cuda::zero_async(device_, s, sums, static_cast<size_t>(n * k) * 8);
+      if (k >= 0) {
+        StepArgs a{t, in.data(), 1.0, pass, call, tensor, input};
+        const cuda::Launch launch{h.data(), a, k > 0 ? sums : nullptr};
+        for (const List& l : lists_) {
+          kernel({l.tensors.data(), l.origin.data(), static_cast<int64_t>(l.tensors.size()),
+                  l.combo, device_, s},
+                 launch);
+        }
+      }
+      if (pass + 1 < spec_.passes) {
+        between(h.data(), t, pass, n, k > 0 ? sums : nullptr, call, tensor, device_, s);
+      }
+    }
+  });
+}
+
 py::object CudaBound::run(py::handle grads, py::handle step, py::handle lr, py::handle scalars,
-                          py::handle stream, py::handle wait_streams, py::handle out) {
+                          py::handle stream, py::handle wait_streams, py::handle out,
+                          py::handle grad_norm) {
   Busy busy(*this);
   std::vector<double> h, in;
   const int64_t t = run_args(step, lr, scalars, h, in);
+  const double input = run_input(grad_norm);
   if (!grads.is_none()) {
     if (!has_grad_slot_) names_.type(std::string(spec_.name) + " takes no grads");
     checked_grads(grads, nullptr, 0);
@@ -399,7 +445,9 @@ py::object CudaBound::run(py::handle grads, py::handle step, py::handle lr, py::
     }
     out_ptr = reinterpret_cast<double*>(as_handle(names_, "out", out.ptr(), "a device pointer (int)"));
   }
-  if (device_ >= 0) {
+  if (device_ >= 0 && spec_.passes > 1) {
+    run_passes(t, h, in, input, s, waits);
+  } else if (device_ >= 0) {
     const cuda::Launch launch{h.data(), StepArgs{t, in.data()}, out_ptr};
     const cuda::KernelFn kernel = cuda::kernels()[spec_.kernel];
     cuda_call(names_, [&] {
@@ -439,9 +487,11 @@ void def_cuda(py::module_& m) {
            py::arg("step") = py::none(), py::arg("lr") = py::none(),
            py::arg("scalars") = py::none(), py::arg("stream") = 0,
            py::arg("wait_streams") = py::none(), py::arg("out") = py::none(),
+           py::arg("grad_norm") = py::none(),
            "Checks grads (None: those given to bind) and queues the update on `stream`, after "
            "`wait_streams`; a reduction adds its sums to `out` (n x kReduce float64 on the "
-           "device, zeroed first). Returns the scalar state after the step, or None.")
+           "device, zeroed first). grad_norm: LAMB's norm of every grad of the step (None: "
+           "this call's). Returns the scalar state after the step, or None.")
       .def_property_readonly("device", &CudaBound::device,
                              "The device of the call's buffers (-1 for a call of no elements).");
   c.def(

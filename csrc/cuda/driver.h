@@ -285,6 +285,19 @@ FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void store_packs(const Args& args, int t, i
   }
 }
 
+// The copy of `algo` for tensor t of a launch: its own (for_tensor) if it reads a value per
+// tensor, else itself.
+template <class Algo, class Args>
+FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE Algo tensor_copy(const Algo& algo, const Args& args, int t) {
+  if constexpr (Algo::kPerTensor) {
+    return algo.for_tensor(args.origin[t]);
+  } else {
+    (void)args;
+    (void)t;
+    return algo;
+  }
+}
+
 // The elements [begin, begin + len) of tensor t of an update launch: thread `thread`'s share.
 template <class Algo>
 FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void update_span(const ArgsOf<Algo>& args, const Algo& algo,
@@ -356,6 +369,7 @@ FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void reduce_lane(const ArgsOf<Algo>& args, 
   constexpr int D = Algo::kBuffers;
   constexpr int K = Algo::kAccumulators;
   const auto [t, begin, len] = block_span(args, block);
+  const Algo a = tensor_copy(algo, args, t);
   double sum[K];
 #pragma unroll
   for (int k = 0; k < K; ++k) sum[k] = 0.0;
@@ -363,7 +377,7 @@ FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void reduce_lane(const ArgsOf<Algo>& args, 
     O r[D];
     load_all<Algo, D>(args, t, begin, i, r);
     double c[K];
-    algo(r, c);
+    a(r, c);
 #pragma unroll
     for (int k = 0; k < K; ++k) sum[k] += c[k];
     if constexpr (Algo::kWrites) store_all<Algo, D>(args, t, begin, i, r);

@@ -17,11 +17,44 @@ struct Entry {
   }
 };
 
+template <class Spec>
+__global__ void between_kernel(const typename Spec::Hyper h, int64_t step, int pass, int64_t n,
+                               const double* sums, double* call, double* tensor) {
+  Spec::between(h, step, pass, n, sums, call, tensor);
+}
+
+template <class Spec>
+struct Between {
+  static void run(const void* hyper, int64_t step, int pass, int64_t n, const double* sums,
+                  double* call, double* tensor, int device, uintptr_t stream) {
+    if constexpr (Spec::kPasses > 1) {
+      DeviceGuard guard(device);
+      const auto& h = *static_cast<const typename Spec::Hyper*>(hyper);
+      between_kernel<Spec><<<1, 1, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
+          h, step, pass, n, sums, call, tensor);
+      FUSEDOPT_CUDA_CHECK(cudaGetLastError());
+    }
+  }
+};
+
+__global__ void set_kernel(double* p, double value) { *p = value; }
+
 }  // namespace
 
 const KernelFn* kernels() {
   static constexpr auto table = table_of<Entry>(Specs{});
   return table.data();
+}
+
+const BetweenFn* between_kernels() {
+  static constexpr auto table = table_of<Between>(Specs{});
+  return table.data();
+}
+
+void set_async(int device, uintptr_t stream, double* p, double value) {
+  DeviceGuard guard(device);
+  set_kernel<<<1, 1, 0, reinterpret_cast<cudaStream_t>(stream)>>>(p, value);
+  FUSEDOPT_CUDA_CHECK(cudaGetLastError());
 }
 
 }  // namespace fusedopt::cuda

@@ -27,6 +27,33 @@ using KernelFn = void (*)(const DeviceList&, const Launch&);
 // kNumSpecs entries, by kSpecIndex; each makes l.device current for its launches.
 const KernelFn* kernels();
 
+// A spec of several passes (Note [Passes] in spec.h): its between() queued on `stream` of
+// `device` as one device thread, over device memory (sums, call and tensor values), after the
+// pass before it. kNumSpecs entries by kSpecIndex; a spec of one pass has a no-op.
+using BetweenFn = void (*)(const void* hyper, int64_t step, int pass, int64_t n,
+                           const double* sums, double* call, double* tensor, int device,
+                           uintptr_t stream);
+const BetweenFn* between_kernels();
+
+// Queues *p = value on `stream` of `device` (p in device memory).
+void set_async(int device, uintptr_t stream, double* p, double value);
+
+// A stream-ordered device allocation: made on `stream` of `device`, freed on it when the work
+// queued before the destructor is done.
+class Scratch {
+ public:
+  Scratch(int device, uintptr_t stream, size_t bytes);
+  ~Scratch();
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  void* get() const { return ptr_; }
+
+ private:
+  int device_;
+  uintptr_t stream_;
+  void* ptr_ = nullptr;
+};
+
 // --- Runtime queries (runtime.cpp) ---
 
 // Number of CUDA devices; 0 when there is no driver or no device (never throws). When it is 0

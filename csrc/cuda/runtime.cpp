@@ -91,6 +91,20 @@ void stream_wait(int device, uintptr_t stream, uintptr_t other) {
   check(wait, "cudaStreamWaitEvent(launch stream)");
 }
 
+Scratch::Scratch(int device, uintptr_t stream, size_t bytes) : device_(device), stream_(stream) {
+  DeviceGuard guard(device);
+  FUSEDOPT_CUDA_CHECK(cudaMallocAsync(&ptr_, bytes, reinterpret_cast<cudaStream_t>(stream)));
+}
+
+Scratch::~Scratch() {
+  if (ptr_ == nullptr) return;
+  int previous = 0;  // nothing to report from a destructor
+  cudaGetDevice(&previous);
+  if (previous != device_) cudaSetDevice(device_);
+  cudaFreeAsync(ptr_, reinterpret_cast<cudaStream_t>(stream_));
+  if (previous != device_) cudaSetDevice(previous);
+}
+
 void zero_async(int device, uintptr_t stream, void* p, size_t bytes) {
   DeviceGuard guard(device);
   FUSEDOPT_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, reinterpret_cast<cudaStream_t>(stream)));

@@ -16,6 +16,8 @@ themselves (Note [A bound call] in ``csrc/bindings/bound.h``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import sys
 from typing import NamedTuple
 
@@ -79,6 +81,19 @@ class _Adapter:
         """Copy ``src`` (an array of this library, or a NumPy array) into ``dst``, which this
         library owns; shapes and dtypes were checked."""
         raise NotImplementedError
+
+    def sumsq(self, xs):
+        """The sum of the squares of every element of the arrays ``xs`` (all this library's),
+        as a float: on their device where the library can (one synchronization), else on the
+        host, from copies (``to_host``), by fusedopt's own reduction."""
+        from . import _core
+
+        hosts = [self.to_host(x) for x in xs]
+        sums: Any = _core.cpu.call("sumsq", (hosts,), (), None, None, "sumsq")
+        total = 0.0
+        for x in sums.tolist():  # in order, as one call adds its tensors' sums
+            total += x
+        return total
 
 
 def _order(c, f):
@@ -147,6 +162,13 @@ class _Torch(_Adapter):
     def to_host(self, x):
         return x.detach().cpu().numpy()
 
+    def sumsq(self, xs):
+        if xs[0].device.type == "cpu":
+            return super().sumsq(xs)
+        torch = sys.modules["torch"]
+        return float(torch.stack([torch.linalg.vector_norm(x, dtype=torch.float64).square()
+                                  for x in xs]).sum())
+
     def write(self, dst, src):
         torch = sys.modules["torch"]
         if isinstance(src, np.ndarray):
@@ -180,6 +202,12 @@ class _CuPy(_Adapter):
 
     def to_host(self, x):
         return x.get()
+
+    def sumsq(self, xs):
+        cupy = sys.modules["cupy"]
+        with xs[0].device:
+            return float(cupy.stack([cupy.sum(cupy.square(x, dtype=cupy.float64))
+                                     for x in xs]).sum())
 
     def write(self, dst, src):
         cupy = sys.modules["cupy"]
@@ -360,3 +388,15 @@ def _staggered(x, fill_value, slot):
     out = raw[off:off + x.nbytes].view(x.dtype).reshape(x.shape, order=order)
     out.fill(fill_value)
     return out
+
+
+def sumsq(xs):
+    """The sum of the squares of every element of the arrays ``xs``, as a float: NumPy arrays
+    by fusedopt's reduction, device arrays by their library (``_Adapter.sumsq``)."""
+    xs = list(xs)
+    if not xs:
+        return 0.0
+    ad = adapter_of(xs[0])
+    if ad is None:
+        raise TypeError(f"expected arrays, got {type(xs[0]).__name__}")
+    return ad.sumsq(xs)

@@ -278,13 +278,14 @@ class CudaCall:
         self._bound.check(self._grad_ptrs(grads)[0])
 
     def run(self, grads: Any = None, *, step: Any = None, lr: Any = None,
-            scalars: Any = None) -> Any:
+            scalars: Any = None, **run: Any) -> Any:
+        """``run``: the spec's run input (LAMB's ``grad_norm``), if given."""
         self.verify()
         ptrs, waits = self._grad_ptrs(grads)
         first = self._stream_of
         stream = _cuda_arrays.launch_stream(first) if first is not None else 0
         return self._bound.run(ptrs, step=step, lr=lr, scalars=scalars, stream=stream,
-                               wait_streams=_waits(stream, self._waits | waits))
+                               wait_streams=_waits(stream, self._waits | waits), **run)
 
 
 def _same(x: Any) -> Any:

@@ -35,9 +35,10 @@ class LAMB(StepsPerGroup, Optimizer, algorithm="lamb"):
 
     One step makes three passes over memory where apex makes five (48 bytes per fp32 element
     against 52; two passes, 32 bytes, without a trust ratio): Note [LAMB's passes] in
-    ``csrc/algorithms/lamb.h``. A step of several calls (several groups, or params of several
-    dtypes) first computes the grads' norm over all of them, one more read of the grads. Host
-    memory only for now (NumPy arrays, torch CPU tensors).
+    ``csrc/algorithms/lamb.h``. A step of several calls (several groups) first computes the
+    grads' norm over all of them, one more read of the grads (of device grads by their library,
+    torch or CuPy, with one synchronization). On CUDA the passes and the work between them
+    (Note [Passes] in ``csrc/spec.h``) are all queued on the stream.
 
     Elsewhere: optax's ``lamb`` has no clipping (chain ``clip_by_global_norm``), always uses
     bias correction, grad averaging, decoupled decay and the trust ratio (as ``use_nvlamb``),

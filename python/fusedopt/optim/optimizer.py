@@ -190,18 +190,24 @@ def initial_value(x: Any) -> Any:
     return x
 
 
-def grad_norm(grad_lists: Iterable, factor: float = 1.0) -> float:
-    """The 2-norm of every grad of ``grad_lists`` (lists of NumPy arrays), times ``factor``: one
-    sum-of-squares pass per list (Note [Deterministic reductions]), the sums added in order, in
-    double, as a single call adds its own."""
+def grad_norm(grad_lists: Iterable, factors: Iterable | None = None) -> float:
+    """The 2-norm of every grad of ``grad_lists`` (one list per call), each list's grads taken
+    times its entry of ``factors`` (GradScaler's unscale; None: 1). Host
+    arrays: one sum-of-squares pass per list (Note [Deterministic reductions]), the sums added in
+    order, in double, as a single call adds its own; device arrays: by their library, in
+    double (``_arrays.sumsq``), one synchronization per list."""
     total = 0.0
-    for grads in grad_lists:
+    for grads, f in zip(grad_lists, itertools.repeat(1.0) if factors is None else factors):
         grads = list(grads)
-        if grads:
+        part = 0.0
+        if grads and type(grads[0]) is np.ndarray:
             sums: Any = _core.cpu.call("sumsq", (grads,), (), None, None, "grad_norm")
             for s in sums.tolist():
-                total += s
-    return math.sqrt(total) * factor
+                part += s
+        elif grads:
+            part = _arrays.sumsq(grads)
+        total += part if f == 1.0 else part * (f * f)
+    return math.sqrt(total)
 
 
 def prepare_step_fns(calls: Iterable) -> None:
