@@ -74,6 +74,10 @@ class EmuAdapter(_arrays._Adapter):
     def to_host(self, x):
         return x.a
 
+    def f64_zeros(self, x, n):
+        out = Emu(np.zeros(n), x.device)
+        return out, out.a.__array_interface__["data"][0]
+
     def write(self, dst, src):
         np.copyto(dst.a, src.a if isinstance(src, Emu) else src)
 
@@ -118,10 +122,14 @@ class HostBound:
     def check(self, ptrs):
         self.core.check(self.grads_arg(ptrs))
 
-    def run(self, ptrs=None, *, step, lr, scalars, stream, wait_streams, **run):
-        out = self.core.run(self.grads_arg(ptrs), step=step, lr=lr, scalars=scalars, **run)
+    def run(self, ptrs=None, *, step, lr, scalars, stream, wait_streams, out=None, **run):
+        result = self.core.run(self.grads_arg(ptrs), step=step, lr=lr, scalars=scalars, **run)
+        if out is not None:  # a reduction's sums, into the device array at `out`
+            sums = _MEMORY[out][0]
+            sums[...] = np.asarray(result).reshape(sums.shape)
+            result = None
         self.cuda.calls.append((self.core.algorithm, self.device))  # a launch: it passed
-        return out
+        return result
 
 
 @pytest.fixture(autouse=True)
@@ -478,3 +486,23 @@ def test_torch_cpu_tensor_param_is_refused_whole():
     torch = pytest.importorskip("torch")
     with pytest.raises(TypeError, match=r"^Adam: params\[0\] is a Tensor, expected a numpy.ndarray"):
         fusedopt.Adam(torch.zeros(3, 4), lr=0.1)
+
+
+@pytest.mark.parametrize("clip", [True, False], ids=["clip_grad_norm_", "global_norm"])
+def test_clipping_device_arrays_matches_host(clip, emulated_cuda):
+    """fusedopt.clip_grad_norm_ and global_norm over device arrays: the CUDA backend's reduction
+    into a float64 array of the grads' library and its scaling pass, the same norm and grads as
+    over the host arrays (float32 and float64 in one call)."""
+    rng = np.random.default_rng(5)
+    host = [(rng.standard_normal(n) * 3).astype(dt)
+            for n, dt in ((7, np.float64), (70000, np.float32), (1, np.float32))]
+    dev = [Emu(h.copy()) for h in host]
+    if clip:
+        want = fusedopt.clip_grad_norm_(host, max_norm=1.0)
+        got = fusedopt.clip_grad_norm_(dev, max_norm=1.0)
+    else:
+        want, got = fusedopt.global_norm(host), fusedopt.global_norm(dev)
+    assert type(got) is type(want) and got == want
+    for d, h in zip(dev, host):
+        np.testing.assert_array_equal(d.a, h)
+    assert [c[0] for c in emulated_cuda.calls] == ["sumsq"] + (["scale"] if clip else [])

@@ -82,6 +82,11 @@ class _Adapter:
         library owns; shapes and dtypes were checked."""
         raise NotImplementedError
 
+    def f64_zeros(self, x, n):
+        """A new float64 array of ``n`` zeros on ``x``'s device, and its data pointer: where the
+        CUDA kernels write a reduction's sums."""
+        raise NotImplementedError
+
     def sumsq(self, xs):
         """The sum of the squares of every element of the arrays ``xs`` (all this library's),
         as a float: on their device where the library can (one synchronization), else on the
@@ -162,6 +167,10 @@ class _Torch(_Adapter):
     def to_host(self, x):
         return x.detach().cpu().numpy()
 
+    def f64_zeros(self, x, n):
+        out = sys.modules["torch"].zeros(n, dtype=sys.modules["torch"].float64, device=x.device)
+        return out, out.data_ptr()
+
     def sumsq(self, xs):
         if xs[0].device.type == "cpu":
             return super().sumsq(xs)
@@ -202,6 +211,12 @@ class _CuPy(_Adapter):
 
     def to_host(self, x):
         return x.get()
+
+    def f64_zeros(self, x, n):
+        cupy = sys.modules["cupy"]
+        with x.device:
+            out = cupy.zeros(n, dtype=cupy.float64)
+        return out, out.data.ptr
 
     def sumsq(self, xs):
         cupy = sys.modules["cupy"]

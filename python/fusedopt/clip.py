@@ -13,9 +13,12 @@ in double, and only the result is rounded to the tensors' dtype: the norm of flo
 the exact norm correctly rounded but for ties, where torch's own float32 reductions are a few
 ulp off. The 2-norm is the one computed (``norm_type=2.0``); other orders are refused.
 
-Arrays: NumPy arrays, and torch CPU tensors (through NumPy views of their memory: no copy). The
-tensors are checked (dtype float32 or float64, contiguous, writeable for the clip) before
-anything is written; a refused call changes nothing.
+Arrays: NumPy arrays, torch CPU tensors (through NumPy views of their memory: no copy), and CUDA
+arrays (torch CUDA tensors, CuPy, ``__cuda_array_interface__``, all on one device): the same
+reduction and scaling passes by the CUDA kernels, queued on the arrays' stream; the norm is read
+back to the host (one synchronization), as torch's ``.item()`` would. The tensors are checked
+(dtype float32 or float64, contiguous, writeable for the clip) before anything is written; a
+refused call changes nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _arrays as _libs
 from . import _backend, _core
 
 __all__ = ["clip_grad_norm_", "global_norm"]
@@ -54,6 +58,8 @@ def _arrays(fn: str, tensors: Any) -> tuple[list, Any]:
     out = list(tensors)
     if all(type(t) is np.ndarray for t in out):
         pass
+    elif _backend.on_device(out):  # the CUDA kernels, which refuse a host array among them
+        return out, (np.float64 if any(map(_is_f64, out)) else np.float32)
     elif out and _torch_tensor(out[0]):
         try:  # the common case, one C call per tensor (a view, never a copy)
             out = [t.numpy() for t in out]
@@ -69,20 +75,28 @@ def _dtype_of(t: Any) -> Any:
     return getattr(t, "dtype", None)  # not an array: the kernel's check names it
 
 
+def _is_f64(t: Any) -> bool:
+    """Whether a CUDA array is float64 (a torch dtype, a NumPy dtype, or a typestr)."""
+    dt = getattr(t, "dtype", None)
+    if dt is None:
+        dt = getattr(t, "__cuda_array_interface__", {}).get("typestr")
+    return str(dt) in ("float64", "torch.float64", "<f8")
+
+
 def _view(fn: str, i: int, t: Any) -> Any:
     """The NumPy view of ``tensors[i]`` if it is a torch tensor that has one, a clear error if
     it cannot; other arrays as they are (the kernels' checks name what is wrong with them)."""
     if not _torch_tensor(t):
         if _backend.on_device([t]):
-            raise TypeError(f"{fn}: tensors[{i}] is in device memory; fusedopt's norms take "
-                            "host memory (NumPy arrays, torch CPU tensors) for now")
+            raise TypeError(f"{fn}: tensors[{i}] is in device memory, tensors[0] in host "
+                            "memory; one call takes arrays of one place")
         return t
     torch = sys.modules["torch"]
     if t.layout is not torch.strided:
         raise TypeError(f"{fn}: tensors[{i}] has layout {t.layout}, expected a dense tensor")
     if t.device.type != "cpu":
-        raise TypeError(f"{fn}: tensors[{i}] is on {t.device}; fusedopt's norms take host "
-                        "memory (NumPy arrays, torch CPU tensors) for now")
+        raise TypeError(f"{fn}: tensors[{i}] is on {t.device}, tensors[0] in host memory; one "
+                        "call takes arrays of one place")
     if t.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"{fn}: tensors[{i}] has dtype {t.dtype}, expected torch.float32 or "
                         "torch.float64")
@@ -101,11 +115,39 @@ def _norm(fn: str, arrays: list) -> float:
     """The 2-norm in double: one reduction call, the per-tensor sums added in list order."""
     if not arrays:
         return 0.0
+    if _backend.on_device(arrays):
+        return _device_norm(fn, arrays)
     sums: Any = _core.cpu.call("sumsq", (arrays,), (), None, None, fn)  # float64, one a tensor
     total = 0.0
     for s in sums.tolist():
         total += s
     return math.sqrt(total)
+
+
+def _device_norm(fn: str, arrays: list) -> float:
+    """``_norm`` of CUDA arrays: the reduction on their device into a float64 array of the
+    library of the first (one sum per tensor), read back and added in list order."""
+    from . import _cuda_calls
+
+    bound = _cuda_calls.bind("sumsq", (arrays,), (), name=fn)
+    lib = _libs.adapter_of(arrays[0])
+    if lib is None:  # a bare __cuda_array_interface__: no library to allocate with
+        raise TypeError(f"{fn}: tensors[0] is a {type(arrays[0]).__name__}; the norm of CUDA "
+                        "arrays needs them to be torch or CuPy arrays")
+    out, ptr = lib.f64_zeros(arrays[0], len(arrays))
+    bound.run(out=ptr)
+    total = 0.0
+    for s in np.asarray(lib.to_host(out)).tolist():
+        total += s
+    return math.sqrt(total)
+
+
+def _scale(fn: str, arrays: list, factor: float) -> None:
+    """Every array times ``factor``, by one fused call on the arrays' backend."""
+    if _backend.on_device(arrays):
+        _backend.bind("scale", (arrays,), (factor,), name=fn).run()
+    else:
+        _core.cpu.call("scale", (arrays,), (factor,), None, None, fn)
 
 
 def global_norm(tensors: Any, norm_type: float = 2.0) -> Any:
@@ -130,7 +172,7 @@ def _as_given(tensors: Any, value: Any) -> Any:
     first = tensors if not isinstance(tensors, (list, tuple)) else (tensors[0] if tensors else None)
     if first is not None and _torch_tensor(first):
         torch = sys.modules["torch"]
-        return torch.as_tensor(value)  # a NumPy scalar: a 0-d tensor of its dtype
+        return torch.as_tensor(value, device=first.device)  # 0-d, of its dtype, where the grads are
     return value
 
 
@@ -161,12 +203,12 @@ def clip_grad_norm_(grads: Any, max_norm: float, norm_type: float = 2.0,
     arrays, dtype = _arrays(fn, grads)
     if not arrays:
         return _as_given(grads, np.float32(0.0))
-    _core.cpu.bind("scale", (arrays,), (1.0,), name=fn)  # every grad checked: nothing written
+    _backend.bind("scale", (arrays,), (1.0,), name=fn)  # every grad checked: nothing written
     norm = dtype(_norm(fn, arrays))
     if error_if_nonfinite and not math.isfinite(norm):
         raise RuntimeError(_NONFINITE.format(float(norm_type)))
     with np.errstate(all="ignore"):
         coef = np.minimum((dtype(1.0) / (norm + dtype(1e-6))) * dtype(max_norm), dtype(1.0))
     if coef != 1.0:  # (torch multiplies by 1.0 too: the same bits, one pass less)
-        _core.cpu.call("scale", (arrays,), (float(coef),), None, None, fn)
+        _scale(fn, arrays, float(coef))
     return _as_given(grads, norm)
