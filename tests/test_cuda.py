@@ -885,3 +885,22 @@ def test_an_overlap_at_one_address_names_the_later_slot(n):
     ptrs[0][n - 1] = ptrs[2][0]
     with pytest.raises(ValueError, match=rf"^adam: exp_avgs\[0\] overlaps params\[{n - 1}\]$"):
         _core.cuda.bind("adam", (*ptrs, None), [10] * n, "float32", ADAM_HYPER)
+
+
+@requires_gpu
+@pytest.mark.parametrize("clip", [True, False], ids=["clip_grad_norm_", "global_norm"])
+def test_clipping_on_device_matches_host(lib, clip):
+    """fusedopt.clip_grad_norm_ / global_norm over device arrays (the CUDA reduction and scaling
+    passes) against the same over host arrays (the CPU's): the norms to 1e-12 relative (the same
+    order of additions; the device may contract a square and an add), the grads to 1e-6."""
+    rng = np.random.default_rng(seed_of("clip", str(lib), str(clip)))
+    host = [(rng.standard_normal(n) * 3).astype(dt)
+            for n, dt in ((7, np.float64), (200003, np.float32), (1, np.float32))]
+    dev = [lib.to_device(h) for h in host]
+    fn = fusedopt.clip_grad_norm_ if clip else fusedopt.global_norm
+    kw = {"max_norm": 1.0} if clip else {}
+    want, got = fn(host, **kw), fn(dev, **kw)
+    lib.synchronize()
+    assert float(got) == pytest.approx(float(want), rel=1e-12)
+    for d, h in zip(dev, host):
+        np.testing.assert_allclose(lib.to_host(d), h, rtol=1e-6, atol=0)
