@@ -7,6 +7,16 @@
 #include "launch.cuh"
 
 namespace fusedopt::cuda {
+
+// (Outside the anonymous namespace: the module's kernels are global symbols of its cubins.)
+template <class Spec>
+__global__ void between_kernel(const typename Spec::Hyper h, int64_t step, int pass, int64_t n,
+                               const double* sums, double* call, double* tensor) {
+  Spec::between(h, step, pass, n, sums, call, tensor);
+}
+
+__global__ void set_kernel(double* p, double value) { *p = value; }
+
 namespace {
 
 template <class Spec>
@@ -16,12 +26,6 @@ struct Entry {
     with_algorithm<Spec>(ln.hyper, ln.step, l.combo, [&](const auto& algo) { launch(l, algo, ln.out); });
   }
 };
-
-template <class Spec>
-__global__ void between_kernel(const typename Spec::Hyper h, int64_t step, int pass, int64_t n,
-                               const double* sums, double* call, double* tensor) {
-  Spec::between(h, step, pass, n, sums, call, tensor);
-}
 
 template <class Spec>
 struct Between {
@@ -36,8 +40,6 @@ struct Between {
     }
   }
 };
-
-__global__ void set_kernel(double* p, double value) { *p = value; }
 
 }  // namespace
 
