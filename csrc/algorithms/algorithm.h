@@ -87,6 +87,19 @@ FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE O torch_lerp(O a, O b, O w, O one_minus_w) 
   }
 }
 
+FUSEDOPT_ISA_END
+
+// The buffer lists of the algorithms that keep Adam's two moments and nothing else (NAdam, RAdam,
+// ADOPT, LAMB), in their public signatures' order.
+constexpr std::array kMomentBuffers{
+    BufferSpec{"params", nullptr, Role::Param},
+    BufferSpec{"grads", nullptr, Role::Grad},
+    BufferSpec{"exp_avgs", "exp_avg", Role::State},
+    BufferSpec{"exp_avg_sqs", "exp_avg_sq", Role::State},
+};
+
+FUSEDOPT_ISA_BEGIN
+
 template <class St, int Slots, int Accumulators>
 struct Reduction {
   using storage = St;

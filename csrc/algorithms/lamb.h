@@ -71,6 +71,13 @@ FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE O lamb_moments(O p, O g, O& m, O& v, const 
   return lamb_direction<L2, Decay>(p, m, v, s);
 }
 
+// A pass-1 algorithm object with the clip divisor of its call (call values, Note [Passes]).
+template <class A>
+FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE A with_clip(A a) {
+  a.s.clip = typename A::O(a.call[1]);
+  return a;
+}
+
 // Pass 0: the squares of the grad and of the param, in double (of those it reads; else 0).
 template <class St, bool Params, bool Grads>
 struct LambNormsAlgo : Reduction<St, 2, 2> {
@@ -93,9 +100,7 @@ struct LambMomentsAlgo : Reduction<St, 4, 1> {
   LambScalars<O> s;
   const double* call;
   FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE LambMomentsAlgo for_tensor(int64_t) const {
-    LambMomentsAlgo a = *this;
-    a.s.clip = O(call[1]);
-    return a;
+    return with_clip(*this);
   }
   FUSEDOPT_HOST_DEVICE static constexpr bool written(int slot) { return slot >= 2; }
   FUSEDOPT_HOST_DEVICE static constexpr bool read(int slot) { return slot != 0 || Decay; }
@@ -109,13 +114,11 @@ struct LambMomentsAlgo : Reduction<St, 4, 1> {
 template <class St, bool L2, bool Decay>
 struct LambStepAlgo : Update<St, 4> {
   using O = typename St::compute_t;
-  static constexpr bool kPerTensor = true;  // the clip divisor, from the call's values
+  static constexpr bool kPerTensor = true;
   LambScalars<O> s;
   const double* call;
   FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE LambStepAlgo for_tensor(int64_t) const {
-    LambStepAlgo a = *this;
-    a.s.clip = O(call[1]);
-    return a;
+    return with_clip(*this);
   }
   FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void operator()(O* r) const {
     r[0] = r[0] - s.lr * lamb_moments<L2, Decay>(r[0], r[1], r[2], r[3], s);
@@ -151,12 +154,7 @@ struct Lamb : SpecDefaults {
     double lr, beta1, beta2, eps, weight_decay, max_grad_norm;
     bool bias_correction, amsgrad, adam_w_mode, grad_averaging, set_grad_none, use_nvlamb;
   };
-  static constexpr std::array kBuffers{
-      BufferSpec{"params", nullptr, Role::Param},
-      BufferSpec{"grads", nullptr, Role::Grad},
-      BufferSpec{"exp_avgs", "exp_avg", Role::State},
-      BufferSpec{"exp_avg_sqs", "exp_avg_sq", Role::State},
-  };
+  static constexpr auto kBuffers = kMomentBuffers;
   // apex's signature and defaults (it checks no range: these are torch's usual checks).
   static constexpr std::array kHypers{
       lr_hyper(1e-3, &Hyper::lr),

@@ -87,12 +87,7 @@ struct Nadam : SpecDefaults {
     double lr, beta1, beta2, eps, weight_decay, momentum_decay;
     bool decoupled_weight_decay, maximize;
   };
-  static constexpr std::array kBuffers{
-      BufferSpec{"params", nullptr, Role::Param},
-      BufferSpec{"grads", nullptr, Role::Grad},
-      BufferSpec{"exp_avgs", "exp_avg", Role::State},
-      BufferSpec{"exp_avg_sqs", "exp_avg_sq", Role::State},
-  };
+  static constexpr auto kBuffers = kMomentBuffers;
   static constexpr std::array kHypers{
       lr_hyper(2e-3, &Hyper::lr),
       betas_hyper(0.9, 0.999, &Hyper::beta1, &Hyper::beta2, 2),
