@@ -201,8 +201,8 @@ struct StepArgs {
 // reductions]; nullptr after an update or a skipped pass) into the values the later passes read:
 // call[kCallValues], tensor[n x kTensorValues]. call[0] is the run's input (the spec's
 // run_input: LAMB's global grad norm; kNoRunInput, a negative number no run may give, when the
-// call computes it from its own grads). pass_sums(h, pass, call) says what a pass is for these
-// hyper-parameters: its number of sums (0: an update), or -1 when it is skipped.
+// call computes it from its own grads). pass_sums(h, pass, input) says what a pass is for these
+// hyper-parameters and that input: its number of sums (0: an update), or -1 when it is skipped.
 
 constexpr bool same_name(const char* a, const char* b) {
   while (*a != '\0' && *a == *b) {
@@ -247,7 +247,7 @@ struct SpecDefaults {
   static constexpr int kTensorValues = 0;
   static constexpr const char* kRunInput = nullptr;  // the name of call_values[0] in a run
   template <class H>
-  static int pass_sums(const H&, int, const double*) {
+  static int pass_sums(const H&, int, double) {
     return 0;
   }
   template <class H>

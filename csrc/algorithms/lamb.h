@@ -187,10 +187,10 @@ struct Lamb : SpecDefaults {
   FUSEDOPT_HOST_DEVICE static bool grads_norm(const Hyper& h, double input) {
     return input == kNoRunInput && h.max_grad_norm != kInf;
   }
-  static int pass_sums(const Hyper& h, int pass, const double* call) {
+  static int pass_sums(const Hyper& h, int pass, double input) {
     switch (pass) {
       case 0:  // the norms: of p for a trust ratio, of the grads unless given or unused
-        return trust_ratio(h) || grads_norm(h, call[0]) ? 2 : -1;
+        return trust_ratio(h) || grads_norm(h, input) ? 2 : -1;
       case 1: return trust_ratio(h) ? 1 : 0;
       default: return trust_ratio(h) ? 0 : -1;
     }

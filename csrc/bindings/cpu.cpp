@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cmath>
 
 #if defined(_OPENMP)
@@ -326,14 +327,16 @@ py::object CpuBound::launch(int64_t t, std::vector<double>& h, std::vector<doubl
   } else {
     // Each pass over every work list, then the host's part between passes (Note [Passes]).
     const int64_t n = static_cast<int64_t>(call_.n);
+    const std::vector<int> plan = spec_.pass_plan(h.data(), input);
     std::vector<double> call(static_cast<size_t>(spec_.call_values), 0.0);
     std::vector<double> tensor(static_cast<size_t>(n * spec_.tensor_values), 0.0);
-    std::vector<double> sums;
+    const int most = std::max(0, *std::max_element(plan.begin(), plan.end()));
+    std::vector<double> sums(static_cast<size_t>(n * most));
     call[0] = input;
     py::gil_scoped_release nogil;
     for (int pass = 0; pass < spec_.passes; ++pass) {
-      const int k = spec_.pass_sums(h.data(), pass, call.data());
-      sums.assign(static_cast<size_t>(n * std::max(k, 0)), 0.0);
+      const int k = plan[static_cast<size_t>(pass)];
+      std::fill(sums.begin(), sums.end(), 0.0);
       if (k >= 0) {
         StepArgs a{t, in.data(), grad_factor, pass, call.data(), tensor.data(), input};
         run_pass(a, k > 0 ? sums.data() : nullptr);

@@ -370,14 +370,8 @@ void CudaBound::checked_grads(py::handle grads, std::vector<Span>* spans, int ra
 void CudaBound::run_passes(int64_t t, std::vector<double>& h, std::vector<double>& in,
                            double input, uintptr_t s, const std::vector<uintptr_t>& waits) {
   const int64_t n = static_cast<int64_t>(n_);
-  std::vector<double> host_call(static_cast<size_t>(spec_.call_values), 0.0);
-  host_call[0] = input;
-  std::vector<int> ks;
-  int most = 0;
-  for (int pass = 0; pass < spec_.passes; ++pass) {
-    ks.push_back(spec_.pass_sums(h.data(), pass, host_call.data()));
-    most = std::max(most, ks.back());
-  }
+  const std::vector<int> ks = spec_.pass_plan(h.data(), input);
+  const int most = std::max(0, *std::max_element(ks.begin(), ks.end()));
   const size_t count = static_cast<size_t>(n * most + spec_.call_values + n * spec_.tensor_values);
   const cuda::KernelFn kernel = cuda::kernels()[spec_.kernel];
   const cuda::BetweenFn between = cuda::between_kernels()[spec_.kernel];

@@ -159,8 +159,8 @@ SpecInfo make_info() {
   info.initial = [](const void* h, int64_t step, double* out) {
     S::initial(*static_cast<const H*>(h), step, out);
   };
-  info.pass_sums = [](const void* h, int pass, const double* call) {
-    return S::pass_sums(*static_cast<const H*>(h), pass, call);
+  info.pass_sums = [](const void* h, int pass, double input) {
+    return S::pass_sums(*static_cast<const H*>(h), pass, input);
   };
   info.between = [](const void* h, int64_t step, int pass, int64_t n, const double* sums,
                     double* call, double* tensor) {
@@ -232,6 +232,12 @@ std::string SpecInfo::required(int b) const {
     case When::Always: return std::string(s.list) + " are required";
   }
   return std::string(s.list) + " are required when " + cond;
+}
+
+std::vector<int> SpecInfo::pass_plan(const void* h, double input) const {
+  std::vector<int> plan;
+  for (int pass = 0; pass < passes; ++pass) plan.push_back(pass_sums(h, pass, input));
+  return plan;
 }
 
 int SpecInfo::hyper_index(const char* n) const {

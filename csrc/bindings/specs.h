@@ -61,7 +61,7 @@ struct SpecInfo {
   void (*set_real)(void* h, int index, double x);  // the float of hypers[index] (Lr, Real, StepFn)
   void (*advance)(const void* h, int64_t step, const double* in, double* out);
   void (*initial)(const void* h, int64_t step, double* out);
-  int (*pass_sums)(const void* h, int pass, const double* call);
+  int (*pass_sums)(const void* h, int pass, double input);
   void (*between)(const void* h, int64_t step, int pass, int64_t n, const double* sums,
                   double* call, double* tensor);
 
@@ -70,6 +70,9 @@ struct SpecInfo {
   // "<list> are required when <condition>".
   std::string required(int b) const;
   int hyper_index(const char* name) const;
+  // What each pass is (Note [Passes]) for these hyper-parameters (the Hyper at h) and the run's
+  // input: its number of sums (0: an update, -1: skipped).
+  std::vector<int> pass_plan(const void* h, double input) const;
 };
 
 const std::vector<SpecInfo>& specs();

@@ -16,8 +16,6 @@ themselves (Note [A bound call] in ``csrc/bindings/bound.h``).
 
 from __future__ import annotations
 
-from typing import Any
-
 import sys
 from typing import NamedTuple
 
@@ -91,14 +89,9 @@ class _Adapter:
         """The sum of the squares of every element of the arrays ``xs`` (all this library's),
         as a float: on their device where the library can (one synchronization), else on the
         host, from copies (``to_host``), by fusedopt's own reduction."""
-        from . import _core
+        from .clip import sumsq
 
-        hosts = [self.to_host(x) for x in xs]
-        sums: Any = _core.cpu.call("sumsq", (hosts,), (), None, None, "sumsq")
-        total = 0.0
-        for x in sums.tolist():  # in order, as one call adds its tensors' sums
-            total += x
-        return total
+        return sumsq("sumsq", [self.to_host(x) for x in xs])
 
 
 def _order(c, f):

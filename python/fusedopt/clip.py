@@ -112,34 +112,34 @@ def _check_norm_type(fn: str, norm_type: Any) -> None:
 
 
 def _norm(fn: str, arrays: list) -> float:
-    """The 2-norm in double: one reduction call, the per-tensor sums added in list order."""
+    """The 2-norm in double (``sumsq``'s square root)."""
+    return math.sqrt(sumsq(fn, arrays))
+
+
+def sumsq(fn: str, arrays: list) -> float:
+    """The sum of the squares of every element of ``arrays``, in double: one reduction call (the
+    CPU's, or for CUDA arrays the CUDA kernels' into a float64 array of the first array's library
+    on their device, read back), the per-tensor sums added in list order. Messages name ``fn``;
+    global-norm clipping and LAMB's norm over several calls (``optim.optimizer.run_input``)."""
     if not arrays:
         return 0.0
     if _backend.on_device(arrays):
-        return _device_norm(fn, arrays)
-    sums: Any = _core.cpu.call("sumsq", (arrays,), (), None, None, fn)  # float64, one a tensor
+        from . import _cuda_calls
+
+        bound = _cuda_calls.bind("sumsq", (arrays,), (), name=fn)
+        lib = _libs.adapter_of(arrays[0])
+        if lib is None:  # a bare __cuda_array_interface__: no library to allocate with
+            raise TypeError(f"{fn}: tensors[0] is a {type(arrays[0]).__name__}; the norm of "
+                            "CUDA arrays needs them to be torch or CuPy arrays")
+        out, ptr = lib.f64_zeros(arrays[0], len(arrays))
+        bound.run(out=ptr)
+        sums: Any = np.asarray(lib.to_host(out))
+    else:
+        sums = _core.cpu.call("sumsq", (arrays,), (), None, None, fn)  # float64, one a tensor
     total = 0.0
     for s in sums.tolist():
         total += s
-    return math.sqrt(total)
-
-
-def _device_norm(fn: str, arrays: list) -> float:
-    """``_norm`` of CUDA arrays: the reduction on their device into a float64 array of the
-    library of the first (one sum per tensor), read back and added in list order."""
-    from . import _cuda_calls
-
-    bound = _cuda_calls.bind("sumsq", (arrays,), (), name=fn)
-    lib = _libs.adapter_of(arrays[0])
-    if lib is None:  # a bare __cuda_array_interface__: no library to allocate with
-        raise TypeError(f"{fn}: tensors[0] is a {type(arrays[0]).__name__}; the norm of CUDA "
-                        "arrays needs them to be torch or CuPy arrays")
-    out, ptr = lib.f64_zeros(arrays[0], len(arrays))
-    bound.run(out=ptr)
-    total = 0.0
-    for s in np.asarray(lib.to_host(out)).tolist():
-        total += s
-    return math.sqrt(total)
+    return total
 
 
 def _scale(fn: str, arrays: list, factor: float) -> None:

@@ -190,24 +190,20 @@ def initial_value(x: Any) -> Any:
     return x
 
 
-def grad_norm(grad_lists: Iterable, factors: Iterable | None = None) -> float:
-    """The 2-norm of every grad of ``grad_lists`` (one list per call), each list's grads taken
-    times its entry of ``factors`` (GradScaler's unscale; None: 1). Host
-    arrays: one sum-of-squares pass per list (Note [Deterministic reductions]), the sums added in
-    order, in double, as a single call adds its own; device arrays: by their library, in
-    double (``_arrays.sumsq``), one synchronization per list."""
+def run_input(kernel: Spec, grad_lists: list, factors: list | None = None) -> dict:
+    """What every run of a step of several calls takes besides its own grads (LAMB: the norm of
+    the grads of all of them; Note [Passes] in ``csrc/spec.h``); ``{}`` for one call, which
+    computes it from its own grads, or for an algorithm without a run input. ``factors``: each
+    list's grads taken times its factor (GradScaler's unscale; None: 1). The sums of squares are
+    ``_arrays.sumsq``'s: fusedopt's reduction for host arrays (each list's sums added in order,
+    as one call adds its own), the library's for device arrays."""
+    name = kernel.run_input
+    if name is None or len(grad_lists) < 2:
+        return {}
     total = 0.0
     for grads, f in zip(grad_lists, itertools.repeat(1.0) if factors is None else factors):
-        grads = list(grads)
-        part = 0.0
-        if grads and type(grads[0]) is np.ndarray:
-            sums: Any = _core.cpu.call("sumsq", (grads,), (), None, None, "grad_norm")
-            for s in sums.tolist():
-                part += s
-        elif grads:
-            part = _arrays.sumsq(grads)
-        total += part if f == 1.0 else part * (f * f)
-    return math.sqrt(total)
+        total += _arrays.sumsq(grads) * (f * f)
+    return {name: math.sqrt(total)}
 
 
 def prepare_step_fns(calls: Iterable) -> None:
@@ -520,7 +516,7 @@ class Optimizer(StateDicts):
                 if self._step_fns:
                     prepare_step_fns((c.bound, self._kernel_step(c.group, c.key, c.key[0] + 1))
                                      for c in calls)
-            run = self._run_input(calls)
+            run = run_input(self._kernel, [c.grads for c in calls])
             for call in calls:
                 scalars = self._run_call(call, run)
                 made += 1
@@ -541,15 +537,6 @@ class Optimizer(StateDicts):
         scalars = key[1] if n == 1 else (key[1 : 1 + n] if n else None)
         step = self._kernel_step(call.group, key, key[0] + 1)
         return call.bound.run(call.grads, step=step, lr=call.lr, scalars=scalars, **run)
-
-    def _run_input(self, calls: list) -> dict:
-        """What every run of a step of several calls takes besides its own grads: the norm of the
-        grads of all of them where the algorithm clips by it (LAMB: Note [Passes] in
-        ``csrc/spec.h``); one call computes it from its own grads."""
-        name = self._kernel.run_input
-        if name is None or len(calls) < 2:
-            return {}
-        return {name: grad_norm(c.grads for c in calls)}
 
     def _check_calls(self, calls: list) -> None:
         """Every call of a step of several, checked before the first runs (Note [A bound call]):

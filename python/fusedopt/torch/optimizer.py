@@ -67,7 +67,7 @@ from ..optim._state_dict import (
     group_state_values,
     with_group_state,
 )
-from ..optim.optimizer import grad_norm, hyper_value, make_init, prepare_step_fns
+from ..optim.optimizer import hyper_value, make_init, prepare_step_fns, run_input
 
 __all__ = ["Optimizer", "make_class"]
 
@@ -508,11 +508,8 @@ class Optimizer(torch.optim.Optimizer):
         """As the NumPy classes' ``_run_input``: LAMB's norm of the grads of every call of a step
         of several, the grads still scaled (``scaled``: the CPU calls') unscaled by GradScaler's
         factor as the kernels unscale them."""
-        name = self._kernel.run_input
-        if name is None or len(grad_lists) < 2:
-            return {}
         factor = 1.0 if scale is None else float(np.float32(1.0 / scale))
-        return {name: grad_norm(grad_lists, [factor if s else 1.0 for s in scaled])}
+        return run_input(self._kernel, grad_lists, [factor if s else 1.0 for s in scaled])
 
     def _start_runs(self, calls: list) -> None:
         """After a general step: a run for each group of CPU tensors updated whole by one call
