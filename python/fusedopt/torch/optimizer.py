@@ -495,7 +495,7 @@ class Optimizer(torch.optim.Optimizer):
             for device, grads in cuda_grads.items():
                 torch._foreach_mul_(grads, torch.reciprocal(grad_scale.double()).float().to(device))
         # (CUDA grads were unscaled above; the CPU kernels unscale theirs as they load them)
-        run = self._run_input([[_view(g) for g in call.grads] for call in calls], scale,
+        run = self._run_input([call.grads for call in calls], scale,
                               [call.params[0].device.type == "cpu" for call in calls])
         for call in calls:
             kw = {} if scale is None or call.params[0].device.type != "cpu" else {"grad_scale": scale}
@@ -505,11 +505,15 @@ class Optimizer(torch.optim.Optimizer):
         self._start_runs(calls)
 
     def _run_input(self, grad_lists: list, scale: float | None, scaled: list) -> dict:
-        """As the NumPy classes' ``_run_input``: LAMB's norm of the grads of every call of a step
-        of several, the grads still scaled (``scaled``: the CPU calls') unscaled by GradScaler's
-        factor as the kernels unscale them."""
+        """``run_input`` of the NumPy classes for the grads (tensors) of each call: LAMB's norm of
+        the grads of every call of a step of several, the grads still scaled (``scaled``: the CPU
+        calls') unscaled by GradScaler's factor as the kernels unscale them. Nothing is read for
+        a step of one call or an algorithm without a run input (the steady step's case)."""
+        if self._kernel.run_input is None or len(grad_lists) < 2:
+            return {}
         factor = 1.0 if scale is None else float(np.float32(1.0 / scale))
-        return run_input(self._kernel, grad_lists, [factor if s else 1.0 for s in scaled])
+        return run_input(self._kernel, [list(map(_view, g)) for g in grad_lists],
+                         [factor if s else 1.0 for s in scaled])
 
     def _start_runs(self, calls: list) -> None:
         """After a general step: a run for each group of CPU tensors updated whole by one call
@@ -582,7 +586,7 @@ class Optimizer(torch.optim.Optimizer):
                 run.bound.run_addresses(addresses, step=step, lr=lr, scalars=run.scalars,
                                         others=bounds[:k] + bounds[k + 1 :], run=False)
         scale = None if grad_scale is None else float(grad_scale)
-        extra = self._run_input([list(map(_view, plan[1])) for plan in plans], scale,
+        extra = self._run_input([plan[1] for plan in plans], scale,
                                 [True] * len(plans))  # steady runs are of CPU tensors
         for run, _, addresses, lr, step in plans:
             out = run.bound.run_addresses(addresses, step=step, lr=lr, scalars=run.scalars,
