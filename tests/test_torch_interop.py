@@ -243,3 +243,41 @@ def test_grads_match_check_of_the_classes(name):
         assert not all(_cuda_arrays.torch_lists_match(g, params, _device0) for g in edited[1:])
     else:  # a param was edited: no grad list matches it
         assert not _cuda_arrays.torch_lists_match(grads, edited[0], _device0)
+
+
+def test_own_state_dict_keeps_float64_scalar_state():
+    """A fusedopt.torch NAdam over float32 params loads its own state dict with ``mu_product``
+    still float64 and equal (torch's base ``load_state_dict`` casts every floating state tensor
+    but ``step`` to the param's dtype, which rounded it to float32), so a resumed run continues
+    bitwise as the uninterrupted one."""
+    ft = pytest.importorskip("fusedopt.torch")
+    gen = torch.Generator().manual_seed(3)
+    params = [torch.nn.Parameter(torch.randn(5, generator=gen, dtype=torch.float32))
+              for _ in range(2)]
+    grads = [[torch.randn(5, generator=gen, dtype=torch.float32) for _ in params]
+             for _ in range(4)]
+    copy = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    whole = ft.NAdam(params, lr=0.1)
+    for t in range(4):
+        for p, g in zip(params, grads[t]):
+            p.grad = g.clone()
+        whole.step()
+    first = ft.NAdam(copy, lr=0.1)
+    for t in range(2):
+        for p, g in zip(copy, grads[t]):
+            p.grad = g.clone()
+        first.step()
+    saved = first.state_dict()
+    resumed = ft.NAdam(copy, lr=0.1)
+    resumed.load_state_dict(saved)
+    mu = resumed.state_dict()["state"][0]["mu_product"]
+    assert mu.dtype == torch.float64
+    assert mu.item() == saved["state"][0]["mu_product"].item()
+    for t in range(2, 4):
+        for p, g in zip(copy, grads[t]):
+            p.grad = g.clone()
+        resumed.step()
+    assert whole.state_dict()["state"][0]["mu_product"].item() == \
+        resumed.state_dict()["state"][0]["mu_product"].item()
+    for a, b in zip(params, copy):
+        assert torch.equal(a, b)

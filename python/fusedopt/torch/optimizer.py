@@ -407,6 +407,15 @@ class Optimizer(torch.optim.Optimizer):
         super().load_state_dict(state_dict)  # its __setstate__ resets the runs
         for group, mine, gone in zip(self.param_groups, own, missing):
             group.update((k, mine[k]) for k in gone if k in mine)
+        if self._scalar_state and isinstance(groups, (list, tuple)) and isinstance(states, dict):
+            # torch's load cast them to the param's dtype: float64 again
+            params = (p for g in self.param_groups for p in g["params"])
+            ids = (i for g in groups for i in g["params"])
+            for p, i in zip(params, ids):
+                entry, mine_ = states.get(i), dict.get(self.state, p)
+                for name in self._scalar_state:
+                    if entry and mine_ and isinstance(entry.get(name), torch.Tensor):
+                        mine_[name] = entry[name].detach().to(torch.float64, copy=True)
 
     def _with_group_state(self, state_dict: Any) -> Any:
         """``with_group_state`` (``optim/_state_dict.py``) with the values as torch keeps them: a
