@@ -388,3 +388,47 @@ def test_grad_scale_of_a_call_without_grads_is_refused():
     b = _core.cpu.bind("ewa", (avg, [np.ones(4, np.float32)]), (0.5,))
     with pytest.raises(TypeError, match="takes no grads to unscale"):
         b.run(grad_scale=2.0)
+
+
+def test_pass_hook_reads_and_replaces_the_sums_between_passes():
+    """Note [The pass hook]: LAMB's bound call hands each summing pass's sums (one row per
+    tensor: ||g||^2 and ||p||^2, then ||u||^2) to the hook, which may replace them before the
+    trust ratio is formed. A hook that changes nothing leaves the bits of a call without one;
+    one that multiplies ||p||^2 by 4 doubles each trust ratio, so each param moves twice as far
+    (to the rounding of p - r u: rtol 1e-6 on the step)."""
+    rng = np.random.default_rng(7)
+    shapes = [(5,), (3, 4), ()]
+    p0 = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    g = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    hyper = (1e-2, True, (0.9, 0.999), 1e-6, 0.01, True, True, 1.0, False)
+
+    def run(hook):
+        p = [x.copy() for x in p0]
+        m, v = [np.zeros_like(x) for x in p], [np.zeros_like(x) for x in p]
+        b = _core.cpu.bind("lamb", (p, g, m, v), hyper)
+        b.pass_hook = hook
+        b.run(step=1, lr=1e-2)
+        return p
+
+    seen = []
+
+    def record(k, sums):
+        seen.append((k, sums.shape, sums.copy()))
+
+    plain, same = run(None), run(record)
+    assert [(k, shape) for k, shape, _ in seen] == [(0, (3, 2)), (1, (3, 1))]
+    gn = [float(np.sum(x.astype(np.float64) ** 2)) for x in g]
+    pn = [float(np.sum(x.astype(np.float64) ** 2)) for x in p0]
+    np.testing.assert_allclose(seen[0][2], np.array([gn, pn]).T, rtol=1e-12)
+    for a, b in zip(plain, same):
+        assert np.array_equal(a, b)
+
+    def quadruple(k, sums):
+        if k == 0:
+            sums[:, 1] *= 4.0
+
+    doubled = run(quadruple)
+    for x0, a, b in zip(p0, plain, doubled):
+        np.testing.assert_allclose(b.astype(np.float64) - x0, 2 * (a.astype(np.float64) - x0),
+                                   rtol=1e-5, atol=1e-7)
+        assert not np.array_equal(a, b)

@@ -46,6 +46,16 @@ class CpuBound : public Bound {
   py::object run_addresses(py::handle addresses, py::handle step, py::handle lr,
                            py::handle scalars, py::handle others, bool run,
                            py::handle grad_scale, py::handle input);
+  // Note [The pass hook]
+  // A spec of several passes (Note [Passes]) can have its sums read and replaced between passes:
+  // a callable set here is called, with the GIL, after each pass that sums, as
+  // hook(pass, sums), sums an n x k float64 array over the scratch (row i: the call's tensor i;
+  // valid only during the call), before the host's between() reads it. fusedopt.torch's
+  // ZeroRedundancyOptimizer adds there the sums of the other ranks' slices of each tensor, so
+  // that LAMB's per-tensor norms are those of whole tensors. An exception from the hook ends the
+  // run where it is raised (a later pass may not have run: the hook must not fail).
+  py::object pass_hook_ = py::none();
+
   std::vector<Span> grad_spans(py::handle grads, int rank) override {
     Busy busy(*this);
     verify_unchanged();
@@ -341,6 +351,12 @@ py::object CpuBound::launch(int64_t t, std::vector<double>& h, std::vector<doubl
         StepArgs a{t, in.data(), grad_factor, pass, call.data(), tensor.data(), input};
         run_pass(a, k > 0 ? sums.data() : nullptr);
       }
+      if (k > 0 && !pass_hook_.is_none()) {  // Note [The pass hook]
+        py::gil_scoped_acquire gil;
+        py::array_t<double> view({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(k)},
+                                 sums.data(), py::capsule(sums.data(), [](void*) {}));
+        pass_hook_(pass, view);
+      }
       if (pass + 1 < spec_.passes) {
         spec_.between(h.data(), t, pass, n, k > 0 ? sums.data() : nullptr, call.data(),
                       tensor.data());
@@ -414,6 +430,9 @@ void def_cpu(py::module_& cpu) {
            "as scaled by s and unscaled as they are loaded (Note [The fused unscale]). "
            "grad_norm: LAMB's global grad norm over every call of the step (None: this call's "
            "grads'; Note [Passes]).")
+      .def_readwrite("pass_hook", &CpuBound::pass_hook_,
+                     "None, or hook(pass, sums) called between the passes of a spec of several "
+                     "(Note [The pass hook])")
       .def("run_addresses", &CpuBound::run_addresses, py::arg("addresses"), py::kw_only(),
            py::arg("step") = py::none(), py::arg("lr") = py::none(),
            py::arg("scalars") = py::none(), py::arg("others") = py::tuple(),

@@ -192,6 +192,9 @@ class Optimizer(torch.optim.Optimizer):
     _flags: ClassVar[dict] = {}  # the implementation flags torch's class takes, with defaults
     _step_supports_amp_scaling = True
     state: Any  # torch's mapping, made a _StateMap
+    # the ZeroRedundancyOptimizer that runs this optimizer over its rank's slice, if any
+    # (Note [A sharded step])
+    _shard: Any = None
 
     def __init__(self, params: Any, hyper: dict, flags: dict) -> None:
         self._reset_runs()
@@ -491,6 +494,8 @@ class Optimizer(torch.optim.Optimizer):
             self._check_calls(calls)
             if len(calls) > 1 and self._numpy._step_fns:
                 prepare_step_fns((c.bound, c.step) for c in calls)
+            if self._shard is not None:  # Note [A sharded step]
+                self._shard.before_run([call.grads for call in calls])
         except BaseException:
             for call in calls:
                 self._undo(call)
@@ -517,8 +522,13 @@ class Optimizer(torch.optim.Optimizer):
         """``run_input`` of the NumPy classes for the grads (tensors) of each call: LAMB's norm of
         the grads of every call of a step of several, the grads still scaled (``scaled``: the CPU
         calls') unscaled by GradScaler's factor as the kernels unscale them. Nothing is read for
-        a step of one call or an algorithm without a run input (the steady step's case)."""
-        if self._kernel.run_input is None or len(grad_lists) < 2:
+        a step of one call or an algorithm without a run input (the steady step's case). A
+        sharded step's input is its shard's (Note [A sharded step])."""
+        if self._kernel.run_input is None:
+            return {}
+        if self._shard is not None:
+            return {self._kernel.run_input: self._shard.run_input}
+        if len(grad_lists) < 2:
             return {}
         factor = 1.0 if scale is None else float(np.float32(1.0 / scale))
         return run_input(self._kernel, [list(map(_view, g)) for g in grad_lists],
@@ -594,6 +604,8 @@ class Optimizer(torch.optim.Optimizer):
             for k, (run, _, addresses, lr, step) in enumerate(plans):
                 run.bound.run_addresses(addresses, step=step, lr=lr, scalars=run.scalars,
                                         others=bounds[:k] + bounds[k + 1 :], run=False)
+        if self._shard is not None:  # Note [A sharded step]
+            self._shard.before_run([plan[1] for plan in plans])
         scale = None if grad_scale is None else float(grad_scale)
         extra = self._run_input([plan[1] for plan in plans], scale,
                                 [True] * len(plans))  # steady runs are of CPU tensors
@@ -685,6 +697,8 @@ class Optimizer(torch.optim.Optimizer):
         bound = _backend.bind(kernel.name, lists, hyper, name=f"{type(self).__name__}.step",
                               index=call.where, grads_later=True,
                               aliases={"params": f"param_groups[{call.gi}]['params']"})
+        if self._shard is not None and self._kernel.passes > 1:
+            bound.pass_hook = self._shard.pass_hook(call.params)
         self._calls_cache[call.gi] = (ident, bound)
         return bound
 

@@ -1,0 +1,606 @@
+"""``fusedopt.torch.ZeroRedundancyOptimizer``: optimizer state sharded over the ranks of a
+``torch.distributed`` process group (ZeRO stage 1), on gloo (CPU tensors) or NCCL (CUDA tensors).
+
+Note [A sharded step]
+    The params are cut into buckets, one per (device, dtype), each the concatenation of its params
+    in param-group order, padded to a multiple of the world size W and split into W equal
+    contiguous slices: rank r owns elements [r S, (r + 1) S) of each bucket (S = ceil(N / W)), so
+    one large tensor is split across ranks, and no rank holds more than S elements of a bucket.
+    Each rank runs an ordinary ``fusedopt.torch`` optimizer (``self.optim``) whose params are its
+    pieces: 1-d views of the intersection of its slice with each param, grouped as the param
+    groups are. Its state is that of the pieces only (about 1/W of the unsharded state), and its
+    step is one fused call per (group, bucket), as unsharded, over the pieces' grads: views of the
+    params' grads (already averaged, by DDP), or, with ``reduce_grads=True``, the rank's slice of
+    a reduce-scatter of the grads. Then one all-gather per bucket rebuilds the params on every
+    rank. An elementwise update of a piece is the update of those elements: the params come out
+    bitwise as in the unsharded run.
+    A step is all or nothing across the ranks: the inner optimizer checks all its calls, then its
+    ``_shard.before_run`` makes one all-reduce in which every rank says whether its checks passed
+    (a rank that failed earlier joins it from its ``except``); every rank raises when one failed,
+    before anything was written, so no rank waits for a collective that another will not make.
+    The same all-reduce carries the sum of the squares of the rank's grads, for an algorithm that
+    takes the grads' global norm (LAMB's ``grad_norm``, Note [Passes] in ``csrc/spec.h``).
+    A spec whose passes sum per tensor (LAMB's norms of each param and of its update) sees
+    per-piece sums: Note [The pass hook] (``csrc/bindings/cpu.cpp``) lets this class add, between
+    the passes, the sums of the other pieces of each tensor (one all-reduce per call and pass), so
+    the trust ratio is that of the whole tensor. For every rank to make the same collectives in
+    the same order, each (group, bucket) call of such an algorithm has an empty placeholder piece
+    with an empty grad, so that every rank makes exactly that call, and such an algorithm must
+    count steps per group (``StepsPerGroup``: one call per group and bucket).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .. import clip as _clip
+from ..optim.optimizer import StepsPerGroup
+from .optimizer import Optimizer, _view
+
+__all__ = ["ZeroRedundancyOptimizer"]
+
+_NOT_GROUP = ("params", "param_names")
+# torch 2.13 names them *_single (the *_tensor names warn); older releases have only *_tensor
+_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+
+class _Bucket:
+    """The params of one (device, dtype), flattened: ``flat`` holds S * W elements."""
+
+    def __init__(self, device: Any, dtype: Any, members: list) -> None:
+        self.device, self.dtype, self.members = device, dtype, members
+        self.numel = sum(p.numel() for _, _, p in members)
+        self.size = 0  # S
+        self.flat: Any = None
+        self.offsets: list = []  # of each member in flat
+        self.gflat: Any = None  # reduce_grads: the grads, flattened, and this rank's slice
+        self.gslice: Any = None
+        # without bucket views: the pieces -> flat, then flat -> the params not wholly here
+        self.copy_dst: list = []
+        self.copy_src: list = []
+        self.out_dst: list = []
+        self.out_src: list = []
+
+
+class _Piece:
+    """The intersection of this rank's slice with param ``(gi, j)``: its elements [lo, hi)."""
+
+    __slots__ = ("gi", "j", "param", "lo", "hi", "tensor", "bucket", "row", "grad_src")
+
+    def __init__(self, gi: int, j: int, param: Any, lo: int, hi: int, tensor: Any, bucket: int,
+                 row: int) -> None:
+        self.gi, self.j, self.param, self.lo, self.hi = gi, j, param, lo, hi
+        self.tensor, self.bucket, self.row = tensor, bucket, row
+        self.grad_src: Any = None
+
+
+class ZeroRedundancyOptimizer(torch.optim.Optimizer):
+    """A ``fusedopt.torch`` optimizer whose state is sharded over the ranks of a process group
+    (Note [A sharded step]), with ``torch.distributed.optim.ZeroRedundancyOptimizer``'s
+    interface: ``ZeroRedundancyOptimizer(params, optimizer_class, process_group=None,
+    parameters_as_bucket_view=False, overlap_with_ddp=False, **defaults)``.
+
+    - ``optimizer_class``: a :mod:`fusedopt.torch` class (``fusedopt.torch.AdamW``, ...), built
+      on every rank over its slice with ``defaults`` (its constructor arguments).
+    - ``params``: params or param groups, as for any optimizer; every rank must give the same,
+      in the same order. Float32 / float64, dense, contiguous, on the CPU (gloo) or CUDA (NCCL).
+    - Each rank owns an element-balanced contiguous slice of each (device, dtype) bucket: a large
+      tensor is split across ranks, not given to one (torch's class assigns whole params).
+    - ``parameters_as_bucket_view=True``: the params' data become views of one flat buffer per
+      bucket (``p.data`` is replaced once, here), which the all-gather fills in place; False (as
+      torch's default): the params keep their memory, and the step copies the gathered buffer
+      into them (one more pass over the params, and one buffer of their size per bucket).
+    - Grads: by default ``p.grad`` is taken as already averaged over the ranks (by DDP), as
+      torch's class assumes. ``reduce_grads=True``: the optimizer averages them itself, each rank
+      receiving only its slice (a reduce-scatter per bucket; ``p.grad`` is left as it was); a
+      param whose grad is None on every rank is skipped, one that has a grad on some rank is
+      updated with the others' taken as 0.
+    - ``step(closure=None)``: one fused call per (group, bucket) on each rank, then one
+      all-gather per bucket. All or nothing across ranks: if one rank's step fails its checks,
+      every rank raises before any param or state changes.
+    - ``clip_grad_norm_(max_norm)``: clips the grads this rank's step reads by the global norm of
+      all grads (one all-reduce; the norm as :func:`fusedopt.torch.clip_grad_norm_`'s).
+    - Checkpoints: ``consolidate_state_dict(to=0)`` on every rank, then ``state_dict()`` on rank
+      ``to`` gives the unsharded optimizer's state dict: it loads into ``optimizer_class`` and
+      into ``torch.optim``'s class of that name. ``load_state_dict`` takes such a dict (every
+      rank loads the whole dict, of any world size, and keeps its slice).
+    - LAMB: its per-tensor norms are summed across the ranks between its passes (CPU tensors).
+    - Not supported: ``overlap_with_ddp=True``; ``GradScaler``'s fused unscale (it unscales the
+      grads itself before the step, which is fine with DDP-averaged grads).
+    """
+
+    def __init__(self, params: Any, optimizer_class: Any, process_group: Any = None,
+                 parameters_as_bucket_view: bool = False, overlap_with_ddp: bool = False, *,
+                 reduce_grads: bool = False, **defaults: Any) -> None:
+        cls = type(self).__name__
+        self._built = False
+        if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, Optimizer)
+                and optimizer_class is not Optimizer):
+            name = getattr(optimizer_class, "__name__", type(optimizer_class).__name__)
+            raise TypeError(
+                f"{cls}: optimizer_class must be a fusedopt.torch optimizer class (such as "
+                f"fusedopt.torch.AdamW), got {name}")
+        if overlap_with_ddp:
+            raise ValueError(f"{cls}: overlap_with_ddp=True is not supported (call step() after "
+                             "backward())")
+        if not dist.is_available() or not dist.is_initialized():
+            raise RuntimeError(f"{cls}: torch.distributed is not initialized (call "
+                               "torch.distributed.init_process_group first)")
+        numpy_cls = optimizer_class._numpy
+        if optimizer_class._kernel.passes > 1 and not issubclass(numpy_cls, StepsPerGroup):
+            raise ValueError(f"{cls}: {optimizer_class.__name__} cannot be sharded (an algorithm "
+                             "of several passes must count steps per group)")
+        self._optimizer_class = optimizer_class
+        self._inner_defaults = dict(defaults)
+        self.process_group = process_group if process_group is not None else dist.group.WORLD
+        self.world_size = dist.get_world_size(self.process_group)
+        self.rank = dist.get_rank(self.process_group)
+        self.parameters_as_bucket_view = bool(parameters_as_bucket_view)
+        self.reduce_grads = bool(reduce_grads)
+        self._comm_device = torch.device("cpu")
+        if dist.get_backend(self.process_group) == "nccl":
+            self._comm_device = torch.device("cuda", torch.cuda.current_device())
+        self._consolidated: Any = None
+        self._agreed = False
+        self._reduced = False  # this step's grads were reduced by clip_grad_norm_
+        self.run_input = 0.0  # the global norm of the grads, for the inner optimizer
+        super().__init__(params, defaults)
+        self._build()
+        self._built = True
+
+    # ---- the partition ---------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        cls = type(self).__name__
+        W, r = self.world_size, self.rank
+        by_key: dict = {}
+        for gi, group in enumerate(self.param_groups):
+            for j, p in enumerate(group["params"]):
+                what = f"{cls}: param_groups[{gi}]['params'][{j}]"
+                if p.dtype not in (torch.float32, torch.float64):
+                    raise TypeError(f"{what} has dtype {p.dtype}, expected torch.float32 or "
+                                    "torch.float64")
+                if p.layout != torch.strided or not p.is_contiguous():
+                    raise ValueError(f"{what} is not a dense contiguous tensor")
+                if p.device.type not in ("cpu", "cuda"):
+                    raise TypeError(f"{what} is on device {p.device}, expected the CPU or CUDA")
+                if p.device.type != "cpu" and self._optimizer_class._kernel.passes > 1:
+                    raise ValueError(f"{what}: sharded {self._optimizer_class.__name__} takes CPU "
+                                     "tensors only (its per-tensor norms are summed across ranks "
+                                     "on the host)")
+                by_key.setdefault((p.device, p.dtype), []).append((gi, j, p))
+        placeholders = self._optimizer_class._kernel.passes > 1
+        self._buckets: list[_Bucket] = []
+        self._pieces: list[_Piece] = []
+        self._rows: dict = {}  # (gi, bucket) -> number of params of group gi in the bucket
+        for (device, dtype), members in by_key.items():
+            b = _Bucket(device, dtype, members)
+            bi = len(self._buckets)
+            b.size = -(-b.numel // W)
+            b.flat = torch.zeros(b.size * W, dtype=dtype, device=device)
+            lo, hi = r * b.size, min((r + 1) * b.size, b.numel)
+            off = 0
+            with torch.no_grad():
+                for gi, j, p in members:
+                    n = p.numel()
+                    row = self._rows.get((gi, bi), 0)
+                    self._rows[(gi, bi)] = row + 1
+                    b.flat[off : off + n].copy_(p.detach().reshape(-1))
+                    if self.parameters_as_bucket_view:
+                        p.data = b.flat[off : off + n].view_as(p)
+                    a, e = max(off, lo), min(off + n, hi)
+                    if a < e:
+                        t = b.flat[a:e] if self.parameters_as_bucket_view \
+                            else p.detach().view(-1)[a - off : e - off]
+                        self._pieces.append(_Piece(gi, j, p, a - off, e - off, t, bi, row))
+                    b.offsets.append(off)
+                    off += n
+            mine = b.flat[r * b.size : (r + 1) * b.size]
+            owned = [pc for pc in self._pieces if pc.bucket == bi]
+            # without bucket views: the pieces into the slice before the all-gather, then the
+            # gathered buffer into every param that is not wholly this rank's
+            b.copy_dst = [b.flat[b.offsets[m] + pc.lo : b.offsets[m] + pc.hi]
+                          for pc in owned for m in [self._member_index(b, pc)]]
+            b.copy_src = [pc.tensor for pc in owned]
+            whole = {(pc.gi, pc.j) for pc in owned if pc.lo == 0 and pc.hi == pc.param.numel()}
+            b.out_dst = [p.detach().view(-1) for gi, j, p in members
+                         if (gi, j) not in whole and p.numel()]
+            b.out_src = [b.flat[off : off + p.numel()] for (gi, j, p), off in
+                         zip(members, b.offsets) if (gi, j) not in whole and p.numel()]
+            b.gslice = mine
+            self._buckets.append(b)
+        self._piece_of = {id(pc.tensor): pc for pc in self._pieces}
+        self._placeholder_of: dict = {}
+        groups = []
+        for gi, group in enumerate(self.param_groups):
+            plist: list = []
+            for bi, b in enumerate(self._buckets):
+                if placeholders and self._rows.get((gi, bi)):
+                    ph = torch.zeros(0, dtype=b.dtype, device=b.device)
+                    ph.grad = torch.zeros(0, dtype=b.dtype, device=b.device)
+                    self._placeholder_of[id(ph)] = (gi, bi)
+                    plist.append(ph)
+                plist += [pc.tensor for pc in self._pieces if pc.gi == gi and pc.bucket == bi]
+            groups.append({**{k: v for k, v in group.items() if k not in _NOT_GROUP},
+                           "params": plist})
+        self.optim = self._optimizer_class(groups, **self._inner_defaults)
+        self.optim._shard = self
+        for group, inner in zip(self.param_groups, self.optim.param_groups):
+            for k, v in inner.items():
+                if k not in _NOT_GROUP:
+                    group.setdefault(k, v)
+        for k, v in self.optim.defaults.items():
+            self.defaults.setdefault(k, v)
+
+    @staticmethod
+    def _member_index(b: _Bucket, pc: _Piece) -> int:
+        for m, (gi, j, _) in enumerate(b.members):
+            if gi == pc.gi and j == pc.j:
+                return m
+        raise AssertionError("a piece outside its bucket")
+
+    def _group(self) -> Any:
+        return self.process_group
+
+    # ---- collectives -----------------------------------------------------------------------------
+
+    def _agree(self, failed: bool, value: float = 0.0) -> float:
+        """The all-reduce of Note [A sharded step]: whether any rank failed (raised here when
+        another did), and the sum of ``value`` over the ranks."""
+        W = self.world_size
+        t = torch.zeros(W + 1, dtype=torch.float64, device=self._comm_device)
+        if failed:
+            t[self.rank] = 1.0
+        t[W] = value
+        dist.all_reduce(t, group=self.process_group)
+        t = t.cpu()
+        bad = [k for k in range(W) if t[k] != 0.0]
+        if bad and not failed:
+            raise RuntimeError(
+                f"{type(self).__name__}.step: rank {', '.join(map(str, bad))} of the process group "
+                "failed this step (its own error says why); no rank changed any param or state")
+        return float(t[W])
+
+    def before_run(self, grad_lists: list) -> None:
+        """Called by the inner optimizer once its calls are checked, before it writes."""
+        self._agreed = True
+        local = 0.0
+        if self._optimizer_class._kernel.run_input is not None:
+            arrays = [_view(g) for gl in grad_lists for g in gl if g.numel()]
+            local = _clip.sumsq(f"{type(self).__name__}.step", arrays)
+        self.run_input = math.sqrt(self._agree(False, local))
+
+    def pass_hook(self, params: list) -> Any:
+        """The hook of Note [The pass hook] for an inner call over ``params``: each row's sums
+        become those of its whole tensor, summed over the ranks."""
+        key, local, rows = None, [], []
+        for i, t in enumerate(params):
+            pc = self._piece_of.get(id(t))
+            if pc is not None:
+                key = (pc.gi, pc.bucket)
+                local.append(i)
+                rows.append(pc.row)
+            elif id(t) in self._placeholder_of:
+                key = self._placeholder_of[id(t)]
+        if key is None:
+            raise AssertionError("a sharded call without pieces")
+        n = self._rows[key]
+        local_i, rows_i = np.array(local, dtype=np.intp), np.array(rows, dtype=np.intp)
+        group = self.process_group
+
+        def hook(pass_: int, sums: Any) -> None:
+            full = np.zeros((n, sums.shape[1]))
+            full[rows_i] = sums[local_i]
+            dist.all_reduce(torch.from_numpy(full), group=group)
+            sums[local_i] = full[rows_i]
+
+        return hook
+
+    def _set_grads(self) -> None:
+        """Each piece's grad: a view of its param's grad (already averaged)."""
+        for pc in self._pieces:
+            g = pc.param.grad
+            if g is pc.grad_src:
+                continue
+            if g is not None:
+                if g.is_sparse or g.layout != torch.strided or not g.is_contiguous():
+                    raise ValueError(
+                        f"{type(self).__name__}.step: param_groups[{pc.gi}]['params'][{pc.j}]"
+                        ".grad is not a dense contiguous tensor")
+                pc.tensor.grad = g.detach().view(-1)[pc.lo : pc.hi]
+            else:
+                pc.tensor.grad = None
+            pc.grad_src = g
+
+    def _reduce_grads(self) -> None:
+        """``reduce_grads=True``: each rank's slice of the average of the ranks' grads."""
+        W = self.world_size
+        params = [p for g in self.param_groups for p in g["params"]]
+        mask = torch.zeros(W + len(params), dtype=torch.float64, device=self._comm_device)
+        error = None
+        for k, p in enumerate(params):
+            g = p.grad
+            if g is None:
+                continue
+            if g.is_sparse or g.layout != torch.strided or not g.is_contiguous():
+                error = ValueError(f"{type(self).__name__}.step: the grad of param {k} is not a "
+                                   "dense contiguous tensor")
+            mask[W + k] = 1.0
+        if error is not None:
+            mask[self.rank] = 1.0
+        dist.all_reduce(mask, group=self.process_group)
+        mask = mask.cpu()
+        bad = [k for k in range(W) if mask[k] != 0.0]
+        if error is not None:
+            raise error
+        if bad:
+            raise RuntimeError(f"{type(self).__name__}.step: rank {', '.join(map(str, bad))} of "
+                               "the process group failed this step (its own error says why); no "
+                               "rank changed any param or state")
+        has = {id(p): bool(mask[W + k]) for k, p in enumerate(params)}
+        for b in self._buckets:
+            if b.gflat is None:
+                b.gflat = torch.zeros(b.size * W, dtype=b.dtype, device=b.device)
+                b.gslice = torch.zeros(b.size, dtype=b.dtype, device=b.device)
+            dst, src = [], []
+            for (_, _, p), off in zip(b.members, b.offsets):
+                view = b.gflat[off : off + p.numel()]
+                if p.grad is not None:
+                    dst.append(view)
+                    src.append(p.grad.detach().view(-1))
+                else:
+                    view.zero_()
+            if dst:
+                torch._foreach_copy_(dst, src)
+            b.gflat.div_(W)  # as DDP: each rank's grad divided by W, then summed
+            _reduce_scatter(b.gslice, b.gflat, group=self.process_group)
+        for pc in self._pieces:
+            b = self._buckets[pc.bucket]
+            if has[id(pc.param)]:
+                start = b.offsets[self._member_index(b, pc)] + pc.lo - self.rank * b.size
+                pc.tensor.grad = b.gslice[start : start + pc.hi - pc.lo]
+            else:
+                pc.tensor.grad = None
+            pc.grad_src = None
+
+    def _gather(self) -> None:
+        """Every rank's slice into every rank's params: one all-gather per bucket."""
+        r = self.rank
+        for b in self._buckets:
+            mine = b.flat[r * b.size : (r + 1) * b.size]
+            if not self.parameters_as_bucket_view and b.copy_dst:
+                torch._foreach_copy_(b.copy_dst, b.copy_src)
+            _all_gather(b.flat, mine, group=self.process_group)
+            if not self.parameters_as_bucket_view and b.out_dst:
+                torch._foreach_copy_(b.out_dst, b.out_src)
+
+    # ---- the step --------------------------------------------------------------------------------
+
+    def _sync_groups(self) -> None:
+        for group, inner in zip(self.param_groups, self.optim.param_groups):
+            for k, v in group.items():
+                if k not in _NOT_GROUP and inner.get(k) is not v:
+                    inner[k] = v
+
+    def step(self, closure: Any = None) -> Any:
+        """The sharded step of Note [A sharded step]; returns the closure's loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._consolidated = None
+        self._agreed = False
+        try:
+            self._sync_groups()
+            with torch.no_grad():
+                if not self.reduce_grads:
+                    self._set_grads()
+                elif not self._reduced:
+                    self._reduce_grads()
+                self._reduced = False
+                self.optim.step()
+        except BaseException:
+            self._reduced = False
+            if not self._agreed:
+                self._agreed = True
+                self._agree(True)
+            raise
+        if not self._agreed:
+            self._agree(False)
+        with torch.no_grad():
+            self._gather()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """torch's ``zero_grad`` of the params; the pieces let go of their grads."""
+        super().zero_grad(set_to_none)
+        if set_to_none:
+            for pc in self._pieces:
+                pc.tensor.grad = None
+                pc.grad_src = None
+
+    def clip_grad_norm_(self, max_norm: float, norm_type: float = 2.0,
+                        error_if_nonfinite: bool = False) -> torch.Tensor:
+        """:func:`fusedopt.torch.clip_grad_norm_` of all the params' grads, computed from the
+        slices: the sum of the squares of this rank's grads, one all-reduce, then this rank's
+        grads (those its step reads) scaled. With ``reduce_grads=True`` the grads are reduced
+        here first (the step then uses them as they are). Returns the norm, a 0-d tensor."""
+        fn = f"{type(self).__name__}.clip_grad_norm_"
+        _clip._check_norm_type(fn, norm_type)
+        if self.reduce_grads:
+            with torch.no_grad():
+                self._reduce_grads()
+            self._reduced = True
+        else:
+            self._set_grads()
+        grads = [pc.tensor.grad for pc in self._pieces if pc.tensor.grad is not None]
+        arrays = [_view(g) for g in grads]
+        local = _clip.sumsq(fn, arrays)
+        t = torch.tensor([local], dtype=torch.float64, device=self._comm_device)
+        dist.all_reduce(t, group=self.process_group)
+        dtype = self._buckets[0].dtype if self._buckets else torch.float32
+        if any(b.dtype == torch.float64 for b in self._buckets):
+            dtype = torch.float64
+        np_dtype = np.float64 if dtype == torch.float64 else np.float32
+        norm = np_dtype(math.sqrt(float(t.item())))
+        if error_if_nonfinite and not math.isfinite(norm):
+            raise RuntimeError(_clip._NONFINITE.format(float(norm_type)))
+        with np.errstate(all="ignore"):
+            coef = np.minimum((np_dtype(1.0) / (norm + np_dtype(1e-6))) * np_dtype(max_norm),
+                              np_dtype(1.0))
+        if coef != 1.0 and arrays:
+            _clip._scale(fn, arrays, float(coef))
+        return torch.tensor(float(norm), dtype=dtype)
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+
+    def _local_state(self) -> tuple:
+        """This rank's pieces' state: [(gi, j, lo, hi, entry)], and its inner groups' values."""
+        sd = self.optim.state_dict()
+        index = {id(t): k for k, t in
+                 enumerate(t for g in self.optim.param_groups for t in g["params"])}
+        local = []
+        for pc in self._pieces:
+            entry = sd["state"].get(index[id(pc.tensor)])
+            if entry:
+                local.append((pc.gi, pc.j, pc.lo, pc.hi,
+                              {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v
+                               for k, v in entry.items()}))
+        groups = [{k: v for k, v in g.items() if k not in _NOT_GROUP}
+                  for g in sd["param_groups"]]
+        has = [any(pc.gi == gi for pc in self._pieces) for gi in range(len(self.param_groups))]
+        return local, groups, has
+
+    def _assemble(self, parts: list) -> dict:
+        """The unsharded state dict from every rank's ``_local_state``."""
+        buffers = self._optimizer_class._kernel.state_names
+        entries: dict = {}
+        for local, _, _ in parts:
+            for gi, j, lo, hi, entry in local:
+                p = self.param_groups[gi]["params"][j]
+                e = entries.setdefault((gi, j), {})
+                for name, v in entry.items():
+                    if name in buffers and isinstance(v, torch.Tensor):
+                        full = e.get(name)
+                        if full is None:
+                            full = e[name] = torch.zeros(p.numel(), dtype=v.dtype)
+                        full[lo:hi] = v
+                    elif name not in e:
+                        e[name] = v
+        state, groups, k = {}, [], 0
+        for gi, group in enumerate(self.param_groups):
+            packed = {key: v for key, v in group.items() if key != "params"}
+            for _, inner, has in parts:
+                if has[gi]:
+                    for key, v in inner[gi].items():
+                        packed.setdefault(key, v)
+                    break
+            ids = []
+            for j, p in enumerate(group["params"]):
+                e = entries.get((gi, j))
+                if e is not None:
+                    state[k] = {name: v.view(p.shape).to(p.device)
+                                if name in buffers and isinstance(v, torch.Tensor) else v
+                                for name, v in e.items()}
+                ids.append(k)
+                k += 1
+            packed["params"] = ids
+            groups.append(packed)
+        return {"state": state, "param_groups": groups}
+
+    def consolidate_state_dict(self, to: int = 0) -> None:
+        """Gathers every rank's state on rank ``to`` (called on every rank), for ``state_dict``."""
+        parts = [None] * self.world_size if self.rank == to else None
+        dist.gather_object(self._local_state(), parts,
+                           dst=dist.get_global_rank(self._group(), to),
+                           group=self.process_group)
+        self._consolidated = self._assemble(parts) if parts is not None else None
+
+    def state_dict(self) -> dict:
+        """The unsharded state dict, on the rank that ``consolidate_state_dict`` gathered it on
+        (since the last step)."""
+        if self._consolidated is None:
+            raise RuntimeError(
+                f"{type(self).__name__}: the state is not consolidated on this rank: call "
+                "consolidate_state_dict(to=rank) on every rank first (after the last step)")
+        return self._consolidated
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Loads an unsharded state dict (of this class, of ``optimizer_class``, or of
+        ``torch.optim``'s class of that name, saved at any world size): every rank gives the
+        whole dict and keeps its slice."""
+        cls = type(self).__name__
+        groups, states = state_dict.get("param_groups"), state_dict.get("state")
+        if not isinstance(groups, (list, tuple)) or not isinstance(states, dict):
+            raise ValueError(f"{cls}.load_state_dict: expected a dict with 'state' and "
+                             "'param_groups'")
+        if len(groups) != len(self.param_groups):
+            raise ValueError("loaded state dict has a different number of parameter groups")
+        for saved, group in zip(groups, self.param_groups):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError("loaded state dict contains a parameter group that doesn't "
+                                 "match the size of optimizer's group")
+        buffers = self._optimizer_class._kernel.state_names
+        inner_states: dict = {}
+        inner_groups = []
+        k = 0
+        for gi, inner in enumerate(self.optim.param_groups):
+            saved = groups[gi]
+            ids = []
+            for t in inner["params"]:
+                pc = self._piece_of.get(id(t))
+                entry = states.get(saved["params"][pc.j]) if pc is not None else None
+                if entry:
+                    inner_states[k] = {
+                        name: _slice(name, v, pc) if name in buffers else v
+                        for name, v in entry.items()}
+                ids.append(k)
+                k += 1
+            inner_groups.append({**{key: v for key, v in saved.items() if key not in _NOT_GROUP},
+                                 "params": ids})
+        self.optim.load_state_dict({"state": inner_states, "param_groups": inner_groups})
+        for group, inner in zip(self.param_groups, self.optim.param_groups):
+            for key, v in inner.items():
+                if key not in _NOT_GROUP:
+                    group[key] = v
+        self._consolidated = None
+        for pc in self._pieces:
+            pc.grad_src = None
+
+    def add_param_group(self, param_group: dict) -> None:
+        """torch's ``add_param_group`` (on every rank): the params are partitioned anew, and the
+        state moves to its new slices (every rank's state is gathered on every rank first)."""
+        if not getattr(self, "_built", False):
+            super().add_param_group(param_group)
+            return
+        parts: list = [None] * self.world_size
+        dist.all_gather_object(parts, self._local_state(), group=self.process_group)
+        before = self._assemble(parts)
+        n = len(self.param_groups)
+        super().add_param_group(param_group)
+        try:
+            self._build()
+        except BaseException:
+            del self.param_groups[n:]
+            self._build()
+            raise
+        new = self.param_groups[n]
+        count = sum(len(g["params"]) for g in before["param_groups"])
+        packed = {k: v for k, v in new.items() if k != "params"}
+        packed["params"] = list(range(count, count + len(new["params"])))
+        self.load_state_dict({"state": before["state"],
+                              "param_groups": [*before["param_groups"], packed]})
+
+
+def _slice(name: str, v: Any, pc: Any) -> Any:
+    """Piece ``pc``'s part of state buffer ``v`` of its param, as a new 1-d tensor."""
+    if not isinstance(v, torch.Tensor) or v.numel() != pc.param.numel():
+        raise ValueError(f"loaded state {name!r} of a param of {pc.param.numel()} elements has "
+                         f"{v.numel() if isinstance(v, torch.Tensor) else type(v).__name__}")
+    return v.detach().reshape(-1)[pc.lo : pc.hi].clone()
