@@ -71,6 +71,8 @@ step "emulation" "$OUT/emulation.log" \
 step "device tests" "$OUT/tests.log" \
   timeout 300 $PY -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py \
   tests/test_optim_device.py tests/test_torch_interop.py tests/test_reduce.py
+step "sharded state over NCCL" "$OUT/zero.log" \
+  timeout 200 $PY -m pytest -q -p no:cacheprovider -rs tests/test_zero.py -k nccl
 
 # 4. The GPU benchmarks, each under a limit.
 {

@@ -207,3 +207,43 @@ def test_refused_without_a_process_group():
         with pytest.raises(RuntimeError, match="init_process_group"):
             ft.ZeroRedundancyOptimizer(params, ft.AdamW)
 
+
+
+def test_a_rank_that_dies_does_not_hang_the_others(tmp_path):
+    """Rank 1 exits (as a crash in the user's loop would) before its second step: rank 0's step
+    ends with an error from the process group well within the test's bound, not a hang."""
+    ctx = torch.multiprocessing.get_context("spawn")
+    init = tmp_path / "init-crash"
+    procs = [ctx.Process(target=zw.run, args=(r, 2, str(init), str(tmp_path), "crash", {}))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + TIMEOUT
+    for p in procs:
+        p.join(timeout=max(0.1, deadline - time.monotonic()))
+    alive = [p for p in procs if p.is_alive()]
+    for p in alive:
+        p.kill()
+    assert not alive, "a rank was still running after the timeout"
+    assert procs[1].exitcode == 3
+    res = torch.load(tmp_path / "crash-0.pt", weights_only=False)
+    assert res["error"] is not None and res["seconds"] < 90, res
+
+
+def _cuda_devices() -> int:
+    import fusedopt
+
+    if not torch.cuda.is_available() or not fusedopt.cuda_available() \
+            or not dist.is_nccl_available():
+        return 0
+    return torch.cuda.device_count()
+
+
+@pytest.mark.skipif(_cuda_devices() == 0, reason="no CUDA device usable by torch and fusedopt")
+def test_nccl_cuda_params_bitwise_equal_to_unsharded(tmp_path):
+    """NCCL over CUDA tensors (one rank per device, up to 2): AdamW sharded gives the bits of
+    the unsharded CUDA run."""
+    world = min(2, _cuda_devices())
+    for res in spawn(tmp_path, world, "cuda", backend="nccl"):
+        for k, (a, b) in enumerate(zip(res["sharded"], res["unsharded"])):
+            assert torch.equal(a, b), (k, (a - b).abs().max())

@@ -5,6 +5,7 @@ and saves what the test compares (``torch.save`` to ``out/<name>-<rank>.pt``).""
 from __future__ import annotations
 
 import os
+import time
 import traceback
 from datetime import timedelta
 
@@ -48,7 +49,11 @@ def averaged_grad(step: int, k: int, p: torch.Tensor, world: int, exact: bool = 
 
 
 def run(rank: int, world: int, init: str, out: str, job: str, kwargs: dict) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world,
+    kwargs = dict(kwargs)
+    backend = kwargs.pop("backend", "gloo")
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, init_method=f"file://{init}", rank=rank, world_size=world,
                             timeout=timedelta(seconds=60))
     torch.set_num_threads(1)
     try:
@@ -66,8 +71,9 @@ def _train(opt: object, params: list, steps: int, world: int, *, sharded_grads: 
            rank: int = 0, start: int = 1) -> None:
     for step in range(start, start + steps):
         for k, p in enumerate(params):
-            local, avg = averaged_grad(step, k, p, world, exact)
-            p.grad = None if (step, k) in skip else (local[rank] if sharded_grads else avg)
+            local, avg = averaged_grad(step, k, p.detach().cpu(), world, exact)
+            g = None if (step, k) in skip else (local[rank] if sharded_grads else avg)
+            p.grad = None if g is None else g.to(p.device)
         if clip is not None:
             opt.clip_grad_norm_(clip) if hasattr(opt, "clip_grad_norm_") \
                 else ft.clip_grad_norm_(params, clip)
@@ -226,5 +232,36 @@ def job_fail(rank: int, world: int, where: str) -> dict:
     return {"error": error, "unchanged": same and same_state}
 
 
+def job_cuda(rank: int, world: int) -> dict:
+    """NCCL over CUDA tensors: AdamW sharded and not, 3 steps, on this rank's device."""
+    dev = torch.device("cuda", rank)
+    out = {}
+    for name in ("sharded", "unsharded"):
+        params = [torch.nn.Parameter(p.detach().to(dev)) for p in make_params()]
+        opt = ft.ZeroRedundancyOptimizer(groups_of(params), ft.AdamW, weight_decay=0.1) \
+            if name == "sharded" else ft.AdamW(groups_of(params), weight_decay=0.1)
+        _train(opt, params, 3, world, rank=rank)
+        out[name] = [p.detach().cpu() for p in params]
+    return out
+
+
+def job_crash(rank: int, world: int) -> dict:
+    """Rank 1 dies before its step (an error in the user's loop); rank 0's step must end with an
+    error, not wait for it forever."""
+    params = make_params()
+    opt = ft.ZeroRedundancyOptimizer(groups_of(params), ft.AdamW)
+    _train(opt, params, 1, world, rank=rank)
+    if rank == 1:
+        os._exit(3)  # as a crashed process: no clean shutdown of the group
+    start = time.monotonic()
+    error = None
+    try:
+        _train(opt, params, 1, world, rank=rank, start=2)
+    except Exception as e:  # noqa: BLE001 - the test reads the text
+        error = f"{type(e).__name__}: {e}"
+    return {"error": error, "seconds": time.monotonic() - start}
+
+
 JOBS = {"elementwise": job_elementwise, "add_group": job_add_group, "norms": job_norms, "reduce": job_reduce,
-        "save": job_save, "resume": job_resume, "fail": job_fail}
+        "save": job_save, "resume": job_resume, "fail": job_fail,
+        "crash": job_crash, "cuda": job_cuda}
