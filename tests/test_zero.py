@@ -111,6 +111,58 @@ def test_norms_summed_across_ranks(tmp_path, world):
                 assert not torch.equal(a, zw.make_params()[k])
 
 
+STEPS_PER_GROUP = [
+    ("lamb", "LAMB", {"weight_decay": 0.01}),
+    ("schedulefree", "AdamWScheduleFree", {"lr": 1e-2, "warmup_steps": 2}),
+]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_steps_per_group_with_missing_grads(tmp_path, world):
+    """LAMB and Schedule-Free count steps per group (the most advanced count of the params that
+    have a grad): with params, and a whole group, without a grad on some steps, every rank's
+    params are the unsharded run's (Schedule-Free bitwise, through eval() and train() as well;
+    LAMB rtol 1e-6 / 1e-12 for its norms' sums). A rank that took the count of its own slices,
+    or counted a step in which the group had no grad, is off in the bias corrections (1e-3 and
+    more)."""
+    for res in spawn(tmp_path, world, "steps_per_group", configs=STEPS_PER_GROUP):
+        for name, _, _ in STEPS_PER_GROUP:
+            for when, (snap, ref) in enumerate(zip(res[name]["sharded"],
+                                                   res[name]["unsharded"])):
+                for k, (a, b) in enumerate(zip(snap, ref)):
+                    if name == "schedulefree":
+                        assert torch.equal(a, b), (name, when, k, (a - b).abs().max())
+                    else:
+                        tol = 1e-12 if a.dtype == torch.float64 else 1e-6
+                        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=tol, atol=tol,
+                                                   err_msg=f"{name} param {k}")
+
+
+def test_failures_end_alike_on_every_rank(tmp_path):
+    """add_param_group, clip_grad_norm_ and step refused on one rank: every rank raises (no
+    hang), the state kept; ADOPT's consolidated state dict holds no code and loads with
+    weights_only; misuse refused by name."""
+    results = spawn(tmp_path, 2, "misc")
+    for rank, res in enumerate(results):
+        assert res["add_one"] and res["add_both"], res
+        assert ("rank 1" in res["add_one"]) == (rank == 0), res["add_one"]
+        assert "learning rate" in res["add_both"]
+        groups, numel, before = res["add_kept"]
+        assert groups == 1 and numel == before > 0
+        assert res["add_after"]  # and it goes on as the unsharded run
+        assert res["clip"] and "clip_grad_norm_" in res["clip"], res["clip"]
+        assert ("rank 1" in res["clip"]) == (rank == 0), res["clip"]
+        assert res["data"] and ("rank 1" in res["data"]) == (rank == 0), res["data"]
+        if rank == 1:
+            assert "replaced" in res["data"] and "[1]['params'][1]" in res["data"], res["data"]
+        assert res["to"] and res["to"].startswith("ValueError") and "to" in res["to"]
+        assert res["twice"] and res["twice_in_group"], res
+    sd, ref = results[0]["adopt_sd"], results[0]["adopt_ref"]
+    assert [sorted(g) for g in sd["param_groups"]] == [sorted(g) for g in ref]
+    for entry in sd["state"].values():
+        assert all(v.device.type == "cpu" for v in entry.values() if isinstance(v, torch.Tensor))
+
+
 @pytest.mark.parametrize("view", [False, True])
 def test_reduce_grads_averages_itself(tmp_path, view):
     """reduce_grads=True on 3 ranks with grads whose average is exact in any order: bitwise

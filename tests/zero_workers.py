@@ -4,6 +4,7 @@ and saves what the test compares (``torch.save`` to ``out/<name>-<rank>.pt``).""
 
 from __future__ import annotations
 
+import io
 import os
 import time
 import traceback
@@ -262,6 +263,104 @@ def job_crash(rank: int, world: int) -> dict:
     return {"error": error, "seconds": time.monotonic() - start}
 
 
+def job_steps_per_group(rank: int, world: int, configs: list) -> dict:
+    """The algorithms that count steps per group (LAMB, Schedule-Free AdamW) with params and a
+    whole group without grads on some steps, sharded and not; Schedule-Free also through
+    eval() and train() (the params at x, then back at y)."""
+    out = {}
+    # group 1 (params 3, 4, 5) has no grad at step 2; at step 3 only param 3 of it has one
+    # (it is rank 0's alone: the other ranks' slices of the group lag); params 1 and 6 miss some
+    skip = ((2, 3), (2, 4), (2, 5), (3, 4), (3, 5), (3, 1), (4, 6), (5, 1))
+    for name, cls_name, kw in configs:
+        cls = getattr(ft, cls_name)
+        res = {}
+        for mode in ("sharded", "unsharded"):
+            params = make_params()
+            opt = ft.ZeroRedundancyOptimizer(groups_of(params), cls, **kw) \
+                if mode == "sharded" else cls(groups_of(params), **kw)
+            if hasattr(cls, "train"):
+                opt.train()
+            _train(opt, params, 5, world, skip=skip, rank=rank)
+            snaps = [[p.detach().clone() for p in params]]
+            if hasattr(cls, "eval"):
+                opt.eval()
+                snaps.append([p.detach().clone() for p in params])
+                opt.train()
+                _train(opt, params, 1, world, rank=rank, start=6)
+                snaps.append([p.detach().clone() for p in params])
+            res[mode] = snaps
+        out[name] = res
+    return out
+
+
+def job_misc(rank: int, world: int) -> dict:
+    """What goes wrong on one rank or both, and must end the same way on every rank."""
+    out: dict = {}
+
+    def attempt(fn: object) -> str | None:
+        try:
+            fn()  # type: ignore[operator]
+        except Exception as e:  # noqa: BLE001 - the test reads the text
+            return f"{type(e).__name__}: {e}"
+        return None
+
+    # a group that cannot be added (a bad lr on rank 1 only, then on both) keeps the state
+    params = make_params()
+    first, second = groups_of(params)
+    opt = ft.ZeroRedundancyOptimizer([first], ft.Adam)
+    ref = make_params()
+    uns = ft.Adam([groups_of(ref)[0]])
+    _train(opt, params, 2, world, rank=rank)
+    _train(uns, ref, 2, world, rank=rank)
+    before = _state_numel(opt.optim)
+    out["add_one"] = attempt(lambda: opt.add_param_group(
+        {**second, "lr": -1.0 if rank == 1 else 1e-3}))
+    out["add_both"] = attempt(lambda: opt.add_param_group({**second, "lr": -1.0}))
+    out["add_kept"] = (len(opt.param_groups), _state_numel(opt.optim), before)
+    _train(opt, params, 1, world, rank=rank, start=3)
+    _train(uns, ref, 1, world, rank=rank, start=3)
+    out["add_after"] = all(torch.equal(a, b) for a, b in zip(params, ref))
+
+    # clip_grad_norm_ refused on rank 1 (a grad that is not contiguous): every rank raises
+    for p in params:
+        p.grad = torch.ones_like(p)
+    if rank == 1:  # param 6 (group 0) is split over the ranks
+        big = torch.ones(*params[6].shape, 2, dtype=params[6].dtype)
+        params[6].grad = big[..., 0]
+    out["clip"] = attempt(lambda: opt.clip_grad_norm_(1.0))
+
+    # a param whose .data was replaced (on rank 1 only): refused, not silently left behind
+    params = make_params()
+    opt = ft.ZeroRedundancyOptimizer(groups_of(params), ft.AdamW)
+    _train(opt, params, 1, world, rank=rank)
+    if rank == 1:
+        params[4].data = params[4].data.clone()
+    out["data"] = attempt(lambda: _train(opt, params, 1, world, rank=rank, start=2))
+
+    # ADOPT's consolidated state dict: no code in its groups, the state on the CPU, loadable
+    params = make_params()
+    opt = ft.ZeroRedundancyOptimizer(groups_of(params), ft.ADOPT)
+    _train(opt, params, 2, world, rank=rank)
+    out["to"] = attempt(lambda: opt.consolidate_state_dict(to=world))
+    opt.consolidate_state_dict(to=0)
+    if rank == 0:
+        sd = opt.state_dict()
+        buf = io.BytesIO()
+        torch.save(sd, buf)
+        buf.seek(0)
+        out["adopt_sd"] = torch.load(buf, weights_only=True)
+        out["adopt_ref"] = ft.ADOPT(groups_of(make_params())).state_dict()["param_groups"]
+
+    # the same param twice is refused
+    params = make_params()
+    out["twice"] = attempt(lambda: ft.ZeroRedundancyOptimizer(
+        [{"params": params[:2]}, {"params": params[1:3]}], ft.AdamW))
+    out["twice_in_group"] = attempt(lambda: ft.ZeroRedundancyOptimizer(
+        [params[0], params[1], params[0]], ft.AdamW))
+    return out
+
+
 JOBS = {"elementwise": job_elementwise, "add_group": job_add_group, "norms": job_norms, "reduce": job_reduce,
         "save": job_save, "resume": job_resume, "fail": job_fail,
-        "crash": job_crash, "cuda": job_cuda}
+        "crash": job_crash, "cuda": job_cuda,
+        "steps_per_group": job_steps_per_group, "misc": job_misc}

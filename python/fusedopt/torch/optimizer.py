@@ -549,6 +549,8 @@ class Optimizer(torch.optim.Optimizer):
                 continue
             plain = self._plain(group)
             keys = self._numpy._call_keys(self, plain, self._plain_states(call.states))
+            if self._shard is not None:  # Note [A sharded step]
+                keys = self._shard.keys(gi, keys)
             if keys.count(keys[0]) != len(keys):
                 continue
             key = keys[0]
@@ -639,6 +641,8 @@ class Optimizer(torch.optim.Optimizer):
             return []
         states = [dict.get(self.state, p) for p in params]
         keys = self._numpy._call_keys(self, plain, self._plain_states(states))
+        if self._shard is not None:  # Note [A sharded step]
+            keys = self._shard.keys(gi, keys)
         split: dict = {}
         for k, (p, key) in enumerate(zip(params, keys)):
             split.setdefault((key, p.device, p.dtype), []).append(k)

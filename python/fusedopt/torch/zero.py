@@ -11,9 +11,11 @@ Note [A sharded step]
     groups are. Its state is that of the pieces only (about 1/W of the unsharded state), and its
     step is one fused call per (group, bucket), as unsharded, over the pieces' grads: views of the
     params' grads (already averaged, by DDP), or, with ``reduce_grads=True``, the rank's slice of
-    a reduce-scatter of the grads. Then one all-gather per bucket rebuilds the params on every
-    rank. An elementwise update of a piece is the update of those elements: the params come out
-    bitwise as in the unsharded run.
+    a reduce-scatter of the grads (on gloo, a reduce of each slice to its rank). Then the params
+    are rebuilt on every rank from the slices: one all-gather per bucket on NCCL; on gloo, whose
+    all-gather is several times slower than broadcasts of the same bytes, rank q broadcasts its
+    slice (``_plan_broadcasts``). An elementwise update of a piece is the update of those
+    elements: the params come out bitwise as in the unsharded run.
     A step is all or nothing across the ranks: the inner optimizer checks all its calls, then its
     ``_shard.before_run`` makes one all-reduce in which every rank says whether its checks passed
     (a rank that failed earlier joins it from its ``except``); every rank raises when one failed,
@@ -39,12 +41,17 @@ import torch
 import torch.distributed as dist
 
 from .. import clip as _clip
+from ..optim.optimizer import Optimizer as _BaseOptimizer
 from ..optim.optimizer import StepsPerGroup
 from .optimizer import Optimizer, _view
 
 __all__ = ["ZeroRedundancyOptimizer"]
 
 _NOT_GROUP = ("params", "param_names")
+# gloo: a slice goes straight from and into the params when they average this many elements or
+# more in it (a broadcast costs ~0.1 ms here, a copy of 2**18 fp32 elements in and out about as
+# much); through the flat buffer otherwise (bench/zero.py)
+_DIRECT_MIN = 1 << 18
 # torch 2.13 names them *_single (the *_tensor names warn); older releases have only *_tensor
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 _reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
@@ -66,17 +73,19 @@ class _Bucket:
         self.copy_src: list = []
         self.out_dst: list = []
         self.out_src: list = []
+        self.sends: Any = None  # gloo: the tensors of rank q's broadcasts, for each q
 
 
 class _Piece:
     """The intersection of this rank's slice with param ``(gi, j)``: its elements [lo, hi)."""
 
-    __slots__ = ("gi", "j", "param", "lo", "hi", "tensor", "bucket", "row", "grad_src")
+    __slots__ = ("gi", "j", "param", "lo", "hi", "tensor", "bucket", "row", "m", "grad_src")
 
     def __init__(self, gi: int, j: int, param: Any, lo: int, hi: int, tensor: Any, bucket: int,
-                 row: int) -> None:
+                 row: int, m: int) -> None:
         self.gi, self.j, self.param, self.lo, self.hi = gi, j, param, lo, hi
         self.tensor, self.bucket, self.row = tensor, bucket, row
+        self.m = m  # its param's index in the bucket's members
         self.grad_src: Any = None
 
 
@@ -93,17 +102,21 @@ class ZeroRedundancyOptimizer(torch.optim.Optimizer):
     - Each rank owns an element-balanced contiguous slice of each (device, dtype) bucket: a large
       tensor is split across ranks, not given to one (torch's class assigns whole params).
     - ``parameters_as_bucket_view=True``: the params' data become views of one flat buffer per
-      bucket (``p.data`` is replaced once, here), which the all-gather fills in place; False (as
-      torch's default): the params keep their memory, and the step copies the gathered buffer
-      into them (one more pass over the params, and one buffer of their size per bucket).
+      bucket (``p.data`` is replaced once, here; replacing it again is refused at the next
+      step), which the gather fills in place; False (as torch's default): the params keep their
+      memory, and the gathered slices are copied into them where they go through the buffer (a
+      slice of many small params; one buffer of their size per bucket).
     - Grads: by default ``p.grad`` is taken as already averaged over the ranks (by DDP), as
       torch's class assumes. ``reduce_grads=True``: the optimizer averages them itself, each rank
-      receiving only its slice (a reduce-scatter per bucket; ``p.grad`` is left as it was); a
+      receiving only its slice (a reduce-scatter per bucket on NCCL, a reduce of each slice to its
+      rank on gloo; ``p.grad`` is left as it was); a
       param whose grad is None on every rank is skipped, one that has a grad on some rank is
-      updated with the others' taken as 0.
-    - ``step(closure=None)``: one fused call per (group, bucket) on each rank, then one
-      all-gather per bucket. All or nothing across ranks: if one rank's step fails its checks,
-      every rank raises before any param or state changes.
+      updated with the others' taken as 0. Not with ``GradScaler`` (each rank would find infs
+      in its own grads, before they are averaged, and skip the step alone): use DDP for that.
+    - ``step(closure=None)``: one fused call per (group, bucket) on each rank, then the params
+      gathered (Note [A sharded step]). All or nothing across ranks: if one rank's step fails
+      its checks, every rank raises before any param or state changes; so do
+      ``clip_grad_norm_``, ``add_param_group``, ``train`` and ``eval``.
     - ``clip_grad_norm_(max_norm)``: clips the grads this rank's step reads by the global norm of
       all grads (one all-reduce; the norm as :func:`fusedopt.torch.clip_grad_norm_`'s).
     - Checkpoints: ``consolidate_state_dict(to=0)`` on every rank, then ``state_dict()`` on rank
@@ -111,9 +124,25 @@ class ZeroRedundancyOptimizer(torch.optim.Optimizer):
       into ``torch.optim``'s class of that name. ``load_state_dict`` takes such a dict (every
       rank loads the whole dict, of any world size, and keeps its slice).
     - LAMB: its per-tensor norms are summed across the ranks between its passes (CPU tensors).
+      The algorithms that count steps per group (LAMB, Schedule-Free) take the group's count
+      from every rank (one more all-gather of a few numbers per step).
+    - Schedule-Free: ``train()`` and ``eval()`` move each rank's slice, then gather the params.
     - Not supported: ``overlap_with_ddp=True``; ``GradScaler``'s fused unscale (it unscales the
       grads itself before the step, which is fine with DDP-averaged grads).
     """
+
+    # the partition, made by ``_partition`` and ``_commit``
+    _buckets: list
+    _pieces: list
+    _rows: dict
+    _views: list
+    _piece_of: dict
+    _placeholder_of: dict
+    _holders: dict
+    _params: list
+    _ptrs: list
+    _tops: dict
+    optim: Any
 
     def __init__(self, params: Any, optimizer_class: Any, process_group: Any = None,
                  parameters_as_bucket_view: bool = False, overlap_with_ddp: bool = False, *,
@@ -137,10 +166,12 @@ class ZeroRedundancyOptimizer(torch.optim.Optimizer):
             raise ValueError(f"{cls}: {optimizer_class.__name__} cannot be sharded (an algorithm "
                              "of several passes must count steps per group)")
         self._optimizer_class = optimizer_class
+        self._steps_per_group = issubclass(numpy_cls, StepsPerGroup)
         self._inner_defaults = dict(defaults)
         self.process_group = process_group if process_group is not None else dist.group.WORLD
         self.world_size = dist.get_world_size(self.process_group)
         self.rank = dist.get_rank(self.process_group)
+        self._ranks = dist.get_process_group_ranks(self.process_group)  # global, by group rank
         self.parameters_as_bucket_view = bool(parameters_as_bucket_view)
         self.reduce_grads = bool(reduce_grads)
         self._comm_device = torch.device("cpu")
@@ -157,12 +188,25 @@ class ZeroRedundancyOptimizer(torch.optim.Optimizer):
     # ---- the partition ---------------------------------------------------------------------------
 
     def _build(self) -> None:
+        """Partitions the param groups and builds the inner optimizer (Note [A sharded step])."""
+        self._commit(self._partition())
+
+    def _partition(self) -> dict:
+        """The partition of the param groups and the inner optimizer over it, with no effect on
+        this object or the params until ``_commit`` (a refused group leaves everything as it
+        was)."""
         cls = type(self).__name__
         W, r = self.world_size, self.rank
+        nccl = self._comm_device.type == "cuda"
         by_key: dict = {}
+        seen: dict = {}
         for gi, group in enumerate(self.param_groups):
             for j, p in enumerate(group["params"]):
                 what = f"{cls}: param_groups[{gi}]['params'][{j}]"
+                if id(p) in seen:
+                    raise ValueError(f"{what} is also param_groups{seen[id(p)]}: a param may "
+                                     "appear once (its slice would be updated twice)")
+                seen[id(p)] = f"[{gi}]['params'][{j}]"
                 if p.dtype not in (torch.float32, torch.float64):
                     raise TypeError(f"{what} has dtype {p.dtype}, expected torch.float32 or "
                                     "torch.float64")
@@ -170,66 +214,124 @@ class ZeroRedundancyOptimizer(torch.optim.Optimizer):
                     raise ValueError(f"{what} is not a dense contiguous tensor")
                 if p.device.type not in ("cpu", "cuda"):
                     raise TypeError(f"{what} is on device {p.device}, expected the CPU or CUDA")
+                if nccl and p.device.type != "cuda":
+                    raise ValueError(f"{what} is on the CPU, and the process group's backend is "
+                                     "NCCL (CUDA tensors only): use gloo for CPU params")
                 if p.device.type != "cpu" and self._optimizer_class._kernel.passes > 1:
                     raise ValueError(f"{what}: sharded {self._optimizer_class.__name__} takes CPU "
                                      "tensors only (its per-tensor norms are summed across ranks "
                                      "on the host)")
                 by_key.setdefault((p.device, p.dtype), []).append((gi, j, p))
         placeholders = self._optimizer_class._kernel.passes > 1
-        self._buckets: list[_Bucket] = []
-        self._pieces: list[_Piece] = []
-        self._rows: dict = {}  # (gi, bucket) -> number of params of group gi in the bucket
+        buckets: list[_Bucket] = []
+        pieces: list[_Piece] = []
+        rows: dict = {}  # (gi, bucket) -> number of params of group gi in the bucket
+        views: list = []  # parameters_as_bucket_view: (param, its view of the flat buffer)
         for (device, dtype), members in by_key.items():
             b = _Bucket(device, dtype, members)
-            bi = len(self._buckets)
+            bi = len(buckets)
             b.size = -(-b.numel // W)
             b.flat = torch.zeros(b.size * W, dtype=dtype, device=device)
             lo, hi = r * b.size, min((r + 1) * b.size, b.numel)
             off = 0
+            owned = []
             with torch.no_grad():
-                for gi, j, p in members:
+                for m, (gi, j, p) in enumerate(members):
                     n = p.numel()
-                    row = self._rows.get((gi, bi), 0)
-                    self._rows[(gi, bi)] = row + 1
+                    row = rows.get((gi, bi), 0)
+                    rows[(gi, bi)] = row + 1
                     b.flat[off : off + n].copy_(p.detach().reshape(-1))
                     if self.parameters_as_bucket_view:
-                        p.data = b.flat[off : off + n].view_as(p)
+                        views.append((p, b.flat[off : off + n].view_as(p)))
                     a, e = max(off, lo), min(off + n, hi)
                     if a < e:
                         t = b.flat[a:e] if self.parameters_as_bucket_view \
                             else p.detach().view(-1)[a - off : e - off]
-                        self._pieces.append(_Piece(gi, j, p, a - off, e - off, t, bi, row))
+                        owned.append(_Piece(gi, j, p, a - off, e - off, t, bi, row, m))
                     b.offsets.append(off)
                     off += n
-            mine = b.flat[r * b.size : (r + 1) * b.size]
-            owned = [pc for pc in self._pieces if pc.bucket == bi]
-            # without bucket views: the pieces into the slice before the all-gather, then the
-            # gathered buffer into every param that is not wholly this rank's
-            b.copy_dst = [b.flat[b.offsets[m] + pc.lo : b.offsets[m] + pc.hi]
-                          for pc in owned for m in [self._member_index(b, pc)]]
-            b.copy_src = [pc.tensor for pc in owned]
-            whole = {(pc.gi, pc.j) for pc in owned if pc.lo == 0 and pc.hi == pc.param.numel()}
-            b.out_dst = [p.detach().view(-1) for gi, j, p in members
-                         if (gi, j) not in whole and p.numel()]
-            b.out_src = [b.flat[off : off + p.numel()] for (gi, j, p), off in
-                         zip(members, b.offsets) if (gi, j) not in whole and p.numel()]
-            b.gslice = mine
-            self._buckets.append(b)
-        self._piece_of = {id(pc.tensor): pc for pc in self._pieces}
-        self._placeholder_of: dict = {}
+            pieces += owned
+            if nccl:
+                self._plan_all_gather(b, owned)
+            else:
+                self._plan_broadcasts(b)
+            b.gslice = b.flat[r * b.size : (r + 1) * b.size]
+            buckets.append(b)
+        placeholder_of: dict = {}
+        holders: dict = {}  # (gi, bucket) -> placeholder
         groups = []
         for gi, group in enumerate(self.param_groups):
             plist: list = []
-            for bi, b in enumerate(self._buckets):
-                if placeholders and self._rows.get((gi, bi)):
+            for bi, b in enumerate(buckets):
+                if placeholders and rows.get((gi, bi)):
                     ph = torch.zeros(0, dtype=b.dtype, device=b.device)
-                    ph.grad = torch.zeros(0, dtype=b.dtype, device=b.device)
-                    self._placeholder_of[id(ph)] = (gi, bi)
+                    placeholder_of[id(ph)] = (gi, bi)
+                    holders[(gi, bi)] = ph
                     plist.append(ph)
-                plist += [pc.tensor for pc in self._pieces if pc.gi == gi and pc.bucket == bi]
+                plist += [pc.tensor for pc in pieces if pc.gi == gi and pc.bucket == bi]
             groups.append({**{k: v for k, v in group.items() if k not in _NOT_GROUP},
                            "params": plist})
-        self.optim = self._optimizer_class(groups, **self._inner_defaults)
+        optim = self._optimizer_class(groups, **self._inner_defaults)
+        return {"_buckets": buckets, "_pieces": pieces, "_rows": rows, "_views": views,
+                "_piece_of": {id(pc.tensor): pc for pc in pieces},
+                "_placeholder_of": placeholder_of, "_holders": holders, "optim": optim}
+
+    def _plan_all_gather(self, b: _Bucket, owned: list) -> None:
+        """NCCL: one all-gather of the flat buffer; without bucket views, the pieces are copied
+        into this rank's slice before it, and the gathered buffer into every param that is not
+        wholly this rank's after it."""
+        if self.parameters_as_bucket_view:
+            return
+        b.copy_dst = [b.flat[b.offsets[pc.m] + pc.lo : b.offsets[pc.m] + pc.hi] for pc in owned]
+        b.copy_src = [pc.tensor for pc in owned]
+        whole = {pc.m for pc in owned if pc.lo == 0 and pc.hi == pc.param.numel()}
+        b.out_dst = [p.detach().view(-1) for m, (_, _, p) in enumerate(b.members)
+                     if m not in whole and p.numel()]
+        b.out_src = [b.flat[off : off + p.numel()] for m, ((_, _, p), off) in
+                     enumerate(zip(b.members, b.offsets)) if m not in whole and p.numel()]
+
+    def _plan_broadcasts(self, b: _Bucket) -> None:
+        """gloo: rank q's slice goes to the others by broadcasts (gloo's all-gather is several
+        times slower than broadcasts of the same bytes). With bucket views, one broadcast of the
+        slice of the flat buffer. Without, a slice of a few large params goes straight from and
+        into the params' memory, one broadcast per param in it (no copy); a slice of many small
+        ones goes through the flat buffer (one broadcast, a copy in on rank q and out on the
+        others). Every rank makes the same choice: it depends on the partition only."""
+        W, r, S = self.world_size, self.rank, b.size
+        b.sends = []
+        for q in range(W):
+            lo, hi = q * S, min((q + 1) * S, b.numel)
+            segs = []
+            for (_, _, p), off in zip(b.members, b.offsets):
+                a, e = max(off, lo), min(off + p.numel(), hi)
+                if a < e:
+                    segs.append((p, a - off, e - off, a))
+            if not segs:
+                b.sends.append([])
+            elif self.parameters_as_bucket_view:
+                b.sends.append([b.flat[lo:hi]])
+            elif len(segs) * _DIRECT_MIN <= hi - lo or len(segs) == 1:
+                b.sends.append([p.detach().view(-1)[x:y] for p, x, y, _ in segs])
+            else:
+                b.sends.append([b.flat[lo:hi]])
+                views = [p.detach().view(-1)[x:y] for p, x, y, _ in segs]
+                flats = [b.flat[a : a + y - x] for _, x, y, a in segs]
+                if q == r:
+                    b.copy_dst, b.copy_src = flats, views
+                else:
+                    b.out_dst += views
+                    b.out_src += flats
+
+    _PARTITION = ("_buckets", "_pieces", "_rows", "_views", "_piece_of", "_placeholder_of",
+                  "_holders", "optim")
+
+    def _commit(self, built: dict) -> None:
+        """Makes the partition of ``_partition`` this object's."""
+        for name in self._PARTITION:
+            setattr(self, name, built[name])
+        for p, view in self._views:
+            p.data = view
+        self._views = []
         self.optim._shard = self
         for group, inner in zip(self.param_groups, self.optim.param_groups):
             for k, v in inner.items():
@@ -237,20 +339,15 @@ class ZeroRedundancyOptimizer(torch.optim.Optimizer):
                     group.setdefault(k, v)
         for k, v in self.optim.defaults.items():
             self.defaults.setdefault(k, v)
-
-    @staticmethod
-    def _member_index(b: _Bucket, pc: _Piece) -> int:
-        for m, (gi, j, _) in enumerate(b.members):
-            if gi == pc.gi and j == pc.j:
-                return m
-        raise AssertionError("a piece outside its bucket")
-
-    def _group(self) -> Any:
-        return self.process_group
+        self._params = [p for g in self.param_groups for p in g["params"]]
+        self._ptrs = [p.data_ptr() for p in self._params]
+        self._tops: dict = {}
+        # the groups and buckets that have a grad this step (on some rank), for the placeholders
+        self._has_grad: dict = {}
 
     # ---- collectives -----------------------------------------------------------------------------
 
-    def _agree(self, failed: bool, value: float = 0.0) -> float:
+    def _agree(self, failed: bool, value: float = 0.0, what: str = "step") -> float:
         """The all-reduce of Note [A sharded step]: whether any rank failed (raised here when
         another did), and the sum of ``value`` over the ranks."""
         W = self.world_size
@@ -263,17 +360,23 @@ class ZeroRedundancyOptimizer(torch.optim.Optimizer):
         bad = [k for k in range(W) if t[k] != 0.0]
         if bad and not failed:
             raise RuntimeError(
-                f"{type(self).__name__}.step: rank {', '.join(map(str, bad))} of the process group "
-                "failed this step (its own error says why); no rank changed any param or state")
+                f"{type(self).__name__}.{what}: rank {', '.join(map(str, bad))} of the process "
+                f"group failed this {what} (its own error says why); no rank changed any param "
+                "or state")
         return float(t[W])
 
     def before_run(self, grad_lists: list) -> None:
         """Called by the inner optimizer once its calls are checked, before it writes."""
-        self._agreed = True
         local = 0.0
-        if self._optimizer_class._kernel.run_input is not None:
-            arrays = [_view(g) for gl in grad_lists for g in gl if g.numel()]
-            local = _clip.sumsq(f"{type(self).__name__}.step", arrays)
+        try:
+            if self._optimizer_class._kernel.run_input is not None:
+                arrays = [_view(g) for gl in grad_lists for g in gl if g.numel()]
+                local = _clip.sumsq(f"{type(self).__name__}.step", arrays)
+        except BaseException:
+            self._agreed = True
+            self._agree(True)
+            raise
+        self._agreed = True
         self.run_input = math.sqrt(self._agree(False, local))
 
     def pass_hook(self, params: list) -> Any:
@@ -295,14 +398,34 @@ class ZeroRedundancyOptimizer(torch.optim.Optimizer):
         group = self.process_group
 
         def hook(pass_: int, sums: Any) -> None:
-            full = np.zeros((n, sums.shape[1]))
-            full[rows_i] = sums[local_i]
-            dist.all_reduce(torch.from_numpy(full), group=group)
-            sums[local_i] = full[rows_i]
+            # a tensor of torch's own memory: gloo's work may outlive the call, and a tensor
+            # from_numpy holds a Python object that cannot be freed without the GIL (an abort at
+            # the exit of the process when it is the last one to go)
+            full = torch.zeros((n, sums.shape[1]), dtype=torch.float64)
+            view = full.numpy()
+            view[rows_i] = sums[local_i]
+            dist.all_reduce(full, group=group)
+            sums[local_i] = view[rows_i]
 
         return hook
 
-    def _set_grads(self) -> None:
+    def _check_params(self, what: str = "step") -> None:
+        """The params still hold the memory the pieces view (``p.data = ...`` would leave the
+        pieces, and the steps, behind)."""
+        if list(map(torch.Tensor.data_ptr, self._params)) == self._ptrs:
+            return
+        k = 0
+        for gi, group in enumerate(self.param_groups):
+            for j, p in enumerate(group["params"]):
+                k += 1
+                if p.data_ptr() != self._ptrs[k - 1]:
+                    raise ValueError(
+                        f"{type(self).__name__}.{what}: param_groups[{gi}]['params'][{j}] no "
+                        "longer holds the memory it had when the optimizer was built (its .data "
+                        "was replaced): this rank's slice of it is a view of that memory; build "
+                        "the optimizer after replacing it")
+
+    def _set_grads(self, what: str = "step") -> None:
         """Each piece's grad: a view of its param's grad (already averaged)."""
         for pc in self._pieces:
             g = pc.param.grad
@@ -311,17 +434,34 @@ class ZeroRedundancyOptimizer(torch.optim.Optimizer):
             if g is not None:
                 if g.is_sparse or g.layout != torch.strided or not g.is_contiguous():
                     raise ValueError(
-                        f"{type(self).__name__}.step: param_groups[{pc.gi}]['params'][{pc.j}]"
+                        f"{type(self).__name__}.{what}: param_groups[{pc.gi}]['params'][{pc.j}]"
                         ".grad is not a dense contiguous tensor")
                 pc.tensor.grad = g.detach().view(-1)[pc.lo : pc.hi]
             else:
                 pc.tensor.grad = None
             pc.grad_src = g
+        if self._holders:
+            has = {}
+            for bi, b in enumerate(self._buckets):
+                for gi, _, p in b.members:
+                    if p.grad is not None and p.numel():
+                        has[(gi, bi)] = True
+            self._set_placeholders(has)
 
-    def _reduce_grads(self) -> None:
+    def _set_placeholders(self, has: dict) -> None:
+        """A placeholder has a grad (its call is made on every rank) when a param of its group and
+        bucket has one on some rank: as unsharded, a group without grads makes no call."""
+        for key, ph in self._holders.items():
+            if has.get(key):
+                if ph.grad is None:
+                    ph.grad = torch.zeros(0, dtype=ph.dtype, device=ph.device)
+            else:
+                ph.grad = None
+
+    def _reduce_grads(self, what: str = "step") -> None:
         """``reduce_grads=True``: each rank's slice of the average of the ranks' grads."""
         W = self.world_size
-        params = [p for g in self.param_groups for p in g["params"]]
+        params = self._params
         mask = torch.zeros(W + len(params), dtype=torch.float64, device=self._comm_device)
         error = None
         for k, p in enumerate(params):
@@ -329,8 +469,8 @@ class ZeroRedundancyOptimizer(torch.optim.Optimizer):
             if g is None:
                 continue
             if g.is_sparse or g.layout != torch.strided or not g.is_contiguous():
-                error = ValueError(f"{type(self).__name__}.step: the grad of param {k} is not a "
-                                   "dense contiguous tensor")
+                error = ValueError(f"{type(self).__name__}.{what}: the grad of param {k} is not "
+                                   "a dense contiguous tensor")
             mask[W + k] = 1.0
         if error is not None:
             mask[self.rank] = 1.0
@@ -340,14 +480,15 @@ class ZeroRedundancyOptimizer(torch.optim.Optimizer):
         if error is not None:
             raise error
         if bad:
-            raise RuntimeError(f"{type(self).__name__}.step: rank {', '.join(map(str, bad))} of "
-                               "the process group failed this step (its own error says why); no "
-                               "rank changed any param or state")
+            raise RuntimeError(f"{type(self).__name__}.{what}: rank {', '.join(map(str, bad))} "
+                               f"of the process group failed this {what} (its own error says "
+                               "why); no rank changed any param or state")
         has = {id(p): bool(mask[W + k]) for k, p in enumerate(params)}
         for b in self._buckets:
             if b.gflat is None:
                 b.gflat = torch.zeros(b.size * W, dtype=b.dtype, device=b.device)
-                b.gslice = torch.zeros(b.size, dtype=b.dtype, device=b.device)
+                b.gslice = torch.zeros(b.size, dtype=b.dtype, device=b.device) \
+                    if b.sends is None else b.gflat[self.rank * b.size : (self.rank + 1) * b.size]
             dst, src = [], []
             for (_, _, p), off in zip(b.members, b.offsets):
                 view = b.gflat[off : off + p.numel()]
@@ -359,25 +500,92 @@ class ZeroRedundancyOptimizer(torch.optim.Optimizer):
             if dst:
                 torch._foreach_copy_(dst, src)
             b.gflat.div_(W)  # as DDP: each rank's grad divided by W, then summed
-            _reduce_scatter(b.gslice, b.gflat, group=self.process_group)
+            if b.sends is None:
+                _reduce_scatter(b.gslice, b.gflat, group=self.process_group)
+            else:  # gloo: a reduce of each slice to its rank, 2x faster than its reduce-scatter
+                for q in range(W):
+                    dist.reduce(b.gflat[q * b.size : (q + 1) * b.size], dst=self._ranks[q],
+                                group=self.process_group)
         for pc in self._pieces:
             b = self._buckets[pc.bucket]
             if has[id(pc.param)]:
-                start = b.offsets[self._member_index(b, pc)] + pc.lo - self.rank * b.size
+                start = b.offsets[pc.m] + pc.lo - self.rank * b.size
                 pc.tensor.grad = b.gslice[start : start + pc.hi - pc.lo]
             else:
                 pc.tensor.grad = None
             pc.grad_src = None
+        if self._holders:
+            self._set_placeholders({(gi, bi): True for bi, b in enumerate(self._buckets)
+                                    for gi, _, p in b.members if has[id(p)] and p.numel()})
+
+    def _sync_tops(self) -> None:
+        """For an algorithm that counts steps per group (``StepsPerGroup``): the key (step count
+        and scalar state) each group's calls take is the most advanced of the pieces that have a
+        grad on every rank, as unsharded it is of the params that have one (a rank's own pieces
+        may lag: their params had no grad on steps when others did). One all-gather."""
+        opt = self.optim
+        names = tuple(opt._scalar_state)
+        width = 1 + len(names)
+        G = len(self.param_groups)
+        local = torch.full((G, width), -1.0, dtype=torch.float64)
+        for gi, inner in enumerate(opt.param_groups):
+            with_grad = [t for t in inner["params"]
+                         if t.grad is not None and id(t) not in self._placeholder_of]
+            if not with_grad:
+                continue
+            run = opt._runs.get(gi)
+            if run is not None and len(with_grad) + sum(
+                    id(t) in self._placeholder_of for t in inner["params"]) == len(run.params):
+                top = (run.step, *((run.scalars,) if width == 2 else (run.scalars or ())))
+            else:
+                if run is not None:
+                    opt._flush(gi)
+                states = opt._plain_states([dict.get(opt.state, t) for t in with_grad])
+                keys = _BaseOptimizer._call_keys(opt, inner, states)
+                top = max(keys, key=lambda k: k[0])
+            local[gi] = torch.tensor([float(v) for v in top[:width]], dtype=torch.float64)
+        out = torch.empty(self.world_size * G * width, dtype=torch.float64,
+                          device=self._comm_device)
+        _all_gather(out, local.reshape(-1).to(self._comm_device), group=self.process_group)
+        full = out.cpu().reshape(self.world_size, G, width)
+        self._tops = {}
+        for gi in range(G):
+            steps = full[:, gi, 0]
+            best = int(torch.argmax(steps))  # the first rank of the most advanced count
+            if steps[best] < 0:
+                continue
+            row = full[best, gi].tolist()
+            top = (int(row[0]), *row[1:])
+            self._tops[gi] = top
+            run = opt._runs.get(gi)
+            if run is not None:
+                n = len(names)
+                mine = (run.step, *((run.scalars,) if n == 1 else (run.scalars or ())))
+                if mine != top:  # its run keeps its own count: the general step, keyed anew
+                    opt._flush(gi)
+                    del opt._runs[gi]
+
+    def keys(self, gi: int, keys: list) -> list:
+        """The keys of group ``gi``'s calls, as the inner optimizer's ``_call_keys`` gave them
+        from this rank's pieces: those of ``_sync_tops`` for a ``StepsPerGroup`` algorithm."""
+        top = self._tops.get(gi)
+        return keys if top is None or not keys else [top] * len(keys)
 
     def _gather(self) -> None:
-        """Every rank's slice into every rank's params: one all-gather per bucket."""
+        """Every rank's slice into every rank's params: one all-gather per bucket on NCCL, the
+        broadcasts of ``_plan_broadcasts`` on gloo."""
         r = self.rank
         for b in self._buckets:
-            mine = b.flat[r * b.size : (r + 1) * b.size]
-            if not self.parameters_as_bucket_view and b.copy_dst:
+            if b.copy_dst:
                 torch._foreach_copy_(b.copy_dst, b.copy_src)
-            _all_gather(b.flat, mine, group=self.process_group)
-            if not self.parameters_as_bucket_view and b.out_dst:
+            if b.sends is None:
+                _all_gather(b.flat, b.flat[r * b.size : (r + 1) * b.size],
+                            group=self.process_group)
+            else:  # Note [A sharded step]: _plan_broadcasts
+                for q, tensors in enumerate(b.sends):
+                    for t in tensors:
+                        dist.broadcast(t, src=self._ranks[q], group=self.process_group)
+            if b.out_dst:
                 torch._foreach_copy_(b.out_dst, b.out_src)
 
     # ---- the step --------------------------------------------------------------------------------
@@ -391,12 +599,13 @@ class ZeroRedundancyOptimizer(torch.optim.Optimizer):
     def step(self, closure: Any = None) -> Any:
         """The sharded step of Note [A sharded step]; returns the closure's loss."""
         loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
         self._consolidated = None
         self._agreed = False
         try:
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            self._check_params()
             self._sync_groups()
             with torch.no_grad():
                 if not self.reduce_grads:
@@ -404,6 +613,8 @@ class ZeroRedundancyOptimizer(torch.optim.Optimizer):
                 elif not self._reduced:
                     self._reduce_grads()
                 self._reduced = False
+                if self._steps_per_group:
+                    self._sync_tops()
                 self.optim.step()
         except BaseException:
             self._reduced = False
@@ -420,35 +631,73 @@ class ZeroRedundancyOptimizer(torch.optim.Optimizer):
     def zero_grad(self, set_to_none: bool = True) -> None:
         """torch's ``zero_grad`` of the params; the pieces let go of their grads."""
         super().zero_grad(set_to_none)
+        self._reduced = False
         if set_to_none:
             for pc in self._pieces:
                 pc.tensor.grad = None
                 pc.grad_src = None
+
+    def train(self) -> None:
+        """Schedule-Free's ``train()`` (the params at y) on every rank: each rank moves its slice,
+        then the params are gathered."""
+        self._mode("train")
+
+    def eval(self) -> None:
+        """Schedule-Free's ``eval()`` (the params at x) on every rank: each rank moves its slice,
+        then the params are gathered."""
+        self._mode("eval")
+
+    def _mode(self, name: str) -> None:
+        fn = getattr(self.optim, name, None)
+        if fn is None:
+            raise AttributeError(f"{type(self).__name__}.{name}: "
+                                 f"{self._optimizer_class.__name__} has no train and eval modes")
+        try:
+            self._check_params(name)
+            self._sync_groups()
+            with torch.no_grad():
+                fn()
+        except BaseException:
+            self._agree(True, what=name)
+            raise
+        self._agree(False, what=name)
+        for group, inner in zip(self.param_groups, self.optim.param_groups):
+            for k, v in inner.items():
+                if k not in _NOT_GROUP:
+                    group[k] = v
+        with torch.no_grad():
+            self._gather()
 
     def clip_grad_norm_(self, max_norm: float, norm_type: float = 2.0,
                         error_if_nonfinite: bool = False) -> torch.Tensor:
         """:func:`fusedopt.torch.clip_grad_norm_` of all the params' grads, computed from the
         slices: the sum of the squares of this rank's grads, one all-reduce, then this rank's
         grads (those its step reads) scaled. With ``reduce_grads=True`` the grads are reduced
-        here first (the step then uses them as they are). Returns the norm, a 0-d tensor."""
+        here first (the step then uses them as they are). Returns the norm, a 0-d tensor. If
+        it fails on one rank, it raises on every rank, and no grad is scaled."""
         fn = f"{type(self).__name__}.clip_grad_norm_"
         _clip._check_norm_type(fn, norm_type)
         if self.reduce_grads:
             with torch.no_grad():
-                self._reduce_grads()
+                self._reduce_grads("clip_grad_norm_")
             self._reduced = True
-        else:
-            self._set_grads()
-        grads = [pc.tensor.grad for pc in self._pieces if pc.tensor.grad is not None]
-        arrays = [_view(g) for g in grads]
-        local = _clip.sumsq(fn, arrays)
-        t = torch.tensor([local], dtype=torch.float64, device=self._comm_device)
-        dist.all_reduce(t, group=self.process_group)
+        try:
+            if not self.reduce_grads:
+                self._check_params("clip_grad_norm_")
+                self._set_grads("clip_grad_norm_")
+            grads = [pc.tensor.grad for pc in self._pieces if pc.tensor.grad is not None]
+            arrays = [_view(g) for g in grads]
+            local = _clip.sumsq(fn, arrays)
+        except BaseException:
+            self._reduced = False
+            self._agree(True, what="clip_grad_norm_")
+            raise
+        total = self._agree(False, local, what="clip_grad_norm_")
         dtype = self._buckets[0].dtype if self._buckets else torch.float32
         if any(b.dtype == torch.float64 for b in self._buckets):
             dtype = torch.float64
         np_dtype = np.float64 if dtype == torch.float64 else np.float32
-        norm = np_dtype(math.sqrt(float(t.item())))
+        norm = np_dtype(math.sqrt(total))
         if error_if_nonfinite and not math.isfinite(norm):
             raise RuntimeError(_clip._NONFINITE.format(float(norm_type)))
         with np.errstate(all="ignore"):
@@ -495,7 +744,8 @@ class ZeroRedundancyOptimizer(torch.optim.Optimizer):
                         e[name] = v
         state, groups, k = {}, [], 0
         for gi, group in enumerate(self.param_groups):
-            packed = {key: v for key, v in group.items() if key != "params"}
+            code = self._optimizer_class._numpy._step_fns  # not state (ADOPT's clip_lambda)
+            packed = {key: v for key, v in group.items() if key != "params" and key not in code}
             for _, inner, has in parts:
                 if has[gi]:
                     for key, v in inner[gi].items():
@@ -505,7 +755,7 @@ class ZeroRedundancyOptimizer(torch.optim.Optimizer):
             for j, p in enumerate(group["params"]):
                 e = entries.get((gi, j))
                 if e is not None:
-                    state[k] = {name: v.view(p.shape).to(p.device)
+                    state[k] = {name: v.view(p.shape)
                                 if name in buffers and isinstance(v, torch.Tensor) else v
                                 for name, v in e.items()}
                 ids.append(k)
@@ -516,9 +766,12 @@ class ZeroRedundancyOptimizer(torch.optim.Optimizer):
 
     def consolidate_state_dict(self, to: int = 0) -> None:
         """Gathers every rank's state on rank ``to`` (called on every rank), for ``state_dict``."""
+        if isinstance(to, bool) or not isinstance(to, int) or not 0 <= to < self.world_size:
+            raise ValueError(f"{type(self).__name__}.consolidate_state_dict: to must be a rank of "
+                             f"the process group (0 to {self.world_size - 1}), got {to!r}")
         parts = [None] * self.world_size if self.rank == to else None
         dist.gather_object(self._local_state(), parts,
-                           dst=dist.get_global_rank(self._group(), to),
+                           dst=self._ranks[to],
                            group=self.process_group)
         self._consolidated = self._assemble(parts) if parts is not None else None
 
@@ -570,6 +823,7 @@ class ZeroRedundancyOptimizer(torch.optim.Optimizer):
                 if key not in _NOT_GROUP:
                     group[key] = v
         self._consolidated = None
+        self._reduced = False
         for pc in self._pieces:
             pc.grad_src = None
 
@@ -583,13 +837,19 @@ class ZeroRedundancyOptimizer(torch.optim.Optimizer):
         dist.all_gather_object(parts, self._local_state(), group=self.process_group)
         before = self._assemble(parts)
         n = len(self.param_groups)
-        super().add_param_group(param_group)
-        try:
-            self._build()
+        try:  # all or nothing across the ranks, as a step
+            super().add_param_group(param_group)
+            built = self._partition()
         except BaseException:
             del self.param_groups[n:]
-            self._build()
+            self._agree(True, what="add_param_group")
             raise
+        try:
+            self._agree(False, what="add_param_group")
+        except BaseException:
+            del self.param_groups[n:]
+            raise
+        self._commit(built)
         new = self.param_groups[n]
         count = sum(len(g["params"]) for g in before["param_groups"])
         packed = {k: v for k, v in new.items() if k != "params"}
