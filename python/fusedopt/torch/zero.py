@@ -49,8 +49,8 @@ __all__ = ["ZeroRedundancyOptimizer"]
 
 _NOT_GROUP = ("params", "param_names")
 # gloo: a slice goes straight from and into the params when they average this many elements or
-# more in it (a broadcast costs ~0.1 ms here, a copy of 2**18 fp32 elements in and out about as
-# much); through the flat buffer otherwise (bench/zero.py)
+# more in it (a broadcast's fixed cost is about that of copying this many elements in and out:
+# bench/README.md, "ZeRO-1"); through the flat buffer otherwise
 _DIRECT_MIN = 1 << 18
 # torch 2.13 names them *_single (the *_tensor names warn); older releases have only *_tensor
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
