@@ -411,13 +411,9 @@ def spawn(cfg, timeout):
 
 
 def machine(name):
-    model = platform.processor()
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    from report import machine_info  # bench/report.py: lscpu's model name, or the platform's
+
+    model = machine_info()["cpu_model"]
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, cwd=Path(__file__).parent).stdout.strip()
