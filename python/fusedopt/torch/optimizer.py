@@ -154,10 +154,17 @@ class _Run:
 
     __slots__ = ("plist", "params", "snapshot", "mutable", "pptrs", "states", "bound",
                  "step", "scalars", "stale", "kernel_step", "key_rest")
+    step: int
+    scalars: Any
+    key_rest: tuple
 
     def __init__(self, **kw: Any) -> None:
         for k, v in kw.items():
             setattr(self, k, v)
+
+    def key(self, n: int) -> tuple:
+        """The call key the run stands for: its step count, its ``n`` scalars, the rest."""
+        return (self.step, *((self.scalars,) if n == 1 else (self.scalars or ())), *self.key_rest)
 
 
 _grad = operator.attrgetter("grad")
@@ -598,7 +605,7 @@ class Optimizer(torch.optim.Optimizer):
                 if isinstance(lr, bool) or not isinstance(lr, (int, float)) \
                         or not 0 <= lr < float("inf"):
                     return False  # the general step's check words it
-            key = (run.step, *((run.scalars,) if n == 1 else (run.scalars or ())), *run.key_rest)
+            key = run.key(n)
             step = self._numpy._kernel_step(self, group, key, run.step + 1)
             plans.append((run, grads, addresses, lr, step))
         if len(plans) > 1:  # every call checked before the first one writes

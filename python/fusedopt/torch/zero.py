@@ -255,7 +255,6 @@ class ZeroRedundancyOptimizer(torch.optim.Optimizer):
                 self._plan_all_gather(b, owned)
             else:
                 self._plan_broadcasts(b)
-            b.gslice = b.flat[r * b.size : (r + 1) * b.size]
             buckets.append(b)
         placeholder_of: dict = {}
         holders: dict = {}  # (gi, bucket) -> placeholder
@@ -342,8 +341,6 @@ class ZeroRedundancyOptimizer(torch.optim.Optimizer):
         self._params = [p for g in self.param_groups for p in g["params"]]
         self._ptrs = [p.data_ptr() for p in self._params]
         self._tops: dict = {}
-        # the groups and buckets that have a grad this step (on some rank), for the placeholders
-        self._has_grad: dict = {}
 
     # ---- collectives -----------------------------------------------------------------------------
 
@@ -524,8 +521,8 @@ class ZeroRedundancyOptimizer(torch.optim.Optimizer):
         grad on every rank, as unsharded it is of the params that have one (a rank's own pieces
         may lag: their params had no grad on steps when others did). One all-gather."""
         opt = self.optim
-        names = tuple(opt._scalar_state)
-        width = 1 + len(names)
+        n = len(opt._scalar_state)
+        width = 1 + n
         G = len(self.param_groups)
         local = torch.full((G, width), -1.0, dtype=torch.float64)
         for gi, inner in enumerate(opt.param_groups):
@@ -536,7 +533,7 @@ class ZeroRedundancyOptimizer(torch.optim.Optimizer):
             run = opt._runs.get(gi)
             if run is not None and len(with_grad) + sum(
                     id(t) in self._placeholder_of for t in inner["params"]) == len(run.params):
-                top = (run.step, *((run.scalars,) if width == 2 else (run.scalars or ())))
+                top = run.key(n)
             else:
                 if run is not None:
                     opt._flush(gi)
@@ -559,9 +556,7 @@ class ZeroRedundancyOptimizer(torch.optim.Optimizer):
             self._tops[gi] = top
             run = opt._runs.get(gi)
             if run is not None:
-                n = len(names)
-                mine = (run.step, *((run.scalars,) if n == 1 else (run.scalars or ())))
-                if mine != top:  # its run keeps its own count: the general step, keyed anew
+                if run.key(n)[:width] != top:  # its run keeps its own count: the general step, keyed anew
                     opt._flush(gi)
                     del opt._runs[gi]
 
@@ -743,8 +738,8 @@ class ZeroRedundancyOptimizer(torch.optim.Optimizer):
                     elif name not in e:
                         e[name] = v
         state, groups, k = {}, [], 0
+        code = self._optimizer_class._numpy._step_fns  # not state (ADOPT's clip_lambda)
         for gi, group in enumerate(self.param_groups):
-            code = self._optimizer_class._numpy._step_fns  # not state (ADOPT's clip_lambda)
             packed = {key: v for key, v in group.items() if key != "params" and key not in code}
             for _, inner, has in parts:
                 if has[gi]:
