@@ -34,6 +34,7 @@ Note [A sharded step]
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any
 
 import numpy as np
@@ -331,7 +332,10 @@ class ZeroRedundancyOptimizer(torch.optim.Optimizer):
         for p, view in self._views:
             p.data = view
         self._views = []
-        self.optim._shard = self
+        # a weak reference: the inner optimizer must not keep this one (and its process group)
+        # alive in a cycle that only the garbage collector, maybe at the exit of the
+        # interpreter, would free
+        self.optim._shard = weakref.proxy(self)
         for group, inner in zip(self.param_groups, self.optim.param_groups):
             for k, v in inner.items():
                 if k not in _NOT_GROUP:
