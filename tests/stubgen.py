@@ -104,6 +104,13 @@ class cpu:
     def rmw(params: Sequence[np.ndarray], grads: Sequence[np.ndarray],
             states: list[Sequence[np.ndarray]], writes: int | None = None) -> None: ...
     @staticmethod
+    def adafactor(params: Sequence[np.ndarray], grads: Sequence[np.ndarray],
+                  row_vars: Sequence[np.ndarray | None], col_vars: Sequence[np.ndarray | None],
+                  variances: Sequence[np.ndarray | None], steps: Sequence[int], *, lr: float,
+                  beta2_decay: float, eps1: float, eps2: float, d: float, weight_decay: float,
+                  maximize: bool, name: str = "adafactor", index: Any = None,
+                  check_only: bool = False) -> None: ...
+    @staticmethod
     def set_num_threads(n: int) -> None: ...
     @staticmethod
     def get_num_threads() -> int: ...
@@ -166,6 +173,15 @@ def functional_stub() -> str:
            "from collections.abc import Callable", "from typing import Any", "",
            "Arrays = Any  # a list or tuple of arrays (NumPy, or CUDA arrays), or one array", ""]
     for name in F.__all__:
+        if name == "adafactor":  # not made from a spec (fusedopt/optim/adafactor.py)
+            out += ["def adafactor(", "    params: Arrays,", "    grads: Arrays,",
+                    "    row_vars: Arrays | None,", "    col_vars: Arrays | None,",
+                    "    variances: Arrays | None,", "    *,", "    steps: int | Any,",
+                    "    lr: float = 0.01,", "    beta2_decay: float = -0.8,",
+                    "    eps: tuple[float | None, float] = (None, 0.001),", "    d: float = 1.0,",
+                    "    weight_decay: float = 0.0,", "    maximize: bool = False,",
+                    ") -> None: ...", ""]
+            continue
         spec = specs[name]
         parts = [f"{b.list}: Arrays | None = None" if b.optional else f"{b.list}: Arrays"
                  for b in spec.buffers]
@@ -192,7 +208,8 @@ def optim_stub() -> str:
     out = [HEADER.format(doc="The optimizer classes, whose constructors are made from the "
                              "algorithms' specs\n(fusedopt.optim.optimizer)."), "",
            "from collections.abc import Callable", "from typing import Any", "",
-           "from .ema import EMA as EMA", "from .optimizer import Optimizer as Optimizer", "",
+           "from .adafactor import Adafactor as Adafactor", "from .ema import EMA as EMA",
+           "from .optimizer import Optimizer as Optimizer", "",
            "Params = Any  # an array, a list of arrays, or a list of param-group dicts",
            "LR = float | Callable[[int], float]  # a float or a schedule (fusedopt.schedules)", ""]
     for name in O.__all__:

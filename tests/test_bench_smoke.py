@@ -176,6 +176,21 @@ def test_torch_side_by_side_benches_run(tmp_path, script, impls):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
+def test_adafactor_bench_runs(tmp_path):
+    """bench/adafactor.py: every implementation on every workload, a row each in the JSON."""
+    out = tmp_path / "out.json"
+    subprocess.run([sys.executable, str(REPO / "bench" / "adafactor.py"), "--quick",
+                    "--rounds", "1", "--reps", "1", "--json", str(out)],
+                   check=True, env=child_env(), capture_output=True, timeout=600)
+    rows = json.loads(out.read_text())["rows"]
+    impls = {"ceiling", "fusedopt.torch", "fusedopt (NumPy)", "torch (default loop)",
+             "torch foreach"}
+    for w in ("gpt6x768", "m4096", "vec16M", "small1024"):
+        assert {r["impl"] for r in rows if r["workload"] == w} == impls
+    assert all(r["median_us"] > 0 and math.isfinite(r["gb_s"]) for r in rows)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
 def test_train_torch_runs(tmp_path):
     """bench/train_torch.py on tiny settings: both models, both optimizers, losses recorded."""
     out = tmp_path / "train.json"

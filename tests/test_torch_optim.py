@@ -776,7 +776,7 @@ def test_one_group_over_cpu_and_cuda_params_makes_a_call_per_device():
     assert ours.state[b]["exp_avg"].device.type == "cuda"
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "Adafactor"])  # not torch's either
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize("scale", [2.0**16, 3.0])
 def test_the_fused_unscale_gives_the_bits_of_unscaled_grads(name, dtype, scale):

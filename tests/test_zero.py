@@ -253,6 +253,8 @@ def test_refused_without_a_process_group():
     params = zw.make_params()
     with pytest.raises(TypeError, match="optimizer_class must be a fusedopt.torch optimizer"):
         ft.ZeroRedundancyOptimizer(params, torch.optim.AdamW)
+    with pytest.raises(TypeError, match="Adafactor cannot be sharded yet"):
+        ft.ZeroRedundancyOptimizer(params, ft.Adafactor)
     with pytest.raises(ValueError, match="overlap_with_ddp"):
         ft.ZeroRedundancyOptimizer(params, ft.AdamW, overlap_with_ddp=True)
     if not dist.is_initialized():

@@ -21,6 +21,7 @@ namespace py = pybind11;
 namespace fusedopt::bindings {
 void def_cpu(py::module_& m);        // cpu.cpp
 void def_emulation(py::module_& m);  // cpu.cpp: _core._cuda_emulation, for the tests
+void def_adafactor(py::module_& cpu);  // adafactor.cpp
 #if defined(FUSEDOPT_WITH_CUDA)
 void def_cuda(py::module_& m);  // cuda.cpp: the submodule _core.cuda
 #endif
@@ -117,6 +118,7 @@ PYBIND11_MODULE(_core, m) {
   def_bound(m);
   py::module_ cpu = m.def_submodule("cpu", "Fused multi-tensor update kernels for NumPy arrays.");
   def_cpu(cpu);
+  def_adafactor(cpu);
   def_emulation(m);
 #if defined(FUSEDOPT_WITH_CUDA)
   def_cuda(m);

@@ -5,6 +5,7 @@
 #include <type_traits>
 
 #include "driver.h"
+#include "factored.h"
 
 #ifndef FUSEDOPT_ISA_NAME
 #define FUSEDOPT_ISA_NAME "generic"
@@ -82,12 +83,21 @@ void rmw_k(const WorkView& w, int nbuf, int nwrite) {
   });
 }
 
+void adafactor_k(const AdafactorTensor* ts, int64_t n, const AdafactorHyper& h, int max_threads) {
+  if (n == 0) return;
+  if (ts[0].is_double) {
+    adafactor_of<double>(ts, n, h, max_threads);
+  } else {
+    adafactor_of<float>(ts, n, h, max_threads);
+  }
+}
+
 }  // namespace
 
 extern const KernelTable kTable;
 constexpr auto kEntries = table_of<Entry>(Specs{});
 const KernelTable kTable = [] {
-  KernelTable t{FUSEDOPT_ISA_NAME, {}, &rmw_k};
+  KernelTable t{FUSEDOPT_ISA_NAME, {}, &rmw_k, &adafactor_k};
   for (int i = 0; i < kNumSpecs; ++i) t.kernels[i] = kEntries[i];
   return t;
 }();

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "../algorithms/adafactor.h"
 #include "../algorithms/registry.h"
 
 namespace fusedopt::cpu {
@@ -59,6 +60,10 @@ struct KernelTable {
   // bytes an algorithm, or a pass of one, that reads nbuf buffers and writes nwrite must move.
   // nwrite 0 is a reduction pass (the buffers' sum per tensor, into a scratch array).
   void (*rmw)(const WorkView&, int nbuf, int nwrite);
+  // Adafactor over params of one dtype (cpu/factored.h): its own driver, since its row and
+  // column sums are not per-tensor reductions. max_threads 0: OpenMP's default.
+  void (*adafactor)(const AdafactorTensor* tensors, int64_t n, const AdafactorHyper& h,
+                    int max_threads);
 };
 
 // The instruction sets this build compiled, best last, and the one in use.

@@ -90,6 +90,13 @@ class cpu:
     def rmw(params: Sequence[np.ndarray], grads: Sequence[np.ndarray],
             states: list[Sequence[np.ndarray]], writes: int | None = None) -> None: ...
     @staticmethod
+    def adafactor(params: Sequence[np.ndarray], grads: Sequence[np.ndarray],
+                  row_vars: Sequence[np.ndarray | None], col_vars: Sequence[np.ndarray | None],
+                  variances: Sequence[np.ndarray | None], steps: Sequence[int], *, lr: float,
+                  beta2_decay: float, eps1: float, eps2: float, d: float, weight_decay: float,
+                  maximize: bool, name: str = "adafactor", index: Any = None,
+                  check_only: bool = False) -> None: ...
+    @staticmethod
     def set_num_threads(n: int) -> None: ...
     @staticmethod
     def get_num_threads() -> int: ...

@@ -120,3 +120,36 @@ def _make(spec: Spec, rules: dict[str, str]) -> Callable[..., Any]:
 __all__ = [name for name, spec in SPECS.items() if spec.reduce == 0]
 _RULES = _rules()
 globals().update({name: _make(SPECS[name], _RULES) for name in __all__})
+
+
+def adafactor(params: Any, grads: Any, row_vars: Any, col_vars: Any, variances: Any, *,
+              steps: Any, lr: float = 1e-2, beta2_decay: float = -0.8,
+              eps: tuple = (None, 1e-3), d: float = 1.0, weight_decay: float = 0.0,
+              maximize: bool = False) -> None:
+    """adafactor: one fused update of lists of tensors, in place; the rule is
+    :class:`fusedopt.Adafactor`'s.
+
+    Lists: ``params``, ``grads`` (NumPy arrays; a bare array for one), and per param its state:
+    for a param of 2 or more dims ``row_vars[i]`` (shape ``[..., R, 1]``) and ``col_vars[i]``
+    (``[..., 1, C]``) with ``variances[i]`` None, else ``variances[i]`` (its shape) with the
+    factors None; all start at zero. ``steps`` is each param's 1-based step of this update (an
+    int for all). Adafactor is not made from a spec (its state is not of its params' shapes):
+    its hyper-parameters are torch's, checked here with torch's messages.
+    Twin: :func:`fusedopt.reference.adafactor`."""
+    from .optim import adafactor as _adafactor
+
+    params = _as_list(params)
+    n = len(params) if isinstance(params, (list, tuple)) else 0  # else refused by the call
+    steps = [steps] * n if isinstance(steps, int) and not isinstance(steps, bool) else steps
+    _adafactor.check_hyper("adafactor", {"lr": lr, "beta2_decay": beta2_decay, "eps": eps,
+                                         "d": d, "weight_decay": weight_decay,
+                                         "maximize": maximize})
+    one = [None] * n
+    _adafactor.call(params, _as_list(grads), one if row_vars is None else _as_list(row_vars),
+                    one if col_vars is None else _as_list(col_vars),
+                    one if variances is None else _as_list(variances), steps, lr=lr,
+                    beta2_decay=beta2_decay, eps=eps, d=d, weight_decay=weight_decay,
+                    maximize=maximize)
+
+
+__all__ += ["adafactor"]

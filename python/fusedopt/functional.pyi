@@ -239,5 +239,22 @@ def lerp(
     weight: float,
 ) -> None: ...
 
+def adafactor(
+    params: Arrays,
+    grads: Arrays,
+    row_vars: Arrays | None,
+    col_vars: Arrays | None,
+    variances: Arrays | None,
+    *,
+    steps: int | Any,
+    lr: float = 0.01,
+    beta2_decay: float = -0.8,
+    eps: tuple[float | None, float] = (None, 0.001),
+    d: float = 1.0,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
+) -> None: ...
+
 __all__ = ['sgd', 'adagrad', 'adadelta', 'rmsprop', 'adam', 'adamw', 'nadam', 'adamax', 'radam',
-    'lion', 'adopt', 'adamw_schedulefree', 'lamb', 'ewa', 'ewa_readout', 'scale', 'lerp']
+    'lion', 'adopt', 'adamw_schedulefree', 'lamb', 'ewa', 'ewa_readout', 'scale', 'lerp',
+    'adafactor']

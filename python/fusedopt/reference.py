@@ -41,6 +41,7 @@ __all__ = [
     "scale",
     "global_norm",
     "clip_grad_norm_",
+    "adafactor",
 ]
 
 
@@ -720,3 +721,73 @@ def lion(
         sign = (c > 0).astype(np.float64) - (c < 0).astype(np.float64)
         param[...] = p - lr * sign
         s["exp_avgs"][i][...] = beta2 * m + (1.0 - beta2) * g
+
+
+def adafactor(
+    params,
+    grads,
+    row_vars,
+    col_vars,
+    variances,
+    *,
+    steps,
+    lr=1e-2,
+    beta2_decay=-0.8,
+    eps=(None, 1e-3),
+    d=1.0,
+    weight_decay=0.0,
+    maximize=False,
+):
+    """Adafactor as ``torch.optim.Adafactor``, per param at its own 1-based step ``t``:
+    ``w = t**beta2_decay``, ``rho = min(lr, 1/sqrt(t))``, ``alpha = max(eps2, rms(p)) * rho``
+    (``p`` before the decay); ``p *= 1 - lr*wd``; for a param of 2 or more dims
+    ``row_var = lerp(row_var, mean(g^2, -1), w)``, ``col_var = lerp(col_var, mean(g^2, -2), w)``,
+    ``vhat = row_var col_var / max(mean(row_var, -2), eps1)``; else
+    ``variance = lerp(variance, g^2, w)``, ``vhat = variance``;
+    ``U = g / sqrt(max(vhat, eps1^2))``, ``den = max(1, rms(U) / d)``, ``p -= alpha/den * U``.
+    ``eps1`` None is the machine epsilon of ``params[0]``'s dtype. Python's ``max`` keeps
+    ``eps2`` (or 1) against a NaN norm. ``lerp`` is torch's (exact in float64)."""
+    params = _arrays("adafactor", "params", params)
+    n = len(params)
+    grads = _arrays("adafactor", "grads", grads, n)
+    steps = list(steps) if isinstance(steps, (list, tuple)) else [steps] * n
+    eps1, eps2 = eps
+    if eps1 is None and n:
+        eps1 = float(np.finfo(params[0].dtype).eps)
+    for i, param in enumerate(params):
+        t = float(steps[i])
+        _check_step("adafactor", t)
+        p = _f64(param)
+        g = _f64(grads[i])
+        if maximize:
+            g = -g
+        w = t**beta2_decay
+        rho = min(lr, 1.0 / math.sqrt(t))
+        numel = p.size
+        with np.errstate(all="ignore"):
+            # an empty param has no rms (torch divides 0.0 by 0.0 and raises): its update is empty
+            root_n = math.sqrt(numel) if numel else math.nan
+            rms = math.sqrt(math.fsum(float(x) * float(x) for x in p.ravel())) / root_n
+            alpha = max(eps2, rms) * rho
+            if weight_decay != 0:
+                p = p * (1.0 - lr * weight_decay)
+            if p.ndim >= 2:
+                # a mean over an empty dim is 0/0 = NaN, as torch's
+                row_mean = np.sum(g * g, axis=-1, keepdims=True) / g.shape[-1]
+                col_mean = np.sum(g * g, axis=-2, keepdims=True) / g.shape[-2]
+                row = _torch_lerp(_f64(row_vars[i]), row_mean, w)
+                col = _torch_lerp(_f64(col_vars[i]), col_mean, w)
+                row_var_mean = np.sum(row, axis=-2, keepdims=True) / row.shape[-2]
+                vhat = row * col / np.maximum(row_var_mean, eps1)  # (NaN stays NaN)
+            else:
+                var = _torch_lerp(_f64(variances[i]), g * g, w)
+                vhat = var
+            u = g / np.sqrt(np.maximum(vhat, eps1 * eps1))
+            u_rms = math.sqrt(math.fsum(float(x) * float(x) for x in u.ravel())) / root_n
+            den = max(1.0, u_rms / d)
+            param[...] = p - (alpha / den) * u
+        if p.ndim >= 2:
+            row_vars[i][...] = row
+            col_vars[i][...] = col
+        else:
+            variances[i][...] = var

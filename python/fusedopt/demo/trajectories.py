@@ -162,6 +162,7 @@ NONCONVEX_RUNS = (
     ("AdamWScheduleFree", "AdamWScheduleFree", dict(lr=0.05)),
     # its trust ratio makes each step lr ||w|| long, whatever the gradient (it ends 0.17 away)
     ("LAMB", "LAMB", dict(lr=0.02)),
+    ("Adafactor", "Adafactor", dict(lr=0.05)),  # steps of about lr rms(w), 1/sqrt(t) rms(w) after t = 400
 )
 NONCONVEX_STEPS = 2000
 
@@ -336,7 +337,7 @@ def plot_trajectories(results: dict, out_dir: Any) -> list:
     for name, result in results.items():
         fig = _draw(name, result, _problem(name, result))
         path = Path(out_dir) / f"trajectories-{name}.png"
-        fig.savefig(path, dpi=80 if len(fig.axes) > 4 else 110)  # the 14 panels: a smaller file
+        fig.savefig(path, dpi=80 if len(fig.axes) > 4 else 110)  # the 15 panels: a smaller file
         written.append(path)
     return written
 

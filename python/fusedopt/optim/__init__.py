@@ -18,10 +18,12 @@ import importlib
 import pkgutil
 
 from .._spec import SPECS
+from .adafactor import Adafactor
 from .ema import EMA
 from .optimizer import Optimizer
 
-_SHARED = {"optimizer", "ema"}  # modules that declare no algorithm's class
+# modules that declare no class made from a spec (Adafactor's is its own: optim/adafactor.py)
+_SHARED = {"optimizer", "ema", "adafactor"}
 
 
 def _classes() -> list[type[Optimizer]]:
@@ -40,4 +42,4 @@ def _classes() -> list[type[Optimizer]]:
 
 _CLASSES = _classes()
 globals().update({cls.__name__: cls for cls in _CLASSES})
-__all__ = ["Optimizer", *(cls.__name__ for cls in _CLASSES), "EMA"]
+__all__ = ["Optimizer", *(cls.__name__ for cls in _CLASSES), "Adafactor", "EMA"]

@@ -19,12 +19,13 @@ except ImportError as e:  # pragma: no cover - only without torch
     raise ImportError("fusedopt.torch needs PyTorch (pip install torch)") from e
 
 from .. import optim as _optim
+from .adafactor import Adafactor
 from .clip import clip_grad_norm_
 from .optimizer import Optimizer, make_class
 from .zero import ZeroRedundancyOptimizer
 
 _CLASSES = [make_class(getattr(_optim, name)) for name in _optim.__all__
-            if name not in ("Optimizer", "EMA")]
+            if name not in ("Optimizer", "EMA", "Adafactor")]
 globals().update({cls.__name__: cls for cls in _CLASSES})
-__all__ = ["Optimizer", *(cls.__name__ for cls in _CLASSES), "clip_grad_norm_",
+__all__ = ["Optimizer", *(cls.__name__ for cls in _CLASSES), "Adafactor", "clip_grad_norm_",
            "ZeroRedundancyOptimizer"]

@@ -150,6 +150,10 @@ class ZeroRedundancyOptimizer(torch.optim.Optimizer):
                  reduce_grads: bool = False, **defaults: Any) -> None:
         cls = type(self).__name__
         self._built = False
+        if getattr(optimizer_class, "__name__", None) == "Adafactor" and \
+                optimizer_class.__module__ == "fusedopt.torch.adafactor":
+            raise TypeError(f"{cls}: Adafactor cannot be sharded yet (its row and column factors "
+                            "span whole matrices, which the element slices of ZeRO-1 cut)")
         if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, Optimizer)
                 and optimizer_class is not Optimizer):
             name = getattr(optimizer_class, "__name__", type(optimizer_class).__name__)

@@ -1,0 +1,171 @@
+"""Adafactor on the CPU: fusedopt.torch.Adafactor (CPU tensors), fusedopt.Adafactor (NumPy arrays)
+and torch.optim.Adafactor (its default single-tensor loop, and foreach=True), against the memory
+wall of the passes fusedopt makes, round by round.
+
+Workloads (float32):
+  ``gpt6x768``  the matrices and vectors of 6 transformer blocks of width 768 (per block 4 of
+                768 x 768, 768 x 3072 and 3072 x 768, 8 vectors of 768, 2 of 3072): 42.5M
+                elements, nearly all factored;
+  ``m4096``     one 4096 x 4096 matrix (16.8M elements);
+  ``vec16M``    one vector of 16Mi elements (unfactored);
+  ``small1024`` 1,024 matrices of 64 x 64 (the per-tensor host overhead).
+Bytes per element (Note [Adafactor's passes] in csrc/algorithms/adafactor.h): 24 for a factored
+param (pass A reads p and g, B reads g, C reads p and g and writes p), 32 for an unfactored one
+(A reads p, g, v and writes v; C reads p, g, v and writes p). The ceiling is the same passes with
+trivial math through the same driver, timed in the same round: ``_core.cpu.rmw`` over (p, g)
+reading only (A), a sum of squares of g (B, ``fusedopt.global_norm``) and a read-modify-write of
+p reading g (C); for unfactored params ``rmw`` over (p, g, v) writing v, then p. GB/s = those bytes /
+time. Ratios (time / fusedopt.torch's time) are taken within each round.
+
+    python bench/adafactor.py --rounds 7 --json bench/results/<machine>-adafactor.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import fusedopt  # noqa: E402
+import fusedopt.torch as ft  # noqa: E402
+from fusedopt import _core  # noqa: E402
+from report import machine_info  # noqa: E402
+
+
+def shapes_of(workload: str, quick: bool) -> list[tuple]:
+    if workload == "gpt6x768":
+        w, blocks = (64, 2) if quick else (768, 6)
+        block = [(w, w)] * 4 + [(w, 4 * w), (4 * w, w)] + [(w,)] * 8 + [(4 * w,)] * 2
+        return block * blocks
+    if workload == "m4096":
+        return [(256, 256)] if quick else [(4096, 4096)]
+    if workload == "vec16M":
+        return [(1 << 12,)] if quick else [(1 << 24,)]
+    if workload == "small1024":
+        return [(64, 64)] * (16 if quick else 1024)
+    raise SystemExit(f"unknown workload {workload!r}")
+
+
+def bytes_of(shapes: list[tuple]) -> int:
+    return sum(int(np.prod(s)) * (24 if len(s) >= 2 else 32) for s in shapes)
+
+
+def _tensors(shapes, seed):
+    g = torch.Generator().manual_seed(seed)
+    ps = [torch.randn(s, generator=g).requires_grad_() for s in shapes]
+    for p in ps:
+        p.grad = torch.randn(p.shape, generator=g)
+    return ps
+
+
+def implementations(shapes: list[tuple]) -> dict:
+    """name -> one step, each over its own tensors (same shapes and values)."""
+    out = {}
+    ps = _tensors(shapes, 0)
+    flat_p = [p.detach().numpy().reshape(-1) for p in ps]
+    flat_g = [p.grad.numpy().reshape(-1) for p in ps]
+    mat = [i for i, s in enumerate(shapes) if len(s) >= 2]
+    vec = [i for i, s in enumerate(shapes) if len(s) < 2]
+    mp, mg = [flat_p[i] for i in mat], [flat_g[i] for i in mat]
+    vp, vg = [flat_p[i] for i in vec], [flat_g[i] for i in vec]
+    vv = [np.zeros_like(x) for x in vp]
+
+    def ceiling():
+        if mat:
+            _core.cpu.rmw(mp, mg, [], writes=0)  # A: reads p, g
+            fusedopt.global_norm(mg)  # B: reads g
+            _core.cpu.rmw(mp, mg, [], writes=1)  # C: reads p, g; writes p
+        if vec:
+            _core.cpu.rmw(vv, vg, [vp], writes=1)  # A: reads v, g, p; writes v
+            _core.cpu.rmw(vp, vg, [vv], writes=1)  # C: reads p, g, v; writes p
+
+    out["ceiling"] = ceiling
+    opt = ft.Adafactor(_tensors(shapes, 0))
+    out["fusedopt.torch"] = opt.step
+    ps = _tensors(shapes, 0)
+    arrays = [p.detach().numpy() for p in ps]
+    np_grads = [p.grad.numpy() for p in ps]
+    np_opt = fusedopt.Adafactor(arrays)
+    out["fusedopt (NumPy)"] = lambda: np_opt.step(np_grads)
+    out["torch (default loop)"] = torch.optim.Adafactor(_tensors(shapes, 0)).step
+    out["torch foreach"] = torch.optim.Adafactor(_tensors(shapes, 0), foreach=True).step
+    return out
+
+
+def time_once(fn, reps):
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def run_workload(name, shapes, rounds, reps, skip=()):
+    impls = {k: v for k, v in implementations(shapes).items() if k not in skip}
+    names = list(impls)
+    for fn in impls.values():  # warm-up: state allocated, pages touched
+        for _ in range(2):
+            fn()
+    times: dict = {n: [] for n in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for n in order:
+            times[n].append(time_once(impls[n], reps))
+    nbytes = bytes_of(shapes)
+    rows = []
+    for n in names:
+        ratio = [a / b for a, b in zip(times[n], times["fusedopt.torch"])]
+        ceil = [c / a for c, a in zip(times["ceiling"], times[n])]
+        t = statistics.median(times[n])
+        rows.append({"workload": name, "impl": n, "median_us": t * 1e6, "gb_s": nbytes / t / 1e9,
+                     "time_vs_fusedopt_torch": statistics.median(ratio),
+                     "range": [min(ratio), max(ratio)],
+                     "pct_ceiling": 100 * statistics.median(ceil),
+                     "pct_ceiling_range": [100 * min(ceil), 100 * max(ceil)]})
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workloads", default="gpt6x768,m4096,vec16M,small1024")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--skip", default="", help="implementations left out, comma-separated")
+    ap.add_argument("--quick", action="store_true", help="tiny shapes (the smoke test)")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    info = machine_info()
+    info.update(torch=torch.__version__, torch_threads=torch.get_num_threads(),
+                fusedopt_threads=fusedopt.get_num_threads())
+    print(f"# {info.get('cpu_model', info)}; torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), fusedopt {fusedopt.get_num_threads()} threads")
+    rows = []
+    skip = tuple(s for s in args.skip.split(",") if s)
+    for w in args.workloads.split(","):
+        rows += run_workload(w, shapes_of(w, args.quick), args.rounds, args.reps, skip)
+    print("| workload | implementation | median time | GB/s | % of ceiling [range] | "
+          "time / fusedopt.torch's [range over rounds] |")
+    print("|---|---|---:|---:|---|---|")
+    for r in rows:
+        t = r["median_us"]
+        shown = f"{t:.1f} us" if t < 1e4 else f"{t / 1e3:.2f} ms"
+        lo, hi = r["pct_ceiling_range"]
+        print(f"| {r['workload']} | {r['impl']} | {shown} | {r['gb_s']:.2f} | "
+              f"{r['pct_ceiling']:.0f} [{lo:.0f}-{hi:.0f}] | {r['time_vs_fusedopt_torch']:.2f} "
+              f"[{r['range'][0]:.2f}-{r['range'][1]:.2f}] |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": info, "args": vars(args), "rows": rows},
+                                              indent=1))
+
+
+if __name__ == "__main__":
+    main()

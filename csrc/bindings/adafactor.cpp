@@ -1,0 +1,190 @@
+// fusedopt._core.cpu.adafactor: Adafactor over NumPy arrays (algorithms/adafactor.h). Its states
+// are not of its params' shapes (row_var [..., R, 1], col_var [..., 1, C] for a param of 2 or more
+// dims; variance for the others), so it has its own check, made as check_call makes the generic
+// one (arrays.h): everything before anything is written, nothing copied, each refusal naming its
+// array.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "arrays.h"
+
+namespace fusedopt::bindings {
+
+#pragma GCC visibility push(hidden)
+
+namespace {
+
+using npy = py::detail::npy_api;
+constexpr int kFlagC = 0x0001;
+
+std::vector<int64_t> dims_of(const py::detail::PyArray_Proxy* a) {
+  return std::vector<int64_t>(a->dimensions, a->dimensions + a->nd);
+}
+
+// A factor of a param of shape `p` (row: [..., R, 1]; col: [..., 1, C]) or its variance.
+void check_state(const Names& names, const ListArg& arg, size_t i, PyObject* o, PyObject* param,
+                 const char* plist, const std::vector<int64_t>& want, FirstState* first,
+                 std::vector<Span>& spans, const Site* site, uint16_t rank) {
+  const auto* a = check_slot(names, arg, 2, i, o, nullptr, plist, first);
+  const auto* p = py::detail::array_proxy(param);
+  const int pt = py::detail::array_descriptor_proxy(p->descr)->type_num;
+  const int st = py::detail::array_descriptor_proxy(a->descr)->type_num;
+  if (st != pt) {
+    names.type(names.item(arg.name, i) + " has dtype " + dtype_str(o) + ", expected " +
+               dtype_str(param) + " (the dtype of " + names.item(plist, i) + ")");
+  }
+  if (dims_of(a) != want) {
+    names.value(names.item(arg.name, i) + " has shape " + shape_str(a->dimensions, a->nd) +
+                ", expected " + shape_str(want.data(), static_cast<int>(want.size())) + " (for " +
+                names.item(plist, i) + " of shape " + shape_str(p->dimensions, p->nd) + ")");
+  }
+  if (!(a->flags & kFlagC)) {
+    names.value(names.item(arg.name, i) + " is not C-contiguous");
+  }
+  const auto [lo, hi] = extent(a->data, numel_of(a), st);
+  spans.push_back({lo, hi, site, static_cast<uint32_t>(i), rank, true});
+}
+
+py::tuple as_list(const Names& names, py::handle l, const char* what, size_t n, bool first) {
+  if (!PyList_Check(l.ptr()) && !PyTuple_Check(l.ptr())) {
+    names.type(std::string(what) + " must be a list or tuple, got " + type_name(l));
+  }
+  PyObject* t = PySequence_Tuple(l.ptr());
+  if (t == nullptr) throw py::error_already_set();
+  py::tuple out = py::reinterpret_steal<py::tuple>(t);
+  if (!first && out.size() != n) {
+    names.value(std::string(what) + " has " + std::to_string(out.size()) + " items, expected " +
+                std::to_string(n) + " (one per param)");
+  }
+  return out;
+}
+
+void adafactor(py::handle params, py::handle grads, py::handle row_vars, py::handle col_vars,
+               py::handle variances, py::handle steps, double lr, double beta2_decay, double eps1,
+               double eps2, double d, double weight_decay, bool maximize, const std::string& name,
+               py::handle index, bool check_only) {
+  const Names names(name, index);
+  const py::tuple ps = as_list(names, params, "params", 0, true);
+  const size_t n = ps.size();
+  const py::tuple gs = as_list(names, grads, "grads", n, false);
+  const py::tuple rs = as_list(names, row_vars, "row_vars", n, false);
+  const py::tuple cs = as_list(names, col_vars, "col_vars", n, false);
+  const py::tuple vs = as_list(names, variances, "variances", n, false);
+  const py::tuple ss = as_list(names, steps, "steps", n, false);
+  const ListArg pa{"params", ps, Role::Param}, ga{"grads", gs, Role::Grad},
+      ra{"row_vars", rs, Role::State}, ca{"col_vars", cs, Role::State},
+      va{"variances", vs, Role::State};
+  const Site sites[] = {{&names, "params"}, {&names, "grads"}, {&names, "row_vars"},
+                        {&names, "col_vars"}, {&names, "variances"}};
+  std::vector<Span> spans;
+  std::vector<AdafactorTensor> ts;
+  ts.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    PyObject* p = ps[i].ptr();
+    const auto* pa_ = check_slot(names, pa, 0, i, p, nullptr, nullptr, nullptr);
+    const int pt = py::detail::array_descriptor_proxy(pa_->descr)->type_num;
+    const auto* ga_ = check_slot(names, ga, 1, i, gs[i].ptr(), p, "params", nullptr);
+    if (py::detail::array_descriptor_proxy(ga_->descr)->type_num != pt) {
+      names.type(names.item("grads", i) + " has dtype " + dtype_str(gs[i]) + ", expected " +
+                 dtype_str(p) + " (the dtype of " + names.item("params", i) + ")");
+    }
+    const int64_t numel = numel_of(pa_);
+    const bool factored = pa_->nd >= 2;
+    if (factored && !(pa_->flags & kFlagC)) {
+      names.value(names.item("params", i) + " is not C-contiguous (Adafactor factors the last "
+                  "two dims of a param of 2 or more dims)");
+    }
+    if (factored && !(ga_->flags & kFlagC)) {
+      names.value(names.item("grads", i) + " is not C-contiguous");
+    }
+    py::handle st = ss[i];
+    if (!PyLong_Check(st.ptr()) || PyBool_Check(st.ptr())) {
+      names.type(names.item("steps", i) + " is a " + type_name(st) + ", expected an int");
+    }
+    const long long step = st.cast<long long>();
+    if (step < 1) {
+      names.value(names.item("steps", i) + " must be >= 1 (the 1-based step of this update), got " +
+                  std::to_string(step));
+    }
+    const auto [plo, phi] = extent(pa_->data, numel, pt);
+    spans.push_back({plo, phi, &sites[0], static_cast<uint32_t>(i), 0, true});
+    const auto [glo, ghi] = extent(ga_->data, numel, pt);
+    spans.push_back({glo, ghi, &sites[1], static_cast<uint32_t>(i), 1, false});
+    AdafactorTensor t{};
+    t.param = pa_->data;
+    t.grad = ga_->data;
+    t.step = step;
+    t.factored = factored;
+    t.is_double = pt == npy::NPY_DOUBLE_;
+    FirstState first;
+    const std::vector<int64_t> shape = dims_of(pa_);
+    if (factored) {
+      if (!vs[i].is_none()) {
+        names.value(names.item("variances", i) + " must be None (" + names.item("params", i) +
+                    " has 2 or more dims: its state is row_var and col_var)");
+      }
+      std::vector<int64_t> row = shape, col = shape;
+      row.back() = 1;
+      col[col.size() - 2] = 1;
+      if (rs[i].is_none() || cs[i].is_none()) {
+        names.value(names.item(rs[i].is_none() ? "row_vars" : "col_vars", i) + " is None, but " +
+                    names.item("params", i) + " has 2 or more dims");
+      }
+      check_state(names, ra, i, rs[i].ptr(), p, "params", row, &first, spans, &sites[2], 2);
+      check_state(names, ca, i, cs[i].ptr(), p, "params", col, &first, spans, &sites[3], 3);
+      t.row_var = py::detail::array_proxy(rs[i].ptr())->data;
+      t.col_var = py::detail::array_proxy(cs[i].ptr())->data;
+      t.rows = shape[shape.size() - 2];
+      t.cols = shape.back();
+      t.batch = 1;
+      for (size_t k = 0; k + 2 < shape.size(); ++k) t.batch *= shape[k];
+    } else {
+      if (!rs[i].is_none() || !cs[i].is_none()) {
+        names.value(names.item(rs[i].is_none() ? "col_vars" : "row_vars", i) + " must be None (" +
+                    names.item("params", i) + " has fewer than 2 dims: its state is variance)");
+      }
+      if (vs[i].is_none()) {
+        names.value(names.item("variances", i) + " is None, but " + names.item("params", i) +
+                    " has fewer than 2 dims");
+      }
+      check_state(names, va, i, vs[i].ptr(), p, "params", shape, &first, spans, &sites[4], 4);
+      t.variance = py::detail::array_proxy(vs[i].ptr())->data;
+      t.batch = t.rows = 1;
+      t.cols = numel;
+    }
+    ts.push_back(t);
+  }
+  check_no_overlap(spans);
+  if (check_only) return;
+  const AdafactorHyper h{lr, beta2_decay, eps1, eps2, d, weight_decay, maximize};
+  std::vector<AdafactorTensor> f32, f64;
+  for (const AdafactorTensor& t : ts) (t.is_double ? f64 : f32).push_back(t);
+  const int threads = thread_setting();
+  py::gil_scoped_release nogil;
+  const auto& k = cpu::active();
+  k.adafactor(f32.data(), static_cast<int64_t>(f32.size()), h, threads);
+  k.adafactor(f64.data(), static_cast<int64_t>(f64.size()), h, threads);
+}
+
+}  // namespace
+
+void def_adafactor(py::module_& cpu) {
+  cpu.def("adafactor", &adafactor, py::arg("params"), py::arg("grads"), py::arg("row_vars"),
+          py::arg("col_vars"), py::arg("variances"), py::arg("steps"), py::kw_only(),
+          py::arg("lr"), py::arg("beta2_decay"), py::arg("eps1"), py::arg("eps2"), py::arg("d"),
+          py::arg("weight_decay"), py::arg("maximize"), py::arg("name") = "adafactor",
+          py::arg("index") = py::none(), py::arg("check_only") = false,
+          "Adafactor over NumPy arrays (csrc/algorithms/adafactor.h), updated in place: for a "
+          "param of 2 or more dims its row_var [..., R, 1] and col_var [..., 1, C] (variances[i] "
+          "None), else its variance (row_vars[i], col_vars[i] None); steps[i] its 1-based step. "
+          "Everything is checked before anything is written (check_only: nothing is). The hyper-parameters are taken as "
+          "given (fusedopt.functional.adafactor checks them).");
+}
+
+#pragma GCC visibility pop
+
+}  // namespace fusedopt::bindings
