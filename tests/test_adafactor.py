@@ -51,7 +51,8 @@ def _params(dtype, shapes=SHAPES, seed=0):
 
 
 def _grad_seq(params, steps, seed=1, zero_every=5):
-    """Grads per step: normal, some exactly 0, one row of the first matrix all 0 at step 1."""
+    """Grads per step: normal, some exactly 0; at step 1 a row of each matrix all 0 and one
+    tiny (eps1 the dtype's epsilon, torch's default)."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for k in range(steps):
@@ -61,7 +62,10 @@ def _grad_seq(params, steps, seed=1, zero_every=5):
             if d.dim() >= 1:
                 d.view(-1)[::zero_every] = 0.0
             if k == 0 and d.dim() >= 2:
-                d[..., 0, :] = 0.0  # a row of zeros: row_var 0, U 0 there
+                # a row of 0.1 eps1: its vhat is under eps1^2 (the clamp binds: U = g / eps1,
+                # about 0.1, where the unclamped U would be about 1); a row of zeros: U 0
+                d[..., -1, :] *= 0.1 * torch.finfo(d.dtype).eps
+                d[..., 0, :] = 0.0
             gs.append(d)
         out.append(gs)
     return out

@@ -20,9 +20,10 @@
 // epsilon of the group's first param's dtype (torch's loop sets it from that param and keeps it).
 // Python's max drops a NaN norm (max(eps2, nan) is eps2, max(1, nan) is 1); a NaN grad still
 // reaches p through U. The element operations follow torch's, each rounded to the compute type
-// in its order: the row and column means as torch's norm(g, dim)^2 / size (the norm rounded,
-// then squared and divided), vhat as (row_var col_var) / mean, U as (1 / sqrt(vhat)) g, and p
-// as p + (-alpha / den) U with the factor rounded once.
+// in its order -- the row and column means as torch's norm(g, dim)^2 / size (the norm rounded,
+// then squared and divided), an unfactored U as (1 / sqrt(max(v, eps1^2))) g, and p as
+// p + (-alpha / den) U with the factor rounded once -- but for a factored U, formed from a factor
+// per row and one per column (Note [Adafactor's direction]).
 //
 // Note [Adafactor's passes]
 // The norms and the row and column sums are reductions a plain elementwise kernel cannot make.
@@ -33,19 +34,23 @@
 //               C  reads p, g; writes p                                             12n B
 //   unfactored: A  reads p, g, v; writes v: sum p^2, sum U^2 (U from the new v)     16n B
 //               C  reads p, g, v; writes p                                          16n B
-// 24 bytes per element factored (torch's single-tensor loop moves about 50: the two norms, the
-// full-size vhat, U and the squares), 32 unfactored.
+// 24 bytes per element factored, 32 unfactored. torch's loop makes about ten passes over a
+// matrix (the two norms, the row and column norms, the full-size vhat and its division, clamp,
+// rsqrt and product, the update).
 //
 // Note [Adafactor's sums]
 // Every sum is formed in double from the stored values, in an order fixed by the shapes alone,
 // so the results are the same bits for any thread count and on every SIMD path. A factored
-// param is cut into tiles (matrix, a block of rows, a block of columns; the sizes depend only on
-// R and C: adafactor_tiles). Within a tile a row's terms go to kFactorLanes lanes (lane k takes
-// the columns k, k + kFactorLanes, ...; combined by the fixed pairwise tree of lane_sum), a
-// column's terms are added row by row, and the norms' terms are added in the lanes row after
-// row. Tiles are combined in their order: a row's sum over its column blocks, a column's over
-// its row blocks, a norm over all the tiles of the param. An unfactored param is cut into
-// chunks of kChunk elements, summed in lanes the same way and combined in chunk order.
+// param is cut into tiles: a matrix's rows in blocks, each row whole up to kTileCols columns
+// (adafactor_tiles in cpu/factored.h; the sizes depend on R and C only). In a tile, each row's
+// terms go to kFactorLanes lanes (lane k takes the columns k, k + kFactorLanes, ... of the tile,
+// in order), which the fixed pairwise tree of lane_sum combines: that is the row's partial sum
+// of g^2, and of p^2 or U^2, whose rows are then added in order; a column's terms are added row
+// by row. Tiles are combined in their order: a row's sum over its column blocks, a column's over
+// its row blocks, a norm over all the tiles of the param. An unfactored param is cut into chunks
+// of kChunk elements and those into segments of kSegment, each summed in lanes the same way; the
+// segments are added in order, then the chunks. 32 lanes keep enough independent additions in
+// flight, and are a CUDA warp's threads, for a device twin.
 #pragma once
 
 #include <cmath>
@@ -103,6 +108,10 @@ inline double adafactor_factor(const AdafactorHyper& h, int64_t step, int64_t nu
 
 // torch's min(lr, 1/sqrt(t)) is Python's min: lr when they are equal, and lr is never NaN.
 
+// Lanes of a row's or a segment's sum, and the longest segment (Note [Adafactor's sums]).
+constexpr int kFactorLanes = 32;
+constexpr int64_t kSegment = 2048;
+
 FUSEDOPT_ISA_BEGIN
 
 // The mean torch forms of a row's (or column's) squares: norm(g, dim)^2 / size, where the norm
@@ -113,19 +122,49 @@ FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE O adafactor_mean_square(double sum_sq, int6
   return norm * norm / O(static_cast<double>(size));
 }
 
-// The update direction of one element from its variance estimate.
-template <bool Maximize, class O>
-FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE O adafactor_direction(O g, O vhat, O eps1_sq) {
-  if constexpr (Maximize) g = -g;
-  return (O(1) / fo_sqrt(nan_max(vhat, eps1_sq))) * g;
+// Note [Adafactor's direction]
+// torch forms U = g rsqrt(max(R_i C_j / mean(R), eps1^2)): a division and a square root per
+// element, which make a factored step compute-bound. Since 1 / sqrt(R_i C_j / mean) is
+// b_i s_j with b_i = 1 / sqrt(R_i / mean) per row and s_j = 1 / sqrt(C_j) per column (each
+// formed in double and rounded once), and the clamp is min(b_i s_j, 1 / eps1), the element
+// work is U = g min(b_i s_j, 1 / eps1): two products and a comparison. Rounding: at most
+// about 1.5 ulp of the exact value, against torch's chain of four roundings. Edge values as
+// torch's: a zero factor gives 1 / eps1 (min(inf, 1 / eps1)), an infinite one 0, and 0 times
+// infinity, like any NaN, NaN (the min keeps a NaN). An unfactored element is torch's
+// (1 / sqrt(max(v, eps1^2))) g.
+template <class O>
+FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE O adafactor_row_factor(O row_var, O mean_clamped) {
+  return O(1.0 / std::sqrt(static_cast<double>(row_var) / static_cast<double>(mean_clamped)));
+}
+template <class O>
+FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE O adafactor_col_factor(O col_var) {
+  return O(1.0 / std::sqrt(static_cast<double>(col_var)));
 }
 
-// A factored element's variance estimate: (row_var col_var) / max(mean row_var, eps1), the
-// divisor already clamped.
+// min that keeps a NaN from either side.
 template <class O>
-FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE O adafactor_vhat(O row, O col, O mean_clamped) {
-  return row * col / mean_clamped;
+FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE O nan_min(O a, O b) {
+  return (a < b || a != a) ? a : b;
 }
+
+template <class O>
+struct AdafactorDirection {
+  O inv_eps1;  // 1 / eps1 (inf for eps1 = 0)
+  O eps1_sq;   // eps1^2
+  static AdafactorDirection of(double eps1) { return {O(1.0 / eps1), O(eps1 * eps1)}; }
+  // A factored element from its row's b_i and its column's s_j.
+  template <bool Maximize>
+  FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE O factored(O g, O b, O s) const {
+    if constexpr (Maximize) g = -g;
+    return g * nan_min(b * s, inv_eps1);
+  }
+  // An unfactored element from its variance.
+  template <bool Maximize>
+  FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE O plain(O g, O v) const {
+    if constexpr (Maximize) g = -g;
+    return (O(1) / fo_sqrt(nan_max(v, eps1_sq))) * g;
+  }
+};
 
 // p after the decay and the step.
 template <bool Decay, class O>

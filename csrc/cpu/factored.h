@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "../algorithms/adafactor.h"
@@ -16,38 +17,37 @@
 namespace fusedopt::cpu {
 FUSEDOPT_ISA_BEGIN
 
-// Lanes of Adafactor's sums (Note [Adafactor's sums]).
-constexpr int kFactorLanes = 8;
-// The widest column block of a tile: a tile's column sums stay in L1 as it goes down its rows.
-constexpr int64_t kTileCols = 2048;
+// The tile of a factored param of rows x cols (Note [Adafactor's sums]): whole rows up to
+// kTileCols columns (a tile of whole rows is one contiguous run of memory, which the hardware
+// prefetchers stream), and at least kTileRows rows or about kChunk elements. Its column sums, a
+// double per column, stay in L1 or L2 as it goes down its rows; the column partial sums, one
+// per column and row block, add at most 1/32 of an fp32 param's bytes to the pass.
+constexpr int64_t kTileCols = 16384;
+constexpr int64_t kTileRows = 64;
 
 struct TileShape {
   int64_t rows, cols;
 };
 
-// The tile of a factored param of rows x cols: kTileCols columns at most, and rows enough for
-// about kChunk elements (at least 32 rows: the column partial sums, a double per column and row
-// block, stay under a sixteenth of the fp32 param).
-constexpr TileShape adafactor_tiles(int64_t rows, int64_t cols) {
+constexpr TileShape adafactor_tiles(int64_t cols) {
   const int64_t c = cols < kTileCols ? (cols > 0 ? cols : 1) : kTileCols;
   const int64_t r = kChunk / c;
-  (void)rows;
-  return {r > 0 ? r : 1, c};
+  return {r < kTileRows ? kTileRows : r, c};
 }
 
 namespace factored {
 
-// lane k of acc adds the terms of elements k, k + kFactorLanes, ... of each run it is given.
+// Adds term(j) to lane j % kFactorLanes for j in [0, len), in order within each lane.
 template <class F>
 FUSEDOPT_INLINE void lanes_add(double* __restrict acc, int64_t len, F&& term) {
   int64_t j = 0;
   for (; j + kFactorLanes <= len; j += kFactorLanes) {
-    for (int k = 0; k < kFactorLanes; ++k) acc[k] += term(j + k);
+    for (int q = 0; q < kFactorLanes; ++q) acc[q] += term(j + q);
   }
-  for (int k = 0; j + k < len; ++k) acc[k] += term(j + k);
+  for (int q = 0; j + q < len; ++q) acc[q] += term(j + q);
 }
 
-// The lanes combined by the fixed pairwise tree.
+// One segment's lanes (Note [Adafactor's sums]) summed by the fixed pairwise tree.
 FUSEDOPT_INLINE double lane_sum(double* acc) {
   for (int s = kFactorLanes / 2; s > 0; s /= 2) {
     for (int k = 0; k < s; ++k) acc[k] += acc[k + s];
@@ -67,16 +67,15 @@ struct Work {
   std::vector<int64_t> first;  // items of tensor i: [first[i], first[i + 1])
   std::vector<int64_t> nrb, ncb;  // row and column blocks per matrix of each tensor
   std::vector<int64_t> row_at, col_at;  // offsets of each tensor's row and column partial sums
-  int64_t rows_total = 0, cols_total = 0;
+  std::vector<int64_t> rows_at, cols_at;  // offsets of each tensor's rows and columns
+  int64_t row_parts = 0, col_parts = 0, rows = 0, cols = 0;
 };
 
 inline Work plan(const AdafactorTensor* ts, int64_t n) {
   Work w;
-  w.first.assign(static_cast<size_t>(n + 1), 0);
-  w.nrb.assign(static_cast<size_t>(n), 0);
-  w.ncb.assign(static_cast<size_t>(n), 0);
-  w.row_at.assign(static_cast<size_t>(n), 0);
-  w.col_at.assign(static_cast<size_t>(n), 0);
+  const size_t un = static_cast<size_t>(n);
+  w.first.assign(un + 1, 0);
+  for (auto* v : {&w.nrb, &w.ncb, &w.row_at, &w.col_at, &w.rows_at, &w.cols_at}) v->assign(un, 0);
   for (int64_t i = 0; i < n; ++i) {
     const AdafactorTensor& t = ts[i];
     w.first[i] = static_cast<int64_t>(w.items.size());
@@ -86,15 +85,19 @@ inline Work plan(const AdafactorTensor* ts, int64_t n) {
       }
       continue;
     }
-    const TileShape s = adafactor_tiles(t.rows, t.cols);
-    const int64_t nrb = t.rows == 0 ? 0 : (t.rows + s.rows - 1) / s.rows;
-    const int64_t ncb = t.cols == 0 ? 0 : (t.cols + s.cols - 1) / s.cols;
+    const TileShape s = adafactor_tiles(t.cols);
+    const int64_t nrb = (t.rows + s.rows - 1) / s.rows;
+    const int64_t ncb = (t.cols + s.cols - 1) / s.cols;
     w.nrb[i] = nrb;
     w.ncb[i] = ncb;
-    w.row_at[i] = w.rows_total;
-    w.col_at[i] = w.cols_total;
-    w.rows_total += t.batch * t.rows * ncb;
-    w.cols_total += t.batch * nrb * t.cols;
+    w.row_at[i] = w.row_parts;
+    w.col_at[i] = w.col_parts;
+    w.rows_at[i] = w.rows;
+    w.cols_at[i] = w.cols;
+    w.row_parts += t.batch * t.rows * ncb;
+    w.col_parts += t.batch * nrb * t.cols;
+    w.rows += t.batch * t.rows;
+    w.cols += t.batch * t.cols;
     for (int64_t m = 0; m < t.batch; ++m) {
       for (int64_t rb = 0; rb < nrb; ++rb) {
         for (int64_t cb = 0; cb < ncb; ++cb) {
@@ -128,67 +131,67 @@ struct Call {
   int64_t n;
   int max_threads;
   Work w;
-  std::vector<double> p2, u2;   // per item
-  std::vector<double> rows, cols;  // partial sums of g^2 (Work's offsets)
-  std::vector<O> mean;  // per tensor and matrix: max(mean(row_var), eps1)
-  std::vector<int64_t> mean_at;
+  std::vector<double> p2, u2;      // per item
+  std::vector<double> row_parts, col_parts;  // partial sums of g^2 (Work's offsets)
+  // Note [Adafactor's direction]: b_i per row, s_j per column
+  std::vector<O> row_b, col_s;
   int64_t total = 0;
 
   Call(const AdafactorHyper& hyper, const AdafactorTensor* t, int64_t count, int threads)
       : h(hyper), ts(t), n(count), max_threads(threads), w(plan(t, count)) {
     p2.assign(w.items.size(), 0.0);
     u2.assign(w.items.size(), 0.0);
-    rows.assign(static_cast<size_t>(w.rows_total), 0.0);
-    cols.assign(static_cast<size_t>(w.cols_total), 0.0);
-    mean_at.assign(static_cast<size_t>(n + 1), 0);
-    for (int64_t i = 0; i < n; ++i) {
-      mean_at[i + 1] = mean_at[i] + (ts[i].factored ? ts[i].batch : 0);
-      total += ts[i].batch * ts[i].rows * ts[i].cols;
-    }
-    mean.assign(static_cast<size_t>(mean_at[n]), O(0));
+    row_parts.assign(static_cast<size_t>(w.row_parts), 0.0);
+    col_parts.assign(static_cast<size_t>(w.col_parts), 0.0);
+    row_b.assign(static_cast<size_t>(w.rows), O(0));
+    col_s.assign(static_cast<size_t>(w.cols), O(0));
+    for (int64_t i = 0; i < n; ++i) total += ts[i].batch * ts[i].rows * ts[i].cols;
   }
 
-  O eps1_sq() const { return O(h.eps1 * h.eps1); }
+  AdafactorDirection<O> direction() const { return AdafactorDirection<O>::of(h.eps1); }
 
   // Pass A of a factored item: sum p^2, the rows' and the columns' partial sums of g^2.
   void factored_sums(int64_t k) {
     const Item& it = w.items[k];
     const AdafactorTensor& t = ts[it.tensor];
-    const O* p = static_cast<const O*>(t.param);
-    const O* g = static_cast<const O*>(t.grad);
     const int64_t C = t.cols, width = it.c1 - it.c0;
-    alignas(64) double pacc[kFactorLanes] = {};
-    std::vector<double> col(static_cast<size_t>(width), 0.0);
-    double* __restrict cs = col.data();
+    std::vector<double> col_sums(static_cast<size_t>(width), 0.0);
+    double* __restrict col = col_sums.data();
+    double psum = 0.0;
     for (int64_t r = it.r0; r < it.r1; ++r) {
       const int64_t at = (it.m * t.rows + r) * C + it.c0;
-      const O* __restrict pr = p + at;
-      const O* __restrict gr = g + at;
-      alignas(64) double racc[kFactorLanes] = {};
-      lanes_add(pacc, width, [&](int64_t j) {
-        const double x = static_cast<double>(pr[j]);
-        return x * x;
-      });
-      lanes_add(racc, width, [&](int64_t j) {
-        const double x = static_cast<double>(gr[j]);
-        return x * x;
-      });
-      for (int64_t j = 0; j < width; ++j) {
-        const double x = static_cast<double>(gr[j]);
-        cs[j] += x * x;
+      const O* __restrict pr = static_cast<const O*>(t.param) + at;
+      const O* __restrict gr = static_cast<const O*>(t.grad) + at;
+      alignas(64) double pl[kFactorLanes] = {};
+      alignas(64) double gl[kFactorLanes] = {};
+      auto one = [&](int64_t j, int q) {
+        const double x = static_cast<double>(pr[j]), y = static_cast<double>(gr[j]);
+        const double y2 = y * y;
+        col[j] += y2;
+        gl[q] += y2;
+        pl[q] += x * x;
+      };
+      int64_t j = 0;
+      for (; j + kFactorLanes <= width; j += kFactorLanes) {
+#pragma GCC ivdep
+        for (int q = 0; q < kFactorLanes; ++q) one(j + q, q);
       }
-      rows[w.row_at[it.tensor] + (it.m * t.rows + r) * w.ncb[it.tensor] + it.cb] = lane_sum(racc);
+      for (int q = 0; j + q < width; ++q) one(j + q, q);
+      row_parts[w.row_at[it.tensor] + (it.m * t.rows + r) * w.ncb[it.tensor] + it.cb] =
+          lane_sum(gl);
+      psum += lane_sum(pl);
     }
-    std::copy(col.begin(), col.end(),
-              cols.begin() + w.col_at[it.tensor] + (it.m * w.nrb[it.tensor] + it.rb) * C + it.c0);
-    p2[k] = lane_sum(pacc);
+    std::copy(col, col + width,
+              col_parts.begin() + w.col_at[it.tensor] + (it.m * w.nrb[it.tensor] + it.rb) * C +
+                  it.c0);
+    p2[k] = psum;
   }
 
-  // Between A and B: the lerps of row_var and col_var, and max(mean(row_var), eps1).
+  // Between A and B, per factored param: the lerps of row_var and col_var, and the per-row and
+  // per-column factors of the direction.
   void factored_state(int64_t i) {
     const AdafactorTensor& t = ts[i];
-    const double wd = adafactor_scalars(h, t.step).w;
-    const O wgt = O(wd), one_minus = O(1) - wgt;
+    const O wgt = O(adafactor_scalars(h, t.step).w), one_minus = O(1) - wgt;
     const bool high = std::fabs(static_cast<double>(wgt)) >= 0.5;
     auto lerp = [&](O a, O b) {
       return high ? torch_lerp<true>(a, b, wgt, one_minus) : torch_lerp<false>(a, b, wgt, one_minus);
@@ -199,21 +202,29 @@ struct Call {
     for (int64_t m = 0; m < t.batch; ++m) {
       double mean_sum = 0.0;
       for (int64_t r = 0; r < t.rows; ++r) {
-        const double* part = rows.data() + w.row_at[i] + (m * t.rows + r) * ncb;
+        const double* part = row_parts.data() + w.row_at[i] + (m * t.rows + r) * ncb;
         double s = 0.0;
         for (int64_t b = 0; b < ncb; ++b) s += part[b];
         O& x = rv[m * t.rows + r];
         x = lerp(x, adafactor_mean_square<O>(s, t.cols));
         mean_sum += static_cast<double>(x);
       }
-      for (int64_t c = 0; c < t.cols; ++c) {
-        double s = 0.0;
-        for (int64_t b = 0; b < nrb; ++b) s += cols[w.col_at[i] + (m * nrb + b) * t.cols + c];
-        O& x = cv[m * t.cols + c];
-        x = lerp(x, adafactor_mean_square<O>(s, t.rows));
+      // each column's partial sums in row-block order, the blocks outermost (contiguous)
+      double* sums = col_parts.data() + w.col_at[i] + m * nrb * t.cols;
+      for (int64_t b = 1; b < nrb; ++b) {
+        const double* part = sums + b * t.cols;
+#pragma GCC ivdep
+        for (int64_t c = 0; c < t.cols; ++c) sums[c] += part[c];
       }
-      const O mn = O(mean_sum / static_cast<double>(t.rows));
-      mean[mean_at[i] + m] = nan_max(mn, O(h.eps1));
+      for (int64_t c = 0; c < t.cols; ++c) {
+        O& x = cv[m * t.cols + c];
+        x = lerp(x, adafactor_mean_square<O>(nrb > 0 ? sums[c] : 0.0, t.rows));
+        col_s[w.cols_at[i] + m * t.cols + c] = adafactor_col_factor<O>(x);
+      }
+      const O mean = nan_max(O(mean_sum / static_cast<double>(t.rows)), O(h.eps1));
+      for (int64_t r = 0; r < t.rows; ++r) {
+        row_b[w.rows_at[i] + m * t.rows + r] = adafactor_row_factor<O>(rv[m * t.rows + r], mean);
+      }
     }
   }
 
@@ -222,22 +233,23 @@ struct Call {
   void factored_norm(int64_t k) {
     const Item& it = w.items[k];
     const AdafactorTensor& t = ts[it.tensor];
-    const O* g = static_cast<const O*>(t.grad);
-    const O* rv = static_cast<const O*>(t.row_var) + it.m * t.rows;
-    const O* __restrict cv = static_cast<const O*>(t.col_var) + it.m * t.cols + it.c0;
-    const O mc = mean[mean_at[it.tensor] + it.m], e = eps1_sq();
+    const O* __restrict s = col_s.data() + w.cols_at[it.tensor] + it.m * t.cols + it.c0;
+    const AdafactorDirection<O> dir = direction();
     const int64_t width = it.c1 - it.c0;
-    alignas(64) double acc[kFactorLanes] = {};
+    double usum = 0.0;
     for (int64_t r = it.r0; r < it.r1; ++r) {
-      const O* __restrict gr = g + (it.m * t.rows + r) * t.cols + it.c0;
-      const O row = rv[r];
-      lanes_add(acc, width, [&](int64_t j) {
-        const double u = static_cast<double>(
-            adafactor_direction<Maximize>(gr[j], adafactor_vhat(row, cv[j], mc), e));
+      const O* __restrict gr =
+          static_cast<const O*>(t.grad) + (it.m * t.rows + r) * t.cols + it.c0;
+      const int64_t row = w.rows_at[it.tensor] + it.m * t.rows + r;
+      const O b = row_b[row];
+      alignas(64) double ul[kFactorLanes] = {};
+      lanes_add(ul, width, [&](int64_t j) {
+        const double u = static_cast<double>(dir.template factored<Maximize>(gr[j], b, s[j]));
         return u * u;
       });
+      usum += lane_sum(ul);
     }
-    u2[k] = lane_sum(acc);
+    u2[k] = usum;
   }
 
   // Pass C of a factored item: p = p decay - factor U.
@@ -245,50 +257,58 @@ struct Call {
   void factored_update(int64_t k, const std::vector<O>& neg_factor) {
     const Item& it = w.items[k];
     const AdafactorTensor& t = ts[it.tensor];
-    O* p = static_cast<O*>(t.param);
-    const O* g = static_cast<const O*>(t.grad);
-    const O* rv = static_cast<const O*>(t.row_var) + it.m * t.rows;
-    const O* __restrict cv = static_cast<const O*>(t.col_var) + it.m * t.cols + it.c0;
-    const O mc = mean[mean_at[it.tensor] + it.m], e = eps1_sq();
+    const O* __restrict s = col_s.data() + w.cols_at[it.tensor] + it.m * t.cols + it.c0;
+    const AdafactorDirection<O> dir = direction();
     const O decay = O(adafactor_scalars(h, t.step).decay), f = neg_factor[it.tensor];
     const int64_t width = it.c1 - it.c0;
     for (int64_t r = it.r0; r < it.r1; ++r) {
       const int64_t at = (it.m * t.rows + r) * t.cols + it.c0;
-      O* __restrict pr = p + at;
-      const O* __restrict gr = g + at;
-      const O row = rv[r];
+      O* __restrict pr = static_cast<O*>(t.param) + at;
+      const O* __restrict gr = static_cast<const O*>(t.grad) + at;
+      const int64_t row = w.rows_at[it.tensor] + it.m * t.rows + r;
+      const O b = row_b[row];
 #pragma GCC ivdep
       for (int64_t j = 0; j < width; ++j) {
-        const O u = adafactor_direction<Maximize>(gr[j], adafactor_vhat(row, cv[j], mc), e);
+        const O u = dir.template factored<Maximize>(gr[j], b, s[j]);
         pr[j] = adafactor_param<Decay>(pr[j], u, decay, f);
       }
     }
   }
 
-  // Pass A of an unfactored item: the variance's lerp, sum p^2 and sum U^2.
+  // Pass A of an unfactored item: the variance's lerp, sum p^2 and sum U^2, a segment at a time.
   template <bool Maximize, bool High>
   void plain_sums(int64_t k) {
     const Item& it = w.items[k];
     const AdafactorTensor& t = ts[it.tensor];
-    const O* __restrict p = static_cast<const O*>(t.param) + it.c0;
-    const O* __restrict g = static_cast<const O*>(t.grad) + it.c0;
-    O* __restrict v = static_cast<O*>(t.variance) + it.c0;
-    const O wgt = O(adafactor_scalars(h, t.step).w), one_minus = O(1) - wgt, e = eps1_sq();
-    const int64_t len = it.c1 - it.c0;
-    alignas(64) double pacc[kFactorLanes] = {};
-    alignas(64) double uacc[kFactorLanes] = {};
+    const O wgt = O(adafactor_scalars(h, t.step).w), one_minus = O(1) - wgt;
+    const AdafactorDirection<O> dir = direction();
+    double psum = 0.0, usum = 0.0;
+    for (int64_t s0 = it.c0; s0 < it.c1; s0 += kSegment) {
+      const int64_t len = std::min(it.c1, s0 + kSegment) - s0;
+      const O* __restrict p = static_cast<const O*>(t.param) + s0;
+      const O* __restrict g = static_cast<const O*>(t.grad) + s0;
+      O* __restrict v = static_cast<O*>(t.variance) + s0;
+      alignas(64) double pl[kFactorLanes] = {};
+      alignas(64) double ul[kFactorLanes] = {};
+      auto one = [&](int64_t j, int q) {
+        const O nv = torch_lerp<High>(v[j], g[j] * g[j], wgt, one_minus);
+        v[j] = nv;
+        const double x = static_cast<double>(p[j]);
+        const double u = static_cast<double>(dir.template plain<Maximize>(g[j], nv));
+        pl[q] += x * x;
+        ul[q] += u * u;
+      };
+      int64_t j = 0;
+      for (; j + kFactorLanes <= len; j += kFactorLanes) {
 #pragma GCC ivdep
-    for (int64_t j = 0; j < len; ++j) v[j] = torch_lerp<High>(v[j], g[j] * g[j], wgt, one_minus);
-    lanes_add(pacc, len, [&](int64_t j) {
-      const double x = static_cast<double>(p[j]);
-      return x * x;
-    });
-    lanes_add(uacc, len, [&](int64_t j) {
-      const double u = static_cast<double>(adafactor_direction<Maximize>(g[j], v[j], e));
-      return u * u;
-    });
-    p2[k] = lane_sum(pacc);
-    u2[k] = lane_sum(uacc);
+        for (int q = 0; q < kFactorLanes; ++q) one(j + q, q);
+      }
+      for (int q = 0; j + q < len; ++q) one(j + q, q);
+      psum += lane_sum(pl);
+      usum += lane_sum(ul);
+    }
+    p2[k] = psum;
+    u2[k] = usum;
   }
 
   // Pass C of an unfactored item.
@@ -299,11 +319,12 @@ struct Call {
     O* __restrict p = static_cast<O*>(t.param) + it.c0;
     const O* __restrict g = static_cast<const O*>(t.grad) + it.c0;
     const O* __restrict v = static_cast<const O*>(t.variance) + it.c0;
-    const O decay = O(adafactor_scalars(h, t.step).decay), f = neg_factor[it.tensor], e = eps1_sq();
+    const O decay = O(adafactor_scalars(h, t.step).decay), f = neg_factor[it.tensor];
+    const AdafactorDirection<O> dir = direction();
     const int64_t len = it.c1 - it.c0;
 #pragma GCC ivdep
     for (int64_t j = 0; j < len; ++j) {
-      p[j] = adafactor_param<Decay>(p[j], adafactor_direction<Maximize>(g[j], v[j], e), decay, f);
+      p[j] = adafactor_param<Decay>(p[j], dir.template plain<Maximize>(g[j], v[j]), decay, f);
     }
   }
 
