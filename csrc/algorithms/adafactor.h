@@ -42,15 +42,15 @@
 // Every sum is formed in double from the stored values, in an order fixed by the shapes alone,
 // so the results are the same bits for any thread count and on every SIMD path. A factored
 // param is cut into tiles: a matrix's rows in blocks, each row whole up to kTileCols columns
-// (adafactor_tiles in cpu/factored.h; the sizes depend on R and C only). In a tile, each row's
-// terms go to kFactorLanes lanes (lane k takes the columns k, k + kFactorLanes, ... of the tile,
-// in order), which the fixed pairwise tree of lane_sum combines: that is the row's partial sum
-// of g^2, and of p^2 or U^2, whose rows are then added in order; a column's terms are added row
-// by row. Tiles are combined in their order: a row's sum over its column blocks, a column's over
-// its row blocks, a norm over all the tiles of the param. An unfactored param is cut into chunks
-// of kChunk elements and those into segments of kSegment, each summed in lanes the same way; the
-// segments are added in order, then the chunks. 32 lanes keep enough independent additions in
-// flight, and are a CUDA warp's threads, for a device twin.
+// (adafactor_tiles in cpu/factored.h; the sizes depend on R and C only). In a tile, the terms of
+// a row go to kFactorLanes lanes (lane k takes the columns k, k + kFactorLanes, ... of the tile,
+// in order), combined by the fixed pairwise tree of lane_sum: that is the row's partial sum of
+// g^2. The terms of the norms (p^2, U^2) go to one set of lanes for the whole tile, row after
+// row, combined once. A column's terms are added row by row. Tiles are combined in their order:
+// a row's sum over its column blocks, a column's over its row blocks, a norm over all the tiles
+// of the param. An unfactored param is cut into chunks of kChunk elements, each summed in lanes
+// the same way, and the chunks combined in order. 32 lanes keep enough independent additions
+// in flight for the adders (fewer leave them waiting on each other).
 #pragma once
 
 #include <cmath>
@@ -108,9 +108,8 @@ inline double adafactor_factor(const AdafactorHyper& h, int64_t step, int64_t nu
 
 // torch's min(lr, 1/sqrt(t)) is Python's min: lr when they are equal, and lr is never NaN.
 
-// Lanes of a row's or a segment's sum, and the longest segment (Note [Adafactor's sums]).
+// Lanes of a sum (Note [Adafactor's sums]).
 constexpr int kFactorLanes = 32;
-constexpr int64_t kSegment = 2048;
 
 FUSEDOPT_ISA_BEGIN
 

@@ -47,7 +47,7 @@ FUSEDOPT_INLINE void lanes_add(double* __restrict acc, int64_t len, F&& term) {
   for (int q = 0; j + q < len; ++q) acc[q] += term(j + q);
 }
 
-// One segment's lanes (Note [Adafactor's sums]) summed by the fixed pairwise tree.
+// A sum's lanes (Note [Adafactor's sums]) combined by the fixed pairwise tree.
 FUSEDOPT_INLINE double lane_sum(double* acc) {
   for (int s = kFactorLanes / 2; s > 0; s /= 2) {
     for (int k = 0; k < s; ++k) acc[k] += acc[k + s];
@@ -133,7 +133,7 @@ struct Call {
   Work w;
   std::vector<double> p2, u2;      // per item
   std::vector<double> row_parts, col_parts;  // partial sums of g^2 (Work's offsets)
-  // Note [Adafactor's direction]: b_i per row, s_j per column
+  // b_i per row, s_j per column (Note [Adafactor's direction])
   std::vector<O> row_b, col_s;
   int64_t total = 0;
 
@@ -157,13 +157,12 @@ struct Call {
     const int64_t C = t.cols, width = it.c1 - it.c0;
     std::vector<double> col_sums(static_cast<size_t>(width), 0.0);
     double* __restrict col = col_sums.data();
-    double psum = 0.0;
+    alignas(64) double pl[kFactorLanes] = {};  // the tile's p^2, row after row
     for (int64_t r = it.r0; r < it.r1; ++r) {
       const int64_t at = (it.m * t.rows + r) * C + it.c0;
       const O* __restrict pr = static_cast<const O*>(t.param) + at;
       const O* __restrict gr = static_cast<const O*>(t.grad) + at;
-      alignas(64) double pl[kFactorLanes] = {};
-      alignas(64) double gl[kFactorLanes] = {};
+      alignas(64) double gl[kFactorLanes] = {};  // the row's g^2
       auto one = [&](int64_t j, int q) {
         const double x = static_cast<double>(pr[j]), y = static_cast<double>(gr[j]);
         const double y2 = y * y;
@@ -179,12 +178,11 @@ struct Call {
       for (int q = 0; j + q < width; ++q) one(j + q, q);
       row_parts[w.row_at[it.tensor] + (it.m * t.rows + r) * w.ncb[it.tensor] + it.cb] =
           lane_sum(gl);
-      psum += lane_sum(pl);
     }
     std::copy(col, col + width,
               col_parts.begin() + w.col_at[it.tensor] + (it.m * w.nrb[it.tensor] + it.rb) * C +
                   it.c0);
-    p2[k] = psum;
+    p2[k] = lane_sum(pl);
   }
 
   // Between A and B, per factored param: the lerps of row_var and col_var, and the per-row and
@@ -236,20 +234,17 @@ struct Call {
     const O* __restrict s = col_s.data() + w.cols_at[it.tensor] + it.m * t.cols + it.c0;
     const AdafactorDirection<O> dir = direction();
     const int64_t width = it.c1 - it.c0;
-    double usum = 0.0;
+    alignas(64) double ul[kFactorLanes] = {};  // the tile's U^2, row after row
     for (int64_t r = it.r0; r < it.r1; ++r) {
       const O* __restrict gr =
           static_cast<const O*>(t.grad) + (it.m * t.rows + r) * t.cols + it.c0;
-      const int64_t row = w.rows_at[it.tensor] + it.m * t.rows + r;
-      const O b = row_b[row];
-      alignas(64) double ul[kFactorLanes] = {};
+      const O b = row_b[w.rows_at[it.tensor] + it.m * t.rows + r];
       lanes_add(ul, width, [&](int64_t j) {
         const double u = static_cast<double>(dir.template factored<Maximize>(gr[j], b, s[j]));
         return u * u;
       });
-      usum += lane_sum(ul);
     }
-    u2[k] = usum;
+    u2[k] = lane_sum(ul);
   }
 
   // Pass C of a factored item: p = p decay - factor U.
@@ -275,40 +270,35 @@ struct Call {
     }
   }
 
-  // Pass A of an unfactored item: the variance's lerp, sum p^2 and sum U^2, a segment at a time.
+  // Pass A of an unfactored item: the variance's lerp, sum p^2 and sum U^2.
   template <bool Maximize, bool High>
   void plain_sums(int64_t k) {
     const Item& it = w.items[k];
     const AdafactorTensor& t = ts[it.tensor];
     const O wgt = O(adafactor_scalars(h, t.step).w), one_minus = O(1) - wgt;
     const AdafactorDirection<O> dir = direction();
-    double psum = 0.0, usum = 0.0;
-    for (int64_t s0 = it.c0; s0 < it.c1; s0 += kSegment) {
-      const int64_t len = std::min(it.c1, s0 + kSegment) - s0;
-      const O* __restrict p = static_cast<const O*>(t.param) + s0;
-      const O* __restrict g = static_cast<const O*>(t.grad) + s0;
-      O* __restrict v = static_cast<O*>(t.variance) + s0;
-      alignas(64) double pl[kFactorLanes] = {};
-      alignas(64) double ul[kFactorLanes] = {};
-      auto one = [&](int64_t j, int q) {
-        const O nv = torch_lerp<High>(v[j], g[j] * g[j], wgt, one_minus);
-        v[j] = nv;
-        const double x = static_cast<double>(p[j]);
-        const double u = static_cast<double>(dir.template plain<Maximize>(g[j], nv));
-        pl[q] += x * x;
-        ul[q] += u * u;
-      };
-      int64_t j = 0;
-      for (; j + kFactorLanes <= len; j += kFactorLanes) {
+    const int64_t len = it.c1 - it.c0;
+    const O* __restrict p = static_cast<const O*>(t.param) + it.c0;
+    const O* __restrict g = static_cast<const O*>(t.grad) + it.c0;
+    O* __restrict v = static_cast<O*>(t.variance) + it.c0;
+    alignas(64) double pl[kFactorLanes] = {};
+    alignas(64) double ul[kFactorLanes] = {};
+    auto one = [&](int64_t j, int q) {
+      const O nv = torch_lerp<High>(v[j], g[j] * g[j], wgt, one_minus);
+      v[j] = nv;
+      const double x = static_cast<double>(p[j]);
+      const double u = static_cast<double>(dir.template plain<Maximize>(g[j], nv));
+      pl[q] += x * x;
+      ul[q] += u * u;
+    };
+    int64_t j = 0;
+    for (; j + kFactorLanes <= len; j += kFactorLanes) {
 #pragma GCC ivdep
-        for (int q = 0; q < kFactorLanes; ++q) one(j + q, q);
-      }
-      for (int q = 0; j + q < len; ++q) one(j + q, q);
-      psum += lane_sum(pl);
-      usum += lane_sum(ul);
+      for (int q = 0; q < kFactorLanes; ++q) one(j + q, q);
     }
-    p2[k] = psum;
-    u2[k] = usum;
+    for (int q = 0; j + q < len; ++q) one(j + q, q);
+    p2[k] = lane_sum(pl);
+    u2[k] = lane_sum(ul);
   }
 
   // Pass C of an unfactored item.
@@ -342,10 +332,10 @@ struct Call {
         plain_sums<Maximize, false>(k);
       }
     });
-    // the factored state, O(R + C) per matrix
-    for (int64_t i = 0; i < n; ++i) {
+    // the factored state, O(R + C) per matrix (each param's its own: any thread may take it)
+    for_items(n, total, max_threads, [&](int64_t i) {
       if (ts[i].factored) factored_state(i);
-    }
+    });
     // B: the factored params' sum U^2
     for_items(count, total, max_threads, [&](int64_t k) {
       if (ts[w.items[k].tensor].factored) factored_norm<Maximize>(k);

@@ -44,8 +44,8 @@ class Adafactor(torch.optim.Optimizer):
         defaults = {"lr": lr, "beta2_decay": beta2_decay, "eps": eps, "d": d,
                     "weight_decay": weight_decay, "foreach": foreach, "maximize": maximize}
         _adafactor.check_hyper("Adafactor", {**defaults, "lr": _number(lr)})
-        # id(param) -> its tensors and their NumPy views, for the params of the last step, kept
-        # while its state holds the same tensors (_arrays)
+        # id(param) -> the param, its data pointer, its state's tensors and their NumPy views,
+        # for the params of the last step (_gather)
         self._views: dict[int, tuple] = {}
         super().__init__(params, defaults)
 
@@ -62,56 +62,73 @@ class Adafactor(torch.optim.Optimizer):
             self.param_groups.pop()
             raise
 
-    def _gather(self, gi: int, group: dict) -> tuple:
-        params, grads, states = [], [], []
-        for k, p in enumerate(group["params"]):
-            if p.grad is None:
-                continue
-            where = f"Adafactor.step: param_groups[{gi}]['params'][{k}]"
-            if p.device.type != "cpu":
-                raise TypeError(f"{where} is on {p.device}; Adafactor has no CUDA kernel yet "
-                                "(CPU tensors only)")
-            if p.dtype not in _DTYPES:
-                raise TypeError(f"{where} has dtype {p.dtype}, expected float32 or float64")
-            if torch.is_complex(p):
-                raise RuntimeError("Adafactor does not support complex parameters")
-            if p.grad.is_sparse:
-                raise RuntimeError("Adafactor does not support sparse gradients")
-            for what, t in (("", p), (".grad", p.grad)):
-                if not t.is_contiguous():
-                    raise ValueError(f"{where}{what} is not contiguous (fusedopt updates in "
-                                     "place and never copies)")
-            state = self.state[p]
-            if len(state) == 0:  # torch's _init_group, kept apart until the step is made
-                fresh = {"step": torch.tensor(0.0, dtype=torch.float32)}
-                if p.grad.dim() > 1:
-                    fresh["row_var"] = p.grad.new_zeros((*p.grad.shape[:-1], 1))
-                    fresh["col_var"] = p.grad.new_zeros(
-                        (*p.grad.shape[:-2], 1, p.grad.shape[-1]))
-                else:
-                    fresh["variance"] = torch.zeros_like(p.grad,
-                                                         memory_format=torch.preserve_format)
-                state = fresh
-            params.append(p)
-            grads.append(p.grad)
-            states.append(state)
-        return params, grads, states
+    def _refuse(self, gi: int, k: int, p: torch.Tensor) -> None:
+        """Raises what is wrong with param ``k`` of group ``gi`` or its grad."""
+        where = f"Adafactor.step: param_groups[{gi}]['params'][{k}]"
+        g = p.grad
+        if g is None:
+            return
+        if torch.is_complex(p):
+            raise RuntimeError("Adafactor does not support complex parameters")
+        if g.is_sparse:
+            raise RuntimeError("Adafactor does not support sparse gradients")
+        if p.device.type != "cpu":
+            raise TypeError(f"{where} is on {p.device}; Adafactor has no CUDA kernel yet "
+                            "(CPU tensors only)")
+        if p.dtype not in _DTYPES:
+            raise TypeError(f"{where} has dtype {p.dtype}, expected float32 or float64")
+        if g.dtype != p.dtype:
+            raise TypeError(f"{where}.grad has dtype {g.dtype}, expected {p.dtype}")
+        for what, t in (("", p), (".grad", g)):
+            if not t.is_contiguous():
+                raise ValueError(f"{where}{what} is not contiguous (fusedopt updates in place "
+                                 "and never copies)")
 
-    def _arrays(self, params: list, states: list, old: dict) -> tuple:
-        """NumPy views of the params and of their states' row_var, col_var and variance (None
-        where a param has not that state), and the 1-based steps of this update. A param's views
-        are taken from the last step's (``old``) while its state holds the same tensors."""
-        out: tuple = ([], [], [], [])
-        for p, s in zip(params, states):
-            tensors = (p, s.get("row_var"), s.get("col_var"), s.get("variance"))
+    def _gather(self, gi: int, group: dict, old: dict) -> tuple:
+        """The params of group ``gi`` that have grads, their grads (NumPy views), their states
+        (torch's _init_group for a new one, kept apart until the step is made), and the NumPy
+        views of each param and its row_var, col_var and variance (None where it has not that
+        state). A param's views are the last step's (``old``) while its memory and its state's
+        tensors are the same."""
+        params, grads, states = [], [], []
+        views: tuple = ([], [], [], [])
+        for k, p in enumerate(group["params"]):
+            g = p.grad
+            if g is None:
+                continue
+            state = self.state.get(p)
             hit = old.get(id(p))
-            if hit is None or any(a is not b for a, b in zip(hit[0], tensors)):
-                hit = (tensors, tuple(None if t is None else _view(t) for t in tensors))
+            # the last step's views, while the param (its memory: p.data may be replaced) and its
+            # state's tensors are the same; torch's .grad setter keeps a grad of its param's
+            # dtype, shape and device, but not dense nor contiguous
+            if hit is not None and hit[0] is p and hit[6] is state and \
+                    hit[1] == p.data_ptr() and hit[2] is state.get("row_var") and \
+                    hit[3] is state.get("col_var") and hit[4] is state.get("variance"):
+                if g.is_sparse or not g.is_contiguous():
+                    self._refuse(gi, k, p)
+            else:
+                if p.device.type != "cpu" or p.dtype not in _DTYPES or g.dtype != p.dtype or \
+                        g.is_sparse or not p.is_contiguous() or not g.is_contiguous():
+                    self._refuse(gi, k, p)
+                if not state:
+                    state = {"step": torch.tensor(0.0, dtype=torch.float32)}
+                    if g.dim() > 1:
+                        state["row_var"] = g.new_zeros((*g.shape[:-1], 1))
+                        state["col_var"] = g.new_zeros((*g.shape[:-2], 1, g.shape[-1]))
+                    else:
+                        state["variance"] = torch.zeros_like(
+                            g, memory_format=torch.preserve_format)
+                row, col, var = (state.get(n) for n in ("row_var", "col_var", "variance"))
+                hit = (p, p.data_ptr(), row, col, var,
+                       (_view(p), *(None if t is None else _view(t) for t in (row, col, var))),
+                       state)
             self._views[id(p)] = hit
-            for k in range(4):
-                out[k].append(hit[1][k])
-        steps = [int(x) + 1 for x in torch.stack([s["step"] for s in states]).tolist()]
-        return (*out, steps)
+            for out, view in zip(views, hit[5]):
+                out.append(view)
+            params.append(p)
+            grads.append(_view(g) if g.requires_grad else g.numpy())
+            states.append(state)
+        return params, grads, states, views
 
     def _call(self, group: dict, views: Any, grads: list, steps: list, check_only: bool) -> None:
         _adafactor.call(views[0], grads, views[1], views[2], views[3], steps,
@@ -134,17 +151,17 @@ class Adafactor(torch.optim.Optimizer):
         calls = []
         old, self._views = self._views, {}
         for gi, group in enumerate(self.param_groups):
-            params, grads, states = self._gather(gi, group)
+            params, grads, states, views = self._gather(gi, group, old)
             if params:
                 _adafactor.check_hyper("Adafactor.step", {**group, "lr": _number(group["lr"])})
-                calls.append((group, params, [g.numpy() for g in grads], states,
-                              self._arrays(params, states, old)))
+                steps = [int(x) + 1 for x in torch.stack([s["step"] for s in states]).tolist()]
+                calls.append((group, params, grads, states, views, steps))
         if len(calls) > 1:  # all of them checked together (overlap across groups) first
-            views: list = [sum((c[4][k] for c in calls), []) for k in range(4)]
-            self._call(calls[0][0], views, sum((c[2] for c in calls), []),
-                       sum((c[4][4] for c in calls), []), check_only=True)
-        for group, params, grads, states, arrays in calls:
-            self._call(group, arrays[:4], grads, arrays[4], check_only=False)
+            every: list = [sum((c[4][k] for c in calls), []) for k in range(4)]
+            self._call(calls[0][0], every, sum((c[2] for c in calls), []),
+                       sum((c[5] for c in calls), []), check_only=True)
+        for group, params, grads, states, views, steps in calls:
+            self._call(group, views, grads, steps, check_only=False)
             torch._foreach_add_([s["step"] for s in states], 1.0)
             for p, s in zip(params, states):
                 self.state[p] = s
