@@ -124,6 +124,24 @@ void for_items(int64_t count, int64_t elements, int max_threads, F&& f) {
   for (int64_t k = 0; k < count; ++k) f(k);
 }
 
+// The scratch of the calls made from one thread, kept from call to call (a fresh allocation of
+// a large step's column partial sums costs a page fault per 4 KiB). Every entry a pass reads was
+// written by an earlier pass of the same call, so nothing is cleared; it grows and is kept with
+// its thread (about 1/32 of the largest call's fp32 params).
+template <class O>
+struct Scratch {
+  std::vector<double> p2, u2;                // per item
+  std::vector<double> row_parts, col_parts;  // partial sums of g^2 (Work's offsets)
+  // b_i per row, s_j per column (Note [Adafactor's direction])
+  std::vector<O> row_b, col_s;
+};
+
+template <class O>
+Scratch<O>& scratch() {
+  thread_local Scratch<O> s;
+  return s;
+}
+
 template <class O>
 struct Call {
   const AdafactorHyper& h;
@@ -131,20 +149,24 @@ struct Call {
   int64_t n;
   int max_threads;
   Work w;
-  std::vector<double> p2, u2;      // per item
-  std::vector<double> row_parts, col_parts;  // partial sums of g^2 (Work's offsets)
-  // b_i per row, s_j per column (Note [Adafactor's direction])
-  std::vector<O> row_b, col_s;
+  std::vector<double>& p2;
+  std::vector<double>& u2;
+  std::vector<double>& row_parts;
+  std::vector<double>& col_parts;
+  std::vector<O>& row_b;
+  std::vector<O>& col_s;
   int64_t total = 0;
 
-  Call(const AdafactorHyper& hyper, const AdafactorTensor* t, int64_t count, int threads)
-      : h(hyper), ts(t), n(count), max_threads(threads), w(plan(t, count)) {
-    p2.assign(w.items.size(), 0.0);
-    u2.assign(w.items.size(), 0.0);
-    row_parts.assign(static_cast<size_t>(w.row_parts), 0.0);
-    col_parts.assign(static_cast<size_t>(w.col_parts), 0.0);
-    row_b.assign(static_cast<size_t>(w.rows), O(0));
-    col_s.assign(static_cast<size_t>(w.cols), O(0));
+  Call(const AdafactorHyper& hyper, const AdafactorTensor* t, int64_t count, int threads,
+       Scratch<O>& s)
+      : h(hyper), ts(t), n(count), max_threads(threads), w(plan(t, count)), p2(s.p2), u2(s.u2),
+        row_parts(s.row_parts), col_parts(s.col_parts), row_b(s.row_b), col_s(s.col_s) {
+    p2.resize(w.items.size());
+    u2.resize(w.items.size());
+    row_parts.resize(static_cast<size_t>(w.row_parts));
+    col_parts.resize(static_cast<size_t>(w.col_parts));
+    row_b.resize(static_cast<size_t>(w.rows));
+    col_s.resize(static_cast<size_t>(w.cols));
     for (int64_t i = 0; i < n; ++i) total += ts[i].batch * ts[i].rows * ts[i].cols;
   }
 
@@ -367,7 +389,7 @@ struct Call {
 // Adafactor over params of one dtype (O: float for float32, double for float64).
 template <class O>
 void adafactor_of(const AdafactorTensor* ts, int64_t n, const AdafactorHyper& h, int max_threads) {
-  factored::Call<O> call(h, ts, n, max_threads);
+  factored::Call<O> call(h, ts, n, max_threads, factored::scratch<O>());
   bool_switch(h.maximize, [&](auto M) {
     bool_switch(h.weight_decay != 0.0, [&](auto D) {
       call.template run<decltype(M)::value, decltype(D)::value>();
