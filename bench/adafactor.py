@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fusedopt  # noqa: E402
 import fusedopt.torch as ft  # noqa: E402
 from fusedopt import _core  # noqa: E402
+import torch_front  # noqa: E402
 from report import machine_info  # noqa: E402
 
 
@@ -100,38 +99,10 @@ def implementations(shapes: list[tuple]) -> dict:
     return out
 
 
-def time_once(fn, reps):
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
-
-
 def run_workload(name, shapes, rounds, reps, skip=()):
     impls = {k: v for k, v in implementations(shapes).items() if k not in skip}
-    names = list(impls)
-    for fn in impls.values():  # warm-up: state allocated, pages touched
-        for _ in range(2):
-            fn()
-    times: dict = {n: [] for n in names}
-    for r in range(rounds):
-        order = names[r % len(names):] + names[: r % len(names)]
-        for n in order:
-            times[n].append(time_once(impls[n], reps))
-    nbytes = bytes_of(shapes)
-    rows = []
-    for n in names:
-        ratio = [a / b for a, b in zip(times[n], times["fusedopt.torch"])]
-        ceil = [c / a for c, a in zip(times["ceiling"], times[n])]
-        t = statistics.median(times[n])
-        rows.append({"workload": name, "impl": n, "median_us": t * 1e6, "gb_s": nbytes / t / 1e9,
-                     "time_vs_fusedopt_torch": statistics.median(ratio),
-                     "range": [min(ratio), max(ratio)],
-                     "pct_ceiling": 100 * statistics.median(ceil),
-                     "pct_ceiling_range": [100 * min(ceil), 100 * max(ceil)]})
-    return rows
+    return torch_front.run_workload(name, [], rounds, reps, 1, impls=impls,
+                                    nbytes=bytes_of(shapes))
 
 
 def main():
@@ -152,16 +123,7 @@ def main():
     skip = tuple(s for s in args.skip.split(",") if s)
     for w in args.workloads.split(","):
         rows += run_workload(w, shapes_of(w, args.quick), args.rounds, args.reps, skip)
-    print("| workload | implementation | median time | GB/s | % of ceiling [range] | "
-          "time / fusedopt.torch's [range over rounds] |")
-    print("|---|---|---:|---:|---|---|")
-    for r in rows:
-        t = r["median_us"]
-        shown = f"{t:.1f} us" if t < 1e4 else f"{t / 1e3:.2f} ms"
-        lo, hi = r["pct_ceiling_range"]
-        print(f"| {r['workload']} | {r['impl']} | {shown} | {r['gb_s']:.2f} | "
-              f"{r['pct_ceiling']:.0f} [{lo:.0f}-{hi:.0f}] | {r['time_vs_fusedopt_torch']:.2f} "
-              f"[{r['range'][0]:.2f}-{r['range'][1]:.2f}] |")
+    torch_front.print_rows(rows)
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": info, "args": vars(args), "rows": rows},
                                               indent=1))

@@ -80,9 +80,10 @@ def time_once(fn, steps, reps):
 
 
 def run_workload(name, sizes, rounds, reps, steps, impls=None, base="fusedopt.torch",
-                 bytes_per_element=BYTES_PER_ELEMENT):
+                 bytes_per_element=BYTES_PER_ELEMENT, nbytes=None):
     """Rows of one workload: each implementation of ``impls`` (default: the Adam steps above)
-    timed once per round in a rotated order; ratios to ``base``'s time in the same round."""
+    timed once per round in a rotated order; ratios to ``base``'s time in the same round. GB/s
+    counts ``nbytes`` per step (default: ``bytes_per_element`` per element of ``sizes``)."""
     impls = implementations(sizes) if impls is None else impls
     names = list(impls)
     for fn in impls.values():  # warm-up: state allocated, pages touched, calls bound
@@ -93,7 +94,7 @@ def run_workload(name, sizes, rounds, reps, steps, impls=None, base="fusedopt.to
         order = names[r % len(names):] + names[: r % len(names)]
         for n in order:
             times[n].append(time_once(impls[n], steps, reps))
-    elements = sum(sizes)
+    nbytes = sum(sizes) * bytes_per_element if nbytes is None else nbytes
     rows = []
     base_times = times[base]
     for n in names:
@@ -102,12 +103,27 @@ def run_workload(name, sizes, rounds, reps, steps, impls=None, base="fusedopt.to
         t = statistics.median(times[n])
         rows.append({
             "workload": name, "impl": n, "median_us": t * 1e6,
-            "gb_s": elements * bytes_per_element / t / 1e9,
+            "gb_s": nbytes / t / 1e9,
             "time_vs_fusedopt_torch": statistics.median(ratio),
             "range": [min(ratio), max(ratio)],
             "pct_ceiling": 100 * statistics.median(ceil),
+            "pct_ceiling_range": [100 * min(ceil), 100 * max(ceil)],
         })
     return rows
+
+
+def print_rows(rows):
+    """The rows of run_workload as a Markdown table."""
+    print("| workload | implementation | median time | GB/s | % of ceiling [range] | "
+          "time / fusedopt.torch's [range over rounds] |")
+    print("|---|---|---:|---:|---|---|")
+    for r in rows:
+        t = r["median_us"]
+        shown = f"{t:.1f} us" if t < 1e4 else f"{t / 1e3:.2f} ms"
+        lo, hi = r["pct_ceiling_range"]
+        print(f"| {r['workload']} | {r['impl']} | {shown} | {r['gb_s']:.2f} | "
+              f"{r['pct_ceiling']:.0f} [{lo:.0f}-{hi:.0f}] | {r['time_vs_fusedopt_torch']:.2f} "
+              f"[{r['range'][0]:.2f}-{r['range'][1]:.2f}] |")
 
 
 def machine():
@@ -146,15 +162,7 @@ def main(impls=None, bytes_per_element=BYTES_PER_ELEMENT, description=__doc__):
         rows += run_workload(w, sizes, args.rounds, args.reps, steps,
                              impls=None if impls is None else impls(sizes),
                              bytes_per_element=bytes_per_element)
-    print("| workload | implementation | median time | GB/s | % of ceiling | time / fusedopt.torch's "
-          "[range over rounds] |")
-    print("|---|---|---:|---:|---:|---|")
-    for r in rows:
-        t = r["median_us"]
-        shown = f"{t:.1f} us" if t < 1e4 else f"{t / 1e3:.2f} ms"
-        print(f"| {r['workload']} | {r['impl']} | {shown} | {r['gb_s']:.2f} | "
-              f"{r['pct_ceiling']:.0f} | {r['time_vs_fusedopt_torch']:.2f} "
-              f"[{r['range'][0]:.2f}-{r['range'][1]:.2f}] |")
+    print_rows(rows)
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": info, "args": vars(args), "rows": rows},
                                               indent=1))

@@ -30,20 +30,8 @@ torch = pytest.importorskip("torch")
 ft = pytest.importorskip("fusedopt.torch")
 
 from peer_tools import assert_close_to_peer  # noqa: E402
+from test_adafactor import CONFIGS, SHAPES, STEPS  # noqa: E402
 from test_adafactor import new_states as _new_states  # noqa: E402
-
-SHAPES = [(), (1,), (17,), (5, 7), (1, 9), (9, 1), (3, 4, 6), (2, 3, 4, 5)]
-CONFIGS = {
-    "default": {},
-    "lr": dict(lr=0.3),
-    "beta2_decay": dict(beta2_decay=-0.5),
-    "eps": dict(eps=(1e-4, 1e-2)),
-    "d": dict(d=1.5, lr=0.5),
-    "wd": dict(weight_decay=0.1),
-    "maximize": dict(maximize=True, weight_decay=0.01),
-    "small-lr": dict(lr=1e-3),  # rho = lr: the cap binds from the first step
-}
-STEPS = 8
 
 close = assert_close_to_peer
 

@@ -37,14 +37,22 @@ constexpr TileShape adafactor_tiles(int64_t cols) {
 
 namespace factored {
 
+// Calls f(j, q) for j in [0, len) in order, q = j % kFactorLanes its lane: a block of
+// kFactorLanes elements at a time, which the compiler vectorizes across the lanes.
+template <class F>
+FUSEDOPT_INLINE void for_lanes(int64_t len, F&& f) {
+  int64_t j = 0;
+  for (; j + kFactorLanes <= len; j += kFactorLanes) {
+#pragma GCC ivdep
+    for (int q = 0; q < kFactorLanes; ++q) f(j + q, q);
+  }
+  for (int q = 0; j + q < len; ++q) f(j + q, q);
+}
+
 // Adds term(j) to lane j % kFactorLanes for j in [0, len), in order within each lane.
 template <class F>
 FUSEDOPT_INLINE void lanes_add(double* __restrict acc, int64_t len, F&& term) {
-  int64_t j = 0;
-  for (; j + kFactorLanes <= len; j += kFactorLanes) {
-    for (int q = 0; q < kFactorLanes; ++q) acc[q] += term(j + q);
-  }
-  for (int q = 0; j + q < len; ++q) acc[q] += term(j + q);
+  for_lanes(len, [&](int64_t j, int q) { acc[q] += term(j); });
 }
 
 // A sum's lanes (Note [Adafactor's sums]) combined by the fixed pairwise tree.
@@ -192,12 +200,7 @@ struct Call {
         gl[q] += y2;
         pl[q] += x * x;
       };
-      int64_t j = 0;
-      for (; j + kFactorLanes <= width; j += kFactorLanes) {
-#pragma GCC ivdep
-        for (int q = 0; q < kFactorLanes; ++q) one(j + q, q);
-      }
-      for (int q = 0; j + q < width; ++q) one(j + q, q);
+      for_lanes(width, one);
       row_parts[w.row_at[it.tensor] + (it.m * t.rows + r) * w.ncb[it.tensor] + it.cb] =
           lane_sum(gl);
     }
@@ -313,12 +316,7 @@ struct Call {
       pl[q] += x * x;
       ul[q] += u * u;
     };
-    int64_t j = 0;
-    for (; j + kFactorLanes <= len; j += kFactorLanes) {
-#pragma GCC ivdep
-      for (int q = 0; q < kFactorLanes; ++q) one(j + q, q);
-    }
-    for (int q = 0; j + q < len; ++q) one(j + q, q);
+    for_lanes(len, one);
     p2[k] = lane_sum(pl);
     u2[k] = lane_sum(ul);
   }
