@@ -337,7 +337,7 @@ def plot_trajectories(results: dict, out_dir: Any) -> list:
     for name, result in results.items():
         fig = _draw(name, result, _problem(name, result))
         path = Path(out_dir) / f"trajectories-{name}.png"
-        fig.savefig(path, dpi=80 if len(fig.axes) > 4 else 110)  # the 15 panels: a smaller file
+        fig.savefig(path, dpi=80 if len(fig.axes) > 4 else 110)  # the 16 panels: a smaller file
         written.append(path)
     return written
 
