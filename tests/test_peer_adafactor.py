@@ -298,3 +298,15 @@ def test_grad_scaler_and_tensor_lr_as_torch():
         close(b.detach(), a.detach(), f"param {i}", fp32=(1e-5, 1e-6))
     with pytest.raises(ValueError, match="Tensor lr must be 1-element"):
         ft.Adafactor(params, lr=torch.tensor([0.1, 0.2]))
+
+
+def test_a_param_off_the_cpu_is_refused_before_anything_is_written():
+    """No CUDA kernel yet: a param on another device (here torch's meta device, which every build
+    has) is refused by name, and the CPU params of the step are left alone."""
+    a = torch.ones(3, 4, requires_grad=True)
+    b = torch.empty(5, device="meta", requires_grad=True)
+    a.grad, b.grad = torch.ones(3, 4), torch.empty(5, device="meta")
+    opt = ft.Adafactor([a, b])
+    with pytest.raises(TypeError, match=r"\['params'\]\[1\] is on meta; Adafactor has no CUDA"):
+        opt.step()
+    assert (a == 1).all() and len(opt.state) == 0
