@@ -298,3 +298,58 @@ def test_a_refused_group_stops_the_whole_step():
     assert (a == 1).all() and (b == 1).all()
 
 
+
+
+def test_copies_and_pickles_step_as_the_original():
+    import copy
+    import pickle
+
+    params, seq = _problem(np.float32, steps=4)
+    opt = fusedopt.Adafactor([p.copy() for p in params], lr=0.05)
+    opt.step(seq[0])
+    twins = [copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))]
+    for gs in seq[1:]:
+        for o in (opt, *twins):
+            o.step(gs)
+    for twin in twins:
+        for a, b in zip(opt.param_groups[0]["params"], twin.param_groups[0]["params"]):
+            assert a.tobytes() == b.tobytes() and a is not b
+
+
+def test_load_state_dict_refuses_what_is_not_a_float_array_and_writes_nothing():
+    params, seq = _problem(np.float64, steps=2)
+    opt = fusedopt.Adafactor([p.copy() for p in params])
+    opt.step(seq[0])
+    good = opt.state_dict()
+    for bad, err, match in ((None, TypeError, "is a NoneType, expected a numpy.ndarray"),
+                            ("2.5", TypeError, "is a str"),
+                            (np.zeros(17, complex), TypeError, "has dtype complex128"),
+                            (np.zeros(17, np.int64), TypeError, "has dtype int64")):
+        sd = opt.state_dict()
+        sd["state"][2]["variance"] = bad
+        with pytest.raises(err, match=match):
+            opt.load_state_dict(sd)
+    after = opt.state_dict()
+    for k, entry in good["state"].items():
+        for name, v in entry.items():
+            assert np.array_equal(v, after["state"][k][name])
+
+
+def test_a_fortran_ordered_matrix_is_refused_when_added():
+    with pytest.raises(ValueError, match=r"params\[1\] is not C-contiguous"):
+        fusedopt.Adafactor([np.zeros(3), np.asfortranarray(np.zeros((3, 4)))])
+    with pytest.raises(TypeError, match="lr must be a float"):
+        functional.adafactor([np.zeros(3)], [np.zeros(3)], None, None, [np.zeros(3)], steps=1,
+                             lr=lambda t: 0.1)
+
+
+def test_steps_are_checked_before_anything_is_written():
+    p = np.ones(3)
+    for steps, err, match in (([0], ValueError, r"steps\[0\] must be >= 1"),
+                              ([2**70], ValueError, r"steps\[0\] is out of range"),
+                              ([True], TypeError, r"steps\[0\] is a bool"),
+                              ([1.5], TypeError, r"steps\[0\] is a float"),
+                              ([1, 2], ValueError, r"steps has 2 items, expected 1")):
+        with pytest.raises(err, match=match):
+            functional.adafactor([p], [np.ones(3)], None, None, [np.zeros(3)], steps=steps)
+        assert (p == 1).all()

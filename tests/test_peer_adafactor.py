@@ -310,3 +310,56 @@ def test_a_param_off_the_cpu_is_refused_before_anything_is_written():
     with pytest.raises(TypeError, match=r"\['params'\]\[1\] is on meta; Adafactor has no CUDA"):
         opt.step()
     assert (a == 1).all() and len(opt.state) == 0
+
+
+@pytest.mark.parametrize("scale", [1e10, 1e19, 1e20, 1e25])
+def test_float32_overflow_as_torch(scale):
+    """Huge float32 values overflow where torch's do: R_i C_j past 3.4e38 (grads of 1e10) makes
+    vhat inf and U 0; a norm whose squares sum past 3.4e38 (values of 2e19) is inf (an inf ||p||
+    makes alpha inf, an inf row norm makes row_var inf). The results (inf and NaN included) are
+    torch's."""
+    params = [torch.ones(2, 3), torch.full((4, 5), scale), torch.ones(6), torch.full((7,), scale)]
+    grads = [[torch.full(p.shape, scale if k % 2 == 0 else 1.0) for p in params]
+             for k in range(3)]
+    tps, topt = _torch_run(params, grads, lr=0.1)
+    ps, row, col, var = _run_fn(functional.adafactor, params, grads, lr=0.1)
+    for i, (p, q) in enumerate(zip(ps, tps)):
+        close(torch.from_numpy(p), q.detach(), f"param {i} at scale {scale}")
+    _compare_states(row, col, var, _states_of(topt, tps), f"scale {scale}")
+
+
+def test_a_torch_state_dict_with_a_tensor_lr_loads_into_the_numpy_class():
+    params = _params(torch.float32, [(3, 4), (5,)])
+    ps = [p.clone().requires_grad_() for p in params]
+    topt = torch.optim.Adafactor(ps, lr=torch.tensor(0.02))
+    for p in ps:
+        p.grad = torch.ones_like(p)
+    topt.step()
+    nopt = fusedopt.Adafactor([p.detach().numpy().copy() for p in ps])
+    nopt.load_state_dict(topt.state_dict())
+    assert nopt.param_groups[0]["lr"] == pytest.approx(0.02)
+
+
+def test_the_torch_class_sees_replaced_memory_and_copies():
+    """A param whose data is replaced (p.data = ...), or a state replaced by load_state_dict, is
+    stepped where it is now; a deep copy steps as the original."""
+    p = torch.arange(9.0).reshape(3, 3).requires_grad_()
+    q = p.detach().clone().requires_grad_()
+    ours, theirs = ft.Adafactor([p]), torch.optim.Adafactor([q])
+    for k in range(3):
+        for x in (p, q):
+            x.grad = torch.full((3, 3), 1.0 + k)
+        ours.step()
+        theirs.step()
+        if k == 0:
+            p.data = p.data.t().contiguous()
+            q.data = q.data.t().contiguous()
+        if k == 1:
+            ours.load_state_dict(theirs.state_dict())
+    close(p.detach(), q.detach(), "after p.data and load_state_dict")
+    twin = copy.deepcopy(ours)
+    for x in (p, twin.param_groups[0]["params"][0]):
+        x.grad = torch.ones(3, 3)
+    ours.step()
+    twin.step()
+    torch.testing.assert_close(twin.param_groups[0]["params"][0], p, rtol=0, atol=0)

@@ -55,6 +55,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 #include "algorithm.h"
 
@@ -88,36 +89,50 @@ struct AdafactorScalars {
   double decay;  // 1 - lr wd
 };
 
+// Lanes of a sum (Note [Adafactor's sums]).
+constexpr int kFactorLanes = 32;
+
+// Every function below is compiled into each instruction set's kernels (Note [One namespace per
+// instruction set] in common.h).
+FUSEDOPT_ISA_BEGIN
+
 inline AdafactorScalars adafactor_scalars(const AdafactorHyper& h, int64_t step) {
   const double t = static_cast<double>(step);
   return {std::pow(t, h.beta2_decay), 0.0, 1.0 - h.lr * h.weight_decay};
 }
 
-// The step factor of a param: alpha / den, from ||p||^2 and ||U||^2 (Python's max: NaN drops).
-inline double adafactor_factor(const AdafactorHyper& h, int64_t step, int64_t numel, double p2,
-                               double u2) {
+// A norm as torch's norm() gives it in the dtype O, from the sum of squares (in double): rounded
+// to O, and inf where the sum passes O's largest value (torch sums the squares in O: an fp32
+// norm past 1.8e19 is inf).
+template <class O>
+FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE O adafactor_norm(double sum_sq) {
+  return sum_sq > static_cast<double>(std::numeric_limits<O>::max())
+             ? std::numeric_limits<O>::infinity()
+             : O(std::sqrt(sum_sq));
+}
+
+// The step factor of a param: alpha / den, from ||p||^2 and ||U||^2, the norms as torch has
+// them (adafactor_norm: an infinite ||p|| makes alpha inf, an infinite ||U|| den inf and the step
+// 0, as in torch). Python's max drops a NaN; torch's min(lr, 1/sqrt(t)) is Python's min: lr is
+// never NaN.
+template <class O>
+double adafactor_factor(const AdafactorHyper& h, int64_t step, int64_t numel, double p2,
+                        double u2) {
   const double t = static_cast<double>(step);
   const double rho = std::fmin(h.lr, 1.0 / std::sqrt(t));
   const double root_n = std::sqrt(static_cast<double>(numel));
-  const double rms = std::sqrt(p2) / root_n;
+  const double rms = static_cast<double>(adafactor_norm<O>(p2)) / root_n;
   const double alpha = (rms > h.eps2 ? rms : h.eps2) * rho;
-  const double ratio = std::sqrt(u2) / (root_n * h.d);
+  const double ratio = static_cast<double>(adafactor_norm<O>(u2)) / (root_n * h.d);
   const double den = ratio > 1.0 ? ratio : 1.0;
   return alpha / den;
 }
-
-// torch's min(lr, 1/sqrt(t)) is Python's min: lr when they are equal, and lr is never NaN.
-
-// Lanes of a sum (Note [Adafactor's sums]).
-constexpr int kFactorLanes = 32;
-
-FUSEDOPT_ISA_BEGIN
 
 // The mean torch forms of a row's (or column's) squares: norm(g, dim)^2 / size, where the norm
 // is rounded to O, then squared and divided in O.
 template <class O>
 FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE O adafactor_mean_square(double sum_sq, int64_t size) {
-  const O norm = O(std::sqrt(sum_sq));
+  const O norm = adafactor_norm<O>(sum_sq);
   return norm * norm / O(static_cast<double>(size));
 }
 
@@ -129,8 +144,11 @@ FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE O adafactor_mean_square(double sum_sq, int6
 // work is U = g min(b_i s_j, 1 / eps1): two products and a comparison. Rounding: at most
 // about 1.5 ulp of the exact value, against torch's chain of four roundings. Edge values as
 // torch's: a zero factor gives 1 / eps1 (min(inf, 1 / eps1)), an infinite one 0, and 0 times
-// infinity, like any NaN, NaN (the min keeps a NaN). An unfactored element is torch's
-// (1 / sqrt(max(v, eps1^2))) g.
+// infinity, like any NaN, NaN (the min keeps a NaN). torch's vhat overflows to inf where
+// R_i C_j (in the param's dtype) or its quotient by the mean does, and its U is then 0: so is
+// ours, where R_i C_j exceeds the row's limit, the dtype's largest value times the mean when the
+// mean is under 1 (the test is exact but for quotients within a rounding of that value; huge
+// grads, 1e10 in fp32, reach it). An unfactored element is torch's (1 / sqrt(max(v, eps1^2))) g.
 template <class O>
 FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE O adafactor_row_factor(O row_var, O mean_clamped) {
   return O(1.0 / std::sqrt(static_cast<double>(row_var) / static_cast<double>(mean_clamped)));
@@ -138,6 +156,12 @@ FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE O adafactor_row_factor(O row_var, O mean_cl
 template <class O>
 FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE O adafactor_col_factor(O col_var) {
   return O(1.0 / std::sqrt(static_cast<double>(col_var)));
+}
+// The limit past which R_i C_j / mean overflows in O (Note [Adafactor's direction]).
+template <class O>
+O adafactor_overflow_limit(O mean_clamped) {
+  const double top = static_cast<double>(std::numeric_limits<O>::max());
+  return mean_clamped < O(1) ? O(top * static_cast<double>(mean_clamped)) : O(top);
 }
 
 // min that keeps a NaN from either side.
@@ -151,11 +175,11 @@ struct AdafactorDirection {
   O inv_eps1;  // 1 / eps1 (inf for eps1 = 0)
   O eps1_sq;   // eps1^2
   static AdafactorDirection of(double eps1) { return {O(1.0 / eps1), O(eps1 * eps1)}; }
-  // A factored element from its row's b_i and its column's s_j.
+  // A factored element from its row's b_i, R_i and limit, and its column's s_j and C_j.
   template <bool Maximize>
-  FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE O factored(O g, O b, O s) const {
+  FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE O factored(O g, O b, O s, O r, O c, O limit) const {
     if constexpr (Maximize) g = -g;
-    return g * nan_min(b * s, inv_eps1);
+    return r * c > limit ? O(0) * g : g * nan_min(b * s, inv_eps1);
   }
   // An unfactored element from its variance.
   template <bool Maximize>

@@ -105,7 +105,12 @@ void adafactor(py::handle params, py::handle grads, py::handle row_vars, py::han
     if (!PyLong_Check(st.ptr()) || PyBool_Check(st.ptr())) {
       names.type(names.item("steps", i) + " is a " + type_name(st) + ", expected an int");
     }
-    const long long step = st.cast<long long>();
+    int overflow = 0;
+    const long long step = PyLong_AsLongLongAndOverflow(st.ptr(), &overflow);
+    if (overflow != 0 || (step == -1 && PyErr_Occurred())) {
+      PyErr_Clear();
+      names.value(names.item("steps", i) + " is out of range: " + repr_of(st));
+    }
     if (step < 1) {
       names.value(names.item("steps", i) + " must be >= 1 (the 1-based step of this update), got " +
                   std::to_string(step));

@@ -127,7 +127,7 @@ void for_items(int64_t count, int64_t elements, int max_threads, F&& f) {
   team = max_threads > 0 ? max_threads : omp_get_max_threads();
 #endif
   if (elements < kParallelMin) team = 1;
-  team = static_cast<int>(std::min<int64_t>(team, count));
+  team = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(team, count)));
 #pragma omp parallel for num_threads(team) schedule(static) if (team > 1)
   for (int64_t k = 0; k < count; ++k) f(k);
 }
@@ -140,8 +140,8 @@ template <class O>
 struct Scratch {
   std::vector<double> p2, u2;                // per item
   std::vector<double> row_parts, col_parts;  // partial sums of g^2 (Work's offsets)
-  // b_i per row, s_j per column (Note [Adafactor's direction])
-  std::vector<O> row_b, col_s;
+  // b_i and the overflow limit per row, s_j per column (Note [Adafactor's direction])
+  std::vector<O> row_b, row_limit, col_s;
 };
 
 template <class O>
@@ -162,18 +162,21 @@ struct Call {
   std::vector<double>& row_parts;
   std::vector<double>& col_parts;
   std::vector<O>& row_b;
+  std::vector<O>& row_limit;
   std::vector<O>& col_s;
   int64_t total = 0;
 
   Call(const AdafactorHyper& hyper, const AdafactorTensor* t, int64_t count, int threads,
        Scratch<O>& s)
       : h(hyper), ts(t), n(count), max_threads(threads), w(plan(t, count)), p2(s.p2), u2(s.u2),
-        row_parts(s.row_parts), col_parts(s.col_parts), row_b(s.row_b), col_s(s.col_s) {
+        row_parts(s.row_parts), col_parts(s.col_parts), row_b(s.row_b),
+        row_limit(s.row_limit), col_s(s.col_s) {
     p2.resize(w.items.size());
     u2.resize(w.items.size());
     row_parts.resize(static_cast<size_t>(w.row_parts));
     col_parts.resize(static_cast<size_t>(w.col_parts));
     row_b.resize(static_cast<size_t>(w.rows));
+    row_limit.resize(static_cast<size_t>(w.rows));
     col_s.resize(static_cast<size_t>(w.cols));
     for (int64_t i = 0; i < n; ++i) total += ts[i].batch * ts[i].rows * ts[i].cols;
   }
@@ -185,7 +188,9 @@ struct Call {
     const Item& it = w.items[k];
     const AdafactorTensor& t = ts[it.tensor];
     const int64_t C = t.cols, width = it.c1 - it.c0;
-    std::vector<double> col_sums(static_cast<size_t>(width), 0.0);
+    // kept per thread: a fresh allocation of up to 128 KiB per tile would be mapped and faulted
+    thread_local std::vector<double> col_sums;
+    col_sums.assign(static_cast<size_t>(width), 0.0);
     double* __restrict col = col_sums.data();
     alignas(64) double pl[kFactorLanes] = {};  // the tile's p^2, row after row
     for (int64_t r = it.r0; r < it.r1; ++r) {
@@ -247,6 +252,7 @@ struct Call {
       const O mean = nan_max(O(mean_sum / static_cast<double>(t.rows)), O(h.eps1));
       for (int64_t r = 0; r < t.rows; ++r) {
         row_b[w.rows_at[i] + m * t.rows + r] = adafactor_row_factor<O>(rv[m * t.rows + r], mean);
+        row_limit[w.rows_at[i] + m * t.rows + r] = adafactor_overflow_limit<O>(mean);
       }
     }
   }
@@ -257,15 +263,19 @@ struct Call {
     const Item& it = w.items[k];
     const AdafactorTensor& t = ts[it.tensor];
     const O* __restrict s = col_s.data() + w.cols_at[it.tensor] + it.m * t.cols + it.c0;
+    const O* __restrict c = static_cast<const O*>(t.col_var) + it.m * t.cols + it.c0;
+    const O* rv = static_cast<const O*>(t.row_var) + it.m * t.rows;
     const AdafactorDirection<O> dir = direction();
     const int64_t width = it.c1 - it.c0;
     alignas(64) double ul[kFactorLanes] = {};  // the tile's U^2, row after row
     for (int64_t r = it.r0; r < it.r1; ++r) {
       const O* __restrict gr =
           static_cast<const O*>(t.grad) + (it.m * t.rows + r) * t.cols + it.c0;
-      const O b = row_b[w.rows_at[it.tensor] + it.m * t.rows + r];
+      const int64_t row = w.rows_at[it.tensor] + it.m * t.rows + r;
+      const O b = row_b[row], rr = rv[r], limit = row_limit[row];
       lanes_add(ul, width, [&](int64_t j) {
-        const double u = static_cast<double>(dir.template factored<Maximize>(gr[j], b, s[j]));
+        const double u = static_cast<double>(
+            dir.template factored<Maximize>(gr[j], b, s[j], rr, c[j], limit));
         return u * u;
       });
     }
@@ -278,6 +288,8 @@ struct Call {
     const Item& it = w.items[k];
     const AdafactorTensor& t = ts[it.tensor];
     const O* __restrict s = col_s.data() + w.cols_at[it.tensor] + it.m * t.cols + it.c0;
+    const O* __restrict c = static_cast<const O*>(t.col_var) + it.m * t.cols + it.c0;
+    const O* rv = static_cast<const O*>(t.row_var) + it.m * t.rows;
     const AdafactorDirection<O> dir = direction();
     const O decay = O(adafactor_scalars(h, t.step).decay), f = neg_factor[it.tensor];
     const int64_t width = it.c1 - it.c0;
@@ -286,10 +298,10 @@ struct Call {
       O* __restrict pr = static_cast<O*>(t.param) + at;
       const O* __restrict gr = static_cast<const O*>(t.grad) + at;
       const int64_t row = w.rows_at[it.tensor] + it.m * t.rows + r;
-      const O b = row_b[row];
+      const O b = row_b[row], rr = rv[r], limit = row_limit[row];
 #pragma GCC ivdep
       for (int64_t j = 0; j < width; ++j) {
-        const O u = dir.template factored<Maximize>(gr[j], b, s[j]);
+        const O u = dir.template factored<Maximize>(gr[j], b, s[j], rr, c[j], limit);
         pr[j] = adafactor_param<Decay>(pr[j], u, decay, f);
       }
     }
@@ -369,7 +381,7 @@ struct Call {
         us += u2[k];
       }
       const AdafactorTensor& t = ts[i];
-      neg_factor[i] = O(-adafactor_factor(h, t.step, t.batch * t.rows * t.cols, ps, us));
+      neg_factor[i] = O(-adafactor_factor<O>(h, t.step, t.batch * t.rows * t.cols, ps, us));
     }
     // C: the update
     for_items(count, total, max_threads, [&](int64_t k) {

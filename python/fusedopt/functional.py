@@ -138,6 +138,8 @@ def adafactor(params: Any, grads: Any, row_vars: Any, col_vars: Any, variances: 
     Twin: :func:`fusedopt.reference.adafactor`."""
     from .optim import adafactor as _adafactor
 
+    if callable(lr):
+        raise TypeError("adafactor: lr must be a float (a schedule is for the optimizer classes)")
     params = _as_list(params)
     n = len(params) if isinstance(params, (list, tuple)) else 0  # else refused by the call
     steps = [steps] * n if isinstance(steps, int) and not isinstance(steps, bool) else steps

@@ -86,6 +86,28 @@ def new_state(p: np.ndarray) -> dict:
     return {"step": 0, "variance": np.zeros(p.shape, p.dtype)}
 
 
+_FLOATS = ("float16", "bfloat16", "float32", "float64")
+
+
+def _load(fail: str, where: str, value: Any, like: np.ndarray) -> np.ndarray:
+    """A saved state array (NumPy, or a PyTorch tensor on any device) as a new array of ``like``'s
+    shape and dtype; anything else (None, a string, a complex or integer array) is refused."""
+    sd = _arrays.shape_dtype(value)
+    if sd is None:
+        raise TypeError(f"{fail}: {where} is a {type(value).__name__}, expected a numpy.ndarray "
+                        "(or a PyTorch tensor)")
+    shape, dtype = sd
+    if shape != like.shape:
+        raise ValueError(f"{fail}: {where} has shape {shape}, expected {like.shape}")
+    if dtype not in _FLOATS:
+        raise TypeError(f"{fail}: {where} has dtype {dtype}, expected a floating dtype")
+    if _arrays._torch_tensor(value):  # on any device, bfloat16 too
+        value = value.detach().cpu().double().numpy()
+    elif not isinstance(value, np.ndarray):  # a CuPy array
+        value = _arrays.adapter_of(value).to_host(value)
+    return np.array(value, dtype=like.dtype, copy=True)
+
+
 class Adafactor:
     r"""Adafactor as ``torch.optim.Adafactor`` (the same arguments, defaults, state names, error
     messages and update): a second moment kept as a row and a column factor for each matrix,
@@ -191,6 +213,9 @@ class Adafactor:
             if not isinstance(p, np.ndarray):
                 raise TypeError(f"Adafactor: params[{start + i}] is a CUDA array; Adafactor has "
                                 "no CUDA kernel yet (only NumPy arrays)")
+            if p.ndim >= 2 and not p.flags.c_contiguous:
+                raise ValueError(f"Adafactor: params[{start + i}] is not C-contiguous (Adafactor "
+                                 "factors the last two dims of a param of 2 or more dims)")
         every = [check_param("Adafactor", f"params[{i}]", p) for i, p in enumerate(self._params)]
         check_no_shared_memory("Adafactor", every + metas)
         group["params"] = params
@@ -286,7 +311,9 @@ class Adafactor:
                                  "match the size of optimizer's group")
             for k, i in zip(saved["params"], range(start, stop)):
                 ids[k] = i
-            values = {k: v for k, v in saved.items() if k != "params" and k in _DEFAULTS}
+            # a torch state dict keeps a tensor lr as a tensor
+            values = {k: as_scalar(v) for k, v in saved.items()
+                      if k != "params" and k in _DEFAULTS}
             merged = {**g, **values}
             merged["eps"] = tuple(merged["eps"])
             check_hyper(fail, merged)
@@ -306,11 +333,7 @@ class Adafactor:
                                                  as_float(fail, f"state[{k}]['step']",
                                                           as_scalar(entry["step"])))}
             for name in sorted(names):
-                value = np.asarray(entry[name])
-                if value.shape != want[name].shape:
-                    raise ValueError(f"{fail}: state[{k}][{name!r}] has shape {value.shape}, "
-                                     f"expected {want[name].shape}")
-                s[name] = np.array(value, dtype=p.dtype, copy=True)
+                s[name] = _load(fail, f"state[{k}][{name!r}]", entry[name], want[name])
             loaded[i] = s
         for g, merged in zip(self.param_groups, new_groups):
             g.update({k: v for k, v in merged.items() if k != "params"})
@@ -318,6 +341,16 @@ class Adafactor:
 
     def zero_grad(self) -> None:
         """Nothing to do: the NumPy classes hold no grads (kept for torch's interface)."""
+
+    def __getstate__(self) -> dict:
+        """A copy (``copy.deepcopy``, pickle) takes everything but the step's lock."""
+        state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         lines = ["Adafactor ("]

@@ -44,9 +44,6 @@ class Adafactor(torch.optim.Optimizer):
         defaults = {"lr": lr, "beta2_decay": beta2_decay, "eps": eps, "d": d,
                     "weight_decay": weight_decay, "foreach": foreach, "maximize": maximize}
         _adafactor.check_hyper("Adafactor", {**defaults, "lr": _number(lr)})
-        # id(param) -> the param, its data pointer, its state's tensors and their NumPy views,
-        # for the params of the last step (_gather)
-        self._views: dict[int, tuple] = {}
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict) -> None:
@@ -84,49 +81,35 @@ class Adafactor(torch.optim.Optimizer):
                 raise ValueError(f"{where}{what} is not contiguous (fusedopt updates in place "
                                  "and never copies)")
 
-    def _gather(self, gi: int, group: dict, old: dict) -> tuple:
-        """The params of group ``gi`` that have grads, their grads (NumPy views), their states
-        (torch's _init_group for a new one, kept apart until the step is made), and the NumPy
-        views of each param and its row_var, col_var and variance (None where it has not that
-        state). A param's views are the last step's (``old``) while its memory and its state's
-        tensors are the same."""
+    def _gather(self, gi: int, group: dict) -> tuple:
+        """The params of group ``gi`` that have grads, their grads, their states (torch's
+        _init_group for a new one, kept apart until the step is made), and NumPy views of each
+        param and of its row_var, col_var and variance (None where it has not that state). The
+        views are made anew at every step: a param's memory or a state's may have been replaced
+        (``p.data = ...``, ``load_state_dict``) since the last."""
         params, grads, states = [], [], []
         views: tuple = ([], [], [], [])
         for k, p in enumerate(group["params"]):
             g = p.grad
             if g is None:
                 continue
+            if p.device.type != "cpu" or p.dtype not in _DTYPES or g.dtype != p.dtype or \
+                    g.is_sparse or not p.is_contiguous() or not g.is_contiguous():
+                self._refuse(gi, k, p)
             state = self.state.get(p)
-            hit = old.get(id(p))
-            # the last step's views, while the param (its memory: p.data may be replaced) and its
-            # state's tensors are the same; torch's .grad setter keeps a grad of its param's
-            # dtype, shape and device, but not dense nor contiguous
-            if hit is not None and hit[0] is p and hit[6] is state and \
-                    hit[1] == p.data_ptr() and hit[2] is state.get("row_var") and \
-                    hit[3] is state.get("col_var") and hit[4] is state.get("variance"):
-                if g.is_sparse or not g.is_contiguous():
-                    self._refuse(gi, k, p)
-            else:
-                if p.device.type != "cpu" or p.dtype not in _DTYPES or g.dtype != p.dtype or \
-                        g.is_sparse or not p.is_contiguous() or not g.is_contiguous():
-                    self._refuse(gi, k, p)
-                if not state:
-                    state = {"step": torch.tensor(0.0, dtype=torch.float32)}
-                    if g.dim() > 1:
-                        state["row_var"] = g.new_zeros((*g.shape[:-1], 1))
-                        state["col_var"] = g.new_zeros((*g.shape[:-2], 1, g.shape[-1]))
-                    else:
-                        state["variance"] = torch.zeros_like(
-                            g, memory_format=torch.preserve_format)
-                row, col, var = (state.get(n) for n in ("row_var", "col_var", "variance"))
-                hit = (p, p.data_ptr(), row, col, var,
-                       (_view(p), *(None if t is None else _view(t) for t in (row, col, var))),
-                       state)
-            self._views[id(p)] = hit
-            for out, view in zip(views, hit[5]):
-                out.append(view)
+            if not state:
+                state = {"step": torch.tensor(0.0, dtype=torch.float32)}
+                if g.dim() > 1:
+                    state["row_var"] = g.new_zeros((*g.shape[:-1], 1))
+                    state["col_var"] = g.new_zeros((*g.shape[:-2], 1, g.shape[-1]))
+                else:
+                    state["variance"] = torch.zeros_like(g, memory_format=torch.preserve_format)
+            views[0].append(_view(p))
+            for out, name in zip(views[1:], ("row_var", "col_var", "variance")):
+                t = state.get(name)
+                out.append(None if t is None else _view(t))
             params.append(p)
-            grads.append(_view(g) if g.requires_grad else g.numpy())
+            grads.append(_view(g))
             states.append(state)
         return params, grads, states, views
 
@@ -149,9 +132,8 @@ class Adafactor(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         calls = []
-        old, self._views = self._views, {}
         for gi, group in enumerate(self.param_groups):
-            params, grads, states, views = self._gather(gi, group, old)
+            params, grads, states, views = self._gather(gi, group)
             if params:
                 _adafactor.check_hyper("Adafactor.step", {**group, "lr": _number(group["lr"])})
                 steps = [int(x) + 1 for x in torch.stack([s["step"] for s in states]).tolist()]
