@@ -140,7 +140,12 @@ class Adafactor:
     (the norms, the row and column sums) is formed in double in an order fixed by the shapes
     alone, so results are the same bits for any thread count and SIMD path; their relative error
     is that of a double sum (about 1e-16 times the number of terms), well below torch's float32
-    reductions'. CPU only (NumPy arrays): there is no CUDA kernel yet.
+    reductions'. The norms are then rounded to the param's dtype as torch's ``norm()`` returns
+    them, and overflow where torch's do (a float32 norm past 1.8e19 is inf; so is a variance
+    estimate past 3.4e38, whose U is then 0): huge values give torch's results, inf and NaN
+    included. A factored U is formed from a factor per row and one per column (Note
+    [Adafactor's direction]), within about 1.5 ulp of the exact value. CPU only (NumPy arrays):
+    there is no CUDA kernel yet.
 
     Args:
         params: an array, a list of arrays, or a list of param-group dicts. Float32 or float64,
