@@ -164,22 +164,21 @@ O adafactor_overflow_limit(O mean_clamped) {
   return mean_clamped < O(1) ? O(top * static_cast<double>(mean_clamped)) : O(top);
 }
 
-// min that keeps a NaN from either side.
-template <class O>
-FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE O nan_min(O a, O b) {
-  return (a < b || a != a) ? a : b;
-}
-
 template <class O>
 struct AdafactorDirection {
   O inv_eps1;  // 1 / eps1 (inf for eps1 = 0)
   O eps1_sq;   // eps1^2
   static AdafactorDirection of(double eps1) { return {O(1.0 / eps1), O(eps1 * eps1)}; }
   // A factored element from its row's b_i, R_i and limit, and its column's s_j and C_j.
+  // (Plain selects one after another: the compiler turns each into a vector blend.)
   template <bool Maximize>
   FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE O factored(O g, O b, O s, O r, O c, O limit) const {
     if constexpr (Maximize) g = -g;
-    return r * c > limit ? O(0) * g : g * nan_min(b * s, inv_eps1);
+    const O bs = b * s;
+    O scale = bs < inv_eps1 ? bs : inv_eps1;
+    scale = bs != bs ? bs : scale;         // a NaN stays
+    scale = r * c > limit ? O(0) : scale;  // torch's vhat overflows: U = 0 g
+    return g * scale;
   }
   // An unfactored element from its variance.
   template <bool Maximize>
