@@ -257,14 +257,27 @@ struct Call {
     }
   }
 
+  // What passes B and C read of a factored item beside its params and grads: its columns'
+  // s_j and col_var, and its matrix's row_var (Note [Adafactor's direction]).
+  struct Factors {
+    const O* s;
+    const O* c;
+    const O* rv;
+  };
+  Factors factors(const Item& it, const AdafactorTensor& t) const {
+    return {col_s.data() + w.cols_at[it.tensor] + it.m * t.cols + it.c0,
+            static_cast<const O*>(t.col_var) + it.m * t.cols + it.c0,
+            static_cast<const O*>(t.row_var) + it.m * t.rows};
+  }
+
   // Pass B of a factored item: sum U^2.
   template <bool Maximize>
   void factored_norm(int64_t k) {
     const Item& it = w.items[k];
     const AdafactorTensor& t = ts[it.tensor];
-    const O* __restrict s = col_s.data() + w.cols_at[it.tensor] + it.m * t.cols + it.c0;
-    const O* __restrict c = static_cast<const O*>(t.col_var) + it.m * t.cols + it.c0;
-    const O* rv = static_cast<const O*>(t.row_var) + it.m * t.rows;
+    const Factors f = factors(it, t);
+    const O* __restrict s = f.s;
+    const O* __restrict c = f.c;
     const AdafactorDirection<O> dir = direction();
     const int64_t width = it.c1 - it.c0;
     alignas(64) double ul[kFactorLanes] = {};  // the tile's U^2, row after row
@@ -272,7 +285,7 @@ struct Call {
       const O* __restrict gr =
           static_cast<const O*>(t.grad) + (it.m * t.rows + r) * t.cols + it.c0;
       const int64_t row = w.rows_at[it.tensor] + it.m * t.rows + r;
-      const O b = row_b[row], rr = rv[r], limit = row_limit[row];
+      const O b = row_b[row], rr = f.rv[r], limit = row_limit[row];
       lanes_add(ul, width, [&](int64_t j) {
         const double u = static_cast<double>(
             dir.template factored<Maximize>(gr[j], b, s[j], rr, c[j], limit));
@@ -287,9 +300,9 @@ struct Call {
   void factored_update(int64_t k, const std::vector<O>& neg_factor) {
     const Item& it = w.items[k];
     const AdafactorTensor& t = ts[it.tensor];
-    const O* __restrict s = col_s.data() + w.cols_at[it.tensor] + it.m * t.cols + it.c0;
-    const O* __restrict c = static_cast<const O*>(t.col_var) + it.m * t.cols + it.c0;
-    const O* rv = static_cast<const O*>(t.row_var) + it.m * t.rows;
+    const Factors fs = factors(it, t);
+    const O* __restrict s = fs.s;
+    const O* __restrict c = fs.c;
     const AdafactorDirection<O> dir = direction();
     const O decay = O(adafactor_scalars(h, t.step).decay), f = neg_factor[it.tensor];
     const int64_t width = it.c1 - it.c0;
@@ -298,7 +311,7 @@ struct Call {
       O* __restrict pr = static_cast<O*>(t.param) + at;
       const O* __restrict gr = static_cast<const O*>(t.grad) + at;
       const int64_t row = w.rows_at[it.tensor] + it.m * t.rows + r;
-      const O b = row_b[row], rr = rv[r], limit = row_limit[row];
+      const O b = row_b[row], rr = fs.rv[r], limit = row_limit[row];
 #pragma GCC ivdep
       for (int64_t j = 0; j < width; ++j) {
         const O u = dir.template factored<Maximize>(gr[j], b, s[j], rr, c[j], limit);
