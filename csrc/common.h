@@ -41,6 +41,7 @@ constexpr int kMaxBuffers = 5;
 struct TensorRef {
   void* ptr[kMaxBuffers];
   int64_t numel;
+  void* copy;  // the 16-bit copy of the updated param the CPU driver writes, or null
 };
 
 template <class... T>

@@ -7,22 +7,40 @@
 // storage, the type itself otherwise), updated there by the algorithm's math, and each written
 // buffer is rounded once as it is stored (load / store below). The algorithms never name a
 // storage type: they are templates over a Storage, and the kernels are compiled for the
-// combinations listed in StorageCombos, the one place a new storage type or combination is added.
-// The bindings accept exactly those combinations (combo_index) and word their refusals from the
-// same list.
+// combinations listed in StorageCombos and run those of StagedCombos through float32 staging
+// (Note [Staged storage]): the one place a new storage type or combination is added. The
+// bindings accept exactly those combinations (kCombos) and word their refusals from the same
+// list.
 #pragma once
 
+#include <cstdint>
 #include <type_traits>
 
 #include "common.h"
 
 namespace fusedopt {
 
-enum class DType : int { Float32 = 0, Float64 = 1 };
-constexpr int kNumDTypes = 2;
+enum class DType : int { Float32 = 0, Float64 = 1, BFloat16 = 2, Float16 = 3 };
+constexpr int kNumDTypes = 4;
 
-constexpr const char* dtype_name(DType d) { return d == DType::Float32 ? "float32" : "float64"; }
-constexpr int dtype_size(DType d) { return d == DType::Float32 ? 4 : 8; }
+constexpr const char* dtype_name(DType d) {
+  return d == DType::Float32   ? "float32"
+         : d == DType::Float64 ? "float64"
+         : d == DType::BFloat16 ? "bfloat16"
+                                : "float16";
+}
+constexpr int dtype_size(DType d) {
+  return d == DType::Float64 ? 8 : d == DType::Float32 ? 4 : 2;
+}
+
+// The 16-bit storage types: their bits, as NumPy (float16; ml_dtypes.bfloat16), torch and CUDA
+// hold them. Only load and store below read or make them.
+struct bf16 {
+  uint16_t bits;
+};
+struct f16 {
+  uint16_t bits;
+};
 
 template <class T>
 struct DTypeOf;
@@ -34,11 +52,27 @@ template <>
 struct DTypeOf<double> {
   static constexpr DType value = DType::Float64;
 };
+template <>
+struct DTypeOf<bf16> {
+  static constexpr DType value = DType::BFloat16;
+};
+template <>
+struct DTypeOf<f16> {
+  static constexpr DType value = DType::Float16;
+};
 
 // The compute type of a storage type.
 template <class S>
 struct OpMath {
   using type = S;
+};
+template <>
+struct OpMath<bf16> {
+  using type = float;
+};
+template <>
+struct OpMath<f16> {
+  using type = float;
 };
 template <class S>
 using opmath_t = typename OpMath<S>::type;
@@ -55,8 +89,34 @@ struct Storage {
   using slot_t = std::conditional_t<Slot == 0, P, std::conditional_t<Slot == 1, G, S>>;
 };
 
-// Every combination the kernels are compiled for.
+// Note [Staged storage]
+// The kernels are compiled (for every algorithm, variant and instruction set) for the
+// combinations of StorageCombos only: each one more costs a minute of compiler time per
+// instruction set. The combinations with 16-bit buffers (StagedCombos) run the float32 kernels
+// instead, through staging: the CPU driver converts a tile of kStageTile elements of each 16-bit
+// buffer to float32 in a buffer that stays in L1 (exactly: every bfloat16 and float16 is a
+// float32), runs the float32 loop over it, and rounds the written buffers back, once, as they are
+// stored (cpu/driver.h). The bits are those a kernel compiled for the combination would give:
+// the math is the same float32 operations element by element, and a tile is a whole number of a
+// reduction's rows (Note [Deterministic reductions]), so sums are added in the same order too.
 using StorageCombos = TypeList<Storage<float, float, float>, Storage<double, double, double>>;
+constexpr int kNumCompiledCombos = StorageCombos::size;
+
+// The staged combinations, which the README lists ("Low precision"): 16-bit params with float32
+// or bfloat16 state; float32 params with bfloat16 state; float32 params with 16-bit grads (the
+// optimizer step of mixed-precision training, whose float32 params are the master weights).
+using StagedCombos =
+    TypeList<Storage<bf16, bf16, float>, Storage<bf16, bf16, bf16>, Storage<f16, f16, float>,
+             Storage<f16, f16, bf16>, Storage<float, float, bf16>, Storage<float, bf16, float>,
+             Storage<float, f16, float>, Storage<float, bf16, bf16>, Storage<float, f16, bf16>>;
+constexpr int kNumStagedCombos = StagedCombos::size;
+
+// Every combination, compiled then staged: a combination's index is its position here.
+template <class... A, class... B>
+constexpr TypeList<A..., B...> concat(TypeList<A...>, TypeList<B...>) {
+  return {};
+}
+using AllCombos = decltype(concat(StorageCombos{}, StagedCombos{}));
 
 struct Combo {
   DType param, grad, state;
@@ -70,10 +130,13 @@ constexpr auto combos_of(TypeList<St...>) {
   return Table{{Combo{DTypeOf<typename St::param_t>::value, DTypeOf<typename St::grad_t>::value,
                       DTypeOf<typename St::state_t>::value}...}};
 }
-constexpr auto kCombos = combos_of(StorageCombos{});
-constexpr int kNumCombos = StorageCombos::size;
+// The first combination listed with a given param and state dtype has the param's grad dtype.
+constexpr auto kCombos = combos_of(AllCombos{});
+constexpr int kNumCombos = AllCombos::size;
 
-// The index of (param, grad, state) in StorageCombos, or -1.
+constexpr bool is_staged(int combo) { return combo >= kNumCompiledCombos; }
+
+// The index of (param, grad, state) in kCombos, or -1.
 constexpr int combo_index(DType param, DType grad, DType state) {
   for (int i = 0; i < kNumCombos; ++i) {
     const Combo& c = kCombos.at[i];
@@ -82,15 +145,22 @@ constexpr int combo_index(DType param, DType grad, DType state) {
   return -1;
 }
 
-// Calls f(Storage{}) for combination `combo`.
+// The buffer type of slot `slot` in combination `combo` (Note [Kernel slots]).
+constexpr DType slot_dtype(int combo, int slot) {
+  const Combo& c = kCombos.at[combo];
+  return slot == 0 ? c.param : slot == 1 ? c.grad : c.state;
+}
+
+// Calls f(Storage{}) for combination `combo`: a compiled one's Storage, and float32's for a
+// staged one (whose driver stages its 16-bit buffers, Note [Staged storage]).
 template <class F>
 void combo_switch(int combo, F&& f) {
-  type_switch(StorageCombos{}, combo, f);
+  type_switch(StorageCombos{}, is_staged(combo) ? 0 : combo, f);
 }
 
 FUSEDOPT_ISA_BEGIN
 
-// A stored value as the compute type, and back, rounded once.
+// A stored value as the compute type, and back, rounded once to nearest (ties to even).
 template <class O, class S>
 FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE O load(S x) {
   return static_cast<O>(x);
@@ -98,6 +168,93 @@ FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE O load(S x) {
 template <class S, class O>
 FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE S store(O x) {
   return static_cast<S>(x);
+}
+
+// A float32's bits, and back.
+FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE uint32_t bits_of(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
+  uint32_t u;
+  __builtin_memcpy(&u, &f, 4);
+  return u;
+#endif
+}
+FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE float float_of(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float f;
+  __builtin_memcpy(&f, &u, 4);
+  return f;
+#endif
+}
+
+// Note [Rounding to 16 bits]
+// Both 16-bit types are converted with integer operations and selects only (no table, no branch,
+// no library call): the same bits on every instruction set and on the GPU, and loops of them
+// vectorize. Loading is exact. Storing rounds to nearest, ties to even, as torch, NumPy and
+// ml_dtypes do; what overflows becomes an infinity of its sign; a NaN stays a NaN of its sign,
+// made quiet, keeping the top bits of its payload.
+//
+// bfloat16 is the upper half of a float32: rounding adds 0x7fff, plus one when the kept half is
+// odd, and cuts.
+FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE float bf16_to_float(uint16_t h) {
+  return float_of(static_cast<uint32_t>(h) << 16);
+}
+FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE uint16_t float_to_bf16(float f) {
+  const uint32_t u = bits_of(f);
+  const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  return static_cast<uint16_t>(nan ? ((u >> 16) | 0x40u) : rounded);
+}
+
+// float16 (1 sign, 5 exponent, 10 mantissa bits; bias 15). A normal result is float32's bits
+// rounded at bit 13 as bfloat16's at bit 16, with the exponent rebiased by 127 - 15 = 112; one at
+// or past 65520 (halfway from the largest, 65504, to 2^16) is an infinity; one below 2^-14 (a
+// subnormal or zero, in steps of 2^-24) is rounded by the FPU itself: 0.5f + |f| rounds |f| to
+// a multiple of 2^-24, the ulp of 0.5f, and the bits past 0.5f's are the result (0x400, the
+// smallest normal, when it rounds up to 2^-14).
+FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE float f16_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+  const uint32_t normal = ((e + 112u) << 23) | (m << 13);
+  const uint32_t special = 0x7f800000u | (m << 13);                 // e == 31: inf, NaN
+  const uint32_t small = bits_of(static_cast<float>(m) * 0x1p-24f);  // e == 0: exact
+  uint32_t r = normal;
+  r = e == 0u ? small : r;
+  r = e == 31u ? special : r;
+  return float_of(sign | r);
+}
+FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE uint16_t float_to_f16(float f) {
+  const uint32_t u = bits_of(f);
+  const uint32_t sign = (u >> 16) & 0x8000u;
+  const uint32_t a = u & 0x7fffffffu;
+  const uint32_t nan = 0x7e00u | ((a >> 13) & 0x3ffu);
+  const uint32_t normal = (a + 0xfffu + ((a >> 13) & 1u) - (112u << 23)) >> 13;
+  const uint32_t small = bits_of(float_of(a) + 0.5f) - bits_of(0.5f);
+  uint32_t r = normal;  // one select at a time: GCC vectorizes these, not a nested ?:
+  r = a < 0x38800000u ? small : r;
+  r = a >= 0x477ff000u ? 0x7c00u : r;
+  r = a > 0x7f800000u ? nan : r;
+  return static_cast<uint16_t>(sign | r);
+}
+
+template <>
+FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE float load<float, bf16>(bf16 x) {
+  return bf16_to_float(x.bits);
+}
+template <>
+FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE bf16 store<bf16, float>(float x) {
+  return bf16{float_to_bf16(x)};
+}
+template <>
+FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE float load<float, f16>(f16 x) {
+  return f16_to_float(x.bits);
+}
+template <>
+FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE f16 store<f16, float>(float x) {
+  return f16{float_to_f16(x)};
 }
 
 FUSEDOPT_ISA_END

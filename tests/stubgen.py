@@ -94,11 +94,14 @@ class cpu:
 
     @staticmethod
     def bind(algo: str, lists: _Lists, hyper: _Hyper, *, name: str = "", index: Any = None,
-             grads_later: bool = False, aliases: dict[str, str] | None = None) -> cpu.Bound: ...
+             grads_later: bool = False, aliases: dict[str, str] | None = None,
+             grad_dtype: npt.DTypeLike | Sequence[npt.DTypeLike] | None = None,
+             param_copies: Sequence[np.ndarray | None] | None = None) -> cpu.Bound: ...
     @staticmethod
     def call(algo: str, lists: _Lists, hyper: _Hyper, step: int | None = None,
              scalars: float | tuple[float, ...] | None = None, name: str = "",
-             grad_norm: float | None = None
+             grad_norm: float | None = None,
+             param_copies: Sequence[np.ndarray | None] | None = None
              ) -> float | tuple[float, ...] | npt.NDArray[np.float64] | None: ...
     @staticmethod
     def rmw(params: Sequence[np.ndarray], grads: Sequence[np.ndarray],
@@ -170,7 +173,7 @@ def functional_stub() -> str:
     specs = _specs()
     out = [HEADER.format(doc="The signatures of fusedopt.functional, whose functions are made from "
                              "the algorithms' specs."), "",
-           "from collections.abc import Callable", "from typing import Any", "",
+           "from collections.abc import Callable, Sequence", "from typing import Any", "",
            "Arrays = Any  # a list or tuple of arrays (NumPy, or CUDA arrays), or one array", ""]
     for name in F.__all__:
         if name == "adafactor":  # not made from a spec (fusedopt/optim/adafactor.py)
@@ -193,6 +196,8 @@ def functional_stub() -> str:
                   for h in spec.hypers if h.in_call]
         if spec.run_input:
             parts.append(f"{spec.run_input}: float | None = None")
+        if F._takes_copies(spec):  # Note [Param copies]
+            parts.append("param_copies: Sequence[Any] | None = None")
         ret = "float" if len(spec.scalars) == 1 else "None"
         out.append(f"def {name}(")
         out += [f"    {p}," for p in parts]
@@ -208,6 +213,7 @@ def optim_stub() -> str:
     out = [HEADER.format(doc="The optimizer classes, whose constructors are made from the "
                              "algorithms' specs\n(fusedopt.optim.optimizer)."), "",
            "from collections.abc import Callable", "from typing import Any", "",
+           "import numpy.typing as npt", "",
            "from .adafactor import Adafactor as Adafactor", "from .ema import EMA as EMA",
            "from .optimizer import Optimizer as Optimizer", "",
            "Params = Any  # an array, a list of arrays, or a list of param-group dicts",
@@ -223,8 +229,9 @@ def optim_stub() -> str:
         parts = ["self", "params: Params"]
         parts += [_param(h.name, "LR" if h.kind == "lr" else KIND_TYPES[h.kind], h.default)
                   for h in positional]
-        if keyword:
-            parts += ["*"] + [_param(h.name, KIND_TYPES[h.kind], h.default) for h in keyword]
+        parts += ["*"] + [_param(h.name, KIND_TYPES[h.kind], h.default) for h in keyword]
+        parts += ["state_dtype: npt.DTypeLike | None = None",  # Note [State dtypes]
+                  "master_weights: bool = False"]
         out.append(f"class {name}({base}):")
         out.append("    def __init__(")
         out += [f"        {p}," for p in parts]

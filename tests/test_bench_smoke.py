@@ -190,6 +190,21 @@ def test_adafactor_bench_runs(tmp_path):
     assert all(r["median_us"] > 0 and math.isfinite(r["gb_s"]) for r in rows)
 
 
+def test_low_precision_bench_runs(tmp_path):
+    """bench/low_precision.py: fusedopt and the ceiling on every configuration (torch and
+    DeepSpeed left out: they are optional peers), a row each in the JSON."""
+    out = tmp_path / "out.json"
+    subprocess.run([sys.executable, str(REPO / "bench" / "low_precision.py"), "--quick",
+                    "--no-torch", "--json", str(out)],
+                   check=True, env=child_env(), capture_output=True, timeout=600)
+    rows = json.loads(out.read_text())["rows"]
+    configs = ("fp32", "bf16-p", "bf16", "fp32-p-bf16-s", "offload", "fp16-p", "offload-copy",
+               "bf16-master")
+    for c in configs:
+        assert {r["impl"] for r in rows if r["config"] == c} == {"ceiling", "fusedopt"}, c
+    assert all(r["median_ms"] > 0 and math.isfinite(r["gb_s"]) for r in rows)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
 def test_train_torch_runs(tmp_path):
     """bench/train_torch.py on tiny settings: both models, both optimizers, losses recorded."""

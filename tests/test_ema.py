@@ -173,7 +173,7 @@ def test_bad_state_dict_changes_nothing(name, make, exc, message):
         ([np.ones(2)], "0.9", TypeError, "EMA: decay must be a real number, got str"),
         ([], 0.9, ValueError, "EMA: got an empty parameter list"),
         ([np.ones(2), np.ones(2, np.int32)], 0.9, TypeError,
-         "EMA: params[1] has dtype int32, expected float32 or float64"),
+         "EMA: params[1] has dtype int32, expected float32, float64, bfloat16 or float16"),
         ([np.ones(2), (1.0, 2.0)], 0.9, TypeError,
          "EMA: params[1] is a tuple, expected a numpy.ndarray (or a CUDA array of CuPy or PyTorch)"),
     ],
@@ -192,7 +192,8 @@ def test_constructor_errors(params, decay, exc, message):
         (lambda p: p[:2] + [np.ones(4096), p[3]], ValueError,
          "EMA.update: params[2] has shape (4096,), expected (4097,) (the shape of averages[2])"),
         (lambda p: [p[0].astype(np.float64)] + p[1:], TypeError,
-         "EMA.update: params[0] has dtype float64, expected float32 (the dtype of averages[0])"),
+         "EMA.update: params[0] has dtype float64, expected float32, bfloat16 or float16 (with a "
+         "float32 averages[0])"),
         (lambda p: p[0], TypeError, "EMA.update: params must be a list of arrays, got ndarray"),
     ],
     ids=["count", "shape", "dtype", "bare-array"],

@@ -163,23 +163,26 @@ def cases_for(sig):
 
         # -- dtype
         if k == 0:
-            for bad in ("int32", "float16", "complex128"):
+            for bad in ("int32", "int16", "complex128"):
                 def all_bad(bufs, n, bad=bad):
                     for lst in bufs.values():
                         lst[n - 1] = lst[n - 1].astype(bad)
                     return {}
                 add(f"{name}-{bad}", all_bad, TypeError,
-                    msg(sig, f"{name}[{{i}}] has dtype {bad}, expected float32 or float64"))
+                    msg(sig, f"{name}[{{i}}] has dtype {bad}, expected float32, float64, "
+                             "bfloat16 or float16"))
         else:
+            # beside a float32 reference: 16-bit grads, bfloat16 state (csrc/storage.h)
+            allowed = "float32, bfloat16 or float16" if k == 1 else "float32 or bfloat16"
             add(f"{name}-float64-for-float32", at_last(lambda a: a.astype(np.float64)), TypeError,
-                msg(sig, f"{name}[{{i}}] has dtype float64, expected float32 "
-                         f"(the dtype of {ref}[{{i}}])"))
+                msg(sig, f"{name}[{{i}}] has dtype float64, expected {allowed} "
+                         f"(with a float32 {ref}[{{i}}])"))
             add(f"{name}-float32-for-float64", at_last(lambda a: a.astype(np.float32)), TypeError,
                 msg(sig, f"{name}[{{i}}] has dtype float32, expected float64 "
                          f"(the dtype of {ref}[{{i}}])"), dtype=np.float64)
             add(f"{name}-int32", at_last(lambda a: a.astype(np.int32)), TypeError,
-                msg(sig, f"{name}[{{i}}] has dtype int32, expected float32 "
-                         f"(the dtype of {ref}[{{i}}])"))
+                msg(sig, f"{name}[{{i}}] has dtype int32, expected {allowed} "
+                         f"(with a float32 {ref}[{{i}}])"))
         add(f"{name}-big-endian", at_last(lambda a: a.astype(">f4")), TypeError,
             msg(sig, f"{name}[{{i}}] has a non-native byte order"))
 

@@ -602,7 +602,10 @@ def test_signature_is_torchs(cls):
     positional, keyword = [], []
     for p in list(inspect.signature(cls).parameters.values())[1:]:
         (keyword if p.kind is p.KEYWORD_ONLY else positional).append(f"{p.name}={p.default!r}")
-    assert " ".join(positional) + " | " + " ".join(keyword) == SIGNATURES[cls]
+    # torch's signature, and fusedopt's state_dtype and master_weights last (Note [State dtypes],
+    # [Master weights])
+    assert keyword[-2:] == ["state_dtype=None", "master_weights=False"]
+    assert " ".join(positional) + " | " + " ".join(keyword[:-2]) == SIGNATURES[cls]
     assert getattr(fusedopt, cls.__name__) is cls
 
 
@@ -684,9 +687,9 @@ def _params_errors():
         ("not-an-array", [np.ones(2), [1.0, 2.0]], {}, TypeError,
          "Adam: params[1] is a list, expected a numpy.ndarray"),
         ("int-dtype", [np.ones(2), np.ones(2, np.int64)], {}, TypeError,
-         "Adam: params[1] has dtype int64, expected float32 or float64"),
-        ("float16", [np.ones(2, np.float16)], {}, TypeError,
-         "Adam: params[0] has dtype float16, expected float32 or float64"),
+         "Adam: params[1] has dtype int64, expected float32, float64, bfloat16 or float16"),
+        ("uint16", [np.ones(2, np.uint16)], {}, TypeError,
+         "Adam: params[0] has dtype uint16, expected float32, float64, bfloat16 or float16"),
         ("group-index", [{"params": [np.ones(2)]}, {"params": [np.ones(2), "w"]}], {}, TypeError,
          "Adam: param_groups[1]['params'][1] is a str, expected a numpy.ndarray"),
         ("empty", [], {}, ValueError, "optimizer got an empty parameter list"),

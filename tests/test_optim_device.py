@@ -397,7 +397,7 @@ class ForeignDeviceArray:
          "classes cannot allocate state with (they use CuPy or PyTorch); allocate the state "
          "yourself and use fusedopt.functional"),
         (lambda: Emu(np.zeros(4, np.int32)), TypeError,
-         "Adam: params[0] has dtype int32, expected float32 or float64"),
+         "Adam: params[0] has dtype int32, expected float32, float64, bfloat16 or float16"),
         (lambda: Emu(np.zeros(4, np.float32)[::2]), ValueError, "Adam: params[0] is not contiguous"),
     ],
     ids=["foreign-library", "dtype", "strided"],

@@ -107,8 +107,9 @@ def test_the_constructor_is_the_peers():
     """The same arguments with the same defaults (the default clip is the same function)."""
     import inspect
 
-    mine = inspect.signature(ft.ADOPT.__init__).parameters
+    mine = dict(inspect.signature(ft.ADOPT.__init__).parameters)
     theirs = inspect.signature(adopt.ADOPT.__init__).parameters
+    assert mine.pop("state_dtype").kind == inspect.Parameter.KEYWORD_ONLY  # fusedopt's own
     assert set(mine) == set(theirs)
     positional = [k for k, p in theirs.items() if p.kind != p.KEYWORD_ONLY]
     assert [k for k, p in mine.items() if p.kind != p.KEYWORD_ONLY] == positional

@@ -111,7 +111,8 @@ def test_a_bound_reduction_holds_its_tensors_and_reads_them_anew():
     [
         ((5,), TypeError, r"^sumsq: tensors must be a list or tuple of numpy arrays, got int$"),
         (([np.ones(3, np.int32)],), TypeError,
-         r"^sumsq: tensors\[0\] has dtype int32, expected float32 or float64$"),
+         r"^sumsq: tensors\[0\] has dtype int32, expected float32, float64, bfloat16 or "
+         r"float16$"),
         (([np.ones(4)[::2]],), ValueError, r"^sumsq: tensors\[0\] is not contiguous"),
         ((), TypeError, r"^sumsq: lists must be a tuple of the 1 lists of sumsq"),
     ],

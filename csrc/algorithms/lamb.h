@@ -28,7 +28,9 @@
 // use_nvlamb) pass 1 updates p itself and pass 2 is skipped; pass 0 then reads only the grads,
 // and is skipped too when the norm is given (below) or cannot clip (max_grad_norm = inf): 32 or
 // 28 bytes per element. With a trust ratio, pass 0 reads the grads only when it needs their norm. Pass 2 recomputes u from the stored m and v with pass 1's arithmetic, so
-// it updates p with the u whose norm pass 1 summed, bit for bit (both in the compute type).
+// it updates p with the u whose norm pass 1 summed, bit for bit (both in the compute type) --
+// but for 16-bit states: pass 2 reads m and v as stored, rounded, so its u may differ from pass
+// 1's by that rounding (a relative 2^-9 for bfloat16), and p by an ulp of its dtype.
 //
 // The grad norm is over every grad of the step, across param groups (apex's). A bound call
 // computes it from its own grads in pass 0; an optimizer whose step makes several calls computes

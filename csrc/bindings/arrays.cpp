@@ -16,14 +16,10 @@ constexpr int kFlagWriteable = npy::NPY_ARRAY_WRITEABLE_;
 
 std::atomic<int> g_threads{0};
 
-const char* order_str(int flags) { return (flags & kFlagC) ? "C" : "F"; }
+constexpr int kNpyHalf = 23;       // NPY_HALF
+constexpr int kNpyUserDef = 256;   // NPY_USERDEF: the first type number of a registered dtype
 
-// The storage type of a NumPy type number, or -1.
-int dtype_of(int type_num) {
-  if (type_num == npy::NPY_FLOAT_) return static_cast<int>(DType::Float32);
-  if (type_num == npy::NPY_DOUBLE_) return static_cast<int>(DType::Float64);
-  return -1;
-}
+const char* order_str(int flags) { return (flags & kFlagC) ? "C" : "F"; }
 
 // A masked array of numpy.ma (only an ndarray subclass can be one; numpy.ma must be imported).
 bool is_masked(PyObject* o) {
@@ -50,10 +46,13 @@ std::string allowed(Role role, int p) {
     const DType d = role == Role::Grad ? k.grad : role == Role::State ? k.state : k.param;
     seen[static_cast<int>(d)] = true;
   }
-  std::string out;
+  const char* names[kNumDTypes];
+  int n = 0;
   for (int d = 0; d < kNumDTypes; ++d) {
-    if (seen[d]) out += (out.empty() ? "" : " or ") + std::string(dtype_name(static_cast<DType>(d)));
+    if (seen[d]) names[n++] = dtype_name(static_cast<DType>(d));
   }
+  std::string out;  // "a", "a or b", "a, b or c"
+  for (int i = 0; i < n; ++i) out += std::string(i == 0 ? "" : i + 1 == n ? " or " : ", ") + names[i];
   return out;
 }
 
@@ -81,6 +80,55 @@ bool allowed_has(Role role, int p, int d) {
 
 }  // namespace
 
+// ml_dtypes.bfloat16's type number, once seen (a dtype NumPy numbers when ml_dtypes registers it).
+std::atomic<int> g_bf16_num{-1};
+
+static int bf16_num() {
+  int n = g_bf16_num.load(std::memory_order_relaxed);
+  if (n >= 0) return n;
+  // An array of ml_dtypes.bfloat16 means ml_dtypes is imported: look it up, never import it.
+  PyObject* mod = PyImport_GetModule(py::str("ml_dtypes").ptr());
+  if (mod == nullptr) {
+    PyErr_Clear();
+    return -1;
+  }
+  py::object ml = py::reinterpret_steal<py::object>(mod);
+  py::object bf = py::getattr(ml, "bfloat16", py::none());
+  if (bf.is_none()) return -1;
+  n = py::module_::import("numpy").attr("dtype")(bf).attr("num").cast<int>();
+  g_bf16_num.store(n, std::memory_order_relaxed);
+  return n;
+}
+
+int dtype_of(int type_num) {
+  if (type_num == npy::NPY_FLOAT_) return static_cast<int>(DType::Float32);
+  if (type_num == npy::NPY_DOUBLE_) return static_cast<int>(DType::Float64);
+  if (type_num == kNpyHalf) return static_cast<int>(DType::Float16);
+  if (type_num >= kNpyUserDef && type_num == bf16_num()) return static_cast<int>(DType::BFloat16);
+  return -1;
+}
+
+const char* type_name_of(int type_num) {
+  const int d = dtype_of(type_num);
+  return d < 0 ? "?" : dtype_name(static_cast<DType>(d));
+}
+
+int type_num_of(const Names& names, const char* what, py::handle dtype) {
+  if (dtype.is_none()) return 0;
+  py::object d;
+  try {
+    d = py::module_::import("numpy").attr("dtype")(dtype);
+  } catch (py::error_already_set&) {
+    names.type(std::string(what) + " must be a dtype, got " + py::repr(dtype).cast<std::string>());
+  }
+  const int num = d.attr("num").cast<int>();
+  if (dtype_of(num) < 0) {
+    names.type(std::string(what) + " must be float32, float64, float16 or bfloat16, got " +
+               py::str(d).cast<std::string>());
+  }
+  return num;
+}
+
 int thread_setting() { return g_threads.load(std::memory_order_relaxed); }
 void set_thread_setting(int n) { g_threads.store(n, std::memory_order_relaxed); }
 
@@ -104,7 +152,8 @@ int64_t numel_of(const py::detail::PyArray_Proxy* a) {
 
 std::pair<uintptr_t, uintptr_t> extent(const char* data, int64_t numel, int type_num) {
   const auto lo = reinterpret_cast<uintptr_t>(data);
-  return {lo, lo + static_cast<uintptr_t>(numel) * (type_num == npy::NPY_FLOAT_ ? 4 : 8)};
+  const int d = dtype_of(type_num);
+  return {lo, lo + static_cast<uintptr_t>(numel) * dtype_size(static_cast<DType>(d < 0 ? 0 : d))};
 }
 
 int combo_of(int p, int g, int s) {
@@ -171,10 +220,21 @@ inline __attribute__((always_inline)) const py::detail::PyArray_Proxy* check_arr
   return arr;
 }
 
+// What every array of a call must be besides its dtype: of its reference's shape and memory order
+// (unless it is the reference, p == arr), writeable if written, contiguous and aligned.
+void check_layout(const Names& names, const ListArg& a, size_t i,
+                  const py::detail::PyArray_Proxy* arr, PyObject* ref, const char* ref_list);
+
 inline __attribute__((always_inline)) const py::detail::PyArray_Proxy* check_slot_inline(
     const Names& names, const ListArg& a, int slot, size_t i, PyObject* o, PyObject* ref,
     const char* ref_list, FirstState* first) {
   const auto* arr = check_array_inline(names, a, slot, i, o, ref, ref_list, first);
+  check_layout(names, a, i, arr, ref, ref_list);
+  return arr;
+}
+
+void check_layout(const Names& names, const ListArg& a, size_t i,
+                  const py::detail::PyArray_Proxy* arr, PyObject* ref, const char* ref_list) {
   const auto* p = ref ? py::detail::array_proxy(ref) : arr;
   if (ref) {
     bool same = arr->nd == p->nd;
@@ -201,6 +261,44 @@ inline __attribute__((always_inline)) const py::detail::PyArray_Proxy* check_slo
     }
   }
   if (!(arr->flags & kFlagAligned)) names.value(names.item(a.name, i) + " is not aligned");
+}
+
+// A param copy (Note [Param copies] in cpu/driver.h) of the param `ref`: a plain or subclassed
+// ndarray, bfloat16 or float16 of the first copy's dtype (*copy_type, set by the first), of a
+// float32 param, native byte order, with check_layout's layout.
+const py::detail::PyArray_Proxy* check_copy(const Names& names, const ListArg& a, size_t i,
+                                            PyObject* o, PyObject* ref, const char* ref_list,
+                                            int* copy_type) {
+  auto& api = npy::get();
+  if (!api.PyArray_Check_(o)) {
+    names.type(names.item(a.name, i) + " is a " + type_name(o) + ", expected a numpy.ndarray "
+               "(or None: no copy)");
+  }
+  if (Py_TYPE(o) != api.PyArray_Type_ && is_masked(o)) {
+    names.type(names.item(a.name, i) + " is a masked array (numpy.ma.MaskedArray)");
+  }
+  const auto* arr = py::detail::array_proxy(o);
+  const auto* descr = py::detail::array_descriptor_proxy(arr->descr);
+  const int dt = dtype_of(descr->type_num);
+  if (dt != static_cast<int>(DType::BFloat16) && dt != static_cast<int>(DType::Float16)) {
+    names.type(names.item(a.name, i) + " has dtype " + dtype_str(o) +
+               ", expected bfloat16 or float16");
+  }
+  if (*copy_type == 0) {
+    *copy_type = descr->type_num;
+  } else if (*copy_type != descr->type_num) {
+    names.type(names.item(a.name, i) + " has dtype " + dtype_str(o) + ", expected " +
+               type_name_of(*copy_type) + " (every copy of a call has one dtype)");
+  }
+  const int pt = py::detail::array_descriptor_proxy(py::detail::array_proxy(ref)->descr)->type_num;
+  if (dtype_of(pt) != static_cast<int>(DType::Float32)) {
+    names.type(names.item(a.name, i) + ": copies are written of float32 params, but " +
+               names.item(ref_list, i) + " has dtype " + type_name_of(pt));
+  }
+  if (descr->byteorder == '>') {
+    names.type(names.item(a.name, i) + " has a non-native byte order (dtype " + dtype_str(o) + ")");
+  }
+  check_layout(names, a, i, arr, ref, ref_list);
   return arr;
 }
 
@@ -327,20 +425,21 @@ CheckedCall check_call(const Names& names, const ListArg* a, int nargs, const Si
     uint16_t rank;  // its spans' rank
     bool written;
   };
-  SlotFacts facts[kMaxBuffers];
-  int slots_present[kMaxBuffers];
+  SlotFacts facts[kMaxBuffers + 1];  // the slots, and the param copies (role 3) last
+  int slots_present[kMaxBuffers + 1];
   int npresent = 0;
+  int copy_type = 0;  // the copies' NumPy type number, once one is seen
   for (int k = 0; k < nargs; ++k) {
     if (!a[k].present) continue;
     slots_present[npresent++] = k;
-    facts[k] = {PySequence_Fast_ITEMS(a[k].list.ptr()), k == 0 ? 0 : k == 1 ? 1 : 2,
+    facts[k] = {PySequence_Fast_ITEMS(a[k].list.ptr()), a[k].copy ? 3 : k == 0 ? 0 : k == 1 ? 1 : 2,
                 kFlagAligned | (a[k].written() ? kFlagWriteable : 0),
                 static_cast<uint16_t>(rank * 8 + k), a[k].written()};
   }
   // Every non-empty array's memory, list by list (Note [Sorting spans]): slot j's spans from
   // j * n, tail[j] past its last.
   std::vector<Span> spans(n * static_cast<size_t>(npresent));
-  Span* tail[kMaxBuffers];
+  Span* tail[kMaxBuffers + 1];
   for (int j = 0; j < npresent; ++j) tail[j] = spans.data() + static_cast<size_t>(j) * n;
   std::vector<const py::detail::PyArray_Proxy*> arrs(nargs);
   int last_types[3] = {-1, -1, -1};  // the type numbers of the tensor before, and their combo
@@ -356,6 +455,17 @@ CheckedCall check_call(const Names& names, const ListArg* a, int nargs, const Si
       const int k = slots_present[j];
       const SlotFacts& f = facts[k];
       PyObject* o = f.items[i];
+      if (f.role == 3) {  // a param copy: none, or checked on its own
+        if (o == Py_None) continue;
+        const auto* c = check_copy(names, a[k], i, o, ref, a[0].name, &copy_type);
+        t.copy = c->data;
+        if (numel > 0) {
+          const uintptr_t lo = reinterpret_cast<uintptr_t>(c->data);
+          *tail[j]++ = {lo, lo + static_cast<uintptr_t>(numel) * 2, &sites[k],
+                        static_cast<uint32_t>(i), f.rank, true};
+        }
+        continue;
+      }
       const py::detail::PyArray_Proxy* arr = py::detail::array_proxy(o);
       const bool common = k == 0 ? is_common_ref(o, arr, f.flags, &pdt)
                                  : is_common(o, arr, f.role, f.flags, pdt, p, &first, a[k].name);
@@ -379,10 +489,14 @@ CheckedCall check_call(const Names& names, const ListArg* a, int nargs, const Si
     const int pt = py::detail::array_descriptor_proxy(arrs[0]->descr)->type_num;
     const int gt = nargs > 1 && a[1].present
                        ? py::detail::array_descriptor_proxy(arrs[1]->descr)->type_num
-                       : 0;
+                       : nargs > 1 ? (a[1].later_types ? a[1].later_types[i] : a[1].later_type)
+                                   : 0;
     if (pt != last_types[0] || gt != last_types[1] || first.type_num != last_types[2]) {
       last_types[0] = pt, last_types[1] = gt, last_types[2] = first.type_num;  // usually once
       last_combo = combo_of(pt, gt, first.type_num);
+      // Grads announced (later_type) that no combination takes with this param: bound for the
+      // param's own grad dtype, and a run with the announced grads is refused by name.
+      if (last_combo < 0) last_combo = combo_of(pt, 0, first.type_num);
     }
     const int c = last_combo;
     WorkList& wl = per_combo[c];
@@ -420,6 +534,9 @@ CheckedCall check_call(const Names& names, const ListArg* a, int nargs, const Si
   for (auto& at : out.at) {
     if (at.first >= 0) at.first = remap[at.first];
   }
+  if (copy_type != 0) {
+    for (WorkList& wl : out.lists) wl.copy = dtype_of(copy_type);
+  }
   if (!keep) return out;
   for (const Span& s : spans) (s.written ? out.written : out.read).push_back(s);
   // What was seen of each array, list by list (the order CpuBound::verify_unchanged walks).
@@ -432,6 +549,10 @@ CheckedCall check_call(const Names& names, const ListArg* a, int nargs, const Si
     PyObject** items = PySequence_Fast_ITEMS(a[k].list.ptr());
     Seen* seen = out.seen.data() + row * n;
     for (size_t i = 0; i < n; ++i) {
+      if (items[i] == Py_None) {  // a param without a copy
+        seen[i] = {nullptr, 0, 0, 0, 0, out.dims.size()};
+        continue;
+      }
       const auto* arr = py::detail::array_proxy(items[i]);
       const auto* d = py::detail::array_descriptor_proxy(arr->descr);
       seen[i] = {arr->data, arr->flags, d->type_num, d->byteorder, arr->nd, out.dims.size()};

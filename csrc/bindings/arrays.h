@@ -25,19 +25,27 @@ struct ListArg {
   py::handle list;
   Role role;
   bool present = true;
+  // A grads list not present: the NumPy type number its grads will have (0: their params'), or
+  // one per tensor (later_types, when not null).
+  int later_type = 0;
+  const int* later_types = nullptr;
+  // The param copies (Note [Param copies]): written, 16-bit, of float32 params; an entry may be
+  // None (no copy of that param).
+  bool copy = false;
   bool written() const { return role == Role::Param || role == Role::State; }
 };
 
 // The tensors of one storage combination, cut into chunks.
 struct WorkList {
   int combo;
+  int copy = -1;  // the DType of the call's param copies, or -1 (Note [Param copies])
   std::vector<TensorRef> tensors;
   std::vector<int64_t> origin;  // each tensor's index in the call
   std::vector<cpu::Chunk> chunks;
   int64_t total = 0;
   cpu::WorkView view(int max_threads) const {
     return {tensors.data(), origin.data(), chunks.data(), static_cast<int64_t>(chunks.size()),
-            total, combo, max_threads};
+            total, combo, max_threads, copy};
   }
 };
 
@@ -99,6 +107,13 @@ int combo_of(int p, int g, int s);
 
 // The memory [lo, hi) of numel elements of the array at data.
 std::pair<uintptr_t, uintptr_t> extent(const char* data, int64_t numel, int type_num);
+
+// The storage type of a NumPy type number (float32, float64, float16, ml_dtypes.bfloat16), or -1.
+int dtype_of(int type_num);
+// "float32", "bfloat16", ...: the name of a type number dtype_of knows.
+const char* type_name_of(int type_num);
+// The NumPy type number of a dtype-like (np.float16, "bfloat16", ...): 0 for None.
+int type_num_of(const Names& names, const char* what, py::handle dtype);
 
 int64_t numel_of(const py::detail::PyArray_Proxy* a);
 std::string shape_str(const int64_t* dims, int nd);

@@ -66,7 +66,7 @@ class Bound {
 
   const SpecInfo& spec_;
   Names names_;
-  Site sites_[kMaxBuffers];  // how the spans of each slot name their list
+  Site sites_[kMaxBuffers + 1];  // how the spans of each slot (and the copies) name their list
   std::vector<double> hyper_;    // the spec's Hyper
   std::vector<double> numbers_;  // the hyper-parameters' numbers (SpecInfo::parse)
   std::vector<Span> written_;

@@ -27,7 +27,8 @@ using npy = py::detail::npy_api;
 class CpuBound : public Bound {
  public:
   CpuBound(const SpecInfo& spec, py::handle lists, py::handle hyper, std::string name,
-           py::handle index, bool grads_later, py::handle aliases, bool keep = true);
+           py::handle index, bool grads_later, py::handle aliases, bool keep = true,
+           py::handle grad_dtype = py::none(), py::handle copies = py::none());
   void check(py::handle grads) {
     Busy busy(*this);
     verify_unchanged();
@@ -68,6 +69,7 @@ class CpuBound : public Bound {
 
  private:
   std::vector<ListArg> args_;      // slot order (Note [Kernel slots]); each list a held tuple
+  std::vector<int> later_types_;   // the grads' announced type numbers, one per tensor
   std::vector<py::object> held_;   // per slot: the tuple of its arrays (None: grads not bound)
   CheckedCall call_;
   bool keep_ = true;
@@ -82,7 +84,8 @@ class CpuBound : public Bound {
 };
 
 CpuBound::CpuBound(const SpecInfo& spec, py::handle lists, py::handle hyper, std::string name,
-                   py::handle index, bool grads_later, py::handle aliases, bool keep)
+                   py::handle index, bool grads_later, py::handle aliases, bool keep,
+                   py::handle grad_dtype, py::handle copies)
     : Bound(spec, name.empty() ? std::string(spec.name) : std::move(name), index), keep_(keep) {
   parse_hyper(hyper);
   const auto& bs = spec.buffers;
@@ -92,7 +95,35 @@ CpuBound::CpuBound(const SpecInfo& spec, py::handle lists, py::handle hyper, std
     const bool later = b.role == Role::Grad && grads_later;
     args_.push_back({aliases_[sl[k]].c_str(), PyTuple_GET_ITEM(lists.ptr(), sl[k]), b.role, !later});
   }
-  for (size_t k = 0; k < args_.size(); ++k) sites_[k] = {&names_, args_[k].name};
+  if (!grad_dtype.is_none()) {
+    if (!grads_later || !has_grad_slot_) {
+      names_.type("grad_dtype is for a call whose grads come later (grads_later=True)");
+    }
+    if (PyList_Check(grad_dtype.ptr()) || PyTuple_Check(grad_dtype.ptr())) {  // one per tensor
+      const py::sequence seq = py::reinterpret_borrow<py::sequence>(grad_dtype);
+      const size_t n = static_cast<size_t>(PySequence_Fast_GET_SIZE(args_[0].list.ptr()));
+      if (seq.size() != n) {
+        names_.value("grad_dtype has " + std::to_string(seq.size()) + " dtypes, expected " +
+                     std::to_string(n) + " (one per param)");
+      }
+      for (size_t i = 0; i < n; ++i) {
+        later_types_.push_back(type_num_of(names_, "grad_dtype", seq[i]));
+      }
+      args_[1].later_types = later_types_.data();
+    } else {
+      args_[1].later_type = type_num_of(names_, "grad_dtype", grad_dtype);
+    }
+  }
+  if (!copies.is_none()) {  // Note [Param copies]: after the slots
+    if (!has_grad_slot_ || spec_.reduce > 0) {
+      names_.type(std::string(spec_.name) + " takes no param_copies (they are of an update's "
+                  "params)");
+    }
+    ListArg c{"param_copies", copies, Role::State};
+    c.copy = true;
+    args_.push_back(c);
+  }
+  for (size_t k = 0; k < args_.size(); ++k) sites_[k] = {&names_, args_[k].name};  // + copies
   call_ = check_call(names_, args_.data(), static_cast<int>(args_.size()), sites_, 0, keep);
   if (!keep) return;  // run at once, by the caller that holds the lists (call())
   for (ListArg& a : args_) {
@@ -121,6 +152,7 @@ void CpuBound::verify_unchanged() {
     if (!a.present) continue;
     PyObject** items = PySequence_Fast_ITEMS(a.list.ptr());
     for (size_t i = 0; i < call_.n; ++i, ++s) {
+      if (a.copy && items[i] == Py_None) continue;  // a param without a copy
       const auto* arr = py::detail::array_proxy(items[i]);
       const auto* d = py::detail::array_descriptor_proxy(arr->descr);
       const Seen& seen = call_.seen[s];
@@ -128,7 +160,7 @@ void CpuBound::verify_unchanged() {
       bool same_shape = arr->nd == seen.nd;
       for (int q = 0; same_shape && q < arr->nd; ++q) same_shape = arr->dimensions[q] == dims[q];
       if (d->type_num != seen.type_num || d->byteorder != seen.byteorder) {
-        const char* was = seen.type_num == npy::NPY_FLOAT_ ? "float32" : "float64";
+        const char* was = type_name_of(seen.type_num);
         names_.type(names_.item(a.name, i) + " was changed in place: dtype " + was + " -> " +
                     dtype_str(items[i]) + "; the arrays of a call must keep their dtype and shape");
       }
@@ -287,7 +319,7 @@ py::object CpuBound::run_addresses(py::handle addresses, py::handle step, py::ha
     const int pt =
         py::detail::array_descriptor_proxy(py::detail::array_proxy(params[i])->descr)->type_num;
     const auto [lo, hi] = extent(static_cast<const char*>(ptr), wl.tensors[pos].numel, pt);
-    if (ptr == nullptr || lo % (pt == npy::NPY_FLOAT_ ? alignof(float) : alignof(double)) != 0) {
+    if (ptr == nullptr || lo % static_cast<uintptr_t>(dtype_size(c.param)) != 0) {
       names_.value(names_.item(gname, i) + " is not aligned (address " + std::to_string(lo) + ")");
     }
     if (const Span* o = overlapping(written_, lo, hi)) {
@@ -314,6 +346,13 @@ py::object CpuBound::launch(int64_t t, std::vector<double>& h, std::vector<doubl
     out = py::array_t<double>(std::vector<py::ssize_t>{static_cast<py::ssize_t>(call_.n), K});
     out_ptr = out.mutable_data();
     std::fill(out_ptr, out_ptr + call_.n * K, 0.0);
+  }
+  if (driver != Driver::Cpu) {
+    for (const WorkList& wl : call_.lists) {
+      if (is_staged(wl.combo) || wl.copy >= 0) {
+        names_.type("the emulated CUDA driver runs float32 and float64 only (Note [Staged storage])");
+      }
+    }
   }
   const int threads = thread_setting();
   auto run_pass = [&](const StepArgs& step_args, double* sums) {
@@ -445,30 +484,36 @@ void def_cpu(py::module_& cpu) {
   cpu.def(
       "bind",
       [](const std::string& algo, py::handle lists, py::handle hyper, std::string name,
-         py::handle index, bool grads_later, py::handle aliases) {
+         py::handle index, bool grads_later, py::handle aliases, py::handle grad_dtype,
+         py::handle param_copies) {
         return std::make_unique<CpuBound>(find_spec(algo), lists, hyper, std::move(name), index,
-                                          grads_later, aliases);
+                                          grads_later, aliases, true, grad_dtype, param_copies);
       },
       py::arg("algo"), py::arg("lists"), py::arg("hyper"), py::kw_only(), py::arg("name") = "",
       py::arg("index") = py::none(), py::arg("grads_later") = false,
-      py::arg("aliases") = py::none(),
+      py::arg("aliases") = py::none(), py::arg("grad_dtype") = py::none(),
+      py::arg("param_copies") = py::none(),
       "Checks a call of `algo` over NumPy arrays and binds it (Note [A bound call]): `lists` are "
       "its lists in the order of its signature (None for an unused optional one; for the grads "
       "too with grads_later), `hyper` its hyper-parameters that a call takes, in that order. "
       "Messages name `name` (default: algo) and index i as `index` says (None: i; an int: i + "
-      "index; a sequence: index[i]) and each list by its name or its entry in `aliases` (a dict).");
+      "index; a sequence: index[i]) and each list by its name or its entry in `aliases` (a dict). "
+      "With grads_later, `grad_dtype` is the dtype the grads will have (None: their params'). "
+      "`param_copies`: a list of 16-bit arrays (or None entries), one per float32 param, each "
+      "written with its param's new value rounded to its dtype (Note [Param copies]).");
 
   cpu.def(
       "call",
       [](const std::string& algo, py::handle lists, py::handle hyper, py::handle step,
-         py::handle scalars, std::string name, py::handle grad_norm) {
+         py::handle scalars, std::string name, py::handle grad_norm, py::handle param_copies) {
         CpuBound b(find_spec(algo), lists, hyper, std::move(name), py::none(), false, py::none(),
-                   false);
+                   false, py::none(), param_copies);
         return b.run(py::none(), step, py::none(), scalars, CpuBound::Driver::Cpu, py::none(),
                      grad_norm);
       },
       py::arg("algo"), py::arg("lists"), py::arg("hyper"), py::arg("step") = py::none(),
       py::arg("scalars") = py::none(), py::arg("name") = "", py::arg("grad_norm") = py::none(),
+      py::arg("param_copies") = py::none(),
       "bind(algo, lists, hyper, name=name).run(step=step, scalars=scalars, grad_norm=grad_norm) "
       "in one call, holding nothing: fusedopt.functional's one-shot call.");
 

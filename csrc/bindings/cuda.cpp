@@ -68,8 +68,10 @@ uintptr_t as_handle(const Names& names, const std::string& what, PyObject* o, co
 }
 
 DType parse_dtype(const Names& names, const std::string& what, py::handle h) {
+  // The CUDA kernels run the compiled combinations only (Note [Staged storage]: staging is the
+  // CPU driver's).
   std::string expected;
-  for (int c = 0; c < kNumCombos; ++c) {
+  for (int c = 0; c < kNumCompiledCombos; ++c) {
     const std::string d = std::string("'") + dtype_name(kCombos.at[c].param) + "'";
     if (expected.find(d) == std::string::npos) expected += (expected.empty() ? "" : " or ") + d;
   }
@@ -77,7 +79,7 @@ DType parse_dtype(const Names& names, const std::string& what, py::handle h) {
     names.type(what + " must be " + expected + ", got a " + type_name(h));
   }
   const std::string s = py::reinterpret_borrow<py::str>(h).cast<std::string>();
-  for (int c = 0; c < kNumCombos; ++c) {
+  for (int c = 0; c < kNumCompiledCombos; ++c) {
     if (s == dtype_name(kCombos.at[c].param)) return kCombos.at[c].param;
   }
   names.type(what + " is '" + s + "', expected " + expected);
@@ -86,15 +88,10 @@ DType parse_dtype(const Names& names, const std::string& what, py::handle h) {
 // The first combination with param type d (the grads' and states' types follow from it until a
 // param type has several: then bind must be told them).
 int combo_for(DType d) {
-  for (int c = 0; c < kNumCombos; ++c) {
+  for (int c = 0; c < kNumCompiledCombos; ++c) {
     if (kCombos.at[c].param == d) return c;
   }
   return -1;
-}
-
-DType slot_dtype(int combo, int slot) {
-  const Combo& c = kCombos.at[combo];
-  return slot == 0 ? c.param : slot == 1 ? c.grad : c.state;
 }
 
 // The driver's word on the buffers of `spans` (sorted by address, as check_no_overlap leaves

@@ -4,6 +4,7 @@
 // whose buffers are loaded into r, updated in registers and stored back.
 #pragma once
 
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -32,8 +33,10 @@ FUSEDOPT_INLINE typename Algo::O load_slot(const P& x) {
 // The element loop over one chunk. The buffers arrive as separate restrict pointers, paired
 // with their compile-time slots, so the loads and stores are straight-line code the vectorizer
 // sees through (an array of pointers indexed in a loop defeats it).
+// Not inlined: the staged combinations (Note [The staging tile]) call the same loop as their
+// float32 kernel, so that no algorithm's loop is compiled twice.
 template <class Algo, size_t... I, class... P>
-inline void update_loop(const Algo& algo, int64_t len, std::index_sequence<I...>,
+__attribute__((noinline)) void update_loop(const Algo& algo, int64_t len, std::index_sequence<I...>,
                         P* __restrict... b) {
   using O = typename Algo::O;
   // The buffers of one tensor never overlap (the bindings refuse that): hence __restrict and
@@ -64,13 +67,14 @@ inline void update_loop(const Algo& algo, int64_t len, std::index_sequence<I...>
 // Terms are formed and added in double whatever the storage, so a float32 tensor of 2^24
 // elements loses nothing to its length; the bound on the error is that of a pairwise-and-linear
 // sum of doubles.
+// The rows of `len` elements (a multiple of kLanes but at the end of a chunk) added into the
+// lane accumulators acc, in the order of step 1.
 template <class Algo, size_t... I, class... P>
-inline void reduce_loop(const Algo& algo, int64_t len, double* sums, std::index_sequence<I...>,
-                        P* __restrict... b) {
+__attribute__((noinline)) void reduce_rows(const Algo& algo, int64_t len, double (*acc)[kLanes],
+                        std::index_sequence<I...>, P* __restrict... b) {
   using O = typename Algo::O;
   constexpr int K = Algo::kAccumulators;
   const Algo a = algo;
-  alignas(64) double acc[K][kLanes] = {};
   for (int64_t base = 0; base < len; base += kLanes) {
     const int n = static_cast<int>(len - base < kLanes ? len - base : kLanes);
 #pragma GCC ivdep
@@ -82,6 +86,11 @@ inline void reduce_loop(const Algo& algo, int64_t len, double* sums, std::index_
       ((Algo::written(I) ? void(b[base + j] = store<P>(r[I])) : void()), ...);
     }
   }
+}
+
+// Steps 2 (the tree) of a chunk's lanes, into sums[K].
+template <int K>
+inline void reduce_lanes(double (*acc)[kLanes], double* sums) {
   for (int s = kLanes / 2; s > 0; s /= 2) {
     for (int k = 0; k < K; ++k) {
       for (int j = 0; j < s; ++j) acc[k][j] += acc[k][j + s];
@@ -90,9 +99,121 @@ inline void reduce_loop(const Algo& algo, int64_t len, double* sums, std::index_
   for (int k = 0; k < K; ++k) sums[k] = acc[k][0];
 }
 
+template <class Algo, size_t... I, class... P>
+inline void reduce_loop(const Algo& algo, int64_t len, double* sums, std::index_sequence<I...> idx,
+                        P* __restrict... b) {
+  alignas(64) double acc[Algo::kAccumulators][kLanes] = {};
+  reduce_rows(algo, len, acc, idx, b...);
+  reduce_lanes<Algo::kAccumulators>(acc, sums);
+}
+
+// Note [The staging tile]
+// A staged combination (Note [Staged storage] in storage.h) runs chunk by chunk as the others
+// do, each chunk in tiles of kStageTile elements: each 16-bit buffer of the tile that the
+// algorithm reads is converted into a float32 stage (float32 buffers are used where they lie),
+// the float32 loop runs over the tile, and each written 16-bit buffer is rounded back from its
+// stage. The stages of all slots, 4 KiB each, stay in L1, so memory is still read and written
+// once per step. A tile is a whole number of a reduction's rows and the lane accumulators run on
+// across the tiles of a chunk: the sums are added in the order of a compiled kernel's.
+constexpr int64_t kStageTile = 1024;
+static_assert(kStageTile % kLanes == 0, "a staging tile is a whole number of reduction rows");
+
+// n elements of dtype d at src, as float32 at dst (exact). Not inlined: one copy of each loop
+// serves every algorithm.
+__attribute__((noinline)) inline void stage_in(DType d, const void* src, float* __restrict dst, int64_t n) {
+  if (d == DType::BFloat16) {
+    const auto* s = static_cast<const bf16*>(src);
+#pragma GCC ivdep
+    for (int64_t i = 0; i < n; ++i) dst[i] = load<float>(s[i]);
+  } else {
+    const auto* s = static_cast<const f16*>(src);
+#pragma GCC ivdep
+    for (int64_t i = 0; i < n; ++i) dst[i] = load<float>(s[i]);
+  }
+}
+
+// n float32 at src, rounded once to dtype d at dst (Note [Rounding to 16 bits]).
+__attribute__((noinline)) inline void stage_out(DType d, const float* __restrict src, void* dst, int64_t n) {
+  if (d == DType::BFloat16) {
+    auto* o = static_cast<bf16*>(dst);
+#pragma GCC ivdep
+    for (int64_t i = 0; i < n; ++i) o[i] = store<bf16>(src[i]);
+  } else {
+    auto* o = static_cast<f16*>(dst);
+#pragma GCC ivdep
+    for (int64_t i = 0; i < n; ++i) o[i] = store<f16>(src[i]);
+  }
+}
+
+// Note [Param copies]
+// A call may also write, for each float32 param, a 16-bit copy of its new value (the optimizer
+// step of mixed-precision training: float32 master weights updated from 16-bit grads, and the
+// 16-bit params the model computes with written in the same pass; or the bfloat16 params sent
+// back to the GPU after a CPU step). The copy is the stored param rounded once, written from the
+// staging tile (Note [The staging tile]) while the param is in L1: 2 more bytes per element and
+// no pass of its own. Only a pass that writes the params writes their copies.
+
+// One chunk of a staged combination `combo` (or of any float32 call with param copies of DType
+// `copy`), for a float32 algorithm object.
+template <class Algo, size_t... I>
+inline void run_chunk_staged(const Algo& algo, const TensorRef& t, const Chunk& ch, double* sums,
+                             int combo, int copy, std::index_sequence<I...> idx) {
+  constexpr int K = Algo::kAccumulators;
+  constexpr int B = Algo::kBuffers;
+  alignas(64) float stage[B][kStageTile];
+  alignas(64) double acc[K > 0 ? K : 1][kLanes];
+  if constexpr (K > 0) {
+    for (int k = 0; k < K; ++k) {
+      for (int j = 0; j < kLanes; ++j) acc[k][j] = 0.0;
+    }
+  }
+  DType type[B];
+  for (int k = 0; k < B; ++k) type[k] = slot_dtype(combo, k);
+  for (int64_t s = 0; s < ch.len; s += kStageTile) {
+    const int64_t n = ch.len - s < kStageTile ? ch.len - s : kStageTile;
+    const int64_t at = ch.begin + s;
+    float* ptr[B];
+    for (int k = 0; k < B; ++k) {
+      char* mem = static_cast<char*>(t.ptr[k]);
+      if (type[k] == DType::Float32) {
+        ptr[k] = reinterpret_cast<float*>(mem) + at;
+      } else {
+        ptr[k] = stage[k];
+        if (Algo::read(k)) stage_in(type[k], mem + at * 2, stage[k], n);
+      }
+    }
+    if constexpr (K > 0) {
+      reduce_rows(algo, n, acc, idx, ptr[I]...);
+    } else {
+      update_loop(algo, n, idx, ptr[I]...);
+    }
+    for (int k = 0; k < B; ++k) {
+      if (type[k] != DType::Float32 && Algo::written(k)) {
+        stage_out(type[k], stage[k], static_cast<char*>(t.ptr[k]) + at * 2, n);
+      }
+    }
+    if (Algo::written(0) && copy >= 0 && t.copy != nullptr) {
+      stage_out(static_cast<DType>(copy), ptr[0], static_cast<char*>(t.copy) + at * 2, n);
+    }
+  }
+  if constexpr (K > 0) {
+    reduce_lanes<K>(acc, sums);
+  } else {
+    (void)sums;
+  }
+}
+
+// One chunk: through staging for a staged combination or param copies (a float32 algorithm
+// object).
 template <class Algo, size_t... I>
 inline void run_chunk(const Algo& algo, const TensorRef& t, const Chunk& ch, double* sums,
-                      std::index_sequence<I...> idx) {
+                      int combo, int copy, std::index_sequence<I...> idx) {
+  if constexpr (std::is_same_v<typename Algo::storage, Storage<float, float, float>>) {
+    if (is_staged(combo) || (copy >= 0 && t.copy != nullptr)) {
+      run_chunk_staged(algo, t, ch, sums, combo, copy, idx);
+      return;
+    }
+  }
   if constexpr (Algo::kAccumulators > 0) {
     reduce_loop(algo, ch.len, sums, idx, (static_cast<slot_t<Algo, I>*>(t.ptr[I]) + ch.begin)...);
   } else {
@@ -141,7 +262,8 @@ void for_each_chunk(const WorkView& w, const Algo& algo, double* partial) {
     for (int64_t c = lo; c < hi; ++c) {
       const Chunk& ch = w.chunks[c];
       run_chunk(at_tensor(algo, w.origin[ch.tensor]), w.tensors[ch.tensor], ch,
-                K > 0 ? partial + c * K : nullptr, std::make_index_sequence<Algo::kBuffers>{});
+                K > 0 ? partial + c * K : nullptr, w.combo, w.copy,
+                std::make_index_sequence<Algo::kBuffers>{});
     }
   }
 }

@@ -70,8 +70,9 @@ void rmw_of(const WorkView& w, int nwrite, std::integer_sequence<int, W...>) {
   ((nwrite == W + 1 ? apply(w, RmwAlgo<St, K, W + 1>{}, nullptr) : void()), ...);
 }
 
+// Over the combination's own storage, staged or not: the ceiling is the memory's.
 void rmw_k(const WorkView& w, int nbuf, int nwrite) {
-  combo_switch(w.combo, [&](auto st) {
+  type_switch(AllCombos{}, w.combo, [&](auto st) {
     using St = decltype(st);
     switch (nbuf) {
       case 2: rmw_of<St, 2>(w, nwrite, std::make_integer_sequence<int, 1>{}); break;

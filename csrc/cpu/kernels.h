@@ -38,8 +38,9 @@ struct WorkView {
   const Chunk* chunks;
   int64_t nchunks;
   int64_t total;    // elements over all tensors
-  int combo;        // index in StorageCombos
+  int combo;        // index in kCombos
   int max_threads;  // 0: OpenMP's default (OMP_NUM_THREADS or the core count)
+  int copy = -1;    // the DType of the param copies its tensors may have, or -1 (none)
 };
 
 // One call of a kernel: the spec's Hyper, the step, and where a reduction's sums go

@@ -17,7 +17,7 @@ themselves (Note [A bound call] in ``csrc/bindings/bound.h``).
 from __future__ import annotations
 
 import sys
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -111,7 +111,7 @@ class _NumPy(_Adapter):
                     x.flags.aligned, x.dtype.byteorder != ">", isinstance(x, np.ma.MaskedArray))
 
     def full_like(self, x, fill_value, slot):
-        return _staggered(x, fill_value, slot)
+        return _staggered(x, fill_value, slot, x.dtype)
 
     def empty_like(self, x):
         return np.empty_like(x)
@@ -321,11 +321,22 @@ def shape_dtype(x):
     return m.shape, m.dtype
 
 
-def load_like(p, value, slot):
+def load_like(p, value, slot, dtype=None):
     """A new state buffer for param ``p`` in ``slot`` holding the saved ``value`` (checked by
-    :func:`shape_dtype`), in ``p``'s library, device and memory order. A value of another library
-    goes through host memory, so any pair of libraries and devices works."""
+    :func:`shape_dtype`), in ``p``'s library, device and memory order, and in ``dtype`` (a NumPy
+    param's state dtype; None: ``p``'s), rounded to nearest where narrower. A value of another
+    library goes through host memory, so any pair of libraries and devices works."""
     ad = adapter_of(p)
+    if dtype is not None and isinstance(p, np.ndarray):
+        out = state_like(p, 0.0, slot, dtype)
+        if _torch_tensor(value):  # 16-bit tensors have no .numpy(): as float32, exactly
+            wide = value.dtype.is_floating_point and value.dtype.itemsize == 2
+            value = value.detach().to("cpu", sys.modules["torch"].float32 if wide else None)
+            value = value.numpy()
+        elif not isinstance(value, np.ndarray):
+            value = adapter_of(value).to_host(value)
+        out[...] = value  # rounded to nearest where the state is narrower
+        return out
     out = ad.full_like(p, 0.0, slot)
     if not ad.owns(value):  # a CPU tensor has no adapter, but _Torch reads it back all the same
         value = (_TORCH if _torch_tensor(value) else adapter_of(value)).to_host(value)
@@ -352,7 +363,63 @@ _STAGGER = 1088
 _STAGGER_MIN_BYTES = 64 << 10
 
 
-def state_like(x, fill_value=0.0, slot=0):
+# Note [State dtypes]
+# An optimizer keeps its state in the dtype its `state_dtype` names: None (the default) is the
+# param's dtype, but float32 for 16-bit params (bfloat16, float16: their state is float32, as
+# master-weight training keeps it); "float32" or "bfloat16" name it for every param. The CPU
+# kernels take the combinations csrc/storage.h lists (StagedCombos) and refuse the others by the
+# name of the state list; bfloat16 arrays are ml_dtypes.bfloat16 NumPy arrays.
+_STATE_DTYPES = ("float32", "bfloat16")
+
+
+def state_dtype_name(cls, value):
+    """``value`` as a state dtype's name: None, "float32" or "bfloat16" (NumPy, ml_dtypes and torch
+    dtypes and their names are taken)."""
+    if value is None:
+        return None
+    text = str(value)
+    if text.startswith("torch."):
+        name = text[len("torch."):]
+    else:
+        try:
+            name = np.dtype(value).name
+        except TypeError:  # "bfloat16" without ml_dtypes imported
+            name = value if isinstance(value, str) else text
+    if name not in _STATE_DTYPES:
+        raise ValueError(f"{cls}: state_dtype must be None, 'float32' or 'bfloat16', got {value!r}")
+    if name == "bfloat16":
+        bfloat16_dtype(cls)  # ml_dtypes is there
+    return name
+
+
+def bfloat16_dtype(cls="fusedopt"):
+    """NumPy's dtype of ml_dtypes.bfloat16 (ml_dtypes is imported only here, when asked)."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise TypeError(f"{cls}: bfloat16 arrays need ml_dtypes (pip install ml_dtypes)") from None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def is_16_bit(p):
+    """Whether ``p`` is a NumPy array of bfloat16 or float16."""
+    return isinstance(p, np.ndarray) and p.dtype.itemsize == 2 and p.dtype.kind in "fV"
+
+
+def state_dtype_for(cls, p, state_dtype):
+    """The NumPy dtype of a state buffer of NumPy param ``p`` (Note [State dtypes]), or None for
+    a param of another library (its state takes its dtype)."""
+    if not isinstance(p, np.ndarray):
+        if state_dtype is not None:
+            raise TypeError(f"{cls}: state_dtype={state_dtype!r} is for NumPy params (the CPU "
+                            f"kernels), got a {type(p).__name__}")
+        return None
+    if state_dtype is None:
+        return np.dtype(np.float32) if p.dtype.itemsize == 2 else p.dtype
+    return bfloat16_dtype(cls) if state_dtype == "bfloat16" else np.dtype(state_dtype)
+
+
+def state_like(x, fill_value=0.0, slot=0, dtype=None):
     """A new optimizer-state buffer for param ``x``, filled with ``fill_value``: same shape, dtype,
     memory order (C or Fortran), array library and device. Give each state buffer of one param its
     own ``slot`` (0, 1, 2, ...).
@@ -371,7 +438,9 @@ def state_like(x, fill_value=0.0, slot=0):
     3
     """
     if isinstance(x, np.ndarray):
-        return _staggered(x, fill_value, slot)
+        return _staggered(x, fill_value, slot, np.dtype(dtype) if dtype is not None else x.dtype)
+    if dtype is not None:
+        raise TypeError(f"state_like: dtype is for NumPy arrays, got a {type(x).__name__}")
     if _torch_tensor(x):  # a CPU tensor too: torch allocates it
         return _TORCH.full_like(x, fill_value, slot)
     ad = adapter_of(x)
@@ -384,16 +453,17 @@ def state_like(x, fill_value=0.0, slot=0):
     return ad.full_like(x, fill_value, slot)
 
 
-def _staggered(x, fill_value, slot):
-    if x.nbytes < _STAGGER_MIN_BYTES:
-        return np.full_like(x, fill_value)
+def _staggered(x, fill_value, slot, dtype):
+    order: Any = "F" if x.flags.f_contiguous and not x.flags.c_contiguous else "C"
+    nbytes = x.size * dtype.itemsize
+    if nbytes < _STAGGER_MIN_BYTES:
+        return np.full(x.shape, fill_value, dtype=dtype, order=order)
     page = 4096
-    raw = np.empty(x.nbytes + page, dtype=np.uint8)
+    raw = np.empty(nbytes + page, dtype=np.uint8)
     want = (x.ctypes.data + _STAGGER * (slot + 1)) % page
-    want -= want % x.dtype.alignment
+    want -= want % dtype.alignment
     off = (want - raw.ctypes.data) % page
-    order = "F" if x.flags.f_contiguous and not x.flags.c_contiguous else "C"
-    out = raw[off:off + x.nbytes].view(x.dtype).reshape(x.shape, order=order)
+    out = raw[off:off + nbytes].view(dtype).reshape(x.shape, order=order)
     out.fill(fill_value)
     return out
 

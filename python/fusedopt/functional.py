@@ -49,7 +49,9 @@ _one_call = _backend.call
 
 def _call(spec: str, lists: tuple, hyper: tuple, step: Any, scalars: Any, **run: Any) -> Any:
     """One call of ``spec``: lists in its signature's order, its in-call hyper-parameters, and
-    its run input (LAMB's ``grad_norm``) if it has one."""
+    its run input (LAMB's ``grad_norm``) if it has one, and its ``param_copies``."""
+    if run.get("param_copies") is not None:
+        run["param_copies"] = _as_list(run["param_copies"])
     return _one_call(spec, tuple(map(_as_list, lists)), hyper, step, scalars, **run)
 
 
@@ -66,7 +68,16 @@ def _signature(spec: Spec) -> str:
             parts.append(h.name if h.required else f"{h.name}={h.default!r}")
     if spec.run_input:
         parts.append(f"{spec.run_input}=None")
+    if _takes_copies(spec):
+        parts.append("param_copies=None")
     return ", ".join(parts)
+
+
+def _takes_copies(spec: Spec) -> bool:
+    """Whether ``spec``'s function takes ``param_copies`` (Note [Param copies]): an update of
+    params by grads."""
+    return any(b.role == "grad" for b in spec.buffers) and any(
+        b.role == "param" for b in spec.buffers)
 
 
 def _docstring(spec: Spec, rules: dict[str, str]) -> str:
@@ -86,6 +97,11 @@ def _docstring(spec: Spec, rules: dict[str, str]) -> str:
     if spec.run_input:
         lines.append(f"``{spec.run_input}`` is the norm of every grad of the step when it spans "
                      "several calls (None: computed from this call's grads).")
+    if _takes_copies(spec):
+        lines.append("``param_copies``: None, or one bfloat16 or float16 array (or None) per "
+                     "float32 param, written with the param's new value rounded to nearest, in "
+                     "the same pass (mixed-precision training's master weights: float32 params, "
+                     "16-bit grads and copies).")
     for name, _ in spec.scalars:
         lines.append(f"``{name}`` is its value before this step (None: computed from ``step`` "
                      "for a run that started at step 1); the call returns its value after it.")
@@ -102,6 +118,8 @@ def _make(spec: Spec, rules: dict[str, str]) -> Callable[..., Any]:
     scalars = spec.scalars[0][0] if len(spec.scalars) == 1 else (
         "(" + ", ".join(n for n, _ in spec.scalars) + ")" if spec.scalars else "None")
     run = f", {spec.run_input}={spec.run_input}" if spec.run_input else ""
+    if _takes_copies(spec):
+        run += ", param_copies=param_copies"
     source = (
         f"def {spec.name}({_signature(spec)}):\n"
         f"    return _call({spec.name!r}, ({lists}), ({hyper}), "

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import _arrays, _core
 
-_FLOAT_DTYPES = ("float32", "float64")
+_FLOAT_DTYPES = ("float32", "float64", "float16", "bfloat16")
 
 
 def as_list(cls: str, where: str, params: Any, *, groups: bool = True) -> list:
@@ -56,7 +56,8 @@ def check_param(cls: str, where: str, p: Any) -> _arrays.Meta:
             "ignore; pass its data (arr.data) or a plain ndarray"
         )
     if m.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{cls}: {where} has dtype {m.dtype}, expected float32 or float64")
+        raise TypeError(f"{cls}: {where} has dtype {m.dtype}, expected float32, float64, "
+                        "bfloat16 or float16")
     if not m.native:
         raise TypeError(
             f"{cls}: {where} has a non-native byte order (dtype {p.dtype}); fusedopt updates "
@@ -150,21 +151,32 @@ def as_float(fail: str, where: str, value: Any) -> float:
     return float(value)
 
 
+_FLOAT_NAMES = ("float16", "bfloat16", "float32", "float64")
+
+
 def load_array(fail: str, where: str, value: Any, p: Any, m: _arrays.Meta, i: int,
-               slot: int) -> Any:
+               slot: int, dtype: Any = None) -> Any:
     """A new state buffer for param ``p`` (Meta ``m``, flat index ``i``) holding the saved
-    ``value``: an array of NumPy, CuPy or PyTorch on any device, moved to ``p``'s."""
+    ``value``: an array of NumPy, CuPy or PyTorch on any device, moved to ``p``'s. ``dtype``: the
+    state's NumPy dtype where it is not the param's (Note [State dtypes]); then a saved array of
+    any float dtype is taken and converted (torch keeps a bfloat16 param's state in bfloat16)."""
     sd = _arrays.shape_dtype(value)
     if sd is None:
         raise TypeError(
             f"{fail}: {where} is a {type(value).__name__}, expected a numpy.ndarray "
             "(or a CuPy or PyTorch array)"
         )
+    want = dtype
     shape, dtype = sd
     if shape != m.shape:
         raise ValueError(
             f"{fail}: {where} has shape {shape}, expected {m.shape} (the shape of params[{i}])"
         )
+    if want is not None and str(want) != m.dtype:
+        if str(dtype).replace("torch.", "") not in _FLOAT_NAMES:
+            raise ValueError(f"{fail}: {where} has dtype {dtype}, expected a float dtype (the "
+                             f"state of params[{i}] is {want})")
+        return _arrays.load_like(p, value, slot, want)
     if dtype != m.dtype:
         raise ValueError(
             f"{fail}: {where} has dtype {dtype}, expected {m.dtype} (the dtype of params[{i}])"

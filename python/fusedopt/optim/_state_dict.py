@@ -5,6 +5,8 @@ of ``torch.optim`` (0-d tensors for ``step`` and ``mu_product``, extra group key
 from __future__ import annotations
 
 import copy
+
+import numpy as np
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -208,8 +210,10 @@ class StateDicts:
             elif name in self._state_names:
                 if value is None:  # torch keeps momentum_buffer=None when momentum == 0
                     continue
+                want = np.dtype(np.float32) if name == "master_param" else \
+                    _arrays.state_dtype_for(cls, p, getattr(self, "state_dtype", None))
                 out[name] = load_array(fail, f"{where}[{name!r}]", value, p, self._metas[i], i,
-                                       self._state_names.index(name))
+                                       self._state_names.index(name), want)
             else:
                 check_entry_names(fail, cls, where, (name,), (), ())
         if "step" not in out and self._step_optional:

@@ -223,10 +223,11 @@ def _constructor(cls_name: str, spec: Spec) -> Any:
     positional = [h for h in spec.arguments if not h.kw_only]
     keyword = [h for h in spec.arguments if h.kw_only]
     params = ["self", "params"] + [f"{h.name}={h.default!r}" for h in positional]
-    if keyword:
-        params += ["*"] + [f"{h.name}={h.default!r}" for h in keyword]
+    params += ["*"] + [f"{h.name}={h.default!r}" for h in keyword]
+    params += ["state_dtype=None", "master_weights=False"]
     values = ", ".join(f"{h.name!r}: {hyper_value(h)}" for h in spec.hypers)
-    return make_init(f"fusedopt.optim.{cls_name}", params, [f"{{{values}}}"], Optimizer)
+    return make_init(f"fusedopt.optim.{cls_name}", params,
+                     [f"{{{values}}}", "state_dtype", "master_weights"], Optimizer)
 
 
 def make_init(where: str, args: list, exprs: list, base: type) -> Any:
@@ -295,7 +296,8 @@ class Optimizer(StateDicts):
         spec = SPECS[algorithm]
         kernel = SPECS[spec.kernel]
         cls._spec, cls._kernel = spec, kernel
-        cls._state_names = kernel.state_names
+        # and the float32 master copy of a 16-bit param (Note [Master weights])
+        cls._state_names = (*kernel.state_names, "master_param")
         cls._always = tuple(b.state for b in kernel.states if not b.optional)
         cls._scalar_state = dict(kernel.scalars)
         cls._step_fns = tuple(h.name for h in kernel.hypers if h.kind == "step_fn")
@@ -305,9 +307,16 @@ class Optimizer(StateDicts):
         cls.__init__ = _constructor(cls.__name__, spec)  # type: ignore[method-assign]
         Optimizer._all_hyper_names.update(h.name for h in kernel.hypers)
 
-    def __init__(self, params: Any, defaults: dict) -> None:
+    def __init__(self, params: Any, defaults: dict, state_dtype: Any = None,
+                 master_weights: bool = False) -> None:
         cls = type(self).__name__
         check_hyper(cls, self._kernel, defaults)
+        # None, "float32" or "bfloat16" (Note [State dtypes])
+        self.state_dtype = _arrays.state_dtype_name(cls, state_dtype)
+        if not isinstance(master_weights, bool):
+            raise TypeError(f"{cls}: master_weights must be a bool, got "
+                            f"{type(master_weights).__name__}")
+        self.master_weights = master_weights  # Note [Master weights]
         self.defaults = {**defaults, **self._group_defaults}
         self._bare = _arrays.looks_like_array(params)
         groups = as_list(cls, "params", params)
@@ -409,14 +418,16 @@ class Optimizer(StateDicts):
 
     def _new_buffer(self, name: str, p: Any, group: dict) -> Any:
         buf = next(b for b in self._kernel.states if b.state == name)
+        slot = self._state_names.index(name)
+        dtype = _arrays.state_dtype_for(type(self).__name__, p, self.state_dtype)
         if buf.init == "params":  # a copy of the param (Schedule-Free's z)
             if not isinstance(p, np.ndarray):
                 return _arrays.copy(p)  # in its library, on its device
-            out = _arrays.state_like(p, 0.0, self._state_names.index(name))
-            out[...] = p
+            out = _arrays.state_like(p, 0.0, slot, dtype)
+            out[...] = p  # rounded to nearest, where the state is of a narrower dtype
             return out
         fill = group[buf.init] if buf.init else 0.0
-        return _arrays.state_like(p, fill, self._state_names.index(name))
+        return _arrays.state_like(p, fill, slot, dtype)
 
     def _call_keys(self, group: dict, states: list) -> list:
         """For each state (``None`` before the first step), what the tensors of one call must
@@ -580,6 +591,9 @@ class Optimizer(StateDicts):
             call.bound = states.bound
             return call
         names = self._buffer_names(group)
+        if states is not None and self.master_weights and any(
+                _arrays.is_16_bit(p) and "master_param" not in s for p, s in zip(params, states)):
+            states = None  # a master to make: below
         if states is not None:
             # Every state exists: gather the lists without a Python loop.
             try:
@@ -602,6 +616,11 @@ class Optimizer(StateDicts):
                     if name not in state:
                         state[name] = self._new_buffer(name, p, group)
                         call.created.append((i, name))
+            if self.master_weights and _arrays.is_16_bit(p) and "master_param" not in state:
+                master = _arrays.state_like(p, 0.0, len(self._state_names), np.float32)
+                master[...] = p  # exact: every 16-bit value is a float32
+                state["master_param"] = master
+                call.created.append((i, "master_param"))
             states.append(state)
         call.buffers = {name: [state[name] for state in states] for name in names}
         call.states = states
@@ -611,6 +630,14 @@ class Optimizer(StateDicts):
             self._undo(call)
             raise
         return call
+
+    # Note [Master weights]
+    # With master_weights=True, each bfloat16 or float16 param gets a float32 master copy in its
+    # state ("master_param", made from the param at its first step). A step updates the master
+    # from the 16-bit grad, with the states, and writes the param as the master rounded to
+    # nearest, in the same pass (Note [Param copies] in csrc/cpu/driver.h): the model keeps
+    # computing in 16 bits while the updates accumulate in float32, so an update smaller than
+    # half an ulp of the param is not lost. float32 and float64 params have no master.
 
     def _bind(self, call: _Call) -> Any:
         """The bound call of ``call``: its params and state lists checked and held (the grads come
@@ -624,8 +651,24 @@ class Optimizer(StateDicts):
         hyper = tuple(call.lr if name == "lr" else group[name] for name in kernel.call_hypers)
         indices = call.indices
         index = (indices.start or None) if isinstance(indices, range) else indices
+        extra: dict = {}
+        if self.master_weights and call.states is not None:  # Note [Master weights]
+            masters = [s.get("master_param") for s in call.states]
+            if any(m is not None for m in masters):
+                params = [p if m is None else m for p, m in zip(call.params, masters)]
+                extra["param_copies"] = [None if m is None else p
+                                         for p, m in zip(call.params, masters)]
+                lists = tuple(params if b.role == "param" else x
+                              for b, x in zip(kernel.buffers, lists))
+        # grads of another dtype than their params' (bfloat16 grads of float32 params, and of
+        # master weights): the call is bound for the dtypes of this step's grads
+        ps: Any = next(x for b, x in zip(kernel.buffers, lists) if b.role == "param")
+        if any(isinstance(g, np.ndarray) and isinstance(p, np.ndarray) and g.dtype != p.dtype
+               for g, p in zip(call.grads, ps)):
+            extra["grad_dtype"] = [g.dtype if isinstance(g, np.ndarray) else p.dtype
+                                   for g, p in zip(call.grads, ps)]
         return self._backend.bind(kernel.name, lists, hyper, name=f"{type(self).__name__}.step",
-                                  index=index, grads_later=True)
+                                  index=index, grads_later=True, **extra)
 
     def _undo(self, call: _Call) -> None:
         """Remove what ``_prepare`` allocated for a call that was not made."""

@@ -58,7 +58,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from .. import _backend, _core
+from .. import _arrays, _backend, _core
 from .._spec import Spec
 from ..optim._checks import check_hyper, mutable_parts, resolve_lr
 from ..optim._state_dict import (
@@ -73,7 +73,8 @@ __all__ = ["Optimizer", "make_class"]
 
 # torch.optim's implementation switches, and how these classes take them.
 _FLAGS = ("foreach", "fused", "capturable", "differentiable")
-_DTYPES = (torch.float32, torch.float64)
+_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_LOW = (torch.bfloat16, torch.float16)
 
 
 def _scalar(name: str, value: Any) -> Any:
@@ -173,9 +174,14 @@ _is_contiguous = torch.Tensor.is_contiguous
 
 
 def _view(t: torch.Tensor) -> Any:
-    """What the kernels take for tensor ``t`` (Note [Torch tensors without a copy])."""
+    """What the kernels take for tensor ``t`` (Note [Torch tensors without a copy]): a bfloat16
+    tensor, which NumPy cannot hold, as an ml_dtypes.bfloat16 view of its memory."""
     t = t.detach()
-    return t.numpy() if t.device.type == "cpu" else t
+    if t.device.type != "cpu":
+        return t
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(_arrays.bfloat16_dtype())
+    return t.numpy()
 
 
 class Optimizer(torch.optim.Optimizer):
@@ -188,7 +194,11 @@ class Optimizer(torch.optim.Optimizer):
     ``differentiable=True`` (autograd through the step) cannot be honoured and are refused.
 
     Params must be float32 or float64 tensors, dense and contiguous, on the CPU or a CUDA
-    device; params of several devices and dtypes may share a group (one call each). A step reads
+    device, or bfloat16 or float16 tensors on the CPU; params of several devices and dtypes may
+    share a group (one call each). ``state_dtype`` (keyword-only, kept in each group like the
+    implementation flags) chooses the state's dtype as :mod:`fusedopt.optim`'s does (Note [State
+    dtypes]): None keeps float32 state for 16-bit params (torch.optim keeps their dtype) and the
+    param's dtype otherwise; ``torch.bfloat16`` (or ``"bfloat16"``) halves the state's memory. A step reads
     ``p.grad``; params whose grad is None are skipped, as in torch. Sparse grads are refused.
     """
 
@@ -294,6 +304,8 @@ class Optimizer(torch.optim.Optimizer):
             raise ValueError(
                 f"{cls}: differentiable=True is not supported: fusedopt's update runs outside "
                 "autograd")
+        if flags.get("state_dtype") is not None:
+            _arrays.state_dtype_name(cls, flags["state_dtype"])
         lr, betas = values.get("lr"), values.get("betas")
         if isinstance(betas, (tuple, list)) and len(betas) == 2 and \
                 isinstance(betas[0], torch.Tensor) != isinstance(betas[1], torch.Tensor):
@@ -343,8 +355,11 @@ class Optimizer(torch.optim.Optimizer):
                 raise TypeError(f"{what} is complex ({p.dtype}); fusedopt updates real tensors "
                                 "(optimize torch.view_as_real(p) instead)")
             if p.dtype not in _DTYPES:
-                raise TypeError(f"{what} has dtype {p.dtype}, expected torch.float32 or "
-                                "torch.float64")
+                raise TypeError(f"{what} has dtype {p.dtype}, expected torch.float32, "
+                                "torch.float64, torch.bfloat16 or torch.float16")
+            if p.dtype in _LOW and p.device.type != "cpu":
+                raise TypeError(f"{what} has dtype {p.dtype} on {p.device}: 16-bit params are "
+                                "taken on the CPU only (the CUDA kernels run float32 and float64)")
             if p.layout != torch.strided:
                 raise TypeError(f"{what} has layout {p.layout}, expected a dense tensor")
             if p.device.type not in ("cpu", "cuda"):
@@ -410,13 +425,28 @@ class Optimizer(torch.optim.Optimizer):
             for sid, entry in states.items():
                 if isinstance(entry, dict) and entry:
                     check_entry_names(fail, cls, f"state[{sid!r}]", entry, known, required)
-        kept = self._numpy._kept_on_load
+        kept = (*self._numpy._kept_on_load, "state_dtype")  # torch.optim's dicts lack it
         own = [{k: g[k] for k in kept if k in g} for g in self.param_groups]
         missing = [[k for k in kept if k not in saved] if isinstance(saved, dict) else []
                    for saved in (groups if isinstance(groups, (list, tuple)) else ())]
         super().load_state_dict(state_dict)  # its __setstate__ resets the runs
         for group, mine, gone in zip(self.param_groups, own, missing):
             group.update((k, mine[k]) for k in gone if k in mine)
+        if isinstance(groups, (list, tuple)) and isinstance(states, dict):
+            # torch's load cast the state tensors to the param's dtype: in the state's dtype again,
+            # from the saved tensors (a bfloat16 param's float32 state is not rounded on the way)
+            params = (p for g in self.param_groups for p in g["params"])
+            ids = (i for g in groups for i in g["params"])
+            names = self._numpy._state_names
+            for p, i in zip(params, ids):
+                entry, mine_ = states.get(i), dict.get(self.state, p)
+                if not entry or not mine_:
+                    continue
+                want = self._state_dtype(p, self._group_of(p))
+                for name in names:
+                    saved = entry.get(name)
+                    if isinstance(saved, torch.Tensor) and mine_[name].dtype != want:
+                        mine_[name] = saved.detach().to(p.device, want, copy=True)
         if self._scalar_state and isinstance(groups, (list, tuple)) and isinstance(states, dict):
             # torch's load cast them to the param's dtype: float64 again
             params = (p for g in self.param_groups for p in g["params"])
@@ -677,15 +707,29 @@ class Optimizer(torch.optim.Optimizer):
                 self.state[p] = state
                 call.states[k] = state
                 call.created.append((p, None))
+            dtype = self._state_dtype(p, self.param_groups[call.gi])
             for name in names:
                 if state.get(name) is None:
                     buf = next(b for b in self._kernel.states if b.state == name)
                     if buf.init == "params":  # a copy of the param (Schedule-Free's z)
-                        state[name] = p.detach().clone(memory_format=torch.preserve_format)
+                        state[name] = p.detach().to(dtype, copy=True,
+                                                    memory_format=torch.preserve_format)
                     else:
                         fill = plain[buf.init] if buf.init else 0.0
-                        state[name] = torch.full_like(p, fill, memory_format=torch.preserve_format)
+                        state[name] = torch.full_like(p, fill, dtype=dtype,
+                                                      memory_format=torch.preserve_format)
                     call.created.append((p, name))
+
+    def _group_of(self, p: Any) -> dict:
+        return next(g for g in self.param_groups if any(q is p for q in g["params"]))
+
+    @staticmethod
+    def _state_dtype(p: Any, group: dict) -> Any:
+        """The dtype of a state tensor of ``p`` in ``group`` (Note [State dtypes])."""
+        name = _arrays.state_dtype_name("state_dtype", group.get("state_dtype"))
+        if name is None:
+            return torch.float32 if p.dtype in _LOW else p.dtype
+        return getattr(torch, name)
 
     def _bind(self, call: _Call, plain: dict) -> Any:
         kernel = self._kernel
@@ -799,6 +843,7 @@ def make_class(numpy_cls: Any) -> type:
                f"{', '.join(f'``{k}``' for k in flags)}, see :class:`Optimizer`), param groups, "
                f"state names and state dicts; the update of :class:`fusedopt.{name}`, whose "
                "description follows.\n\n" + (numpy_cls.__doc__ or ""))
+    flags["state_dtype"] = None  # Note [State dtypes]: kept in each group, as the flags
     cls = type(name, (*numpy_cls._front_mixins, Optimizer), {
         "__doc__": doc, "__module__": __name__.rsplit(".", 1)[0], "_numpy": numpy_cls,
         "_spec": numpy_cls._spec, "_kernel": numpy_cls._kernel,

@@ -1,0 +1,99 @@
+"""fusedopt.torch with bfloat16 and float16 CPU tensors (Note [State dtypes]): the same bits as the
+NumPy classes over the same memory, state in float32 by default or in ``state_dtype``, state dicts
+that keep the dtypes, and torch.optim's state dicts of bfloat16 params loaded without rounding.
+(CI runs this file where torch is installed: .ci/run, step 2.)"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import fusedopt
+
+torch = pytest.importorskip("torch")
+ft = pytest.importorskip("fusedopt.torch")
+
+
+def _numpy(t):
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
+
+
+@pytest.mark.parametrize("state", [None, torch.bfloat16], ids=["fp32-state", "bf16-state"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "SGD", "Lion", "RAdam"])
+def test_16_bit_tensors_step_as_the_numpy_class(name, dtype, state):
+    gen = torch.Generator().manual_seed(0)
+    p = torch.randn(70_000, generator=gen).to(dtype).requires_grad_()
+    q = p.detach().clone()
+    kw = dict(lr=1e-2, **({"momentum": 0.9} if name == "SGD" else {}))
+    opt = getattr(ft, name)([p], state_dtype=state, **kw)
+    twin = getattr(fusedopt, name)([_numpy(q)], state_dtype=None if state is None else "bfloat16",
+                                   **kw)
+    for _ in range(3):
+        g = torch.randn(70_000, generator=gen).to(dtype)
+        p.grad = g.clone()
+        opt.step()
+        twin.step([_numpy(g)])
+    assert torch.equal(p.detach(), q)
+    want = torch.float32 if state is None else torch.bfloat16
+    for name_, s in opt.state[p].items():
+        if name_ != "step" and isinstance(s, torch.Tensor) and s.dim() > 0:
+            assert s.dtype == want, name_
+            assert np.array_equal(_numpy(s).astype(np.float32),
+                                  twin.state[0][name_].astype(np.float32))
+    # a state dict round trip keeps the dtypes and the values
+    p2 = p.detach().clone().requires_grad_()
+    again = getattr(ft, name)([p2], state_dtype=state, **kw)
+    again.load_state_dict(opt.state_dict())
+    for name_, s in opt.state[p].items():
+        if isinstance(s, torch.Tensor) and s.dim() > 0:
+            assert again.state[p2][name_].dtype == s.dtype and torch.equal(again.state[p2][name_], s)
+
+
+def test_torch_optim_state_dict_of_bfloat16_params_loads_into_float32_state_exactly():
+    gen = torch.Generator().manual_seed(1)
+    p = torch.randn(1000, generator=gen).to(torch.bfloat16).requires_grad_()
+    peer = torch.optim.Adam([p], lr=1e-3)
+    p.grad = torch.randn(1000, generator=gen).to(torch.bfloat16)
+    peer.step()
+    assert peer.state[p]["exp_avg"].dtype == torch.bfloat16
+    p2 = p.detach().clone().requires_grad_()
+    mine = ft.Adam([p2], lr=1e-3)
+    mine.load_state_dict(peer.state_dict())
+    for name in ("exp_avg", "exp_avg_sq"):
+        assert mine.state[p2][name].dtype == torch.float32
+        assert torch.equal(mine.state[p2][name], peer.state[p][name].float())
+    p2.grad = p.grad.clone()
+    mine.step()  # and it steps on from there
+
+
+def test_float32_state_saved_is_not_rounded_by_torchs_load():
+    """torch's load casts a state to its param's dtype; fusedopt.torch reads the saved tensor again
+    in the state's dtype, so a bfloat16 param's float32 state survives a round trip bit for bit."""
+    p = torch.randn(5000).to(torch.bfloat16).requires_grad_()
+    opt = ft.AdamW([p], lr=1e-2)
+    for _ in range(2):
+        p.grad = torch.randn(5000).to(torch.bfloat16)
+        opt.step()
+    m = opt.state[p]["exp_avg"]
+    assert not torch.equal(m, m.to(torch.bfloat16).float())  # not representable in bfloat16
+    p2 = p.detach().clone().requires_grad_()
+    again = ft.AdamW([p2], lr=1e-2)
+    again.load_state_dict(opt.state_dict())
+    assert torch.equal(again.state[p2]["exp_avg"], m)
+
+
+def test_refused_state_dtypes_and_16_bit_cuda_params():
+    p = torch.ones(3, dtype=torch.bfloat16, requires_grad=True)
+    with pytest.raises(ValueError, match=r"Adam: state_dtype must be None, 'float32' or "
+                                         r"'bfloat16', got 'float16'"):
+        ft.Adam([p], state_dtype="float16")
+    with pytest.raises(ValueError, match="state_dtype must be"):
+        ft.Adam([p], state_dtype=torch.float16)
+    with pytest.raises(TypeError, match=r"has dtype torch.int32, expected torch.float32, "
+                                        r"torch.float64, torch.bfloat16 or torch.float16"):
+        ft.SGD([torch.ones(3, dtype=torch.int32)], lr=0.1)
