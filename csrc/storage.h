@@ -219,7 +219,8 @@ FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE float f16_to_float(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
   const uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
   const uint32_t normal = ((e + 112u) << 23) | (m << 13);
-  const uint32_t special = 0x7f800000u | (m << 13);                 // e == 31: inf, NaN
+  // e == 31: inf, or a NaN made quiet (as F16C's vcvtph2ps makes it)
+  const uint32_t special = 0x7f800000u | (m << 13) | (m != 0u ? 0x400000u : 0u);
   const uint32_t small = bits_of(static_cast<float>(m) * 0x1p-24f);  // e == 0: exact
   uint32_t r = normal;
   r = e == 0u ? small : r;
@@ -238,6 +239,73 @@ FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE uint16_t float_to_f16(float f) {
   r = a >= 0x477ff000u ? 0x7c00u : r;
   r = a > 0x7f800000u ? nan : r;
   return static_cast<uint16_t>(sign | r);
+}
+
+// Note [Stochastic rounding]
+// With stochastic rounding a value between two neighbours of the 16-bit type is stored as the
+// upper one with probability (its distance from the lower) / (their distance): unbiased, and
+// never outside the two. The randomness is counter-based: 32 bits per stored value from
+// sr_bits(element, key), a fixed function of the element's index in its tensor and a key made
+// of (seed, step, tensor, buffer) (cpu/driver.h), so results do not depend on the thread count,
+// the SIMD path or the device. bfloat16 adds 16 random bits below the kept half before cutting
+// (the carry is the round up). float16 adds 13 below its mantissa in the normal range; below
+// 2^-14 it adds a uniform [0, 1) of 24 bits to |f| * 2^24 and truncates, whose float32 sum
+// rounds at 2^-14 of an ulp at most (a bias that small, in the subnormal range only).
+// NaN stays NaN (made quiet); infinities stay; a value past the largest rounds up to infinity
+// with the probability of its distance to it, as if infinity were the next value.
+
+// A 32-bit mix (the "lowbias32" bijection of C. Wellons' hash-prospector): integer multiplies
+// and shifts, which vectorize.
+FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE uint32_t mix32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7feb352du;
+  x ^= x >> 15;
+  x *= 0x846ca68bu;
+  x ^= x >> 16;
+  return x;
+}
+
+// splitmix64's finalizer: the keys, once per run and per tile.
+FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE uint64_t mix64(uint64_t z) {
+  z += 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+// The key of a run: its optimizer's seed and its step.
+FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE uint64_t sr_run_key(uint64_t seed, int64_t step) {
+  return mix64(seed ^ mix64(static_cast<uint64_t>(step)));
+}
+
+// The random bits of the element whose index in its tensor has low 32 bits `i`, under the key
+// (k_lo, k_hi) of its tensor, buffer, step and seed (and the index's high bits).
+FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE uint32_t sr_bits(uint32_t i, uint32_t k_lo, uint32_t k_hi) {
+  return mix32(mix32(i ^ k_lo) + k_hi);
+}
+
+FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE uint16_t float_to_bf16_sr(float f, uint32_t r) {
+  const uint32_t u = bits_of(f);
+  const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
+  const uint32_t rounded = (u + (r >> 16)) >> 16;
+  return static_cast<uint16_t>(nan ? ((u >> 16) | 0x40u) : rounded);
+}
+
+FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE uint16_t float_to_f16_sr(float f, uint32_t r) {
+  const uint32_t u = bits_of(f);
+  const uint32_t sign = (u >> 16) & 0x8000u;
+  const uint32_t a = u & 0x7fffffffu;
+  const uint32_t nan = 0x7e00u | ((a >> 13) & 0x3ffu);
+  const uint32_t normal = (a + (r >> 19) - (112u << 23)) >> 13;
+  const bool tiny = a < 0x38800000u;
+  const float scaled = float_of(tiny ? a : 0u) * 0x1p24f;  // in [0, 1024): exact
+  const uint32_t small =
+      static_cast<uint32_t>(scaled + static_cast<float>(r >> 8) * 0x1p-24f);
+  uint32_t res = normal;
+  res = tiny ? small : res;
+  res = a >= 0x47800000u ? 0x7c00u : res;  // 2^16 and past: infinity
+  res = a > 0x7f800000u ? nan : res;
+  return static_cast<uint16_t>(sign | res);
 }
 
 template <>

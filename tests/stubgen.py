@@ -96,12 +96,14 @@ class cpu:
     def bind(algo: str, lists: _Lists, hyper: _Hyper, *, name: str = "", index: Any = None,
              grads_later: bool = False, aliases: dict[str, str] | None = None,
              grad_dtype: npt.DTypeLike | Sequence[npt.DTypeLike] | None = None,
-             param_copies: Sequence[np.ndarray | None] | None = None) -> cpu.Bound: ...
+             param_copies: Sequence[np.ndarray | None] | None = None,
+             sr_seed: int | None = None) -> cpu.Bound: ...
     @staticmethod
     def call(algo: str, lists: _Lists, hyper: _Hyper, step: int | None = None,
              scalars: float | tuple[float, ...] | None = None, name: str = "",
              grad_norm: float | None = None,
-             param_copies: Sequence[np.ndarray | None] | None = None
+             param_copies: Sequence[np.ndarray | None] | None = None,
+             sr_seed: int | None = None
              ) -> float | tuple[float, ...] | npt.NDArray[np.float64] | None: ...
     @staticmethod
     def rmw(params: Sequence[np.ndarray], grads: Sequence[np.ndarray],
@@ -197,7 +199,7 @@ def functional_stub() -> str:
         if spec.run_input:
             parts.append(f"{spec.run_input}: float | None = None")
         if F._takes_copies(spec):  # Note [Param copies]
-            parts.append("param_copies: Sequence[Any] | None = None")
+            parts += ["param_copies: Sequence[Any] | None = None", "sr_seed: int | None = None"]
         ret = "float" if len(spec.scalars) == 1 else "None"
         out.append(f"def {name}(")
         out += [f"    {p}," for p in parts]
@@ -231,7 +233,8 @@ def optim_stub() -> str:
                   for h in positional]
         parts += ["*"] + [_param(h.name, KIND_TYPES[h.kind], h.default) for h in keyword]
         parts += ["state_dtype: npt.DTypeLike | None = None",  # Note [State dtypes]
-                  "master_weights: bool = False"]
+                  "master_weights: bool = False", "stochastic_rounding: bool = False",
+                  "seed: int | None = None"]
         out.append(f"class {name}({base}):")
         out.append("    def __init__(")
         out += [f"        {p}," for p in parts]

@@ -542,3 +542,184 @@ def test_master_weights_keep_updates_smaller_than_half_an_ulp():
 def test_master_weights_must_be_a_bool():
     with pytest.raises(TypeError, match="Adam: master_weights must be a bool, got str"):
         fusedopt.Adam([np.ones(3, BF16)], master_weights="yes")
+
+
+# ---- stochastic rounding (Note [Stochastic rounding]) --------------------------------------------
+
+
+def _neighbours(x32, dtype):
+    """The two values of `dtype` around each float32 in x32 (both the value where it is one),
+    found through the bit patterns: the next one away from zero is the pattern + 1."""
+    near = x32.astype(dtype)
+    bits = near.view(np.uint16).astype(np.int32)
+    mag = bits & 0x7FFF
+    away = ((bits & 0x8000) | (mag + 1)).astype(np.uint16).view(dtype).astype(np.float32)
+    toward = ((bits & 0x8000) | np.maximum(mag - 1, 0)).astype(np.uint16).view(dtype)
+    toward = toward.astype(np.float32)
+    near = near.astype(np.float32)
+    tiny = np.float32(ml_dtypes.finfo(dtype).smallest_subnormal)
+    # above or below near, on the side of x32; from zero, the smallest subnormal of x32's sign
+    other = np.where(near == 0, np.copysign(tiny, x32),
+                     np.where(np.abs(x32) > np.abs(near), away, toward))
+    lo, hi = np.minimum(near, other), np.maximum(near, other)
+    return np.where(near == x32, near, lo), np.where(near == x32, near, hi)
+
+
+def _sr_copies(x32, dtype, seed, step=1):
+    """x32 stored stochastically into `dtype` through SGD's param copies (p = 0 + x)."""
+    p = np.zeros(x32.shape, np.float32)
+    c = np.zeros(x32.shape, dtype)
+    functional.sgd([p], [x32], [None], step=step, lr=1.0, maximize=True, param_copies=[c],
+                   sr_seed=seed)
+    assert p.tobytes() == x32.tobytes()
+    return c.astype(np.float32)
+
+
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=["bf16", "fp16"])
+def test_stochastic_rounding_is_unbiased_within_a_binomial_bound(dtype):
+    """Each of 40 values (normal, negative, and for float16 subnormal) stored 2^17 times: the
+    mean of the stored values is the value within 5 standard deviations of the binomial mean
+    (plus, for float16 subnormals, the 2^-14 ulp bias the note states)."""
+    rng = np.random.default_rng(12)
+    values = np.concatenate([rng.standard_normal(20), -rng.uniform(1e3, 6e4, 10),
+                             rng.uniform(-1, 1, 10) * (2.0**-17 if dtype == F16 else 1e-30)])
+    values = values.astype(np.float32)
+    n = 1 << 17
+    x = np.repeat(values, n)
+    out = _sr_copies(x, dtype, seed=7).reshape(values.size, n)
+    lo, hi = _neighbours(values, dtype)
+    assert ((out == lo[:, None]) | (out == hi[:, None])).all()
+    gap = (hi - lo).astype(np.float64)
+    frac = np.where(gap > 0, (values - lo) / np.where(gap > 0, gap, 1), 0)
+    sigma = gap * np.sqrt(frac * (1 - frac) / n)
+    bias = np.where(np.abs(values) < 2.0**-14, gap * 2.0**-14, 0) if dtype == F16 else 0
+    err = np.abs(out.astype(np.float64).mean(axis=1) - values)
+    assert (err <= 5 * sigma + bias + 1e-300).all(), (values[err > 5 * sigma + bias], err)
+
+
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=["bf16", "fp16"])
+def test_stochastic_rounding_stays_between_the_two_neighbours(dtype):
+    rng = np.random.default_rng(13)
+    bits = rng.integers(0, 1 << 32, 2_000_000, dtype=np.uint64).astype(np.uint32)
+    x = bits.view(np.float32)
+    big = 3.0e38 if dtype == BF16 else 65000.0
+    x = x[np.isfinite(x) & (np.abs(x) < big)]
+    out = _sr_copies(x, dtype, seed=1)
+    lo, hi = _neighbours(x, dtype)
+    bad = ~((out == lo) | (out == hi))
+    assert not bad.any(), (x[bad][:5], out[bad][:5], lo[bad][:5], hi[bad][:5])
+    exact = x.astype(dtype).astype(np.float32) == x  # representable values never move
+    assert (out[exact] == x[exact]).all()
+    # infinities and NaN stay; the seed, and the step, change the draw
+    special = np.array([np.inf, -np.inf, np.nan], np.float32)
+    s = _sr_copies(special, dtype, seed=1)
+    assert s[0] == np.inf and s[1] == -np.inf and np.isnan(s[2])
+    y = np.full(100_000, 1 + 2.0**-10 / 3, np.float32)
+    a, b, c = _sr_copies(y, dtype, 1), _sr_copies(y, dtype, 2), _sr_copies(y, dtype, 1, step=2)
+    assert a.tobytes() == _sr_copies(y, dtype, 1).tobytes()
+    assert a.tobytes() != b.tobytes() and a.tobytes() != c.tobytes()
+
+
+SR_SCRIPT = r"""
+import sys
+import numpy as np, ml_dtypes
+import fusedopt
+from fusedopt import functional
+bf = ml_dtypes.bfloat16
+rng = np.random.default_rng(0)
+out = {}
+for pd, sd in ((bf, np.float32), (bf, bf), (np.float16, bf)):
+    ps = [rng.standard_normal(n).astype(pd) for n in (300_001, 5, 70_000)]
+    ms = [np.zeros(p.shape, sd) for p in ps]
+    vs = [np.zeros(p.shape, sd) for p in ps]
+    for t in range(1, 4):
+        gs = [rng.standard_normal(p.shape).astype(pd) for p in ps]
+        functional.adamw(ps, gs, ms, vs, step=t, lr=1e-2, sr_seed=99)
+    for name, arrs in (("p", ps), ("m", ms), ("v", vs)):
+        out[f"{np.dtype(pd).name}:{np.dtype(sd).name}:{name}"] = np.concatenate(
+            [a.view(np.uint16 if a.itemsize == 2 else np.uint32).ravel() for a in arrs])
+p = rng.standard_normal(200_003).astype(np.float32)
+c = np.zeros(p.shape, bf)
+functional.sgd([p], [rng.standard_normal(p.shape).astype(bf)], [None], step=5, lr=0.1,
+               param_copies=[c], sr_seed=3)
+out["copies"] = c.view(np.uint16)
+out["simd"] = np.array(fusedopt.build_info()["simd_active"])
+np.savez(sys.argv[1], **out)
+"""
+
+
+def test_stochastic_rounding_is_bitwise_equal_across_simd_paths_and_thread_counts(tmp_path):
+    package = Path(fusedopt.__file__).resolve().parent.parent
+    runs = {}
+    for isa in fusedopt.build_info()["simd_supported"]:
+        for threads in (1, 3):
+            out = tmp_path / f"sr-{threads}-{isa}.npz"
+            env = dict(os.environ, OMP_NUM_THREADS=str(threads), FUSEDOPT_SIMD=isa)
+            env["PYTHONPATH"] = os.pathsep.join(
+                [str(package)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+            proc = subprocess.run([sys.executable, "-c", SR_SCRIPT, str(out)], env=env,
+                                  capture_output=True, text=True, timeout=300)
+            assert proc.returncode == 0, proc.stderr
+            with np.load(out) as z:
+                runs[(threads, isa)] = {k: z[k] for k in z.files}
+            assert str(runs[(threads, isa)].pop("simd")) == isa
+    (k0, base), *rest = runs.items()
+    for k, r in rest:
+        for key in base:
+            assert base[key].tobytes() == r[key].tobytes(), f"{key}: {k0} and {k} differ"
+
+
+def test_stochastic_rounding_changes_only_16_bit_stores():
+    """float32 stores ignore the seed: a float32 call with sr_seed is the call without."""
+    rng = np.random.default_rng(14)
+    p = rng.standard_normal(5000).astype(np.float32)
+    g = rng.standard_normal(5000).astype(np.float32)
+    q = p.copy()
+    functional.sgd([p], [g], [None], step=1, lr=0.1, sr_seed=5)
+    functional.sgd([q], [g], [None], step=1, lr=0.1)
+    assert p.tobytes() == q.tobytes()
+    with pytest.raises(TypeError, match="sr_seed must be an int"):
+        functional.sgd([p], [g], [None], step=1, lr=0.1, sr_seed=1.5)
+    with pytest.raises(ValueError, match=r"sr_seed must be in \[0, 2\*\*64\)"):
+        functional.sgd([p], [g], [None], step=1, lr=0.1, sr_seed=-1)
+
+
+def test_optimizer_stochastic_rounding_is_seeded_and_recorded():
+    rng = np.random.default_rng(15)
+    start = rng.standard_normal(20_000).astype(BF16)
+    grads = [rng.standard_normal(20_000).astype(BF16) for _ in range(4)]
+
+    def run(**kw):
+        p = start.copy()
+        opt = fusedopt.AdamW([p], lr=1e-3, **kw)
+        for g in grads[:2]:
+            opt.step([g])
+        return p, opt
+
+    a, oa = run(stochastic_rounding=True, seed=11)
+    b, _ = run(stochastic_rounding=True, seed=11)
+    c, _ = run(stochastic_rounding=True, seed=12)
+    d, _ = run()
+    assert a.tobytes() == b.tobytes() and a.tobytes() != c.tobytes() and a.tobytes() != d.tobytes()
+    # the same steps as the functional calls with sr_seed
+    p = start.copy()
+    m, v = np.zeros(p.shape, np.float32), np.zeros(p.shape, np.float32)
+    for t, g in enumerate(grads[:2], 1):
+        functional.adamw([p], [g], [m], [v], step=t, lr=1e-3, sr_seed=11)
+    assert p.tobytes() == a.tobytes()
+    # the seed is in the state dict: a resumed run draws what the first would have
+    sd = oa.state_dict()
+    assert sd["stochastic_rounding"] == {"seed": 11}
+    resumed = fusedopt.AdamW([a.copy()], lr=1e-3, stochastic_rounding=True)
+    resumed.load_state_dict(sd)
+    assert resumed.seed == 11
+    oa.step([grads[2]])
+    resumed.step([grads[2]])
+    assert resumed.param_groups[0]["params"][0].tobytes() == a.tobytes()
+    # a seed of None is drawn per optimizer
+    assert fusedopt.Adam([start.copy()], stochastic_rounding=True).seed != \
+        fusedopt.Adam([start.copy()], stochastic_rounding=True).seed
+    with pytest.raises(TypeError, match="Adam: stochastic_rounding must be a bool, got int"):
+        fusedopt.Adam([start.copy()], stochastic_rounding=1)
+    with pytest.raises(ValueError, match=r"Adam: seed must be in \[0, 2\*\*64\), got -3"):
+        fusedopt.Adam([start.copy()], stochastic_rounding=True, seed=-3)

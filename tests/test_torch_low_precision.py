@@ -97,3 +97,24 @@ def test_refused_state_dtypes_and_16_bit_cuda_params():
     with pytest.raises(TypeError, match=r"has dtype torch.int32, expected torch.float32, "
                                         r"torch.float64, torch.bfloat16 or torch.float16"):
         ft.SGD([torch.ones(3, dtype=torch.int32)], lr=0.1)
+
+
+def test_stochastic_rounding_is_the_numpy_classes_and_its_seed_is_in_the_groups():
+    gen = torch.Generator().manual_seed(2)
+    p = torch.randn(30_000, generator=gen).to(torch.bfloat16).requires_grad_()
+    q = p.detach().clone()
+    opt = ft.AdamW([p], lr=1e-3, stochastic_rounding=True, seed=5)
+    twin = fusedopt.AdamW([_numpy(q)], lr=1e-3, stochastic_rounding=True, seed=5)
+    for _ in range(3):
+        g = torch.randn(30_000, generator=gen).to(torch.bfloat16)
+        p.grad = g.clone()
+        opt.step()
+        twin.step([_numpy(g)])
+    assert torch.equal(p.detach(), q)
+    sd = opt.state_dict()
+    assert sd["param_groups"][0]["seed"] == 5 and sd["param_groups"][0]["stochastic_rounding"]
+    drawn = ft.Adam([torch.ones(3, dtype=torch.bfloat16, requires_grad=True)],
+                    stochastic_rounding=True)
+    assert isinstance(drawn.param_groups[0]["seed"], int)
+    with pytest.raises(TypeError, match="Adam: stochastic_rounding must be a bool"):
+        ft.Adam([torch.ones(3, requires_grad=True)], stochastic_rounding="yes")

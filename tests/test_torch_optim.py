@@ -144,10 +144,12 @@ def test_constructor_is_torchs(name):
 
     mine = dict(inspect.signature(getattr(ft, name).__init__).parameters)
     theirs = inspect.signature(getattr(torch.optim, name).__init__).parameters
-    # torch's, and fusedopt's keyword-only state_dtype last (Note [State dtypes])
+    # torch's, and fusedopt's keyword-only low-precision options last (Note [State dtypes],
+    # [Stochastic rounding])
     if name != "Adafactor":  # (its own class: float32 and float64 only)
-        extra = mine.pop("state_dtype")
-        assert extra.kind == extra.KEYWORD_ONLY and extra.default is None
+        for k, default in (("state_dtype", None), ("stochastic_rounding", False), ("seed", None)):
+            extra = mine.pop(k)
+            assert extra.kind == extra.KEYWORD_ONLY and extra.default == default, k
     assert list(mine) == list(theirs)
     for k, p in theirs.items():
         if p.default is not inspect.Parameter.empty:

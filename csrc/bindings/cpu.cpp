@@ -28,7 +28,8 @@ class CpuBound : public Bound {
  public:
   CpuBound(const SpecInfo& spec, py::handle lists, py::handle hyper, std::string name,
            py::handle index, bool grads_later, py::handle aliases, bool keep = true,
-           py::handle grad_dtype = py::none(), py::handle copies = py::none());
+           py::handle grad_dtype = py::none(), py::handle copies = py::none(),
+           py::handle sr_seed = py::none());
   void check(py::handle grads) {
     Busy busy(*this);
     verify_unchanged();
@@ -70,6 +71,8 @@ class CpuBound : public Bound {
  private:
   std::vector<ListArg> args_;      // slot order (Note [Kernel slots]); each list a held tuple
   std::vector<int> later_types_;   // the grads' announced type numbers, one per tensor
+  bool stochastic_ = false;        // Note [Stochastic rounding]: 16-bit stores, with seed_
+  uint64_t seed_ = 0;
   std::vector<py::object> held_;   // per slot: the tuple of its arrays (None: grads not bound)
   CheckedCall call_;
   bool keep_ = true;
@@ -85,7 +88,7 @@ class CpuBound : public Bound {
 
 CpuBound::CpuBound(const SpecInfo& spec, py::handle lists, py::handle hyper, std::string name,
                    py::handle index, bool grads_later, py::handle aliases, bool keep,
-                   py::handle grad_dtype, py::handle copies)
+                   py::handle grad_dtype, py::handle copies, py::handle sr_seed)
     : Bound(spec, name.empty() ? std::string(spec.name) : std::move(name), index), keep_(keep) {
   parse_hyper(hyper);
   const auto& bs = spec.buffers;
@@ -113,6 +116,18 @@ CpuBound::CpuBound(const SpecInfo& spec, py::handle lists, py::handle hyper, std
     } else {
       args_[1].later_type = type_num_of(names_, "grad_dtype", grad_dtype);
     }
+  }
+  if (!sr_seed.is_none()) {  // Note [Stochastic rounding]
+    if (!PyLong_Check(sr_seed.ptr()) || PyBool_Check(sr_seed.ptr())) {
+      names_.type("sr_seed must be an int (or None: round to nearest), got " + type_name(sr_seed));
+    }
+    const unsigned long long v = PyLong_AsUnsignedLongLong(sr_seed.ptr());
+    if (v == static_cast<unsigned long long>(-1) && PyErr_Occurred()) {
+      PyErr_Clear();
+      names_.value("sr_seed must be in [0, 2**64), got " + py::repr(sr_seed).cast<std::string>());
+    }
+    stochastic_ = true;
+    seed_ = static_cast<uint64_t>(v);
   }
   if (!copies.is_none()) {  // Note [Param copies]: after the slots
     if (!has_grad_slot_ || spec_.reduce > 0) {
@@ -359,7 +374,12 @@ py::object CpuBound::launch(int64_t t, std::vector<double>& h, std::vector<doubl
     if (driver == Driver::Cpu) {
       const cpu::Launch launch{h.data(), step_args, sums};
       const cpu::KernelFn kernel = cpu::active().kernels[spec_.kernel];
-      for (const WorkList& wl : call_.lists) kernel(wl.view(threads), launch);
+      for (const WorkList& wl : call_.lists) {
+        cpu::WorkView v = wl.view(threads);
+        v.stochastic = stochastic_;
+        v.sr_key = stochastic_ ? sr_run_key(seed_, t) : 0;
+        kernel(v, launch);
+      }
     } else {
       const cuda::Launch launch{h.data(), step_args, sums};
       const cuda::KernelFn kernel = cuda::emulated_kernels()[spec_.kernel];
@@ -485,14 +505,15 @@ void def_cpu(py::module_& cpu) {
       "bind",
       [](const std::string& algo, py::handle lists, py::handle hyper, std::string name,
          py::handle index, bool grads_later, py::handle aliases, py::handle grad_dtype,
-         py::handle param_copies) {
+         py::handle param_copies, py::handle sr_seed) {
         return std::make_unique<CpuBound>(find_spec(algo), lists, hyper, std::move(name), index,
-                                          grads_later, aliases, true, grad_dtype, param_copies);
+                                          grads_later, aliases, true, grad_dtype, param_copies,
+                                          sr_seed);
       },
       py::arg("algo"), py::arg("lists"), py::arg("hyper"), py::kw_only(), py::arg("name") = "",
       py::arg("index") = py::none(), py::arg("grads_later") = false,
       py::arg("aliases") = py::none(), py::arg("grad_dtype") = py::none(),
-      py::arg("param_copies") = py::none(),
+      py::arg("param_copies") = py::none(), py::arg("sr_seed") = py::none(),
       "Checks a call of `algo` over NumPy arrays and binds it (Note [A bound call]): `lists` are "
       "its lists in the order of its signature (None for an unused optional one; for the grads "
       "too with grads_later), `hyper` its hyper-parameters that a call takes, in that order. "
@@ -500,20 +521,23 @@ void def_cpu(py::module_& cpu) {
       "index; a sequence: index[i]) and each list by its name or its entry in `aliases` (a dict). "
       "With grads_later, `grad_dtype` is the dtype the grads will have (None: their params'). "
       "`param_copies`: a list of 16-bit arrays (or None entries), one per float32 param, each "
-      "written with its param's new value rounded to its dtype (Note [Param copies]).");
+      "written with its param's new value rounded to its dtype (Note [Param copies]). "
+      "`sr_seed`: None (16-bit stores round to nearest) or an int: they round stochastically, "
+      "keyed by (sr_seed, step, tensor, element) (Note [Stochastic rounding]).");
 
   cpu.def(
       "call",
       [](const std::string& algo, py::handle lists, py::handle hyper, py::handle step,
-         py::handle scalars, std::string name, py::handle grad_norm, py::handle param_copies) {
+         py::handle scalars, std::string name, py::handle grad_norm, py::handle param_copies,
+         py::handle sr_seed) {
         CpuBound b(find_spec(algo), lists, hyper, std::move(name), py::none(), false, py::none(),
-                   false, py::none(), param_copies);
+                   false, py::none(), param_copies, sr_seed);
         return b.run(py::none(), step, py::none(), scalars, CpuBound::Driver::Cpu, py::none(),
                      grad_norm);
       },
       py::arg("algo"), py::arg("lists"), py::arg("hyper"), py::arg("step") = py::none(),
       py::arg("scalars") = py::none(), py::arg("name") = "", py::arg("grad_norm") = py::none(),
-      py::arg("param_copies") = py::none(),
+      py::arg("param_copies") = py::none(), py::arg("sr_seed") = py::none(),
       "bind(algo, lists, hyper, name=name).run(step=step, scalars=scalars, grad_norm=grad_norm) "
       "in one call, holding nothing: fusedopt.functional's one-shot call.");
 

@@ -10,6 +10,10 @@
 
 #include "kernels.h"
 
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
+
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
@@ -118,6 +122,14 @@ inline void reduce_loop(const Algo& algo, int64_t len, double* sums, std::index_
 constexpr int64_t kStageTile = 1024;
 static_assert(kStageTile % kLanes == 0, "a staging tile is a whole number of reduction rows");
 
+// Note [F16C]
+// GCC does not vectorize conversions of _Float16, and float16's rounding in integer operations
+// (Note [Rounding to 16 bits]) costs a dozen instructions per value: where the instruction set
+// has F16C (the AVX2 and AVX-512 builds) the staging converts 8 values per instruction. The bits
+// are the same: F16C rounds to nearest even and quiets a NaN as the integer code does (checked
+// over every float32 and every float16 when this was written; tests/test_low_precision.py checks
+// every float16 and sums that round at ties, on every SIMD path).
+
 // n elements of dtype d at src, as float32 at dst (exact). Not inlined: one copy of each loop
 // serves every algorithm.
 __attribute__((noinline)) inline void stage_in(DType d, const void* src, float* __restrict dst, int64_t n) {
@@ -127,21 +139,71 @@ __attribute__((noinline)) inline void stage_in(DType d, const void* src, float* 
     for (int64_t i = 0; i < n; ++i) dst[i] = load<float>(s[i]);
   } else {
     const auto* s = static_cast<const f16*>(src);
+    int64_t i = 0;
+#if defined(__F16C__)  // Note [F16C]
+    for (; i + 8 <= n; i += 8) {
+      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i));
+      _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(h));
+    }
+#endif
 #pragma GCC ivdep
-    for (int64_t i = 0; i < n; ++i) dst[i] = load<float>(s[i]);
+    for (; i < n; ++i) dst[i] = load<float>(s[i]);
   }
 }
 
-// n float32 at src, rounded once to dtype d at dst (Note [Rounding to 16 bits]).
-__attribute__((noinline)) inline void stage_out(DType d, const float* __restrict src, void* dst, int64_t n) {
+// The key of Note [Stochastic rounding] for a tile: the element index's low 32 bits at its
+// start, and the bits of (seed and step, tensor, buffer, the index's high bits).
+struct SrKey {
+  uint32_t first, lo, hi;
+};
+
+// The key of the tile starting at element `at` of the call's tensor `tensor`, buffer `slot`
+// (kMaxBuffers: the param copy), for the run's `run_key` (its seed and step, WorkView::sr_key).
+// A tile never crosses a multiple of 2^32 elements (it starts at a multiple of kStageTile).
+inline SrKey sr_key(uint64_t run_key, int64_t tensor, int slot, int64_t at) {
+  const uint64_t where = static_cast<uint64_t>(tensor) ^ (static_cast<uint64_t>(slot) << 40) ^
+                         (static_cast<uint64_t>(at >> 32) << 44);
+  const uint64_t k = mix64(run_key ^ mix64(where));
+  return {static_cast<uint32_t>(at), static_cast<uint32_t>(k), static_cast<uint32_t>(k >> 32)};
+}
+
+// n float32 at src, rounded once to dtype d at dst: to nearest (Note [Rounding to 16 bits]), or
+// stochastically under the key `sr` (Note [Stochastic rounding]) when it is not null.
+__attribute__((noinline)) inline void stage_out(DType d, const float* __restrict src, void* dst,
+                                                int64_t n, const SrKey* sr = nullptr) {
+  if (sr != nullptr) {
+    const uint32_t first = sr->first, lo = sr->lo, hi = sr->hi;
+    if (d == DType::BFloat16) {
+      auto* o = static_cast<uint16_t*>(dst);
+#pragma GCC ivdep
+      for (int64_t i = 0; i < n; ++i) {
+        o[i] = float_to_bf16_sr(src[i], sr_bits(first + static_cast<uint32_t>(i), lo, hi));
+      }
+    } else {
+      auto* o = static_cast<uint16_t*>(dst);
+#pragma GCC ivdep
+      for (int64_t i = 0; i < n; ++i) {
+        o[i] = float_to_f16_sr(src[i], sr_bits(first + static_cast<uint32_t>(i), lo, hi));
+      }
+    }
+    return;
+  }
   if (d == DType::BFloat16) {
     auto* o = static_cast<bf16*>(dst);
 #pragma GCC ivdep
     for (int64_t i = 0; i < n; ++i) o[i] = store<bf16>(src[i]);
   } else {
     auto* o = static_cast<f16*>(dst);
+    int64_t i = 0;
+#if defined(__F16C__)  // Note [F16C]
+    for (; i + 8 <= n; i += 8) {
+      const __m128i h =
+          _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(o + i), h);
+    }
+#endif
 #pragma GCC ivdep
-    for (int64_t i = 0; i < n; ++i) o[i] = store<f16>(src[i]);
+    for (; i < n; ++i) o[i] = store<f16>(src[i]);
   }
 }
 
@@ -157,7 +219,8 @@ __attribute__((noinline)) inline void stage_out(DType d, const float* __restrict
 // `copy`), for a float32 algorithm object.
 template <class Algo, size_t... I>
 inline void run_chunk_staged(const Algo& algo, const TensorRef& t, const Chunk& ch, double* sums,
-                             int combo, int copy, std::index_sequence<I...> idx) {
+                             const WorkView& w, int64_t tensor, std::index_sequence<I...> idx) {
+  const int combo = w.combo, copy = w.copy;
   constexpr int K = Algo::kAccumulators;
   constexpr int B = Algo::kBuffers;
   alignas(64) float stage[B][kStageTile];
@@ -189,11 +252,15 @@ inline void run_chunk_staged(const Algo& algo, const TensorRef& t, const Chunk& 
     }
     for (int k = 0; k < B; ++k) {
       if (type[k] != DType::Float32 && Algo::written(k)) {
-        stage_out(type[k], stage[k], static_cast<char*>(t.ptr[k]) + at * 2, n);
+        const SrKey key = w.stochastic ? sr_key(w.sr_key, tensor, k, at) : SrKey{};
+        stage_out(type[k], stage[k], static_cast<char*>(t.ptr[k]) + at * 2, n,
+                  w.stochastic ? &key : nullptr);
       }
     }
     if (Algo::written(0) && copy >= 0 && t.copy != nullptr) {
-      stage_out(static_cast<DType>(copy), ptr[0], static_cast<char*>(t.copy) + at * 2, n);
+      const SrKey key = w.stochastic ? sr_key(w.sr_key, tensor, kMaxBuffers, at) : SrKey{};
+      stage_out(static_cast<DType>(copy), ptr[0], static_cast<char*>(t.copy) + at * 2, n,
+                w.stochastic ? &key : nullptr);
     }
   }
   if constexpr (K > 0) {
@@ -207,12 +274,15 @@ inline void run_chunk_staged(const Algo& algo, const TensorRef& t, const Chunk& 
 // object).
 template <class Algo, size_t... I>
 inline void run_chunk(const Algo& algo, const TensorRef& t, const Chunk& ch, double* sums,
-                      int combo, int copy, std::index_sequence<I...> idx) {
+                      const WorkView& w, int64_t tensor, std::index_sequence<I...> idx) {
   if constexpr (std::is_same_v<typename Algo::storage, Storage<float, float, float>>) {
-    if (is_staged(combo) || (copy >= 0 && t.copy != nullptr)) {
-      run_chunk_staged(algo, t, ch, sums, combo, copy, idx);
+    if (is_staged(w.combo) || (w.copy >= 0 && t.copy != nullptr)) {
+      run_chunk_staged(algo, t, ch, sums, w, tensor, idx);
       return;
     }
+  } else {
+    (void)w;
+    (void)tensor;
   }
   if constexpr (Algo::kAccumulators > 0) {
     reduce_loop(algo, ch.len, sums, idx, (static_cast<slot_t<Algo, I>*>(t.ptr[I]) + ch.begin)...);
@@ -262,7 +332,7 @@ void for_each_chunk(const WorkView& w, const Algo& algo, double* partial) {
     for (int64_t c = lo; c < hi; ++c) {
       const Chunk& ch = w.chunks[c];
       run_chunk(at_tensor(algo, w.origin[ch.tensor]), w.tensors[ch.tensor], ch,
-                K > 0 ? partial + c * K : nullptr, w.combo, w.copy,
+                K > 0 ? partial + c * K : nullptr, w, w.origin[ch.tensor],
                 std::make_index_sequence<Algo::kBuffers>{});
     }
   }

@@ -41,6 +41,10 @@ struct WorkView {
   int combo;        // index in kCombos
   int max_threads;  // 0: OpenMP's default (OMP_NUM_THREADS or the core count)
   int copy = -1;    // the DType of the param copies its tensors may have, or -1 (none)
+  // whether 16-bit stores round stochastically, and the run's key (of its seed and step; Note
+  // [Stochastic rounding] in storage.h)
+  bool stochastic = false;
+  uint64_t sr_key = 0;
 };
 
 // One call of a kernel: the spec's Hyper, the step, and where a reduction's sums go

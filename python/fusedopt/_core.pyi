@@ -82,12 +82,14 @@ class cpu:
     def bind(algo: str, lists: _Lists, hyper: _Hyper, *, name: str = "", index: Any = None,
              grads_later: bool = False, aliases: dict[str, str] | None = None,
              grad_dtype: npt.DTypeLike | Sequence[npt.DTypeLike] | None = None,
-             param_copies: Sequence[np.ndarray | None] | None = None) -> cpu.Bound: ...
+             param_copies: Sequence[np.ndarray | None] | None = None,
+             sr_seed: int | None = None) -> cpu.Bound: ...
     @staticmethod
     def call(algo: str, lists: _Lists, hyper: _Hyper, step: int | None = None,
              scalars: float | tuple[float, ...] | None = None, name: str = "",
              grad_norm: float | None = None,
-             param_copies: Sequence[np.ndarray | None] | None = None
+             param_copies: Sequence[np.ndarray | None] | None = None,
+             sr_seed: int | None = None
              ) -> float | tuple[float, ...] | npt.NDArray[np.float64] | None: ...
     @staticmethod
     def rmw(params: Sequence[np.ndarray], grads: Sequence[np.ndarray],

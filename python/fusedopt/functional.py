@@ -69,7 +69,7 @@ def _signature(spec: Spec) -> str:
     if spec.run_input:
         parts.append(f"{spec.run_input}=None")
     if _takes_copies(spec):
-        parts.append("param_copies=None")
+        parts += ["param_copies=None", "sr_seed=None"]
     return ", ".join(parts)
 
 
@@ -102,6 +102,10 @@ def _docstring(spec: Spec, rules: dict[str, str]) -> str:
                      "float32 param, written with the param's new value rounded to nearest, in "
                      "the same pass (mixed-precision training's master weights: float32 params, "
                      "16-bit grads and copies).")
+        lines.append("``sr_seed``: None (16-bit stores round to nearest), or an int: every "
+                     "16-bit store (params, bfloat16 state, copies) rounds stochastically, from "
+                     "random bits keyed by (sr_seed, step, tensor, element): unbiased, the same "
+                     "for any thread count and SIMD path.")
     for name, _ in spec.scalars:
         lines.append(f"``{name}`` is its value before this step (None: computed from ``step`` "
                      "for a run that started at step 1); the call returns its value after it.")
@@ -119,7 +123,7 @@ def _make(spec: Spec, rules: dict[str, str]) -> Callable[..., Any]:
         "(" + ", ".join(n for n, _ in spec.scalars) + ")" if spec.scalars else "None")
     run = f", {spec.run_input}={spec.run_input}" if spec.run_input else ""
     if _takes_copies(spec):
-        run += ", param_copies=param_copies"
+        run += ", param_copies=param_copies, sr_seed=sr_seed"
     source = (
         f"def {spec.name}({_signature(spec)}):\n"
         f"    return _call({spec.name!r}, ({lists}), ({hyper}), "

@@ -21,6 +21,7 @@ def sgd(
     nesterov: bool = False,
     maximize: bool = False,
     param_copies: Sequence[Any] | None = None,
+    sr_seed: int | None = None,
 ) -> None: ...
 
 def adagrad(
@@ -35,6 +36,7 @@ def adagrad(
     eps: float = 1e-10,
     maximize: bool = False,
     param_copies: Sequence[Any] | None = None,
+    sr_seed: int | None = None,
 ) -> None: ...
 
 def adadelta(
@@ -50,6 +52,7 @@ def adadelta(
     weight_decay: float = 0.0,
     maximize: bool = False,
     param_copies: Sequence[Any] | None = None,
+    sr_seed: int | None = None,
 ) -> None: ...
 
 def rmsprop(
@@ -68,6 +71,7 @@ def rmsprop(
     centered: bool = False,
     maximize: bool = False,
     param_copies: Sequence[Any] | None = None,
+    sr_seed: int | None = None,
 ) -> None: ...
 
 def adam(
@@ -86,6 +90,7 @@ def adam(
     maximize: bool = False,
     decoupled_weight_decay: bool = False,
     param_copies: Sequence[Any] | None = None,
+    sr_seed: int | None = None,
 ) -> None: ...
 
 def adamw(
@@ -103,6 +108,7 @@ def adamw(
     amsgrad: bool = False,
     maximize: bool = False,
     param_copies: Sequence[Any] | None = None,
+    sr_seed: int | None = None,
 ) -> None: ...
 
 def nadam(
@@ -121,6 +127,7 @@ def nadam(
     decoupled_weight_decay: bool = False,
     maximize: bool = False,
     param_copies: Sequence[Any] | None = None,
+    sr_seed: int | None = None,
 ) -> float: ...
 
 def adamax(
@@ -136,6 +143,7 @@ def adamax(
     weight_decay: float = 0.0,
     maximize: bool = False,
     param_copies: Sequence[Any] | None = None,
+    sr_seed: int | None = None,
 ) -> None: ...
 
 def radam(
@@ -152,6 +160,7 @@ def radam(
     decoupled_weight_decay: bool = False,
     maximize: bool = False,
     param_copies: Sequence[Any] | None = None,
+    sr_seed: int | None = None,
 ) -> None: ...
 
 def lion(
@@ -166,6 +175,7 @@ def lion(
     decoupled_weight_decay: bool = False,
     init_lr: float = 0.0,
     param_copies: Sequence[Any] | None = None,
+    sr_seed: int | None = None,
 ) -> None: ...
 
 def adopt(
@@ -183,6 +193,7 @@ def adopt(
     decouple: bool = False,
     maximize: bool = False,
     param_copies: Sequence[Any] | None = None,
+    sr_seed: int | None = None,
 ) -> None: ...
 
 def adamw_schedulefree(
@@ -202,6 +213,7 @@ def adamw_schedulefree(
     r: float = 0.0,
     weight_lr_power: float = 2.0,
     param_copies: Sequence[Any] | None = None,
+    sr_seed: int | None = None,
 ) -> None: ...
 
 def lamb(
@@ -222,6 +234,7 @@ def lamb(
     use_nvlamb: bool = False,
     grad_norm: float | None = None,
     param_copies: Sequence[Any] | None = None,
+    sr_seed: int | None = None,
 ) -> None: ...
 
 def ewa(
@@ -230,6 +243,7 @@ def ewa(
     *,
     beta: float,
     param_copies: Sequence[Any] | None = None,
+    sr_seed: int | None = None,
 ) -> None: ...
 
 def ewa_readout(
@@ -239,6 +253,7 @@ def ewa_readout(
     step: int,
     beta: float,
     param_copies: Sequence[Any] | None = None,
+    sr_seed: int | None = None,
 ) -> None: ...
 
 def scale(
@@ -253,6 +268,7 @@ def lerp(
     *,
     weight: float,
     param_copies: Sequence[Any] | None = None,
+    sr_seed: int | None = None,
 ) -> None: ...
 
 def adafactor(

@@ -29,6 +29,8 @@ class SGD(Optimizer):
         maximize: bool = False,
         state_dtype: npt.DTypeLike | None = None,
         master_weights: bool = False,
+        stochastic_rounding: bool = False,
+        seed: int | None = None,
     ) -> None: ...
 
 class Adagrad(Optimizer):
@@ -44,6 +46,8 @@ class Adagrad(Optimizer):
         maximize: bool = False,
         state_dtype: npt.DTypeLike | None = None,
         master_weights: bool = False,
+        stochastic_rounding: bool = False,
+        seed: int | None = None,
     ) -> None: ...
 
 class Adadelta(Optimizer):
@@ -58,6 +62,8 @@ class Adadelta(Optimizer):
         maximize: bool = False,
         state_dtype: npt.DTypeLike | None = None,
         master_weights: bool = False,
+        stochastic_rounding: bool = False,
+        seed: int | None = None,
     ) -> None: ...
 
 class RMSprop(Optimizer):
@@ -74,6 +80,8 @@ class RMSprop(Optimizer):
         maximize: bool = False,
         state_dtype: npt.DTypeLike | None = None,
         master_weights: bool = False,
+        stochastic_rounding: bool = False,
+        seed: int | None = None,
     ) -> None: ...
 
 class Adam(Optimizer):
@@ -90,6 +98,8 @@ class Adam(Optimizer):
         decoupled_weight_decay: bool = False,
         state_dtype: npt.DTypeLike | None = None,
         master_weights: bool = False,
+        stochastic_rounding: bool = False,
+        seed: int | None = None,
     ) -> None: ...
 
 class AdamW(Adam):
@@ -105,6 +115,8 @@ class AdamW(Adam):
         maximize: bool = False,
         state_dtype: npt.DTypeLike | None = None,
         master_weights: bool = False,
+        stochastic_rounding: bool = False,
+        seed: int | None = None,
     ) -> None: ...
 
 class NAdam(Optimizer):
@@ -121,6 +133,8 @@ class NAdam(Optimizer):
         maximize: bool = False,
         state_dtype: npt.DTypeLike | None = None,
         master_weights: bool = False,
+        stochastic_rounding: bool = False,
+        seed: int | None = None,
     ) -> None: ...
 
 class Adamax(Optimizer):
@@ -135,6 +149,8 @@ class Adamax(Optimizer):
         maximize: bool = False,
         state_dtype: npt.DTypeLike | None = None,
         master_weights: bool = False,
+        stochastic_rounding: bool = False,
+        seed: int | None = None,
     ) -> None: ...
 
 class RAdam(Optimizer):
@@ -150,6 +166,8 @@ class RAdam(Optimizer):
         maximize: bool = False,
         state_dtype: npt.DTypeLike | None = None,
         master_weights: bool = False,
+        stochastic_rounding: bool = False,
+        seed: int | None = None,
     ) -> None: ...
 
 class Lion(Optimizer):
@@ -164,6 +182,8 @@ class Lion(Optimizer):
         *,
         state_dtype: npt.DTypeLike | None = None,
         master_weights: bool = False,
+        stochastic_rounding: bool = False,
+        seed: int | None = None,
     ) -> None: ...
 
 class ADOPT(Optimizer):
@@ -180,6 +200,8 @@ class ADOPT(Optimizer):
         maximize: bool = False,
         state_dtype: npt.DTypeLike | None = None,
         master_weights: bool = False,
+        stochastic_rounding: bool = False,
+        seed: int | None = None,
     ) -> None: ...
 
 class AdamWScheduleFree(Optimizer):
@@ -196,6 +218,8 @@ class AdamWScheduleFree(Optimizer):
         *,
         state_dtype: npt.DTypeLike | None = None,
         master_weights: bool = False,
+        stochastic_rounding: bool = False,
+        seed: int | None = None,
     ) -> None: ...
     def train(self) -> None: ...
     def eval(self) -> None: ...
@@ -218,6 +242,8 @@ class LAMB(Optimizer):
         *,
         state_dtype: npt.DTypeLike | None = None,
         master_weights: bool = False,
+        stochastic_rounding: bool = False,
+        seed: int | None = None,
     ) -> None: ...
 
 __all__ = ['Optimizer', 'SGD', 'Adagrad', 'Adadelta', 'RMSprop', 'Adam', 'AdamW', 'NAdam',

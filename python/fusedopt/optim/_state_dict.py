@@ -129,7 +129,10 @@ class StateDicts:
                     self._group_state, map(self._state.get, range(start, stop)),
                     {"step": 0, **self._scalar_state}))
             groups.append(packed)
-        return {"state": state, "param_groups": groups}
+        out = {"state": state, "param_groups": groups}
+        if getattr(self, "stochastic_rounding", False):  # Note [Stochastic rounding]
+            out["stochastic_rounding"] = {"seed": self.seed}
+        return out
 
     def load_state_dict(self, state_dict: Mapping) -> None:
         """Replace the state and the groups' hyper-parameters by those of ``state_dict`` (as saved
@@ -189,8 +192,19 @@ class StateDicts:
                 raise ValueError(f"{fail}: state[{sid!r}] belongs to no parameter listed in param_groups")
             i = id_map[sid]
             new_state[i] = self._load_entry(fail, f"state[{sid!r}]", entry, i)
+        seed = None  # Note [Stochastic rounding]: the saved seed, where the dict has one
+        rounding = state_dict.get("stochastic_rounding") if isinstance(state_dict, Mapping) else None
+        if rounding is not None:
+            if not isinstance(rounding, Mapping) or "seed" not in rounding:
+                raise ValueError(f"{fail}: stochastic_rounding must be a dict with a 'seed'")
+            seed = rounding["seed"]
+            if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 1 << 64:
+                raise ValueError(f"{fail}: stochastic_rounding['seed'] must be an int in "
+                                 f"[0, 2**64), got {seed!r}")
 
         self._state = dict(sorted(new_state.items()))
+        if seed is not None:
+            self.seed = seed
         self._forget_runs()  # new dicts, none handed out yet
         for group, new in zip(self.param_groups, new_groups):
             group.clear()

@@ -48,6 +48,7 @@ import itertools
 import math
 import numbers
 import operator
+import secrets
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar
@@ -216,6 +217,22 @@ def prepare_step_fns(calls: Iterable) -> None:
             core.prepare(step)
 
 
+def check_rounding(cls: str, stochastic: Any, seed: Any) -> tuple[bool, int | None]:
+    """``(stochastic_rounding, seed)`` checked; with stochastic rounding, a seed of None is drawn
+    from the OS's entropy (every optimizer draws its own; the state dict records it)."""
+    if not isinstance(stochastic, bool):
+        raise TypeError(f"{cls}: stochastic_rounding must be a bool, got {type(stochastic).__name__}")
+    if seed is None:
+        if not stochastic:
+            return False, None
+        seed = secrets.randbits(63)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"{cls}: seed must be an int or None, got {type(seed).__name__}")
+    if not 0 <= seed < 1 << 64:
+        raise ValueError(f"{cls}: seed must be in [0, 2**64), got {seed}")
+    return stochastic, seed
+
+
 def _constructor(cls_name: str, spec: Spec) -> Any:
     """The ``__init__`` of a class of ``spec``: torch's signature (positional hyper-parameters,
     then keyword-only ones), each default the spec's; fixed hyper-parameters go into the defaults
@@ -224,10 +241,12 @@ def _constructor(cls_name: str, spec: Spec) -> Any:
     keyword = [h for h in spec.arguments if h.kw_only]
     params = ["self", "params"] + [f"{h.name}={h.default!r}" for h in positional]
     params += ["*"] + [f"{h.name}={h.default!r}" for h in keyword]
-    params += ["state_dtype=None", "master_weights=False"]
+    params += ["state_dtype=None", "master_weights=False", "stochastic_rounding=False",
+               "seed=None"]
     values = ", ".join(f"{h.name!r}: {hyper_value(h)}" for h in spec.hypers)
     return make_init(f"fusedopt.optim.{cls_name}", params,
-                     [f"{{{values}}}", "state_dtype", "master_weights"], Optimizer)
+                     [f"{{{values}}}", "state_dtype", "master_weights", "stochastic_rounding",
+                      "seed"], Optimizer)
 
 
 def make_init(where: str, args: list, exprs: list, base: type) -> Any:
@@ -308,7 +327,8 @@ class Optimizer(StateDicts):
         Optimizer._all_hyper_names.update(h.name for h in kernel.hypers)
 
     def __init__(self, params: Any, defaults: dict, state_dtype: Any = None,
-                 master_weights: bool = False) -> None:
+                 master_weights: bool = False, stochastic_rounding: bool = False,
+                 seed: int | None = None) -> None:
         cls = type(self).__name__
         check_hyper(cls, self._kernel, defaults)
         # None, "float32" or "bfloat16" (Note [State dtypes])
@@ -317,6 +337,8 @@ class Optimizer(StateDicts):
             raise TypeError(f"{cls}: master_weights must be a bool, got "
                             f"{type(master_weights).__name__}")
         self.master_weights = master_weights  # Note [Master weights]
+        # Note [Stochastic rounding] (csrc/storage.h): the seed of this optimizer's draws
+        self.stochastic_rounding, self.seed = check_rounding(cls, stochastic_rounding, seed)
         self.defaults = {**defaults, **self._group_defaults}
         self._bare = _arrays.looks_like_array(params)
         groups = as_list(cls, "params", params)
@@ -667,6 +689,8 @@ class Optimizer(StateDicts):
                for g, p in zip(call.grads, ps)):
             extra["grad_dtype"] = [g.dtype if isinstance(g, np.ndarray) else p.dtype
                                    for g, p in zip(call.grads, ps)]
+        if self.stochastic_rounding:
+            extra["sr_seed"] = self.seed
         return self._backend.bind(kernel.name, lists, hyper, name=f"{type(self).__name__}.step",
                                   index=index, grads_later=True, **extra)
 

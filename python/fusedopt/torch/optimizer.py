@@ -67,7 +67,13 @@ from ..optim._state_dict import (
     group_state_values,
     with_group_state,
 )
-from ..optim.optimizer import hyper_value, make_init, prepare_step_fns, run_input
+from ..optim.optimizer import (
+    check_rounding,
+    hyper_value,
+    make_init,
+    prepare_step_fns,
+    run_input,
+)
 
 __all__ = ["Optimizer", "make_class"]
 
@@ -215,6 +221,10 @@ class Optimizer(torch.optim.Optimizer):
 
     def __init__(self, params: Any, hyper: dict, flags: dict) -> None:
         self._reset_runs()
+        if "seed" in flags:  # Note [Stochastic rounding]: drawn once, kept in every group
+            flags = {**flags, "seed": check_rounding(type(self).__name__,
+                                                     flags["stochastic_rounding"],
+                                                     flags["seed"])[1]}
         self._check_flags(hyper, flags)
         check_hyper(type(self).__name__, self._kernel, self._plain(hyper))
         super().__init__(params, {**hyper, **flags, **self._numpy._group_defaults})
@@ -306,6 +316,8 @@ class Optimizer(torch.optim.Optimizer):
                 "autograd")
         if flags.get("state_dtype") is not None:
             _arrays.state_dtype_name(cls, flags["state_dtype"])
+        if "seed" in flags:
+            check_rounding(cls, flags.get("stochastic_rounding"), flags["seed"])
         lr, betas = values.get("lr"), values.get("betas")
         if isinstance(betas, (tuple, list)) and len(betas) == 2 and \
                 isinstance(betas[0], torch.Tensor) != isinstance(betas[1], torch.Tensor):
@@ -425,7 +437,8 @@ class Optimizer(torch.optim.Optimizer):
             for sid, entry in states.items():
                 if isinstance(entry, dict) and entry:
                     check_entry_names(fail, cls, f"state[{sid!r}]", entry, known, required)
-        kept = (*self._numpy._kept_on_load, "state_dtype")  # torch.optim's dicts lack it
+        # torch.optim's dicts lack these
+        kept = (*self._numpy._kept_on_load, "state_dtype", "stochastic_rounding", "seed")
         own = [{k: g[k] for k in kept if k in g} for g in self.param_groups]
         missing = [[k for k in kept if k not in saved] if isinstance(saved, dict) else []
                    for saved in (groups if isinstance(groups, (list, tuple)) else ())]
@@ -739,7 +752,9 @@ class Optimizer(torch.optim.Optimizer):
         ident = (call.gi, call.key, tuple(call.where),
                  tuple(map(id, call.params)), tuple(id(t) for ts in tensors for t in ts),
                  tuple(t.data_ptr() for ts in tensors for t in ts),
-                 tuple(id(v) for v in plain.values()), tuple(map(repr, plain.values())))
+                 tuple(id(v) for v in plain.values()), tuple(map(repr, plain.values())),
+                 self.param_groups[call.gi].get("stochastic_rounding"),
+                 self.param_groups[call.gi].get("seed"))
         hit = self._calls_cache.get(call.gi)
         if hit is not None and hit[0] == ident:
             return hit[1]
@@ -749,9 +764,11 @@ class Optimizer(torch.optim.Optimizer):
             next(views) if b.state in names else None
             for b in kernel.buffers)
         hyper = tuple(call.lr if name == "lr" else plain[name] for name in kernel.call_hypers)
+        group = self.param_groups[call.gi]
+        sr = {"sr_seed": group["seed"]} if group.get("stochastic_rounding") else {}
         bound = _backend.bind(kernel.name, lists, hyper, name=f"{type(self).__name__}.step",
                               index=call.where, grads_later=True,
-                              aliases={"params": f"param_groups[{call.gi}]['params']"})
+                              aliases={"params": f"param_groups[{call.gi}]['params']"}, **sr)
         if self._shard is not None and self._kernel.passes > 1:
             bound.pass_hook = self._shard.pass_hook(call.params)
         self._calls_cache[call.gi] = (ident, bound)
@@ -843,7 +860,8 @@ def make_class(numpy_cls: Any) -> type:
                f"{', '.join(f'``{k}``' for k in flags)}, see :class:`Optimizer`), param groups, "
                f"state names and state dicts; the update of :class:`fusedopt.{name}`, whose "
                "description follows.\n\n" + (numpy_cls.__doc__ or ""))
-    flags["state_dtype"] = None  # Note [State dtypes]: kept in each group, as the flags
+    # Note [State dtypes], [Stochastic rounding]: kept in each group, as the flags
+    flags.update(state_dtype=None, stochastic_rounding=False, seed=None)
     cls = type(name, (*numpy_cls._front_mixins, Optimizer), {
         "__doc__": doc, "__module__": __name__.rsplit(".", 1)[0], "_numpy": numpy_cls,
         "_spec": numpy_cls._spec, "_kernel": numpy_cls._kernel,
