@@ -39,11 +39,14 @@ constexpr int kNumSpecs = Specs::size;
 
 // Calls run(algo) with the algorithm object that Spec's dispatch makes of the hyper-parameters at
 // `hyper` (a Spec::Hyper), for the step `step` and storage combination `combo`: what every
-// backend's table entry does before it hands the object to its driver.
-template <class Spec, class Run>
-void with_algorithm(const void* hyper, const StepArgs& step, int combo, Run&& run) {
+// backend's table entry does before it hands the object to its driver. `Compiled`: the
+// combinations the backend is compiled for; `staged`: the CPU driver stages this call.
+template <class Spec, class Compiled = StorageCombos, class Run>
+void with_algorithm(const void* hyper, const StepArgs& step, int combo, Run&& run,
+                    bool staged = false) {
   const auto& h = *static_cast<const typename Spec::Hyper*>(hyper);
-  combo_switch(combo, [&](auto st) { Spec::template dispatch<decltype(st)>(h, step, run); });
+  combo_switch<Compiled>(combo, staged,
+                         [&](auto st) { Spec::template dispatch<decltype(st)>(h, step, run); });
 }
 
 // A backend's table: Entry<Kernel>::run for every spec of the registry, in its order (a variant

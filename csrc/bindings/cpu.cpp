@@ -364,7 +364,7 @@ py::object CpuBound::launch(int64_t t, std::vector<double>& h, std::vector<doubl
   }
   if (driver != Driver::Cpu) {
     for (const WorkList& wl : call_.lists) {
-      if (is_staged(wl.combo) || wl.copy >= 0) {
+      if (wl.combo >= kNumCompiledCombos || wl.copy >= 0) {
         names_.type("the emulated CUDA driver runs float32 and float64 only (Note [Staged storage])");
       }
     }

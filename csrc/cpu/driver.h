@@ -276,7 +276,7 @@ template <class Algo, size_t... I>
 inline void run_chunk(const Algo& algo, const TensorRef& t, const Chunk& ch, double* sums,
                       const WorkView& w, int64_t tensor, std::index_sequence<I...> idx) {
   if constexpr (std::is_same_v<typename Algo::storage, Storage<float, float, float>>) {
-    if (is_staged(w.combo) || (w.copy >= 0 && t.copy != nullptr)) {
+    if (is_staged(w.combo, w.stochastic) || (w.copy >= 0 && t.copy != nullptr)) {
       run_chunk_staged(algo, t, ch, sums, w, tensor, idx);
       return;
     }

@@ -18,7 +18,8 @@ namespace {
 template <class Spec>
 struct Entry {
   static void run(const WorkView& w, const Launch& l) {
-    with_algorithm<Spec>(l.hyper, l.step, w.combo, [&](const auto& algo) {
+    const bool staged = is_staged(w.combo, w.stochastic);
+    with_algorithm<Spec, CpuCombos>(l.hyper, l.step, w.combo, [&](const auto& algo) {
       using A = std::decay_t<decltype(algo)>;
       if constexpr (A::kBuffers > 1 && A::read(1)) {  // Note [The fused unscale]
         if (l.step.grad_factor != 1.0) {
@@ -27,7 +28,7 @@ struct Entry {
         }
       }
       apply(w, algo, l.out);
-    });
+    }, staged);
   }
 };
 
@@ -70,10 +71,37 @@ void rmw_of(const WorkView& w, int nwrite, std::integer_sequence<int, W...>) {
   ((nwrite == W + 1 ? apply(w, RmwAlgo<St, K, W + 1>{}, nullptr) : void()), ...);
 }
 
-// Over the combination's own storage, staged or not: the ceiling is the memory's.
+// A staged combination's ceiling moves its buffers' bytes as unsigned integers of their widths:
+// converting 16-bit values is the kernels' work, not the memory's (float16's conversion in
+// integer operations would make the "ceiling" slower than a kernel that stages with F16C).
+template <class T>
+struct BitsOf {
+  using type = T;
+};
+template <>
+struct BitsOf<float> {
+  using type = uint32_t;
+};
+template <>
+struct BitsOf<bf16> {
+  using type = uint16_t;
+};
+template <>
+struct BitsOf<f16> {
+  using type = uint16_t;
+};
+template <class St>
+using BitsStorage = Storage<typename BitsOf<typename St::param_t>::type,
+                            typename BitsOf<typename St::grad_t>::type,
+                            typename BitsOf<typename St::state_t>::type>;
+
+// Over the combination's own buffers, through the same driver.
 void rmw_k(const WorkView& w, int nbuf, int nwrite) {
   type_switch(AllCombos{}, w.combo, [&](auto st) {
-    using St = decltype(st);
+    using S0 = decltype(st);
+    using St = std::conditional_t<std::is_same_v<S0, Storage<float, float, float>> ||
+                                      std::is_same_v<S0, Storage<double, double, double>>,
+                                  S0, BitsStorage<S0>>;  // (as the 16-bit kernels' memory)
     switch (nbuf) {
       case 2: rmw_of<St, 2>(w, nwrite, std::make_integer_sequence<int, 1>{}); break;
       case 3: rmw_of<St, 3>(w, nwrite, std::make_integer_sequence<int, 2>{}); break;
