@@ -94,7 +94,9 @@ def implementations(config, n, torch, deepspeed_adam):
     opt = fusedopt.Adam([p], lr=LR, state_dtype=None if sd == F32 else "bfloat16",
                         master_weights=config == "bf16-master")
     if config == "offload-copy":
-        m, v, copy = np.zeros(n, sd), np.zeros(n, sd), np.zeros(n, BF16)
+        # state where fusedopt.state_like puts it (Note [State at its own 4 KiB offset])
+        m, v = fusedopt.state_like(p, slot=0), fusedopt.state_like(p, slot=1)
+        copy = fusedopt.state_like(p, slot=2, dtype=BF16)
         t = [0]
 
         def offload_step():
