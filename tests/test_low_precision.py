@@ -723,3 +723,20 @@ def test_optimizer_stochastic_rounding_is_seeded_and_recorded():
         fusedopt.Adam([start.copy()], stochastic_rounding=1)
     with pytest.raises(ValueError, match=r"Adam: seed must be in \[0, 2\*\*64\), got -3"):
         fusedopt.Adam([start.copy()], stochastic_rounding=True, seed=-3)
+
+
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=["bf16", "fp16"])
+def test_adafactor_refuses_16_bit_params_and_writes_nothing(dtype):
+    """Adafactor's own driver runs float32 and float64 only: a 16-bit param (which the other
+    algorithms take) is refused by name, never read as float32."""
+    p = np.ones((8, 8), dtype)
+    g = np.ones((8, 8), dtype)
+    before = p.tobytes()
+    with pytest.raises(TypeError, match=rf"adafactor: params\[0\] has dtype {dtype.name}, "
+                                        r"expected float32 or float64"):
+        functional.adafactor([p], [g], [np.zeros((8, 1), dtype)], [np.zeros((1, 8), dtype)],
+                             [None], steps=[1])
+    with pytest.raises(TypeError, match=rf"Adafactor.step: params\[0\] has dtype {dtype.name}, "
+                                        r"expected float32 or float64"):
+        fusedopt.Adafactor([p]).step([g])
+    assert p.tobytes() == before

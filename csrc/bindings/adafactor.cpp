@@ -87,6 +87,10 @@ void adafactor(py::handle params, py::handle grads, py::handle row_vars, py::han
     PyObject* p = ps[i].ptr();
     const auto* pa_ = check_slot(names, pa, 0, i, p, nullptr, nullptr, nullptr);
     const int pt = py::detail::array_descriptor_proxy(pa_->descr)->type_num;
+    if (pt != npy::NPY_FLOAT_ && pt != npy::NPY_DOUBLE_) {  // the others' 16-bit storage, not ours
+      names.type(names.item("params", i) + " has dtype " + dtype_str(p) +
+                 ", expected float32 or float64");
+    }
     const auto* ga_ = check_slot(names, ga, 1, i, gs[i].ptr(), p, "params", nullptr);
     if (py::detail::array_descriptor_proxy(ga_->descr)->type_num != pt) {
       names.type(names.item("grads", i) + " has dtype " + dtype_str(gs[i]) + ", expected " +
