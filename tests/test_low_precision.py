@@ -28,6 +28,7 @@ import pytest
 import fusedopt
 from fusedopt import _core, functional, reference
 from fusedopt._spec import SPECS
+from fusedopt.optim.optimizer import call_seed
 from algos import ALGOS
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -410,13 +411,13 @@ def test_float64_params_refuse_bfloat16_state_and_keep_nothing():
 
 @pytest.mark.parametrize("grad", [BF16, F16, F32], ids=["bf16-grads", "fp16-grads", "fp32-grads"])
 @pytest.mark.parametrize("copy", [BF16, F16], ids=["bf16-copies", "fp16-copies"])
-@pytest.mark.parametrize("algo", ALGOS, ids=[a.name for a in ALGOS])
+@pytest.mark.parametrize("algo", [a for a in ALGOS if a.name != "ewa"],  # (two calls: below)
+                         ids=[a.name for a in ALGOS if a.name != "ewa"])
 def test_param_copies_are_the_new_params_rounded_once(algo, copy, grad):
     """Every update over float32 params writes, with param_copies, each param's new value rounded
     to the copy's dtype (NumPy's / ml_dtypes' rounding), and the params and states bit for bit as
-    without copies; a None entry is a param without a copy."""
-    if algo.name == "ewa":  # its read-out writes outs, not params: no copies
-        return
+    without copies; a None entry is a param without a copy. (EWA's update writes its averages:
+    test_ewa_copies_are_the_averages_rounded.)"""
     cfg = algo.config(algo.full)
     rng = np.random.default_rng(8)
     params = [rng.standard_normal(n).astype(np.float32) for n in (3077, 9, 65539)]
@@ -701,11 +702,11 @@ def test_optimizer_stochastic_rounding_is_seeded_and_recorded():
     c, _ = run(stochastic_rounding=True, seed=12)
     d, _ = run()
     assert a.tobytes() == b.tobytes() and a.tobytes() != c.tobytes() and a.tobytes() != d.tobytes()
-    # the same steps as the functional calls with sr_seed
+    # the same steps as the functional calls with the call's seed (its first param's index 0)
     p = start.copy()
     m, v = np.zeros(p.shape, np.float32), np.zeros(p.shape, np.float32)
     for t, g in enumerate(grads[:2], 1):
-        functional.adamw([p], [g], [m], [v], step=t, lr=1e-3, sr_seed=11)
+        functional.adamw([p], [g], [m], [v], step=t, lr=1e-3, sr_seed=call_seed(11, 0))
     assert p.tobytes() == a.tobytes()
     # the seed is in the state dict: a resumed run draws what the first would have
     sd = oa.state_dict()
@@ -740,3 +741,80 @@ def test_adafactor_refuses_16_bit_params_and_writes_nothing(dtype):
                                         r"expected float32 or float64"):
         fusedopt.Adafactor([p]).step([g])
     assert p.tobytes() == before
+
+
+def test_ewa_copies_are_the_averages_rounded():
+    rng = np.random.default_rng(16)
+    avg = rng.standard_normal(5000).astype(np.float32)
+    twin = avg.copy()
+    c = np.zeros(5000, BF16)
+    for _ in range(3):
+        x = rng.standard_normal(5000).astype(BF16)
+        functional.ewa([avg], [x], beta=0.9, param_copies=[c])
+        functional.ewa([twin], [x.astype(np.float32)], beta=0.9)
+        assert avg.tobytes() == twin.tobytes() and c.tobytes() == avg.astype(BF16).tobytes()
+
+
+def test_stochastic_rounding_of_two_groups_draws_apart():
+    """Each call of a step (each group) keys its draws by a seed of its own: two groups of equal
+    params and grads round differently (they would draw the same bits with one seed for both)."""
+    rng = np.random.default_rng(17)
+    start = rng.standard_normal(4096).astype(BF16)
+    g = rng.standard_normal(4096).astype(BF16)
+    a, b = start.copy(), start.copy()
+    opt = fusedopt.SGD([{"params": [a]}, {"params": [b]}], lr=1e-3, stochastic_rounding=True,
+                       seed=1)
+    opt.step([g, g])
+    assert a.tobytes() != b.tobytes()
+    # and within expectations: each is a stochastic rounding of the same float32 value
+    exact = start.astype(np.float32) - np.float32(1e-3) * g.astype(np.float32)
+    lo, hi = _neighbours(exact, BF16)
+    for x in (a, b):
+        assert ((x.astype(np.float32) == lo) | (x.astype(np.float32) == hi)).all()
+
+
+def test_stochastic_rounding_is_refused_where_there_is_no_step():
+    avg = np.zeros(10, BF16)
+    with pytest.raises(TypeError, match="ewa takes no sr_seed: it has no step to key the draws by"):
+        functional.ewa([avg], [np.ones(10, BF16)], beta=0.9, sr_seed=3)
+    assert (avg.astype(np.float32) == 0).all()
+
+
+def test_changing_the_rounding_options_takes_effect_at_the_next_step():
+    rng = np.random.default_rng(18)
+    start = rng.standard_normal(4096).astype(BF16)
+    g = rng.standard_normal(4096).astype(BF16)
+
+    def run(change):
+        p = start.copy()
+        opt = fusedopt.SGD([p], lr=1e-3, stochastic_rounding=True, seed=1)
+        opt.step([g])  # a steady run is bound with seed 1
+        change(opt)
+        opt.step([g])
+        opt.step([g])
+        return p.tobytes()
+
+    same = run(lambda o: None)
+    assert run(lambda o: setattr(o, "seed", 2)) != same
+    assert run(lambda o: setattr(o, "stochastic_rounding", False)) != same
+    with pytest.raises(TypeError, match="SGD: master_weights must be a bool"):
+        fusedopt.SGD([start.copy()]).master_weights = 1
+
+
+def test_bfloat16_state_loads_a_torch_state_dict_of_bfloat16_params():
+    torch = pytest.importorskip("torch")
+    p = torch.randn(300).to(torch.bfloat16).requires_grad_()
+    peer = torch.optim.Adam([p], lr=1e-3)
+    p.grad = torch.randn(300).to(torch.bfloat16)
+    peer.step()
+    mine = fusedopt.Adam([np.zeros(300, BF16)], lr=1e-3, state_dtype="bfloat16")
+    mine.load_state_dict(peer.state_dict())
+    m = mine.state[0]["exp_avg"]
+    assert m.dtype == BF16
+    assert m.tobytes() == peer.state[p]["exp_avg"].view(torch.int16).numpy().tobytes()
+
+
+def test_grad_dtype_needs_the_params_to_be_a_list():
+    with pytest.raises(TypeError, match="params must be a list or tuple of numpy arrays, got int"):
+        _core.cpu.bind("sgd", (3, None, [None]), (0.1, 0.0, 0.0, 0.0, False, False),
+                       grads_later=True, grad_dtype=[BF16])

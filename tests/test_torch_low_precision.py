@@ -87,7 +87,7 @@ def test_float32_state_saved_is_not_rounded_by_torchs_load():
     assert torch.equal(again.state[p2]["exp_avg"], m)
 
 
-def test_refused_state_dtypes_and_16_bit_cuda_params():
+def test_refused_state_dtypes_and_param_dtypes():
     p = torch.ones(3, dtype=torch.bfloat16, requires_grad=True)
     with pytest.raises(ValueError, match=r"Adam: state_dtype must be None, 'float32' or "
                                          r"'bfloat16', got 'float16'"):
@@ -118,3 +118,17 @@ def test_stochastic_rounding_is_the_numpy_classes_and_its_seed_is_in_the_groups(
     assert isinstance(drawn.param_groups[0]["seed"], int)
     with pytest.raises(TypeError, match="Adam: stochastic_rounding must be a bool"):
         ft.Adam([torch.ones(3, requires_grad=True)], stochastic_rounding="yes")
+
+
+def test_a_group_added_with_stochastic_rounding_draws_a_seed_and_rounds_stochastically():
+    base = torch.ones(4096, dtype=torch.bfloat16, requires_grad=True)
+    opt = ft.SGD([base], lr=1e-3)  # rounding to nearest, no seed
+    q = torch.ones(4096, dtype=torch.bfloat16, requires_grad=True)
+    opt.add_param_group({"params": [q], "stochastic_rounding": True})
+    base.grad = torch.full((4096,), 0.3, dtype=torch.bfloat16)
+    q.grad = base.grad.clone()
+    opt.step()
+    assert isinstance(opt.param_groups[1]["seed"], int)
+    assert torch.equal(base.detach(), torch.ones(4096, dtype=torch.bfloat16))  # 3e-4 < ulp/2
+    moved = (q.detach() != 1).float().mean().item()
+    assert 0.01 < moved < 0.2  # 3e-4 is 0.077 of the ulp below 1 (2^-8 / 2 = 0.0039)

@@ -104,7 +104,12 @@ CpuBound::CpuBound(const SpecInfo& spec, py::handle lists, py::handle hyper, std
     }
     if (PyList_Check(grad_dtype.ptr()) || PyTuple_Check(grad_dtype.ptr())) {  // one per tensor
       const py::sequence seq = py::reinterpret_borrow<py::sequence>(grad_dtype);
-      const size_t n = static_cast<size_t>(PySequence_Fast_GET_SIZE(args_[0].list.ptr()));
+      py::handle params = args_[0].list;
+      if (!PyList_Check(params.ptr()) && !PyTuple_Check(params.ptr())) {
+        names_.type(std::string(args_[0].name) + " must be a list or tuple of numpy arrays, got " +
+                    type_name(params));
+      }
+      const size_t n = static_cast<size_t>(PySequence_Fast_GET_SIZE(params.ptr()));
       if (seq.size() != n) {
         names_.value("grad_dtype has " + std::to_string(seq.size()) + " dtypes, expected " +
                      std::to_string(n) + " (one per param)");
@@ -118,6 +123,10 @@ CpuBound::CpuBound(const SpecInfo& spec, py::handle lists, py::handle hyper, std
     }
   }
   if (!sr_seed.is_none()) {  // Note [Stochastic rounding]
+    if (!spec_.has_step) {  // its draws would repeat at every call: a bias, not rounding
+      names_.type(std::string(spec_.name) + " takes no sr_seed: it has no step to key the "
+                  "draws by");
+    }
     if (!PyLong_Check(sr_seed.ptr()) || PyBool_Check(sr_seed.ptr())) {
       names_.type("sr_seed must be an int (or None: round to nearest), got " + type_name(sr_seed));
     }

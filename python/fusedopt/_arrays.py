@@ -158,7 +158,10 @@ class _Torch(_Adapter):
         return x.detach().clone()  # on x's device, strides kept
 
     def to_host(self, x):
-        return x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        if x.dtype == sys.modules["torch"].bfloat16:  # NumPy has no bfloat16: ml_dtypes's view
+            return x.view(sys.modules["torch"].int16).numpy().view(bfloat16_dtype())
+        return x.numpy()
 
     def f64_zeros(self, x, n):
         out = sys.modules["torch"].zeros(n, dtype=sys.modules["torch"].float64, device=x.device)

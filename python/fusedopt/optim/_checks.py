@@ -58,6 +58,9 @@ def check_param(cls: str, where: str, p: Any) -> _arrays.Meta:
     if m.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{cls}: {where} has dtype {m.dtype}, expected float32, float64, "
                         "bfloat16 or float16")
+    if m.dtype not in ("float32", "float64") and not isinstance(p, np.ndarray):
+        raise TypeError(f"{cls}: {where} has dtype {m.dtype}: 16-bit params are taken as NumPy "
+                        "arrays only (the CUDA kernels run float32 and float64)")
     if not m.native:
         raise TypeError(
             f"{cls}: {where} has a non-native byte order (dtype {p.dtype}); fusedopt updates "

@@ -233,6 +233,24 @@ def check_rounding(cls: str, stochastic: Any, seed: Any) -> tuple[bool, int | No
     return stochastic, seed
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(z: int) -> int:
+    """splitmix64's finalizer (mix64 in csrc/storage.h)."""
+    z = (z + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def call_seed(seed: int, first: int) -> int:
+    """The sr_seed of one call of an optimizer's step whose first param has flat index ``first``
+    (Note [Stochastic rounding]): a call keys its tensors by their position in it, so each call
+    (each group, each split of one) draws from a seed of its own."""
+    return _mix64(seed ^ _mix64(first))
+
+
 def _constructor(cls_name: str, spec: Spec) -> Any:
     """The ``__init__`` of a class of ``spec``: torch's signature (positional hyper-parameters,
     then keyword-only ones), each default the spec's; fixed hyper-parameters go into the defaults
@@ -331,14 +349,13 @@ class Optimizer(StateDicts):
                  seed: int | None = None) -> None:
         cls = type(self).__name__
         check_hyper(cls, self._kernel, defaults)
+        self._options: dict = {}
         # None, "float32" or "bfloat16" (Note [State dtypes])
-        self.state_dtype = _arrays.state_dtype_name(cls, state_dtype)
-        if not isinstance(master_weights, bool):
-            raise TypeError(f"{cls}: master_weights must be a bool, got "
-                            f"{type(master_weights).__name__}")
+        self.state_dtype = state_dtype
         self.master_weights = master_weights  # Note [Master weights]
         # Note [Stochastic rounding] (csrc/storage.h): the seed of this optimizer's draws
-        self.stochastic_rounding, self.seed = check_rounding(cls, stochastic_rounding, seed)
+        self.stochastic_rounding = stochastic_rounding
+        self.seed = seed
         self.defaults = {**defaults, **self._group_defaults}
         self._bare = _arrays.looks_like_array(params)
         groups = as_list(cls, "params", params)
@@ -363,6 +380,57 @@ class Optimizer(StateDicts):
         self._lock = threading.Lock()
         for i, group in enumerate(groups):
             self._add_group(group, f"param_groups[{i}]" if given_groups else None)
+
+    # ---- the low-precision options: each set checked, and the bound calls made anew --------------
+
+    def _set_option(self, name: str, value: Any) -> None:
+        self._options[name] = value
+        if hasattr(self, "_runs"):  # after the constructor: the next step binds anew
+            self._forget_runs()
+
+    @property
+    def state_dtype(self) -> Any:
+        """None, "float32" or "bfloat16" (Note [State dtypes]); a new value applies to state
+        allocated from then on."""
+        return self._options["state_dtype"]
+
+    @state_dtype.setter
+    def state_dtype(self, value: Any) -> None:
+        self._set_option("state_dtype", _arrays.state_dtype_name(type(self).__name__, value))
+
+    @property
+    def master_weights(self) -> bool:
+        """Whether 16-bit params keep a float32 master copy (Note [Master weights])."""
+        return self._options["master_weights"]
+
+    @master_weights.setter
+    def master_weights(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"{type(self).__name__}: master_weights must be a bool, got "
+                            f"{type(value).__name__}")
+        self._set_option("master_weights", value)
+
+    @property
+    def stochastic_rounding(self) -> bool:
+        """Whether 16-bit stores round stochastically (Note [Stochastic rounding])."""
+        return self._options["stochastic_rounding"]
+
+    @stochastic_rounding.setter
+    def stochastic_rounding(self, value: bool) -> None:
+        on, seed = check_rounding(type(self).__name__, value, self._options.get("seed"))
+        self._set_option("stochastic_rounding", on)
+        self._options["seed"] = seed
+
+    @property
+    def seed(self) -> int | None:
+        """The seed of stochastic rounding (drawn from the OS when set to None with it on)."""
+        return self._options["seed"]
+
+    @seed.setter
+    def seed(self, value: int | None) -> None:
+        self._set_option("seed", check_rounding(type(self).__name__,
+                                                self._options.get("stochastic_rounding", False),
+                                                value)[1])
 
     # ---- copies ----------------------------------------------------------------------------------
 
@@ -690,7 +758,8 @@ class Optimizer(StateDicts):
             extra["grad_dtype"] = [g.dtype if isinstance(g, np.ndarray) else p.dtype
                                    for g, p in zip(call.grads, ps)]
         if self.stochastic_rounding:
-            extra["sr_seed"] = self.seed
+            first = indices.start if isinstance(indices, range) else indices[0]
+            extra["sr_seed"] = call_seed(self.seed or 0, first)  # (a seed is set when on)
         return self._backend.bind(kernel.name, lists, hyper, name=f"{type(self).__name__}.step",
                                   index=index, grads_later=True, **extra)
 

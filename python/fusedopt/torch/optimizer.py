@@ -68,6 +68,7 @@ from ..optim._state_dict import (
     with_group_state,
 )
 from ..optim.optimizer import (
+    call_seed,
     check_rounding,
     hyper_value,
     make_init,
@@ -317,7 +318,9 @@ class Optimizer(torch.optim.Optimizer):
         if flags.get("state_dtype") is not None:
             _arrays.state_dtype_name(cls, flags["state_dtype"])
         if "seed" in flags:
-            check_rounding(cls, flags.get("stochastic_rounding"), flags["seed"])
+            seed = check_rounding(cls, flags.get("stochastic_rounding"), flags["seed"])[1]
+            if seed != flags["seed"] and where is not None:  # a group turned it on: drawn here
+                flags["seed"] = seed
         lr, betas = values.get("lr"), values.get("betas")
         if isinstance(betas, (tuple, list)) and len(betas) == 2 and \
                 isinstance(betas[0], torch.Tensor) != isinstance(betas[1], torch.Tensor):
@@ -765,7 +768,10 @@ class Optimizer(torch.optim.Optimizer):
             for b in kernel.buffers)
         hyper = tuple(call.lr if name == "lr" else plain[name] for name in kernel.call_hypers)
         group = self.param_groups[call.gi]
-        sr = {"sr_seed": group["seed"]} if group.get("stochastic_rounding") else {}
+        sr = {}
+        if group.get("stochastic_rounding"):  # Note [Stochastic rounding]: a seed per call
+            first = sum(len(g["params"]) for g in self.param_groups[: call.gi]) + call.where[0]
+            sr["sr_seed"] = call_seed(group["seed"], first)
         bound = _backend.bind(kernel.name, lists, hyper, name=f"{type(self).__name__}.step",
                               index=call.where, grads_later=True,
                               aliases={"params": f"param_groups[{call.gi}]['params']"}, **sr)
