@@ -332,12 +332,8 @@ def load_like(p, value, slot, dtype=None):
     ad = adapter_of(p)
     if dtype is not None and isinstance(p, np.ndarray):
         out = state_like(p, 0.0, slot, dtype)
-        if _torch_tensor(value):  # 16-bit tensors have no .numpy(): as float32, exactly
-            wide = value.dtype.is_floating_point and value.dtype.itemsize == 2
-            value = value.detach().to("cpu", sys.modules["torch"].float32 if wide else None)
-            value = value.numpy()
-        elif not isinstance(value, np.ndarray):
-            value = adapter_of(value).to_host(value)
+        if not isinstance(value, np.ndarray):  # (a bfloat16 tensor: an ml_dtypes view)
+            value = (_TORCH if _torch_tensor(value) else adapter_of(value)).to_host(value)
         out[...] = value  # rounded to nearest where the state is narrower
         return out
     out = ad.full_like(p, 0.0, slot)
@@ -418,7 +414,7 @@ def state_dtype_for(cls, p, state_dtype):
                             f"kernels), got a {type(p).__name__}")
         return None
     if state_dtype is None:
-        return np.dtype(np.float32) if p.dtype.itemsize == 2 else p.dtype
+        return np.dtype(np.float32) if is_16_bit(p) else p.dtype
     return bfloat16_dtype(cls) if state_dtype == "bfloat16" else np.dtype(state_dtype)
 
 

@@ -154,9 +154,6 @@ def as_float(fail: str, where: str, value: Any) -> float:
     return float(value)
 
 
-_FLOAT_NAMES = ("float16", "bfloat16", "float32", "float64")
-
-
 def load_array(fail: str, where: str, value: Any, p: Any, m: _arrays.Meta, i: int,
                slot: int, dtype: Any = None) -> Any:
     """A new state buffer for param ``p`` (Meta ``m``, flat index ``i``) holding the saved
@@ -176,7 +173,7 @@ def load_array(fail: str, where: str, value: Any, p: Any, m: _arrays.Meta, i: in
             f"{fail}: {where} has shape {shape}, expected {m.shape} (the shape of params[{i}])"
         )
     if want is not None and str(want) != m.dtype:
-        if str(dtype).replace("torch.", "") not in _FLOAT_NAMES:
+        if dtype not in _FLOAT_DTYPES:  # (shape_dtype names a torch dtype without "torch.")
             raise ValueError(f"{fail}: {where} has dtype {dtype}, expected a float dtype (the "
                              f"state of params[{i}] is {want})")
         return _arrays.load_like(p, value, slot, want)
