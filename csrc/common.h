@@ -41,7 +41,9 @@ constexpr int kMaxBuffers = 5;
 struct TensorRef {
   void* ptr[kMaxBuffers];
   int64_t numel;
-  void* copy;  // the 16-bit copy of the updated param the CPU driver writes, or null
+  // the 16-bit copy of the updated param the CPU driver writes, or the param's Kahan
+  // compensation (WorkView::kahan), or null
+  void* copy;
 };
 
 template <class... T>

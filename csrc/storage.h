@@ -108,7 +108,8 @@ constexpr int kNumCompiledCombos = StorageCombos::size;
 // uses, bfloat16 params and grads with float32 or bfloat16 state, are also compiled as they are,
 // for the CPU kernels only (CpuCombos; the CUDA kernels and the CUDA driver's emulation are not
 // compiled for them), at two of the minutes of Note [Staged storage]. They take the staged path
-// for what only it does: stochastic rounding (Note [Stochastic rounding]). Same bits either way.
+// for what only it does: stochastic rounding (Note [Stochastic rounding]) and Kahan
+// compensation (Note [Kahan summation]). Same bits either way.
 using CpuFusedCombos = TypeList<Storage<bf16, bf16, float>, Storage<bf16, bf16, bf16>>;
 constexpr int kNumCpuCombos = kNumCompiledCombos + CpuFusedCombos::size;
 
@@ -339,6 +340,27 @@ FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE float load<float, f16>(f16 x) {
 template <>
 FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE f16 store<f16, float>(float x) {
   return f16{float_to_f16(x)};
+}
+
+// Note [Kahan summation]
+// With Kahan summation a 16-bit param p carries a compensation c of its own dtype: what rounding
+// p dropped of the updates so far, added back into the next. A step that computes the param's
+// new value q in float32 (from p, as without it) stores
+//   u = c + (q - p),  p' = round(p + u),  c' = round(u - (p' - p))
+// (q - p and p' - p are exact in float32 wherever the update is smaller than p; u - (p' - p) is
+// the part of u that p' could not hold). Updates far below half an ulp of p then accumulate in c
+// until they move p, instead of being rounded away at every step. Where p' is not finite, c' is
+// 0 (an infinite param has nothing left to compensate; a NaN param stays NaN by itself).
+// On the bits of a 16-bit type S (GCC vectorizes loops of these, not of the structs' copies).
+template <class S>
+FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void kahan_store(float q, uint16_t* p, uint16_t* c) {
+  const float old = load<float>(S{*p});
+  const float u = load<float>(S{*c}) + (q - old);
+  const uint16_t stored = store<S>(old + u).bits;
+  const float now = load<float>(S{stored});
+  const bool finite = (bits_of(now) & 0x7f800000u) != 0x7f800000u;
+  *c = store<S>(finite ? u - (now - old) : 0.0f).bits;
+  *p = stored;
 }
 
 FUSEDOPT_ISA_END

@@ -77,10 +77,12 @@ class Algo:
             if self.uses(s, cfg.hp)
         }
 
-    def step(self, module, params, grads, states, step, hp, carry=None):
+    def step(self, module, params, grads, states, step, hp, carry=None, **extra):
         """One update through ``module`` (functional or reference); returns the new carry
-        (NAdam's ``mu_product``; ``None`` for the rest)."""
+        (NAdam's ``mu_product``; ``None`` for the rest). ``extra``: keywords of the functional
+        call (``kahan_comps``, ``param_copies``, ``sr_seed``), for the algorithms of one call."""
         if self.call is not None:
+            assert not extra, f"{self.name}: its step is two calls"
             return self.call(module, params, grads, states, step, hp, carry)
         fn = getattr(module, self.name)
         pos = []
@@ -97,7 +99,7 @@ class Algo:
             kwargs[names[0]] = carry
         elif names and carry is not None:  # Schedule-Free's weight_sum and lr_max
             kwargs.update(zip(names, carry))
-        return fn(*pos, step=step, **kwargs)
+        return fn(*pos, step=step, **kwargs, **extra)
 
 
 def _ewa_call(module, params, grads, states, step, hp, carry):

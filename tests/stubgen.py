@@ -97,13 +97,15 @@ class cpu:
              grads_later: bool = False, aliases: dict[str, str] | None = None,
              grad_dtype: npt.DTypeLike | Sequence[npt.DTypeLike] | None = None,
              param_copies: Sequence[np.ndarray | None] | None = None,
-             sr_seed: int | None = None) -> cpu.Bound: ...
+             sr_seed: int | None = None,
+             kahan_comps: Sequence[np.ndarray | None] | None = None) -> cpu.Bound: ...
     @staticmethod
     def call(algo: str, lists: _Lists, hyper: _Hyper, step: int | None = None,
              scalars: float | tuple[float, ...] | None = None, name: str = "",
              grad_norm: float | None = None,
              param_copies: Sequence[np.ndarray | None] | None = None,
-             sr_seed: int | None = None
+             sr_seed: int | None = None,
+             kahan_comps: Sequence[np.ndarray | None] | None = None
              ) -> float | tuple[float, ...] | npt.NDArray[np.float64] | None: ...
     @staticmethod
     def rmw(params: Sequence[np.ndarray], grads: Sequence[np.ndarray],
@@ -199,7 +201,8 @@ def functional_stub() -> str:
         if spec.run_input:
             parts.append(f"{spec.run_input}: float | None = None")
         if F._takes_copies(spec):  # Note [Param copies]
-            parts += ["param_copies: Sequence[Any] | None = None", "sr_seed: int | None = None"]
+            parts += ["param_copies: Sequence[Any] | None = None", "sr_seed: int | None = None",
+                      "kahan_comps: Sequence[Any] | None = None"]
         ret = "float" if len(spec.scalars) == 1 else "None"
         out.append(f"def {name}(")
         out += [f"    {p}," for p in parts]
@@ -234,7 +237,7 @@ def optim_stub() -> str:
         parts += ["*"] + [_param(h.name, KIND_TYPES[h.kind], h.default) for h in keyword]
         parts += ["state_dtype: npt.DTypeLike | None = None",  # Note [State dtypes]
                   "master_weights: bool = False", "stochastic_rounding: bool = False",
-                  "seed: int | None = None"]
+                  "seed: int | None = None", "kahan_summation: bool = False"]
         out.append(f"class {name}({base}):")
         out.append("    def __init__(")
         out += [f"        {p}," for p in parts]

@@ -244,6 +244,20 @@ for name in ("adam", "lamb", "sgd", "adamw_schedulefree"):
         for key, arrays in dict(params=params, **states).items():
             out[f"{name}:{np.dtype(pd).name}:{np.dtype(sd).name}:{key}"] = np.concatenate(
                 [a.view(np.uint16 if a.itemsize == 2 else np.uint32).ravel() for a in arrays])
+for name in ("adam", "sgd"):  # Note [Kahan summation]
+    algo = ALGO_BY_NAME[name]
+    cfg = algo.config(algo.full)
+    for pd in (bf, np.float16):
+        rng = np.random.default_rng(1)
+        params = [rng.standard_normal(n).astype(pd) for n in (300_001, 5, 70_000)]
+        comps = [np.zeros(p.shape, pd) for p in params]
+        states = algo.new_states([p.astype(np.float32) for p in params], cfg)
+        for t in range(cfg.start, cfg.start + 4):
+            grads = [(rng.standard_normal(p.shape) * 1e-3).astype(pd) for p in params]
+            algo.step(functional, params, grads, states, t, cfg.hp, kahan_comps=comps)
+        for key, arrays in (("params", params), ("kahan_comps", comps)):
+            out[f"kahan:{name}:{np.dtype(pd).name}:{key}"] = np.concatenate(
+                [a.view(np.uint16).ravel() for a in arrays])
 out["simd"] = np.array(fusedopt.build_info()["simd_active"])
 np.savez(sys.argv[1], **out)
 """

@@ -603,10 +603,11 @@ def test_signature_is_torchs(cls):
     for p in list(inspect.signature(cls).parameters.values())[1:]:
         (keyword if p.kind is p.KEYWORD_ONLY else positional).append(f"{p.name}={p.default!r}")
     # torch's signature, and fusedopt's low-precision options last (Note [State dtypes],
-    # [Master weights], [Stochastic rounding])
-    ours = ["state_dtype=None", "master_weights=False", "stochastic_rounding=False", "seed=None"]
-    assert keyword[-4:] == ours
-    assert " ".join(positional) + " | " + " ".join(keyword[:-4]) == SIGNATURES[cls]
+    # [Master weights], [Stochastic rounding], [Kahan summation])
+    ours = ["state_dtype=None", "master_weights=False", "stochastic_rounding=False", "seed=None",
+            "kahan_summation=False"]
+    assert keyword[-5:] == ours
+    assert " ".join(positional) + " | " + " ".join(keyword[:-5]) == SIGNATURES[cls]
     assert getattr(fusedopt, cls.__name__) is cls
 
 

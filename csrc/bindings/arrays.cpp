@@ -265,14 +265,16 @@ void check_layout(const Names& names, const ListArg& a, size_t i,
 
 // A param copy (Note [Param copies] in cpu/driver.h) of the param `ref`: a plain or subclassed
 // ndarray, bfloat16 or float16 of the first copy's dtype (*copy_type, set by the first), of a
-// float32 param, native byte order, with check_layout's layout.
+// float32 param, native byte order, with check_layout's layout. Or, in a list of Kahan
+// compensations (ListArg::kahan), one of a 16-bit param, of that param's dtype.
 const py::detail::PyArray_Proxy* check_copy(const Names& names, const ListArg& a, size_t i,
                                             PyObject* o, PyObject* ref, const char* ref_list,
                                             int* copy_type) {
   auto& api = npy::get();
+  const char* none = a.kahan ? "(or None: no compensation)" : "(or None: no copy)";
   if (!api.PyArray_Check_(o)) {
-    names.type(names.item(a.name, i) + " is a " + type_name(o) + ", expected a numpy.ndarray "
-               "(or None: no copy)");
+    names.type(names.item(a.name, i) + " is a " + type_name(o) + ", expected a numpy.ndarray " +
+               none);
   }
   if (Py_TYPE(o) != api.PyArray_Type_ && is_masked(o)) {
     names.type(names.item(a.name, i) + " is a masked array (numpy.ma.MaskedArray)");
@@ -280,20 +282,33 @@ const py::detail::PyArray_Proxy* check_copy(const Names& names, const ListArg& a
   const auto* arr = py::detail::array_proxy(o);
   const auto* descr = py::detail::array_descriptor_proxy(arr->descr);
   const int dt = dtype_of(descr->type_num);
-  if (dt != static_cast<int>(DType::BFloat16) && dt != static_cast<int>(DType::Float16)) {
-    names.type(names.item(a.name, i) + " has dtype " + dtype_str(o) +
-               ", expected bfloat16 or float16");
-  }
-  if (*copy_type == 0) {
-    *copy_type = descr->type_num;
-  } else if (*copy_type != descr->type_num) {
-    names.type(names.item(a.name, i) + " has dtype " + dtype_str(o) + ", expected " +
-               type_name_of(*copy_type) + " (every copy of a call has one dtype)");
-  }
   const int pt = py::detail::array_descriptor_proxy(py::detail::array_proxy(ref)->descr)->type_num;
-  if (dtype_of(pt) != static_cast<int>(DType::Float32)) {
-    names.type(names.item(a.name, i) + ": copies are written of float32 params, but " +
-               names.item(ref_list, i) + " has dtype " + type_name_of(pt));
+  if (a.kahan) {
+    const int pd = dtype_of(pt);
+    if (pd != static_cast<int>(DType::BFloat16) && pd != static_cast<int>(DType::Float16)) {
+      names.type(names.item(a.name, i) + ": Kahan compensations are of bfloat16 or float16 "
+                 "params, but " + names.item(ref_list, i) + " has dtype " + type_name_of(pt) +
+                 " (pass None for it)");
+    }
+    if (descr->type_num != pt) {
+      names.type(names.item(a.name, i) + " has dtype " + dtype_str(o) + ", expected " +
+                 type_name_of(pt) + " (its param's)");
+    }
+  } else {
+    if (dt != static_cast<int>(DType::BFloat16) && dt != static_cast<int>(DType::Float16)) {
+      names.type(names.item(a.name, i) + " has dtype " + dtype_str(o) +
+                 ", expected bfloat16 or float16");
+    }
+    if (*copy_type == 0) {
+      *copy_type = descr->type_num;
+    } else if (*copy_type != descr->type_num) {
+      names.type(names.item(a.name, i) + " has dtype " + dtype_str(o) + ", expected " +
+                 type_name_of(*copy_type) + " (every copy of a call has one dtype)");
+    }
+    if (dtype_of(pt) != static_cast<int>(DType::Float32)) {
+      names.type(names.item(a.name, i) + ": copies are written of float32 params, but " +
+                 names.item(ref_list, i) + " has dtype " + type_name_of(pt));
+    }
   }
   if (descr->byteorder == '>') {
     names.type(names.item(a.name, i) + " has a non-native byte order (dtype " + dtype_str(o) + ")");
@@ -536,6 +551,11 @@ CheckedCall check_call(const Names& names, const ListArg* a, int nargs, const Si
   }
   if (copy_type != 0) {
     for (WorkList& wl : out.lists) wl.copy = dtype_of(copy_type);
+  }
+  for (int k = 0; k < nargs; ++k) {
+    if (a[k].present && a[k].kahan) {
+      for (WorkList& wl : out.lists) wl.kahan = true;
+    }
   }
   if (!keep) return out;
   for (const Span& s : spans) (s.written ? out.written : out.read).push_back(s);

@@ -32,6 +32,9 @@ struct ListArg {
   // The param copies (Note [Param copies]): written, 16-bit, of float32 params; an entry may be
   // None (no copy of that param).
   bool copy = false;
+  // With `copy`: the list is of Kahan compensations (Note [Kahan summation] in storage.h), each
+  // of its 16-bit param's dtype, read and written; an entry may be None (a param without one).
+  bool kahan = false;
   bool written() const { return role == Role::Param || role == Role::State; }
 };
 
@@ -39,13 +42,14 @@ struct ListArg {
 struct WorkList {
   int combo;
   int copy = -1;  // the DType of the call's param copies, or -1 (Note [Param copies])
+  bool kahan = false;  // the copies are Kahan compensations (cpu::WorkView::kahan)
   std::vector<TensorRef> tensors;
   std::vector<int64_t> origin;  // each tensor's index in the call
   std::vector<cpu::Chunk> chunks;
   int64_t total = 0;
   cpu::WorkView view(int max_threads) const {
     return {tensors.data(), origin.data(), chunks.data(), static_cast<int64_t>(chunks.size()),
-            total, combo, max_threads, copy};
+            total, combo, max_threads, copy, false, 0, kahan};
   }
 };
 

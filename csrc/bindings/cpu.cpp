@@ -29,7 +29,7 @@ class CpuBound : public Bound {
   CpuBound(const SpecInfo& spec, py::handle lists, py::handle hyper, std::string name,
            py::handle index, bool grads_later, py::handle aliases, bool keep = true,
            py::handle grad_dtype = py::none(), py::handle copies = py::none(),
-           py::handle sr_seed = py::none());
+           py::handle sr_seed = py::none(), py::handle kahan = py::none());
   void check(py::handle grads) {
     Busy busy(*this);
     verify_unchanged();
@@ -88,7 +88,8 @@ class CpuBound : public Bound {
 
 CpuBound::CpuBound(const SpecInfo& spec, py::handle lists, py::handle hyper, std::string name,
                    py::handle index, bool grads_later, py::handle aliases, bool keep,
-                   py::handle grad_dtype, py::handle copies, py::handle sr_seed)
+                   py::handle grad_dtype, py::handle copies, py::handle sr_seed,
+                   py::handle kahan)
     : Bound(spec, name.empty() ? std::string(spec.name) : std::move(name), index), keep_(keep) {
   parse_hyper(hyper);
   const auto& bs = spec.buffers;
@@ -145,6 +146,24 @@ CpuBound::CpuBound(const SpecInfo& spec, py::handle lists, py::handle hyper, std
     }
     ListArg c{"param_copies", copies, Role::State};
     c.copy = true;
+    args_.push_back(c);
+  }
+  if (!kahan.is_none()) {  // Note [Kahan summation] (storage.h): after the slots, as copies
+    if (!has_grad_slot_ || spec_.reduce > 0) {
+      names_.type(std::string(spec_.name) + " takes no kahan_comps (they are of an update's "
+                  "params)");
+    }
+    if (!copies.is_none()) {
+      names_.value("kahan_comps and param_copies exclude each other (compensations are of 16-bit "
+                   "params, copies of float32 ones)");
+    }
+    if (stochastic_) {
+      names_.value("kahan_comps and sr_seed exclude each other (a stochastically rounded param "
+                   "has no rounding error to carry)");
+    }
+    ListArg c{"kahan_comps", kahan, Role::State};
+    c.copy = true;
+    c.kahan = true;
     args_.push_back(c);
   }
   for (size_t k = 0; k < args_.size(); ++k) sites_[k] = {&names_, args_[k].name};  // + copies
@@ -373,7 +392,7 @@ py::object CpuBound::launch(int64_t t, std::vector<double>& h, std::vector<doubl
   }
   if (driver != Driver::Cpu) {
     for (const WorkList& wl : call_.lists) {
-      if (wl.combo >= kNumCompiledCombos || wl.copy >= 0) {
+      if (wl.combo >= kNumCompiledCombos || wl.copy >= 0 || wl.kahan) {
         names_.type("the emulated CUDA driver runs float32 and float64 only (Note [Staged storage])");
       }
     }
@@ -514,15 +533,16 @@ void def_cpu(py::module_& cpu) {
       "bind",
       [](const std::string& algo, py::handle lists, py::handle hyper, std::string name,
          py::handle index, bool grads_later, py::handle aliases, py::handle grad_dtype,
-         py::handle param_copies, py::handle sr_seed) {
+         py::handle param_copies, py::handle sr_seed, py::handle kahan_comps) {
         return std::make_unique<CpuBound>(find_spec(algo), lists, hyper, std::move(name), index,
                                           grads_later, aliases, true, grad_dtype, param_copies,
-                                          sr_seed);
+                                          sr_seed, kahan_comps);
       },
       py::arg("algo"), py::arg("lists"), py::arg("hyper"), py::kw_only(), py::arg("name") = "",
       py::arg("index") = py::none(), py::arg("grads_later") = false,
       py::arg("aliases") = py::none(), py::arg("grad_dtype") = py::none(),
       py::arg("param_copies") = py::none(), py::arg("sr_seed") = py::none(),
+      py::arg("kahan_comps") = py::none(),
       "Checks a call of `algo` over NumPy arrays and binds it (Note [A bound call]): `lists` are "
       "its lists in the order of its signature (None for an unused optional one; for the grads "
       "too with grads_later), `hyper` its hyper-parameters that a call takes, in that order. "
@@ -532,21 +552,24 @@ void def_cpu(py::module_& cpu) {
       "`param_copies`: a list of 16-bit arrays (or None entries), one per float32 param, each "
       "written with its param's new value rounded to its dtype (Note [Param copies]). "
       "`sr_seed`: None (16-bit stores round to nearest) or an int: they round stochastically, "
-      "keyed by (sr_seed, step, tensor, element) (Note [Stochastic rounding]).");
+      "keyed by (sr_seed, step, tensor, element) (Note [Stochastic rounding]). "
+      "`kahan_comps`: a list of arrays (or None entries), one per 16-bit param, of its dtype: "
+      "the param's Kahan compensation, read and written (Note [Kahan summation]).");
 
   cpu.def(
       "call",
       [](const std::string& algo, py::handle lists, py::handle hyper, py::handle step,
          py::handle scalars, std::string name, py::handle grad_norm, py::handle param_copies,
-         py::handle sr_seed) {
+         py::handle sr_seed, py::handle kahan_comps) {
         CpuBound b(find_spec(algo), lists, hyper, std::move(name), py::none(), false, py::none(),
-                   false, py::none(), param_copies, sr_seed);
+                   false, py::none(), param_copies, sr_seed, kahan_comps);
         return b.run(py::none(), step, py::none(), scalars, CpuBound::Driver::Cpu, py::none(),
                      grad_norm);
       },
       py::arg("algo"), py::arg("lists"), py::arg("hyper"), py::arg("step") = py::none(),
       py::arg("scalars") = py::none(), py::arg("name") = "", py::arg("grad_norm") = py::none(),
       py::arg("param_copies") = py::none(), py::arg("sr_seed") = py::none(),
+      py::arg("kahan_comps") = py::none(),
       "bind(algo, lists, hyper, name=name).run(step=step, scalars=scalars, grad_norm=grad_norm) "
       "in one call, holding nothing: fusedopt.functional's one-shot call.");
 

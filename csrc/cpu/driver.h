@@ -215,23 +215,39 @@ __attribute__((noinline)) inline void stage_out(DType d, const float* __restrict
 // staging tile (Note [The staging tile]) while the param is in L1: 2 more bytes per element and
 // no pass of its own. Only a pass that writes the params writes their copies.
 
+// The new values q of n 16-bit params of dtype d at `param` (still holding their old values), with
+// their compensations at `comp`, stored by Note [Kahan summation] (storage.h).
+__attribute__((noinline)) inline void kahan_out(DType d, const float* __restrict q, void* param,
+                                                void* comp, int64_t n) {
+  auto* p = static_cast<uint16_t*>(param);
+  auto* c = static_cast<uint16_t*>(comp);
+  if (d == DType::BFloat16) {
+#pragma GCC ivdep
+    for (int64_t i = 0; i < n; ++i) kahan_store<bf16>(q[i], p + i, c + i);
+  } else {
+#pragma GCC ivdep
+    for (int64_t i = 0; i < n; ++i) kahan_store<f16>(q[i], p + i, c + i);
+  }
+}
+
 // One chunk of a staged combination `combo` (or of any float32 call with param copies of DType
-// `copy`), for a float32 algorithm object.
+// `copy`, or of Kahan-compensated 16-bit params), for a float32 algorithm object.
 template <class Algo, size_t... I>
 inline void run_chunk_staged(const Algo& algo, const TensorRef& t, const Chunk& ch, double* sums,
                              const WorkView& w, int64_t tensor, std::index_sequence<I...> idx) {
-  const int combo = w.combo, copy = w.copy;
   constexpr int K = Algo::kAccumulators;
   constexpr int B = Algo::kBuffers;
   alignas(64) float stage[B][kStageTile];
-  alignas(64) double acc[K > 0 ? K : 1][kLanes];
-  if constexpr (K > 0) {
-    for (int k = 0; k < K; ++k) {
-      for (int j = 0; j < kLanes; ++j) acc[k][j] = 0.0;
-    }
-  }
+  alignas(64) double acc[K > 0 ? K : 1][kLanes] = {};
   DType type[B];
-  for (int k = 0; k < B; ++k) type[k] = slot_dtype(combo, k);
+  for (int k = 0; k < B; ++k) type[k] = slot_dtype(w.combo, k);
+  const bool kahan = w.kahan && t.copy != nullptr;           // Note [Kahan summation]
+  const bool copy = !w.kahan && w.copy >= 0 && t.copy != nullptr;  // Note [Param copies]
+  // n float32 at src stored as dtype d at dst, the tile at `at` of buffer `slot`
+  auto out = [&](DType d, const float* src, void* dst, int slot, int64_t at, int64_t n) {
+    const SrKey key = w.stochastic ? sr_key(w.sr_key, tensor, slot, at) : SrKey{};
+    stage_out(d, src, static_cast<char*>(dst) + at * 2, n, w.stochastic ? &key : nullptr);
+  };
   for (int64_t s = 0; s < ch.len; s += kStageTile) {
     const int64_t n = ch.len - s < kStageTile ? ch.len - s : kStageTile;
     const int64_t at = ch.begin + s;
@@ -251,17 +267,15 @@ inline void run_chunk_staged(const Algo& algo, const TensorRef& t, const Chunk& 
       update_loop(algo, n, idx, ptr[I]...);
     }
     for (int k = 0; k < B; ++k) {
-      if (type[k] != DType::Float32 && Algo::written(k)) {
-        const SrKey key = w.stochastic ? sr_key(w.sr_key, tensor, k, at) : SrKey{};
-        stage_out(type[k], stage[k], static_cast<char*>(t.ptr[k]) + at * 2, n,
-                  w.stochastic ? &key : nullptr);
+      if (type[k] == DType::Float32 || !Algo::written(k)) continue;
+      if (k == 0 && kahan) {
+        kahan_out(type[0], stage[0], static_cast<char*>(t.ptr[0]) + at * 2,
+                  static_cast<char*>(t.copy) + at * 2, n);
+      } else {
+        out(type[k], stage[k], t.ptr[k], k, at, n);
       }
     }
-    if (Algo::written(0) && copy >= 0 && t.copy != nullptr) {
-      const SrKey key = w.stochastic ? sr_key(w.sr_key, tensor, kMaxBuffers, at) : SrKey{};
-      stage_out(static_cast<DType>(copy), ptr[0], static_cast<char*>(t.copy) + at * 2, n,
-                w.stochastic ? &key : nullptr);
-    }
+    if (Algo::written(0) && copy) out(static_cast<DType>(w.copy), ptr[0], t.copy, kMaxBuffers, at, n);
   }
   if constexpr (K > 0) {
     reduce_lanes<K>(acc, sums);
@@ -270,13 +284,16 @@ inline void run_chunk_staged(const Algo& algo, const TensorRef& t, const Chunk& 
   }
 }
 
-// One chunk: through staging for a staged combination or param copies (a float32 algorithm
-// object).
+// One chunk: through staging where the buffers are not all float32 (a staged combination, or a
+// compiled one run staged for stochastic rounding or Kahan compensation: the float32 algorithm
+// object stands for every combination then), or for param copies.
 template <class Algo, size_t... I>
 inline void run_chunk(const Algo& algo, const TensorRef& t, const Chunk& ch, double* sums,
                       const WorkView& w, int64_t tensor, std::index_sequence<I...> idx) {
   if constexpr (std::is_same_v<typename Algo::storage, Storage<float, float, float>>) {
-    if (is_staged(w.combo, w.stochastic) || (w.copy >= 0 && t.copy != nullptr)) {
+    static_assert(kCombos.at[0].param == DType::Float32 && kCombos.at[0].grad == DType::Float32 &&
+                  kCombos.at[0].state == DType::Float32, "combination 0 is all float32");
+    if (w.combo != 0 || t.copy != nullptr) {
       run_chunk_staged(algo, t, ch, sums, w, tensor, idx);
       return;
     }

@@ -45,6 +45,9 @@ struct WorkView {
   // [Stochastic rounding] in storage.h)
   bool stochastic = false;
   uint64_t sr_key = 0;
+  // whether TensorRef::copy is each 16-bit param's Kahan compensation, of its dtype (Note [Kahan
+  // summation] in storage.h), instead of a param copy
+  bool kahan = false;
 };
 
 // One call of a kernel: the spec's Hyper, the step, and where a reduction's sums go

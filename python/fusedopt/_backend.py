@@ -45,26 +45,27 @@ def on_device(arrays: Any) -> bool:
 
 def bind(algo: str, lists: tuple, hyper: tuple, *, name: str, index: Any = None,
          grads_later: bool = False, aliases: dict | None = None, grad_dtype: Any = None,
-         param_copies: Any = None, sr_seed: Any = None) -> Any:
+         param_copies: Any = None, sr_seed: Any = None, kahan_comps: Any = None) -> Any:
     """The bound call of ``algo`` over ``lists`` (its lists in its signature's order) with the
     call's hyper-parameters ``hyper``, on the backend of the first list's arrays. ``name``,
     ``index`` and ``aliases`` say how its messages name the call, the indices and the lists;
     ``grad_dtype`` the dtype of grads that come later, where it is not their params';
     ``param_copies`` the 16-bit copies of the params the call writes (Note [Param copies]);
-    ``sr_seed`` the seed of stochastic rounding (Note [Stochastic rounding])."""
+    ``sr_seed`` the seed of stochastic rounding (Note [Stochastic rounding]); ``kahan_comps``
+    the Kahan compensations of 16-bit params (Note [Kahan summation])."""
     if on_device(lists[0]):
         from . import _cuda_calls
 
-        _no_copies(name, param_copies, sr_seed)
+        _no_copies(name, param_copies, sr_seed, kahan_comps)
         return _cuda_calls.bind(algo, lists, hyper, name=name, index=index,
                                 grads_later=grads_later, aliases=aliases)
     return _core.cpu.bind(algo, lists, hyper, name=name, index=index, grads_later=grads_later,
                           aliases=aliases, grad_dtype=grad_dtype, param_copies=param_copies,
-                          sr_seed=sr_seed)
+                          sr_seed=sr_seed, kahan_comps=kahan_comps)
 
 
-def _no_copies(name: str, copies: Any, sr_seed: Any = None) -> None:
-    for arg, value in (("param_copies", copies), ("sr_seed", sr_seed)):
+def _no_copies(name: str, copies: Any, sr_seed: Any = None, kahan: Any = None) -> None:
+    for arg, value in (("param_copies", copies), ("sr_seed", sr_seed), ("kahan_comps", kahan)):
         if value is not None:
             raise TypeError(f"{name}: {arg} is for the CPU kernels only (the CUDA kernels run "
                             "float32 and float64)")
@@ -76,7 +77,8 @@ def call(algo: str, lists: tuple, hyper: tuple, step: Any, scalars: Any, **run: 
     if on_device(lists[0]):
         from . import _cuda_calls
 
-        _no_copies(algo, run.pop("param_copies", None), run.pop("sr_seed", None))
+        _no_copies(algo, run.pop("param_copies", None), run.pop("sr_seed", None),
+                   run.pop("kahan_comps", None))
         return _cuda_calls.bind(algo, lists, hyper, name=algo).run(step=step, scalars=scalars,
                                                                    **run)
     return _core.cpu.call(algo, lists, hyper, step, scalars, algo, **run)

@@ -83,13 +83,15 @@ class cpu:
              grads_later: bool = False, aliases: dict[str, str] | None = None,
              grad_dtype: npt.DTypeLike | Sequence[npt.DTypeLike] | None = None,
              param_copies: Sequence[np.ndarray | None] | None = None,
-             sr_seed: int | None = None) -> cpu.Bound: ...
+             sr_seed: int | None = None,
+             kahan_comps: Sequence[np.ndarray | None] | None = None) -> cpu.Bound: ...
     @staticmethod
     def call(algo: str, lists: _Lists, hyper: _Hyper, step: int | None = None,
              scalars: float | tuple[float, ...] | None = None, name: str = "",
              grad_norm: float | None = None,
              param_copies: Sequence[np.ndarray | None] | None = None,
-             sr_seed: int | None = None
+             sr_seed: int | None = None,
+             kahan_comps: Sequence[np.ndarray | None] | None = None
              ) -> float | tuple[float, ...] | npt.NDArray[np.float64] | None: ...
     @staticmethod
     def rmw(params: Sequence[np.ndarray], grads: Sequence[np.ndarray],

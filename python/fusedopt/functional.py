@@ -49,9 +49,11 @@ _one_call = _backend.call
 
 def _call(spec: str, lists: tuple, hyper: tuple, step: Any, scalars: Any, **run: Any) -> Any:
     """One call of ``spec``: lists in its signature's order, its in-call hyper-parameters, and
-    its run input (LAMB's ``grad_norm``) if it has one, and its ``param_copies``."""
-    if run.get("param_copies") is not None:
-        run["param_copies"] = _as_list(run["param_copies"])
+    its run input (LAMB's ``grad_norm``) if it has one, its ``param_copies`` or
+    ``kahan_comps``, and its ``sr_seed``."""
+    for name in ("param_copies", "kahan_comps"):
+        if run.get(name) is not None:
+            run[name] = _as_list(run[name])
     return _one_call(spec, tuple(map(_as_list, lists)), hyper, step, scalars, **run)
 
 
@@ -69,7 +71,7 @@ def _signature(spec: Spec) -> str:
     if spec.run_input:
         parts.append(f"{spec.run_input}=None")
     if _takes_copies(spec):
-        parts += ["param_copies=None", "sr_seed=None"]
+        parts += ["param_copies=None", "sr_seed=None", "kahan_comps=None"]
     return ", ".join(parts)
 
 
@@ -106,6 +108,10 @@ def _docstring(spec: Spec, rules: dict[str, str]) -> str:
                      "16-bit store (params, bfloat16 state, copies) rounds stochastically, from "
                      "random bits keyed by (sr_seed, step, tensor, element): unbiased, the same "
                      "for any thread count and SIMD path.")
+        lines.append("``kahan_comps``: None, or one array (or None) per bfloat16 or float16 "
+                     "param, of its dtype, zero at the first step: the param's Kahan "
+                     "compensation, the part of the updates that rounding the param dropped, "
+                     "carried into the next step (read and written in the same pass).")
     for name, _ in spec.scalars:
         lines.append(f"``{name}`` is its value before this step (None: computed from ``step`` "
                      "for a run that started at step 1); the call returns its value after it.")
@@ -123,7 +129,7 @@ def _make(spec: Spec, rules: dict[str, str]) -> Callable[..., Any]:
         "(" + ", ".join(n for n, _ in spec.scalars) + ")" if spec.scalars else "None")
     run = f", {spec.run_input}={spec.run_input}" if spec.run_input else ""
     if _takes_copies(spec):
-        run += ", param_copies=param_copies, sr_seed=sr_seed"
+        run += ", param_copies=param_copies, sr_seed=sr_seed, kahan_comps=kahan_comps"
     source = (
         f"def {spec.name}({_signature(spec)}):\n"
         f"    return _call({spec.name!r}, ({lists}), ({hyper}), "

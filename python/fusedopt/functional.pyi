@@ -22,6 +22,7 @@ def sgd(
     maximize: bool = False,
     param_copies: Sequence[Any] | None = None,
     sr_seed: int | None = None,
+    kahan_comps: Sequence[Any] | None = None,
 ) -> None: ...
 
 def adagrad(
@@ -37,6 +38,7 @@ def adagrad(
     maximize: bool = False,
     param_copies: Sequence[Any] | None = None,
     sr_seed: int | None = None,
+    kahan_comps: Sequence[Any] | None = None,
 ) -> None: ...
 
 def adadelta(
@@ -53,6 +55,7 @@ def adadelta(
     maximize: bool = False,
     param_copies: Sequence[Any] | None = None,
     sr_seed: int | None = None,
+    kahan_comps: Sequence[Any] | None = None,
 ) -> None: ...
 
 def rmsprop(
@@ -72,6 +75,7 @@ def rmsprop(
     maximize: bool = False,
     param_copies: Sequence[Any] | None = None,
     sr_seed: int | None = None,
+    kahan_comps: Sequence[Any] | None = None,
 ) -> None: ...
 
 def adam(
@@ -91,6 +95,7 @@ def adam(
     decoupled_weight_decay: bool = False,
     param_copies: Sequence[Any] | None = None,
     sr_seed: int | None = None,
+    kahan_comps: Sequence[Any] | None = None,
 ) -> None: ...
 
 def adamw(
@@ -109,6 +114,7 @@ def adamw(
     maximize: bool = False,
     param_copies: Sequence[Any] | None = None,
     sr_seed: int | None = None,
+    kahan_comps: Sequence[Any] | None = None,
 ) -> None: ...
 
 def nadam(
@@ -128,6 +134,7 @@ def nadam(
     maximize: bool = False,
     param_copies: Sequence[Any] | None = None,
     sr_seed: int | None = None,
+    kahan_comps: Sequence[Any] | None = None,
 ) -> float: ...
 
 def adamax(
@@ -144,6 +151,7 @@ def adamax(
     maximize: bool = False,
     param_copies: Sequence[Any] | None = None,
     sr_seed: int | None = None,
+    kahan_comps: Sequence[Any] | None = None,
 ) -> None: ...
 
 def radam(
@@ -161,6 +169,7 @@ def radam(
     maximize: bool = False,
     param_copies: Sequence[Any] | None = None,
     sr_seed: int | None = None,
+    kahan_comps: Sequence[Any] | None = None,
 ) -> None: ...
 
 def lion(
@@ -176,6 +185,7 @@ def lion(
     init_lr: float = 0.0,
     param_copies: Sequence[Any] | None = None,
     sr_seed: int | None = None,
+    kahan_comps: Sequence[Any] | None = None,
 ) -> None: ...
 
 def adopt(
@@ -194,6 +204,7 @@ def adopt(
     maximize: bool = False,
     param_copies: Sequence[Any] | None = None,
     sr_seed: int | None = None,
+    kahan_comps: Sequence[Any] | None = None,
 ) -> None: ...
 
 def adamw_schedulefree(
@@ -214,6 +225,7 @@ def adamw_schedulefree(
     weight_lr_power: float = 2.0,
     param_copies: Sequence[Any] | None = None,
     sr_seed: int | None = None,
+    kahan_comps: Sequence[Any] | None = None,
 ) -> None: ...
 
 def lamb(
@@ -235,6 +247,7 @@ def lamb(
     grad_norm: float | None = None,
     param_copies: Sequence[Any] | None = None,
     sr_seed: int | None = None,
+    kahan_comps: Sequence[Any] | None = None,
 ) -> None: ...
 
 def ewa(
@@ -244,6 +257,7 @@ def ewa(
     beta: float,
     param_copies: Sequence[Any] | None = None,
     sr_seed: int | None = None,
+    kahan_comps: Sequence[Any] | None = None,
 ) -> None: ...
 
 def ewa_readout(
@@ -254,6 +268,7 @@ def ewa_readout(
     beta: float,
     param_copies: Sequence[Any] | None = None,
     sr_seed: int | None = None,
+    kahan_comps: Sequence[Any] | None = None,
 ) -> None: ...
 
 def scale(
@@ -269,6 +284,7 @@ def lerp(
     weight: float,
     param_copies: Sequence[Any] | None = None,
     sr_seed: int | None = None,
+    kahan_comps: Sequence[Any] | None = None,
 ) -> None: ...
 
 def adafactor(

@@ -42,6 +42,7 @@ __all__ = [
     "global_norm",
     "clip_grad_norm_",
     "adafactor",
+    "kahan",
 ]
 
 
@@ -623,6 +624,32 @@ def lamb(
             param[...] = p - ratio * u
         s["exp_avgs"][i][...] = m
         s["exp_avg_sqs"][i][...] = v
+
+
+def kahan(update, params, kahan_comps):
+    """A step of 16-bit params with Kahan compensation (``kahan_comps=`` of the functional
+    calls; the optimizers' ``kahan_summation=True``). ``update(wide)`` runs one rule of this
+    module on ``wide``, float64 copies of ``params`` (its other lists as usual), so each new value
+    ``q`` is not rounded; then, with ``p`` the old value and ``c`` its compensation,
+    ``u = c + (q - p)``, ``p = u + p`` rounded to the param's dtype and ``c = u - (p_new - p)``
+    rounded to the compensation's (Kahan, 1965; the optimi library's bf16 form). A list entry
+    of ``kahan_comps`` may be None: that param is stored rounded, without compensation."""
+    params = _arrays("kahan", "params", params)
+    comps = list(kahan_comps) if isinstance(kahan_comps, (list, tuple)) else [kahan_comps]
+    if len(comps) != len(params):
+        raise ValueError(f"kahan: {len(comps)} kahan_comps, expected {len(params)}")
+    wide = [_f64(p) for p in params]
+    update(wide)
+    for param, comp, q in zip(params, comps, wide):
+        if comp is None:
+            param[...] = q
+            continue
+        old = _f64(param)
+        with np.errstate(invalid="ignore", over="ignore"):
+            u = _f64(comp) + (q - old)
+            param[...] = old + u
+            now = _f64(param)
+            comp[...] = np.where(np.isfinite(now), u - (now - old), 0.0)
 
 
 def lerp(params, ends, *, weight):

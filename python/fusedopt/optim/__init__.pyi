@@ -31,6 +31,7 @@ class SGD(Optimizer):
         master_weights: bool = False,
         stochastic_rounding: bool = False,
         seed: int | None = None,
+        kahan_summation: bool = False,
     ) -> None: ...
 
 class Adagrad(Optimizer):
@@ -48,6 +49,7 @@ class Adagrad(Optimizer):
         master_weights: bool = False,
         stochastic_rounding: bool = False,
         seed: int | None = None,
+        kahan_summation: bool = False,
     ) -> None: ...
 
 class Adadelta(Optimizer):
@@ -64,6 +66,7 @@ class Adadelta(Optimizer):
         master_weights: bool = False,
         stochastic_rounding: bool = False,
         seed: int | None = None,
+        kahan_summation: bool = False,
     ) -> None: ...
 
 class RMSprop(Optimizer):
@@ -82,6 +85,7 @@ class RMSprop(Optimizer):
         master_weights: bool = False,
         stochastic_rounding: bool = False,
         seed: int | None = None,
+        kahan_summation: bool = False,
     ) -> None: ...
 
 class Adam(Optimizer):
@@ -100,6 +104,7 @@ class Adam(Optimizer):
         master_weights: bool = False,
         stochastic_rounding: bool = False,
         seed: int | None = None,
+        kahan_summation: bool = False,
     ) -> None: ...
 
 class AdamW(Adam):
@@ -117,6 +122,7 @@ class AdamW(Adam):
         master_weights: bool = False,
         stochastic_rounding: bool = False,
         seed: int | None = None,
+        kahan_summation: bool = False,
     ) -> None: ...
 
 class NAdam(Optimizer):
@@ -135,6 +141,7 @@ class NAdam(Optimizer):
         master_weights: bool = False,
         stochastic_rounding: bool = False,
         seed: int | None = None,
+        kahan_summation: bool = False,
     ) -> None: ...
 
 class Adamax(Optimizer):
@@ -151,6 +158,7 @@ class Adamax(Optimizer):
         master_weights: bool = False,
         stochastic_rounding: bool = False,
         seed: int | None = None,
+        kahan_summation: bool = False,
     ) -> None: ...
 
 class RAdam(Optimizer):
@@ -168,6 +176,7 @@ class RAdam(Optimizer):
         master_weights: bool = False,
         stochastic_rounding: bool = False,
         seed: int | None = None,
+        kahan_summation: bool = False,
     ) -> None: ...
 
 class Lion(Optimizer):
@@ -184,6 +193,7 @@ class Lion(Optimizer):
         master_weights: bool = False,
         stochastic_rounding: bool = False,
         seed: int | None = None,
+        kahan_summation: bool = False,
     ) -> None: ...
 
 class ADOPT(Optimizer):
@@ -202,6 +212,7 @@ class ADOPT(Optimizer):
         master_weights: bool = False,
         stochastic_rounding: bool = False,
         seed: int | None = None,
+        kahan_summation: bool = False,
     ) -> None: ...
 
 class AdamWScheduleFree(Optimizer):
@@ -220,6 +231,7 @@ class AdamWScheduleFree(Optimizer):
         master_weights: bool = False,
         stochastic_rounding: bool = False,
         seed: int | None = None,
+        kahan_summation: bool = False,
     ) -> None: ...
     def train(self) -> None: ...
     def eval(self) -> None: ...
@@ -244,6 +256,7 @@ class LAMB(Optimizer):
         master_weights: bool = False,
         stochastic_rounding: bool = False,
         seed: int | None = None,
+        kahan_summation: bool = False,
     ) -> None: ...
 
 __all__ = ['Optimizer', 'SGD', 'Adagrad', 'Adadelta', 'RMSprop', 'Adam', 'AdamW', 'NAdam',

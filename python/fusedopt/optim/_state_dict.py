@@ -225,6 +225,7 @@ class StateDicts:
                 if value is None:  # torch keeps momentum_buffer=None when momentum == 0
                     continue
                 want = np.dtype(np.float32) if name == "master_param" else \
+                    np.dtype(p.dtype) if name == "kahan_comp" else \
                     _arrays.state_dtype_for(cls, p, getattr(self, "state_dtype", None))
                 out[name] = load_array(fail, f"{where}[{name!r}]", value, p, self._metas[i], i,
                                        self._state_names.index(name), want)

@@ -217,6 +217,22 @@ def prepare_step_fns(calls: Iterable) -> None:
             core.prepare(step)
 
 
+# The options that exclude each other, and why (Optimizer._set_option).
+_WHY_MASTER = "a float32 master loses nothing to rounding: there is nothing to compensate"
+_WHY_SR = "a stochastically rounded param has no rounding error to carry"
+_EXCLUSIVE = {
+    "kahan_summation": {"master_weights": _WHY_MASTER, "stochastic_rounding": _WHY_SR},
+    "master_weights": {"kahan_summation": _WHY_MASTER},
+    "stochastic_rounding": {"kahan_summation": _WHY_SR},
+}
+
+
+def check_bool(cls: str, name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{cls}: {name} must be a bool, got {type(value).__name__}")
+    return value
+
+
 def check_rounding(cls: str, stochastic: Any, seed: Any) -> tuple[bool, int | None]:
     """``(stochastic_rounding, seed)`` checked; with stochastic rounding, a seed of None is drawn
     from the OS's entropy (every optimizer draws its own; the state dict records it)."""
@@ -260,11 +276,11 @@ def _constructor(cls_name: str, spec: Spec) -> Any:
     params = ["self", "params"] + [f"{h.name}={h.default!r}" for h in positional]
     params += ["*"] + [f"{h.name}={h.default!r}" for h in keyword]
     params += ["state_dtype=None", "master_weights=False", "stochastic_rounding=False",
-               "seed=None"]
+               "seed=None", "kahan_summation=False"]
     values = ", ".join(f"{h.name!r}: {hyper_value(h)}" for h in spec.hypers)
     return make_init(f"fusedopt.optim.{cls_name}", params,
                      [f"{{{values}}}", "state_dtype", "master_weights", "stochastic_rounding",
-                      "seed"], Optimizer)
+                      "seed", "kahan_summation"], Optimizer)
 
 
 def make_init(where: str, args: list, exprs: list, base: type) -> Any:
@@ -333,8 +349,9 @@ class Optimizer(StateDicts):
         spec = SPECS[algorithm]
         kernel = SPECS[spec.kernel]
         cls._spec, cls._kernel = spec, kernel
-        # and the float32 master copy of a 16-bit param (Note [Master weights])
-        cls._state_names = (*kernel.state_names, "master_param")
+        # and the float32 master copy of a 16-bit param (Note [Master weights]), and its Kahan
+        # compensation (Note [Kahan summation] in csrc/storage.h)
+        cls._state_names = (*kernel.state_names, "master_param", "kahan_comp")
         cls._always = tuple(b.state for b in kernel.states if not b.optional)
         cls._scalar_state = dict(kernel.scalars)
         cls._step_fns = tuple(h.name for h in kernel.hypers if h.kind == "step_fn")
@@ -346,7 +363,7 @@ class Optimizer(StateDicts):
 
     def __init__(self, params: Any, defaults: dict, state_dtype: Any = None,
                  master_weights: bool = False, stochastic_rounding: bool = False,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, kahan_summation: bool = False) -> None:
         cls = type(self).__name__
         check_hyper(cls, self._kernel, defaults)
         self._options: dict = {}
@@ -356,6 +373,7 @@ class Optimizer(StateDicts):
         # Note [Stochastic rounding] (csrc/storage.h): the seed of this optimizer's draws
         self.stochastic_rounding = stochastic_rounding
         self.seed = seed
+        self.kahan_summation = kahan_summation  # Note [Kahan summation]
         self.defaults = {**defaults, **self._group_defaults}
         self._bare = _arrays.looks_like_array(params)
         groups = as_list(cls, "params", params)
@@ -384,6 +402,11 @@ class Optimizer(StateDicts):
     # ---- the low-precision options: each set checked, and the bound calls made anew --------------
 
     def _set_option(self, name: str, value: Any) -> None:
+        if value is True and name in _EXCLUSIVE:
+            other = next((o for o in _EXCLUSIVE[name] if self._options.get(o)), None)
+            if other is not None:
+                raise ValueError(f"{type(self).__name__}: {name} and {other} exclude each other "
+                                 f"({_EXCLUSIVE[name][other]})")
         self._options[name] = value
         if hasattr(self, "_runs"):  # after the constructor: the next step binds anew
             self._forget_runs()
@@ -405,10 +428,17 @@ class Optimizer(StateDicts):
 
     @master_weights.setter
     def master_weights(self, value: bool) -> None:
-        if not isinstance(value, bool):
-            raise TypeError(f"{type(self).__name__}: master_weights must be a bool, got "
-                            f"{type(value).__name__}")
-        self._set_option("master_weights", value)
+        self._set_option("master_weights", check_bool(type(self).__name__, "master_weights", value))
+
+    @property
+    def kahan_summation(self) -> bool:
+        """Whether 16-bit params carry a Kahan compensation (Note [Kahan summation])."""
+        return self._options["kahan_summation"]
+
+    @kahan_summation.setter
+    def kahan_summation(self, value: bool) -> None:
+        self._set_option("kahan_summation",
+                         check_bool(type(self).__name__, "kahan_summation", value))
 
     @property
     def stochastic_rounding(self) -> bool:
@@ -681,9 +711,10 @@ class Optimizer(StateDicts):
             call.bound = states.bound
             return call
         names = self._buffer_names(group)
-        if states is not None and self.master_weights and any(
-                _arrays.is_16_bit(p) and "master_param" not in s for p, s in zip(params, states)):
-            states = None  # a master to make: below
+        extra = self._extra_state()
+        if states is not None and extra and any(
+                _arrays.is_16_bit(p) and extra not in s for p, s in zip(params, states)):
+            states = None  # a master or compensation to make: below
         if states is not None:
             # Every state exists: gather the lists without a Python loop.
             try:
@@ -706,11 +737,15 @@ class Optimizer(StateDicts):
                     if name not in state:
                         state[name] = self._new_buffer(name, p, group)
                         call.created.append((i, name))
-            if self.master_weights and _arrays.is_16_bit(p) and "master_param" not in state:
-                master = _arrays.state_like(p, 0.0, len(self._state_names), np.float32)
-                master[...] = p  # exact: every 16-bit value is a float32
-                state["master_param"] = master
-                call.created.append((i, "master_param"))
+            if extra and _arrays.is_16_bit(p) and extra not in state:
+                slot = self._state_names.index(extra)
+                if extra == "master_param":
+                    master = _arrays.state_like(p, 0.0, slot, np.float32)
+                    master[...] = p  # exact: every 16-bit value is a float32
+                    state[extra] = master
+                else:  # Note [Kahan summation]: nothing dropped yet
+                    state[extra] = _arrays.state_like(p, 0.0, slot, p.dtype)
+                call.created.append((i, extra))
             states.append(state)
         call.buffers = {name: [state[name] for state in states] for name in names}
         call.states = states
@@ -720,6 +755,12 @@ class Optimizer(StateDicts):
             self._undo(call)
             raise
         return call
+
+    def _extra_state(self) -> str | None:
+        """The state a 16-bit param has besides the algorithm's: its float32 master (Note
+        [Master weights]) or its Kahan compensation (Note [Kahan summation]), or None."""
+        return "master_param" if self.master_weights else \
+            "kahan_comp" if self.kahan_summation else None
 
     # Note [Master weights]
     # With master_weights=True, each bfloat16 or float16 param gets a float32 master copy in its
@@ -750,6 +791,10 @@ class Optimizer(StateDicts):
                                          for p, m in zip(call.params, masters)]
                 lists = tuple(params if b.role == "param" else x
                               for b, x in zip(kernel.buffers, lists))
+        if self.kahan_summation and call.states is not None:  # Note [Kahan summation]
+            comps = [s.get("kahan_comp") for s in call.states]
+            if any(c is not None for c in comps):
+                extra["kahan_comps"] = comps
         # grads of another dtype than their params' (bfloat16 grads of float32 params, and of
         # master weights): the call is bound for the dtypes of this step's grads
         ps: Any = next(x for b, x in zip(kernel.buffers, lists) if b.role == "param")
