@@ -5,6 +5,8 @@ that keep the dtypes, and torch.optim's state dicts of bfloat16 params loaded wi
 
 from __future__ import annotations
 
+import copy
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -132,3 +134,59 @@ def test_a_group_added_with_stochastic_rounding_draws_a_seed_and_rounds_stochast
     assert torch.equal(base.detach(), torch.ones(4096, dtype=torch.bfloat16))  # 3e-4 < ulp/2
     moved = (q.detach() != 1).float().mean().item()
     assert 0.01 < moved < 0.2  # 3e-4 is 0.077 of the ulp below 1 (2^-8 / 2 = 0.0039)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_kahan_summation_is_the_numpy_classes_and_its_comp_is_in_the_state(dtype):
+    """Note [Kahan summation]: a ``kahan_comp`` of each 16-bit param's dtype (none for a float32
+    param), the NumPy class's bits, kept through a state dict; and refused with stochastic
+    rounding, in a group as in the constructor."""
+    gen = torch.Generator().manual_seed(3)
+    p = torch.randn(30_000, generator=gen).to(dtype).requires_grad_()
+    w = torch.randn(50, generator=gen).requires_grad_()
+    q, v = p.detach().clone(), w.detach().clone()
+    opt = ft.AdamW([p, w], lr=1e-4, kahan_summation=True)
+    twin = fusedopt.AdamW([_numpy(q), v.numpy()], lr=1e-4, kahan_summation=True)
+    for _ in range(3):
+        g, h = torch.randn(30_000, generator=gen).to(dtype), torch.randn(50, generator=gen)
+        p.grad, w.grad = g.clone(), h.clone()
+        opt.step()
+        twin.step([_numpy(g), h.numpy()])
+    assert torch.equal(p.detach(), q) and torch.equal(w.detach(), v)
+    comp = opt.state[p]["kahan_comp"]
+    assert comp.dtype == dtype and "kahan_comp" not in opt.state[w]
+    assert np.array_equal(_numpy(comp).astype(np.float32),
+                          twin.state[0]["kahan_comp"].astype(np.float32))
+    assert (comp != 0).float().mean().item() > 0.9  # lr 1e-4 is below half an ulp of most p
+    p2, w2 = p.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    again = ft.AdamW([p2, w2], lr=1e-4)
+    # a copy, as torch.save and torch.load give: torch's load keeps a saved tensor of the right
+    # dtype as it is (a bfloat16 comp of a bfloat16 param), which the two would then share
+    again.load_state_dict(copy.deepcopy(opt.state_dict()))
+    assert again.param_groups[0]["kahan_summation"] is True
+    assert again.state[p2]["kahan_comp"].dtype == dtype
+    assert torch.equal(again.state[p2]["kahan_comp"], comp)
+    g = torch.randn(30_000, generator=gen).to(dtype)
+    p.grad, p2.grad = g.clone(), g.clone()
+    w.grad, w2.grad = torch.zeros(50), torch.zeros(50)
+    opt.step()
+    again.step()
+    assert torch.equal(p.detach(), p2.detach())
+    with pytest.raises(ValueError, match="SGD: kahan_summation and stochastic_rounding exclude"):
+        ft.SGD([torch.ones(3, dtype=dtype, requires_grad=True)], lr=0.1, kahan_summation=True,
+               stochastic_rounding=True)
+    with pytest.raises(TypeError, match="SGD: kahan_summation must be a bool, got str"):
+        ft.SGD([torch.ones(3, dtype=dtype, requires_grad=True)], lr=0.1, kahan_summation="on")
+    sgd = ft.SGD([torch.ones(3, dtype=dtype, requires_grad=True)], lr=0.1)
+    with pytest.raises(ValueError, match=r"param_groups\[1\]: kahan_summation and "
+                                         r"stochastic_rounding exclude"):
+        sgd.add_param_group({"params": [torch.ones(3, dtype=dtype, requires_grad=True)],
+                             "kahan_summation": True, "stochastic_rounding": True})
+    assert len(sgd.param_groups) == 1
+    sgd.param_groups[0]["kahan_summation"] = True  # an edit: refused at the next step
+    sgd.param_groups[0]["stochastic_rounding"] = True
+    sgd.param_groups[0]["params"][0].grad = torch.ones(3, dtype=dtype)
+    with pytest.raises(ValueError, match=r"param_groups\[0\]: kahan_summation and "
+                                         r"stochastic_rounding exclude"):
+        sgd.step()
+    assert torch.equal(sgd.param_groups[0]["params"][0].detach(), torch.ones(3, dtype=dtype))

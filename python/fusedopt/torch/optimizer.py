@@ -69,6 +69,7 @@ from ..optim._state_dict import (
 )
 from ..optim.optimizer import (
     call_seed,
+    check_bool,
     check_rounding,
     hyper_value,
     make_init,
@@ -205,7 +206,10 @@ class Optimizer(torch.optim.Optimizer):
     share a group (one call each). ``state_dtype`` (keyword-only, kept in each group like the
     implementation flags) chooses the state's dtype as :mod:`fusedopt.optim`'s does (Note [State
     dtypes]): None keeps float32 state for 16-bit params (torch.optim keeps their dtype) and the
-    param's dtype otherwise; ``torch.bfloat16`` (or ``"bfloat16"``) halves the state's memory. A step reads
+    param's dtype otherwise; ``torch.bfloat16`` (or ``"bfloat16"``) halves the state's memory.
+    ``stochastic_rounding`` and ``seed`` (Note [Stochastic rounding]) and ``kahan_summation``
+    (Note [Kahan summation]: a ``kahan_comp`` state of each 16-bit param's dtype) are group
+    flags too, as in :mod:`fusedopt.optim`. A step reads
     ``p.grad``; params whose grad is None are skipped, as in torch. Sparse grads are refused.
     """
 
@@ -317,6 +321,12 @@ class Optimizer(torch.optim.Optimizer):
                 "autograd")
         if flags.get("state_dtype") is not None:
             _arrays.state_dtype_name(cls, flags["state_dtype"])
+        if flags.get("kahan_summation") is not None:
+            check_bool(cls, "kahan_summation", flags["kahan_summation"])
+            if flags["kahan_summation"] and flags.get("stochastic_rounding"):
+                raise ValueError(f"{cls}: kahan_summation and stochastic_rounding exclude each "
+                                 "other (a stochastically rounded param has no rounding error to "
+                                 "carry)")
         if "seed" in flags:
             seed = check_rounding(cls, flags.get("stochastic_rounding"), flags["seed"])[1]
             if seed != flags["seed"] and where is not None:  # a group turned it on: drawn here
@@ -441,7 +451,8 @@ class Optimizer(torch.optim.Optimizer):
                 if isinstance(entry, dict) and entry:
                     check_entry_names(fail, cls, f"state[{sid!r}]", entry, known, required)
         # torch.optim's dicts lack these
-        kept = (*self._numpy._kept_on_load, "state_dtype", "stochastic_rounding", "seed")
+        kept = (*self._numpy._kept_on_load, "state_dtype", "stochastic_rounding", "seed",
+                "kahan_summation")
         own = [{k: g[k] for k in kept if k in g} for g in self.param_groups]
         missing = [[k for k in kept if k not in saved] if isinstance(saved, dict) else []
                    for saved in (groups if isinstance(groups, (list, tuple)) else ())]
@@ -458,9 +469,10 @@ class Optimizer(torch.optim.Optimizer):
                 entry, mine_ = states.get(i), dict.get(self.state, p)
                 if not entry or not mine_:
                     continue
-                want = self._state_dtype(p, self._group_of(p))
+                dtype = self._state_dtype(p, self._group_of(p))
                 for name in names:
                     saved = entry.get(name)
+                    want = p.dtype if name == "kahan_comp" else dtype
                     if isinstance(saved, torch.Tensor) and mine_[name].dtype != want:
                         mine_[name] = saved.detach().to(p.device, want, copy=True)
         if self._scalar_state and isinstance(groups, (list, tuple)) and isinstance(states, dict):
@@ -735,6 +747,10 @@ class Optimizer(torch.optim.Optimizer):
                         state[name] = torch.full_like(p, fill, dtype=dtype,
                                                       memory_format=torch.preserve_format)
                     call.created.append((p, name))
+            if p.dtype in _LOW and self.param_groups[call.gi].get("kahan_summation") and \
+                    state.get("kahan_comp") is None:  # Note [Kahan summation]
+                state["kahan_comp"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                call.created.append((p, "kahan_comp"))
 
     def _group_of(self, p: Any) -> dict:
         return next(g for g in self.param_groups if any(q is p for q in g["params"]))
@@ -757,7 +773,8 @@ class Optimizer(torch.optim.Optimizer):
                  tuple(t.data_ptr() for ts in tensors for t in ts),
                  tuple(id(v) for v in plain.values()), tuple(map(repr, plain.values())),
                  self.param_groups[call.gi].get("stochastic_rounding"),
-                 self.param_groups[call.gi].get("seed"))
+                 self.param_groups[call.gi].get("seed"),
+                 tuple(id(s.get("kahan_comp")) for s in call.states))
         hit = self._calls_cache.get(call.gi)
         if hit is not None and hit[0] == ident:
             return hit[1]
@@ -768,10 +785,14 @@ class Optimizer(torch.optim.Optimizer):
             for b in kernel.buffers)
         hyper = tuple(call.lr if name == "lr" else plain[name] for name in kernel.call_hypers)
         group = self.param_groups[call.gi]
-        sr = {}
+        sr: dict[str, Any] = {}
         if group.get("stochastic_rounding"):  # Note [Stochastic rounding]: a seed per call
             first = sum(len(g["params"]) for g in self.param_groups[: call.gi]) + call.where[0]
             sr["sr_seed"] = call_seed(group["seed"], first)
+        if group.get("kahan_summation"):  # Note [Kahan summation]
+            comps = [s.get("kahan_comp") for s in call.states]
+            if any(c is not None for c in comps):
+                sr["kahan_comps"] = [None if c is None else _view(c) for c in comps]
         bound = _backend.bind(kernel.name, lists, hyper, name=f"{type(self).__name__}.step",
                               index=call.where, grads_later=True,
                               aliases={"params": f"param_groups[{call.gi}]['params']"}, **sr)
@@ -867,7 +888,7 @@ def make_class(numpy_cls: Any) -> type:
                f"state names and state dicts; the update of :class:`fusedopt.{name}`, whose "
                "description follows.\n\n" + (numpy_cls.__doc__ or ""))
     # Note [State dtypes], [Stochastic rounding]: kept in each group, as the flags
-    flags.update(state_dtype=None, stochastic_rounding=False, seed=None)
+    flags.update(state_dtype=None, stochastic_rounding=False, seed=None, kahan_summation=False)
     cls = type(name, (*numpy_cls._front_mixins, Optimizer), {
         "__doc__": doc, "__module__": __name__.rsplit(".", 1)[0], "_numpy": numpy_cls,
         "_spec": numpy_cls._spec, "_kernel": numpy_cls._kernel,
