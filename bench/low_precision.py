@@ -14,10 +14,12 @@ Configurations (params / grads / states), with the bytes an element moves in one
                     (``param_copies``, what goes back to the GPU)                 28 B
   ``bf16-master``   bfloat16 params and grads, float32 master weights and states
                     (``master_weights=True``)                                     28 B
+  ``bf16-kahan``    bf16-p with a bfloat16 Kahan compensation per param, read and
+                    written (``kahan_summation=True``)                            26 B
 The ceiling is ``_core.cpu.rmw`` over the same arrays: params and both states read and written,
 grads read, trivial math, through the same driver with the buffers' own dtypes (no staging); for
-the last two, whose copy it cannot write, it is the offload ceiling (26 B), and their % of it is
-their GB/s over its GB/s.
+the last three, whose copy or compensation it cannot move, it is the ceiling of the arrays it
+can (26 B; bf16-kahan: bf16-p's 22 B), and their % of it is their GB/s over its GB/s.
 
 Peers, each over its own copies of the same values:
   ``torch fused``     ``torch.optim.Adam(fused=True)`` where torch takes the dtypes (fp32, bf16:
@@ -27,7 +29,10 @@ Peers, each over its own copies of the same values:
                       the params cast back (bf16-p, fp16-p, offload; fp32-p-bf16-s casts the
                       states up and back down instead);
   ``DeepSpeed``       ``deepspeed.ops.adam.DeepSpeedCPUAdam`` (its JIT-built AVX2 op) on the
-                      configurations it takes.
+                      configurations it takes;
+  ``optimi``          ``optimi.Adam(kahan_sum=True, foreach=True)`` (torch-optimi, the library
+                      whose bfloat16 Kahan summation the issue names) on bf16-kahan, with
+                      torch's betas and eps.
 Ratios are time / fusedopt's time in the same round; GB/s counts the bytes above, whatever an
 implementation moves.
 
@@ -66,8 +71,9 @@ CONFIGS = {
     "fp16-p": ((F16, F16, F32), 22),
     "offload-copy": ((F32, BF16, F32), 28),
     "bf16-master": ((BF16, BF16, F32), 28),
+    "bf16-kahan": ((BF16, BF16, F32), 26),
 }
-CEILING_BYTES = {"offload-copy": 26, "bf16-master": 26}
+CEILING_BYTES = {"offload-copy": 26, "bf16-master": 26, "bf16-kahan": 22}
 LR = 1e-3
 
 
@@ -92,7 +98,8 @@ def implementations(config, n, torch, deepspeed_adam):
     p = p32.astype(pd)
     g = g32.astype(gd)
     opt = fusedopt.Adam([p], lr=LR, state_dtype=None if sd == F32 else "bfloat16",
-                        master_weights=config == "bf16-master")
+                        master_weights=config == "bf16-master",
+                        kahan_summation=config == "bf16-kahan")
     if config == "offload-copy":
         # state where fusedopt.state_like puts it (Note [State at its own 4 KiB offset])
         m, v = fusedopt.state_like(p, slot=0), fusedopt.state_like(p, slot=1)
@@ -148,7 +155,19 @@ def implementations(config, n, torch, deepspeed_adam):
             low_v.copy_(st["exp_avg_sq"])
 
         out["torch cast"] = cast_state_step
-    if deepspeed_adam is not None and gd == pd and sd == F32 and config != "bf16-master":
+    if config == "bf16-kahan":
+        try:
+            import optimi
+        except ImportError:
+            print("# torch-optimi is not installed: no optimi row")
+        else:
+            kparam = torch.nn.Parameter(torch.from_numpy(p32).to(tp))
+            kparam.grad = torch.from_numpy(g32).to(tg)
+            kopt = optimi.Adam([kparam], lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                               kahan_sum=True, foreach=True)
+            out["optimi"] = kopt.step
+    if deepspeed_adam is not None and gd == pd and sd == F32 and \
+            config not in ("bf16-master", "bf16-kahan"):
         dparam = torch.nn.Parameter(torch.from_numpy(p32).to(tp))
         dparam.grad = torch.from_numpy(g32).to(tg)
         try:

@@ -254,12 +254,15 @@ def tiny_results(tmp_path_factory):
 
 def test_every_run_lowers_the_loss(tiny_results):
     _, results = tiny_results
-    assert list(results) == ["optimizers", "regimes", "decay", "trajectories"]
+    assert list(results) == ["optimizers", "regimes", "decay", "precision", "trajectories"]
     labels = [r["label"] for r in results["optimizers"]]
     assert labels == ["SGD", "SGD+momentum", "Nesterov", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW",
                       "NAdam", "Adamax"]
     assert [r["batch_size"] for r in results["regimes"]] == [48, 16, 1]
-    for name in ("optimizers", "regimes", "decay"):  # the trajectories: tests/test_trajectories.py
+    assert [(r["label"], r["storage"]) for r in results["precision"]] == [
+        ("float32", "float32"), ("bfloat16", "bfloat16"), ("bf16 + stochastic rounding", "bfloat16"),
+        ("bf16 + Kahan summation", "bfloat16"), ("bf16 + fp32 master weights", "bfloat16")]
+    for name in ("optimizers", "regimes", "decay", "precision"):  # trajectories: test_trajectories.py
         for r in results[name]:
             first = r["curve"]["loss"][0]
             assert r["final_train_loss"] < (0.85 * first if name == "optimizers" else first), r["label"]
@@ -306,7 +309,7 @@ def test_cli_run_writes_table_plots_and_json(dataset_dir, tmp_path):
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| optimizers |")]
     assert len(rows) == 10
     assert "note:" not in proc.stdout  # tqdm, matplotlib (the test extra) are installed
-    pictures = ("optimizers", "regimes", "decay", "trajectories-regimes", "trajectories-bowl",
+    pictures = ("optimizers", "regimes", "decay", "precision", "trajectories-regimes", "trajectories-bowl",
                 "trajectories-nonconvex", "trajectories-decay")
     for name in pictures:
         assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -315,8 +318,12 @@ def test_cli_run_writes_table_plots_and_json(dataset_dir, tmp_path):
     assert record["meta"]["image_shape"] == [8, 8]
     decay = {r["label"] for r in record["results"]["decay"]}
     assert decay == {"constant", "exponential", "inverse-time", "step"}
-    assert all(len(r["curve"]["loss"]) > 2 for name in ("optimizers", "regimes", "decay")
+    assert all(len(r["curve"]["loss"]) > 2 for name in ("optimizers", "regimes", "decay", "precision")
                for r in record["results"][name])
+    # Note [Kahan summation], [Master weights], [Stochastic rounding]: the options each run used
+    assert [r["options"] for r in record["results"]["precision"]] == [
+        {}, {}, {"stochastic_rounding": True, "seed": 0}, {"kahan_summation": True},
+        {"master_weights": True}]
     assert set(record["results"]["trajectories"]) == {"regimes", "bowl", "nonconvex", "decay"}
 
 

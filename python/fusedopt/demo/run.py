@@ -1,6 +1,6 @@
 """The experiment: one MLP trained on Fashion-MNIST by every optimizer, every update a fusedopt kernel.
 
-Three experiments, each a list of runs that start from the same He-initialised weights and see the
+The experiments, each a list of runs that start from the same He-initialised weights and see the
 same mini-batches in the same order (both drawn from ``--seed``), so the curves differ only by what
 the experiment varies:
 
@@ -13,6 +13,10 @@ the experiment varies:
 ``decay``
     SGD+momentum with a constant learning rate and with exponential, inverse-time and step decay
     (:mod:`fusedopt.schedules`), each decaying to about a tenth of the initial rate by the end.
+``precision``
+    the same network with its params stored in bfloat16 (the products computed in float32 from
+    them, the grads rounded to bfloat16): plain rounding to nearest, stochastic rounding, Kahan
+    summation and float32 master weights, against float32 params (:data:`PRECISION_RUNS`).
 ``trajectories``
     no network and no data: optimizer paths drawn on two-parameter loss surfaces (batch,
     mini-batch and stochastic descent; the elongated bowl; Rosenbrock's valley with every
@@ -49,8 +53,8 @@ from .mlp import MLP
 
 __all__ = ["FULL", "QUICK", "Plan", "RunSpec", "main", "run_demo"]
 
-EXPERIMENTS = ("optimizers", "regimes", "decay", "trajectories")
-MLP_EXPERIMENTS = EXPERIMENTS[:3]  # those that train the network (and need the data)
+EXPERIMENTS = ("optimizers", "regimes", "decay", "precision", "trajectories")
+MLP_EXPERIMENTS = EXPERIMENTS[:4]  # those that train the network (and need the data)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +84,10 @@ class RunSpec:
     optimizer: str
     hyper: dict
     batch_size: int
+    # the params' storage ("bfloat16": the model computes in float32 from bfloat16 params, its
+    # grads rounded to bfloat16), and the optimizer's low-precision keywords
+    storage: str = "float32"
+    options: dict = dataclasses.field(default_factory=dict)
 
 
 # The SGD family shares one rate, so their curves show what momentum adds at the same step size; the
@@ -99,6 +107,26 @@ OPTIMIZER_RUNS = (
 )
 REGIME_LR = 0.02  # one rate for the three regimes: they differ only in the batch size
 DECAY_LR = 0.05  # SGD+momentum 0.9: high enough that a constant rate leaves noise to decay away
+
+
+# The precision experiment: one optimizer and rate, the params in float32 or bfloat16 with each
+# remedy for bfloat16's 8-bit mantissa. SGD+momentum at 0.01: its updates (~1e-3 of weights of
+# ~0.05, whose bfloat16 ulp is ~2.4e-4) are a few ulps early on and fractions of an ulp as the
+# training settles, where plain rounding loses them.
+PRECISION_OPTIMIZER = ("SGD", dict(lr=0.01, momentum=0.9))
+PRECISION_RUNS: tuple[tuple[str, str, dict], ...] = (
+    ("float32", "float32", {}),
+    ("bfloat16", "bfloat16", {}),
+    ("bf16 + stochastic rounding", "bfloat16", dict(stochastic_rounding=True, seed=0)),
+    ("bf16 + Kahan summation", "bfloat16", dict(kahan_summation=True)),
+    ("bf16 + fp32 master weights", "bfloat16", dict(master_weights=True)),
+)
+
+
+def precision_specs(plan):
+    opt, hyper = PRECISION_OPTIMIZER
+    return [RunSpec(label, opt, hyper, plan.batch_size, storage, options)
+            for label, storage, options in PRECISION_RUNS]
 
 
 def optimizer_specs(plan):
@@ -185,7 +213,12 @@ def train(spec, x, y, x_test, y_test, *, sizes, seed, epochs, points_per_epoch, 
     import fusedopt
 
     model = MLP(sizes, seed=seed)
-    opt = getattr(fusedopt, spec.optimizer)([{"params": model.params, **spec.hyper}])
+    params = model.params
+    if spec.storage != "float32":  # the stored params; the model's float32 ones mirror them
+        dtype = _storage_dtype(spec.storage)
+        params = [p.astype(dtype) for p in model.params]
+        _mirror(model.params, params)
+    opt = getattr(fusedopt, spec.optimizer)([{"params": params, **spec.hyper}], **spec.options)
     n, bs = len(x), min(spec.batch_size, len(x))
     steps_per_epoch = math.ceil(n / bs)
     # Points at evenly spaced steps of each epoch, so every mean covers (nearly) as many batches.
@@ -206,9 +239,16 @@ def train(spec, x, y, x_test, y_test, *, sizes, seed, epochs, points_per_epoch, 
         for s in range(0, n, bs):
             idx = order[s : s + bs]
             loss = model.loss_and_grad(x[idx], y[idx])
-            t0 = clock()
-            opt.step(model.grads)
-            update_s += clock() - t0
+            if params is model.params:
+                t0 = clock()
+                opt.step(model.grads)
+                update_s += clock() - t0
+            else:
+                grads = [g.astype(params[0].dtype) for g in model.grads]
+                t0 = clock()
+                opt.step(grads)
+                update_s += clock() - t0
+                _mirror(model.params, params)
             step += 1
             running += loss
             counted += 1
@@ -229,6 +269,8 @@ def train(spec, x, y, x_test, y_test, *, sizes, seed, epochs, points_per_epoch, 
         "label": spec.label,
         "optimizer": spec.optimizer,
         "hyper": _hyper_json(spec.hyper),
+        "storage": spec.storage,
+        "options": spec.options,
         "batch_size": bs,
         "epochs": epochs,
         "steps": step,
@@ -242,6 +284,21 @@ def train(spec, x, y, x_test, y_test, *, sizes, seed, epochs, points_per_epoch, 
         "update_share": update_s / wall_s if wall_s > 0 else float("nan"),
         "us_per_update": 1e6 * update_s / max(step, 1),
     }
+
+
+def _storage_dtype(name):
+    """The NumPy dtype of a storage name: bfloat16 is ml_dtypes' (the demo extra installs it)."""
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def _mirror(wide, stored):
+    """The model's float32 params set to the stored ones (exact: every 16-bit value is a float32)."""
+    for w, s in zip(wide, stored):
+        w[...] = s
 
 
 def _subset(x, y, size, seed, stream):
@@ -268,9 +325,13 @@ def run_demo(data, plan=FULL, *, seed=0, progress=None, log=print):
             log("trajectories: optimizer paths on four 2-D loss surfaces")
             results[name] = trajectories.trajectories(seed)
             continue
-        if name in ("optimizers", "decay"):
+        if name == "precision" and not _importable("ml_dtypes"):
+            log("precision: skipped: bfloat16 arrays need ml_dtypes (pip install 'fusedopt[demo]')")
+            continue
+        if name in ("optimizers", "decay", "precision"):
             x, y = _subset(data.x_train, data.y_train, plan.train_size, seed, 2)
-            specs = optimizer_specs(plan) if name == "optimizers" else decay_specs(plan, len(x))
+            specs = (optimizer_specs(plan) if name == "optimizers" else
+                     precision_specs(plan) if name == "precision" else decay_specs(plan, len(x)))
             epochs, exact, points = plan.epochs, False, plan.points_per_epoch
         elif name == "regimes":
             x, y = _subset(data.x_train, data.y_train, plan.regime_size, seed, 3)
@@ -326,6 +387,7 @@ _TITLES = {
     "optimizers": "Optimizers on Fashion-MNIST (MLP {arch}, mini-batch {bs})",
     "regimes": "Batch vs mini-batch vs stochastic SGD ({n} samples, lr {lr:g})",
     "decay": "Learning-rate decay, SGD+momentum 0.9 (lr0 {lr:g})",
+    "precision": "bfloat16 params and its remedies, SGD+momentum 0.9 (lr {lr:g}, MLP {arch})",
 }
 
 
@@ -348,7 +410,7 @@ def plot(results, out_dir, *, arch):
         left.set_ylabel("training loss" + (" (full subset)" if name == "regimes" else " (mini-batch mean)"))
         left.grid(True, which="both", alpha=0.3)
         left.legend(fontsize=8, ncol=2 if len(runs) > 5 else 1)
-        if name == "optimizers":
+        if name in ("optimizers", "precision"):
             labels = [r["label"] for r in runs][::-1]
             acc = [100 * r["test_accuracy"] for r in runs][::-1]
             bars = right.barh(labels, acc, color=[f"C{i % 10}" for i in range(len(runs))][::-1])
@@ -377,7 +439,9 @@ def plot(results, out_dir, *, arch):
             right.grid(True, alpha=0.3)
         first = runs[0]
         fig.suptitle(_TITLES[name].format(arch=arch, bs=first["batch_size"], n=first["train_size"],
-                                          lr=REGIME_LR if name == "regimes" else DECAY_LR))
+                                          lr=REGIME_LR if name == "regimes" else
+                                          PRECISION_OPTIMIZER[1]["lr"] if name == "precision" else
+                                          DECAY_LR))
         path = Path(out_dir) / f"{name}.png"
         fig.savefig(path, dpi=110)
         paths.append(path)
