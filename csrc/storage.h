@@ -349,17 +349,19 @@ FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE f16 store<f16, float>(float x) {
 //   u = c + (q - p),  p' = round(p + u),  c' = round(u - (p' - p))
 // (q - p and p' - p are exact in float32 wherever the update is smaller than p; u - (p' - p) is
 // the part of u that p' could not hold). Updates far below half an ulp of p then accumulate in c
-// until they move p, instead of being rounded away at every step. Where p' is not finite, c' is
-// 0 (an infinite param has nothing left to compensate; a NaN param stays NaN by itself).
+// until they move p, instead of being rounded away at every step. A p that is not finite (inf,
+// NaN) is stored as without compensation, p' = round(q) (inf - inf would make an infinite param
+// NaN), and where p or p' is not finite c' is 0: nothing is left to compensate.
 // On the bits of a 16-bit type S (GCC vectorizes loops of these, not of the structs' copies).
 template <class S>
 FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE void kahan_store(float q, uint16_t* p, uint16_t* c) {
   const float old = load<float>(S{*p});
   const float u = load<float>(S{*c}) + (q - old);
-  const uint16_t stored = store<S>(old + u).bits;
+  const bool was = (bits_of(old) & 0x7f800000u) != 0x7f800000u;  // finite
+  const uint16_t stored = store<S>(was ? old + u : q).bits;
   const float now = load<float>(S{stored});
-  const bool finite = (bits_of(now) & 0x7f800000u) != 0x7f800000u;
-  *c = store<S>(finite ? u - (now - old) : 0.0f).bits;
+  const bool is = (bits_of(now) & 0x7f800000u) != 0x7f800000u;
+  *c = store<S>(was && is ? u - (now - old) : 0.0f).bits;
   *p = stored;
 }
 

@@ -42,8 +42,9 @@ def kahan32(q, p, c, dtype):
     """The stores of Note [Kahan summation], in NumPy float32: (param, comp) as float32."""
     with np.errstate(all="ignore"):
         u = c + (q - p)
-        now = lp(p + u, dtype)
-        comp = lp(np.where(np.isfinite(now), u - (now - p), np.float32(0)), dtype)
+        was = np.isfinite(p)
+        now = lp(np.where(was, p + u, q), dtype)
+        comp = lp(np.where(was & np.isfinite(now), u - (now - p), np.float32(0)), dtype)
     return now, comp
 
 
@@ -322,20 +323,60 @@ def test_a_none_entry_is_a_param_stored_without_compensation():
     twin = [p.copy() for p in ps]
     g = [rng.standard_normal(50).astype(BF16) for _ in range(2)]
     comps = [None, np.zeros(50, BF16)]
+    p1, c1 = ps[1].astype(np.float32), comps[1].astype(np.float32)
     functional.sgd(ps, g, [None, None], step=1, lr=0.1, kahan_comps=comps)
     functional.sgd(twin, g, [None, None], step=1, lr=0.1)
     assert ps[0].tobytes() == twin[0].tobytes()
+    q = p1.copy()
+    functional.sgd([q], [g[1].astype(np.float32)], [None], step=1, lr=0.1)
+    want_p, want_c = kahan32(q, p1, c1, BF16)
+    assert np.array_equal(ps[1].astype(np.float32), want_p)
+    assert np.array_equal(comps[1].astype(np.float32), want_c)
 
 
-def test_a_param_going_to_infinity_leaves_a_zero_comp():
-    p = np.array([3.0e38, 1.0, np.nan], F32).astype(BF16)
-    g = np.array([-1.0e38, 0.0, 1.0], F32).astype(BF16)
-    c = np.array([0.0, 2.0 ** -12, 0.0], F32).astype(BF16)
+def test_float32_and_float64_params_of_a_compensated_call_are_stored_as_without_it():
+    """A call with kahan_comps updates its float32 and float64 params (None entries) exactly as
+    a call without: only 16-bit params' lists are compensated (a float64 list once ran the
+    float32 kernel over its memory as 16-bit values)."""
+    rng = np.random.default_rng(12)
+    for dt in (np.float64, np.float32):
+        p = [rng.standard_normal(5000).astype(dt)]
+        g = [rng.standard_normal(5000).astype(dt)]
+        twin = [p[0].copy()]
+        functional.sgd(p, g, [None], step=1, lr=0.1, kahan_comps=[None])
+        functional.sgd(twin, g, [None], step=1, lr=0.1)
+        assert p[0].tobytes() == twin[0].tobytes(), dt
+    wide = rng.standard_normal(3000)
+    low = rng.standard_normal(3000).astype(BF16)
+    opt = fusedopt.SGD([wide, low], lr=0.1, kahan_summation=True)
+    twin_w, twin_l = wide.copy(), low.copy()
+    comp = np.zeros(3000, BF16)
+    for t in range(1, 4):
+        gw, gl = rng.standard_normal(3000), rng.standard_normal(3000).astype(BF16)
+        opt.step([gw, gl])
+        functional.sgd([twin_w], [gw], [None], step=t, lr=0.1)
+        functional.sgd([twin_l], [gl], [None], step=t, lr=0.1, kahan_comps=[comp])
+        assert wide.tobytes() == twin_w.tobytes() and low.tobytes() == twin_l.tobytes()
+
+
+def test_a_param_going_to_infinity_leaves_a_zero_comp_and_stays_as_without_compensation():
+    p = np.array([3.0e38, 1.0, np.nan, -3.0e38], F32).astype(BF16)
+    g = np.array([-1.0e38, 0.0, 1.0, 1.0e38], F32).astype(BF16)
+    c = np.array([0.0, 2.0 ** -12, 0.0, 0.0], F32).astype(BF16)
+    plain = p.copy()
     functional.sgd([p], [g], [None], step=1, lr=10.0, kahan_comps=[c])
     pf, cf = p.astype(np.float32), c.astype(np.float32)
-    assert pf[0] == np.inf and cf[0] == 0
+    assert pf[0] == np.inf and cf[0] == 0 and pf[3] == -np.inf and cf[3] == 0
     assert pf[1] == 1 and cf[1] == np.float32(2.0 ** -12)
     assert np.isnan(pf[2]) and cf[2] == 0
+    # and after: an infinite param steps as it would uncompensated (inf - inf would be NaN)
+    functional.sgd([plain], [g], [None], step=1, lr=10.0)
+    for t in (2, 3):
+        functional.sgd([p], [g], [None], step=t, lr=10.0, kahan_comps=[c])
+        functional.sgd([plain], [g], [None], step=t, lr=10.0)
+        assert np.array_equal(p.astype(np.float32)[[0, 2, 3]], plain.astype(np.float32)[[0, 2, 3]],
+                              equal_nan=True)
+        assert np.isinf(p.astype(np.float32)[[0, 3]]).all() and (c.astype(np.float32)[[0, 3]] == 0).all()
 
 
 def test_the_cuda_path_refuses_kahan_comps_by_name():

@@ -553,8 +553,11 @@ CheckedCall check_call(const Names& names, const ListArg* a, int nargs, const Si
     for (WorkList& wl : out.lists) wl.copy = dtype_of(copy_type);
   }
   for (int k = 0; k < nargs; ++k) {
-    if (a[k].present && a[k].kahan) {
-      for (WorkList& wl : out.lists) wl.kahan = true;
+    if (a[k].present && a[k].kahan) {  // the lists of 16-bit params: the others have no comps
+      for (WorkList& wl : out.lists) {
+        const DType pd = slot_dtype(wl.combo, 0);
+        wl.kahan = pd == DType::BFloat16 || pd == DType::Float16;
+      }
     }
   }
   if (!keep) return out;

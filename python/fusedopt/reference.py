@@ -632,8 +632,9 @@ def kahan(update, params, kahan_comps):
     module on ``wide``, float64 copies of ``params`` (its other lists as usual), so each new value
     ``q`` is not rounded; then, with ``p`` the old value and ``c`` its compensation,
     ``u = c + (q - p)``, ``p = u + p`` rounded to the param's dtype and ``c = u - (p_new - p)``
-    rounded to the compensation's (Kahan, 1965; the optimi library's bf16 form). A list entry
-    of ``kahan_comps`` may be None: that param is stored rounded, without compensation."""
+    rounded to the compensation's (Kahan, 1965; the optimi library's bf16 form). A param that is
+    not finite is stored as ``q``, and ``c`` is 0 where the old or new param is not finite. A list
+    entry of ``kahan_comps`` may be None: that param is stored rounded, without compensation."""
     params = _arrays("kahan", "params", params)
     comps = list(kahan_comps) if isinstance(kahan_comps, (list, tuple)) else [kahan_comps]
     if len(comps) != len(params):
@@ -645,11 +646,12 @@ def kahan(update, params, kahan_comps):
             param[...] = q
             continue
         old = _f64(param)
+        was = np.isfinite(old)  # an inf or NaN param is stored as without compensation
         with np.errstate(invalid="ignore", over="ignore"):
             u = _f64(comp) + (q - old)
-            param[...] = old + u
+            param[...] = np.where(was, old + u, q)
             now = _f64(param)
-            comp[...] = np.where(np.isfinite(now), u - (now - old), 0.0)
+            comp[...] = np.where(was & np.isfinite(now), u - (now - old), 0.0)
 
 
 def lerp(params, ends, *, weight):
