@@ -109,7 +109,8 @@ def test_the_constructor_is_the_peers():
 
     mine = dict(inspect.signature(ft.ADOPT.__init__).parameters)
     theirs = inspect.signature(adopt.ADOPT.__init__).parameters
-    for k in ("state_dtype", "stochastic_rounding", "seed"):  # fusedopt's own
+    for k in ("state_dtype", "stochastic_rounding", "seed", "kahan_summation",
+              "master_weights"):  # fusedopt's own
         assert mine.pop(k).kind == inspect.Parameter.KEYWORD_ONLY
     assert set(mine) == set(theirs)
     positional = [k for k, p in theirs.items() if p.kind != p.KEYWORD_ONLY]

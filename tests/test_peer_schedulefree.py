@@ -102,7 +102,8 @@ def test_matches_the_schedulefree_package(name, dtype, groups):
 def test_the_constructor_is_the_packages():
     mine = dict(inspect.signature(ft.AdamWScheduleFree.__init__).parameters)
     theirs = inspect.signature(schedulefree.AdamWScheduleFree.__init__).parameters
-    for k in ("state_dtype", "stochastic_rounding", "seed"):  # fusedopt's own
+    for k in ("state_dtype", "stochastic_rounding", "seed", "kahan_summation",
+              "master_weights"):  # fusedopt's own
         assert mine.pop(k).kind == inspect.Parameter.KEYWORD_ONLY
     assert list(mine) == list(theirs)
     for k, p in theirs.items():

@@ -190,3 +190,88 @@ def test_kahan_summation_is_the_numpy_classes_and_its_comp_is_in_the_state(dtype
                                          r"stochastic_rounding exclude"):
         sgd.step()
     assert torch.equal(sgd.param_groups[0]["params"][0].detach(), torch.ones(3, dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_master_weights_are_the_numpy_classes_and_the_master_is_in_the_state(dtype):
+    """Note [Master weights]: a float32 ``master_param`` per 16-bit param (none for a float32
+    one), updated, and the param written from it rounded, the NumPy class's bits; kept through
+    a state dict in float32; refused with kahan_summation."""
+    gen = torch.Generator().manual_seed(4)
+    p = torch.randn(30_000, generator=gen).to(dtype).requires_grad_()
+    w = torch.randn(50, generator=gen).requires_grad_()
+    q, v = p.detach().clone(), w.detach().clone()
+    opt = ft.Adam([p, w], lr=1e-4, master_weights=True)
+    twin = fusedopt.Adam([_numpy(q), v.numpy()], lr=1e-4, master_weights=True)
+    for _ in range(3):
+        g, h = torch.randn(30_000, generator=gen).to(dtype), torch.randn(50, generator=gen)
+        p.grad, w.grad = g.clone(), h.clone()
+        opt.step()
+        twin.step([_numpy(g), h.numpy()])
+    assert torch.equal(p.detach(), q) and torch.equal(w.detach(), v)
+    master = opt.state[p]["master_param"]
+    assert master.dtype == torch.float32 and "master_param" not in opt.state[w]
+    assert np.array_equal(master.numpy(), twin.state[0]["master_param"])
+    assert torch.equal(p.detach(), master.to(dtype))  # the param is its master rounded
+    # lr 1e-4 moves the masters by less than half an ulp of most params: the param lags
+    assert (master != p.detach().float()).float().mean().item() > 0.5
+    p2, w2 = p.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    again = ft.Adam([p2, w2], lr=1e-4)
+    again.load_state_dict(copy.deepcopy(opt.state_dict()))
+    assert again.param_groups[0]["master_weights"] is True
+    assert torch.equal(again.state[p2]["master_param"], master)
+    g = torch.randn(30_000, generator=gen).to(dtype)
+    p.grad, p2.grad = g.clone(), g.clone()
+    w.grad, w2.grad = torch.zeros(50), torch.zeros(50)
+    opt.step()
+    again.step()
+    assert torch.equal(p.detach(), p2.detach())
+    assert torch.equal(again.state[p2]["master_param"], opt.state[p]["master_param"])
+    with pytest.raises(ValueError, match="Adam: kahan_summation and master_weights exclude"):
+        ft.Adam([torch.ones(3, dtype=dtype, requires_grad=True)], master_weights=True,
+                kahan_summation=True)
+    with pytest.raises(TypeError, match="Adam: master_weights must be a bool, got int"):
+        ft.Adam([torch.ones(3, dtype=dtype, requires_grad=True)], master_weights=1)
+
+
+def test_turning_kahan_summation_off_after_a_refused_step_stops_compensating():
+    """The bound call a refused step left is not reused once the flag changed (its key holds
+    the flag): the retried step rounds plainly and leaves the comp as it was."""
+    p = torch.ones(64, dtype=torch.bfloat16, requires_grad=True)
+    opt = ft.SGD([p], lr=1e-3, kahan_summation=True)
+    p.grad = torch.full((64,), 1.0, dtype=torch.bfloat16)
+    opt.step()
+    comp = opt.state[p]["kahan_comp"].clone()
+    assert (comp != 0).all()
+    p.grad = torch.ones(128, dtype=torch.bfloat16)[::2]  # not contiguous: refused
+    with pytest.raises(ValueError, match="not contiguous"):
+        opt.step()
+    opt.param_groups[0]["kahan_summation"] = False
+    p.grad = torch.full((64,), 1.0, dtype=torch.bfloat16)
+    before = p.detach().clone()
+    opt.step()
+    assert torch.equal(opt.state[p]["kahan_comp"], comp)
+    assert torch.equal(p.detach(), (before.float() - 1e-3).to(torch.bfloat16))
+
+
+def test_compensations_and_masters_of_a_state_dict_are_ignored_for_float32_params():
+    """A state dict of bfloat16 params with kahan_comp / master_param loaded into float32 params:
+    the step runs as without them (they are of 16-bit params only)."""
+    for option in ("kahan_summation", "master_weights"):
+        p = torch.randn(100, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16)
+        p.requires_grad_()
+        opt = ft.AdamW([p], lr=1e-3, **{option: True})
+        p.grad = torch.ones(100, dtype=torch.bfloat16)
+        opt.step()
+        w = p.detach().float().requires_grad_()
+        plain = w.detach().clone().requires_grad_()
+        again = ft.AdamW([w], lr=1e-3, **{option: True})
+        again.load_state_dict(copy.deepcopy(opt.state_dict()))
+        twin = ft.AdamW([plain], lr=1e-3)
+        twin.load_state_dict(copy.deepcopy(opt.state_dict()))
+        twin.param_groups[0][option] = False
+        for t in (w, plain):
+            t.grad = torch.full((100,), 0.5)
+        again.step()
+        twin.step()
+        assert torch.equal(w.detach(), plain.detach()), option

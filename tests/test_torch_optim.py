@@ -145,9 +145,10 @@ def test_constructor_is_torchs(name):
     mine = dict(inspect.signature(getattr(ft, name).__init__).parameters)
     theirs = inspect.signature(getattr(torch.optim, name).__init__).parameters
     # torch's, and fusedopt's keyword-only low-precision options last (Note [State dtypes],
-    # [Stochastic rounding])
+    # [Stochastic rounding], [Kahan summation], [Master weights])
     if name != "Adafactor":  # (its own class: float32 and float64 only)
-        for k, default in (("state_dtype", None), ("stochastic_rounding", False), ("seed", None)):
+        for k, default in (("state_dtype", None), ("stochastic_rounding", False), ("seed", None),
+                           ("kahan_summation", False), ("master_weights", False)):
             extra = mine.pop(k)
             assert extra.kind == extra.KEYWORD_ONLY and extra.default == default, k
     assert list(mine) == list(theirs)

@@ -220,7 +220,7 @@ def prepare_step_fns(calls: Iterable) -> None:
 # The options that exclude each other, and why (Optimizer._set_option).
 _WHY_MASTER = "a float32 master loses nothing to rounding: there is nothing to compensate"
 _WHY_SR = "a stochastically rounded param has no rounding error to carry"
-_EXCLUSIVE = {
+EXCLUSIVE_OPTIONS = {
     "kahan_summation": {"master_weights": _WHY_MASTER, "stochastic_rounding": _WHY_SR},
     "master_weights": {"kahan_summation": _WHY_MASTER},
     "stochastic_rounding": {"kahan_summation": _WHY_SR},
@@ -402,11 +402,11 @@ class Optimizer(StateDicts):
     # ---- the low-precision options: each set checked, and the bound calls made anew --------------
 
     def _set_option(self, name: str, value: Any) -> None:
-        if value is True and name in _EXCLUSIVE:
-            other = next((o for o in _EXCLUSIVE[name] if self._options.get(o)), None)
+        if value is True and name in EXCLUSIVE_OPTIONS:
+            other = next((o for o in EXCLUSIVE_OPTIONS[name] if self._options.get(o)), None)
             if other is not None:
                 raise ValueError(f"{type(self).__name__}: {name} and {other} exclude each other "
-                                 f"({_EXCLUSIVE[name][other]})")
+                                 f"({EXCLUSIVE_OPTIONS[name][other]})")
         self._options[name] = value
         if hasattr(self, "_runs"):  # after the constructor: the next step binds anew
             self._forget_runs()
@@ -784,7 +784,9 @@ class Optimizer(StateDicts):
         index = (indices.start or None) if isinstance(indices, range) else indices
         extra: dict = {}
         if self.master_weights and call.states is not None:  # Note [Master weights]
-            masters = [s.get("master_param") for s in call.states]
+            # (a 16-bit param's only: a state dict may bring one to a param of another dtype)
+            masters = [s.get("master_param") if _arrays.is_16_bit(p) else None
+                       for p, s in zip(call.params, call.states)]
             if any(m is not None for m in masters):
                 params = [p if m is None else m for p, m in zip(call.params, masters)]
                 extra["param_copies"] = [None if m is None else p
@@ -792,7 +794,8 @@ class Optimizer(StateDicts):
                 lists = tuple(params if b.role == "param" else x
                               for b, x in zip(kernel.buffers, lists))
         if self.kahan_summation and call.states is not None:  # Note [Kahan summation]
-            comps = [s.get("kahan_comp") for s in call.states]
+            comps = [s.get("kahan_comp") if _arrays.is_16_bit(p) else None
+                     for p, s in zip(call.params, call.states)]
             if any(c is not None for c in comps):
                 extra["kahan_comps"] = comps
         # grads of another dtype than their params' (bfloat16 grads of float32 params, and of

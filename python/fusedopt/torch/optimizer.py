@@ -69,6 +69,7 @@ from ..optim._state_dict import (
 )
 from ..optim.optimizer import (
     call_seed,
+    EXCLUSIVE_OPTIONS,
     check_bool,
     check_rounding,
     hyper_value,
@@ -207,9 +208,11 @@ class Optimizer(torch.optim.Optimizer):
     implementation flags) chooses the state's dtype as :mod:`fusedopt.optim`'s does (Note [State
     dtypes]): None keeps float32 state for 16-bit params (torch.optim keeps their dtype) and the
     param's dtype otherwise; ``torch.bfloat16`` (or ``"bfloat16"``) halves the state's memory.
-    ``stochastic_rounding`` and ``seed`` (Note [Stochastic rounding]) and ``kahan_summation``
-    (Note [Kahan summation]: a ``kahan_comp`` state of each 16-bit param's dtype) are group
-    flags too, as in :mod:`fusedopt.optim`. A step reads
+    ``stochastic_rounding`` and ``seed`` (Note [Stochastic rounding]), ``kahan_summation``
+    (Note [Kahan summation]: a ``kahan_comp`` state of each 16-bit param's dtype) and
+    ``master_weights`` (Note [Master weights]: a float32 ``master_param`` state of each 16-bit
+    param, updated, and the param written from it in the same pass) are group flags too, as in
+    :mod:`fusedopt.optim`. A step reads
     ``p.grad``; params whose grad is None are skipped, as in torch. Sparse grads are refused.
     """
 
@@ -321,12 +324,13 @@ class Optimizer(torch.optim.Optimizer):
                 "autograd")
         if flags.get("state_dtype") is not None:
             _arrays.state_dtype_name(cls, flags["state_dtype"])
-        if flags.get("kahan_summation") is not None:
-            check_bool(cls, "kahan_summation", flags["kahan_summation"])
-            if flags["kahan_summation"] and flags.get("stochastic_rounding"):
-                raise ValueError(f"{cls}: kahan_summation and stochastic_rounding exclude each "
-                                 "other (a stochastically rounded param has no rounding error to "
-                                 "carry)")
+        for name in ("kahan_summation", "master_weights"):
+            if flags.get(name) is not None:
+                check_bool(cls, name, flags[name])
+        for a, others in EXCLUSIVE_OPTIONS.items():
+            for b, why in others.items():
+                if flags.get(a) and flags.get(b) and a < b:
+                    raise ValueError(f"{cls}: {a} and {b} exclude each other ({why})")
         if "seed" in flags:
             seed = check_rounding(cls, flags.get("stochastic_rounding"), flags["seed"])[1]
             if seed != flags["seed"] and where is not None:  # a group turned it on: drawn here
@@ -452,7 +456,7 @@ class Optimizer(torch.optim.Optimizer):
                     check_entry_names(fail, cls, f"state[{sid!r}]", entry, known, required)
         # torch.optim's dicts lack these
         kept = (*self._numpy._kept_on_load, "state_dtype", "stochastic_rounding", "seed",
-                "kahan_summation")
+                "kahan_summation", "master_weights")
         own = [{k: g[k] for k in kept if k in g} for g in self.param_groups]
         missing = [[k for k in kept if k not in saved] if isinstance(saved, dict) else []
                    for saved in (groups if isinstance(groups, (list, tuple)) else ())]
@@ -472,7 +476,8 @@ class Optimizer(torch.optim.Optimizer):
                 dtype = self._state_dtype(p, self._group_of(p))
                 for name in names:
                     saved = entry.get(name)
-                    want = p.dtype if name == "kahan_comp" else dtype
+                    want = p.dtype if name == "kahan_comp" else \
+                        torch.float32 if name == "master_param" else dtype
                     if isinstance(saved, torch.Tensor) and mine_[name].dtype != want:
                         mine_[name] = saved.detach().to(p.device, want, copy=True)
         if self._scalar_state and isinstance(groups, (list, tuple)) and isinstance(states, dict):
@@ -747,10 +752,16 @@ class Optimizer(torch.optim.Optimizer):
                         state[name] = torch.full_like(p, fill, dtype=dtype,
                                                       memory_format=torch.preserve_format)
                     call.created.append((p, name))
-            if p.dtype in _LOW and self.param_groups[call.gi].get("kahan_summation") and \
+            group = self.param_groups[call.gi]
+            if p.dtype in _LOW and group.get("kahan_summation") and \
                     state.get("kahan_comp") is None:  # Note [Kahan summation]
                 state["kahan_comp"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 call.created.append((p, "kahan_comp"))
+            if p.dtype in _LOW and group.get("master_weights") and \
+                    state.get("master_param") is None:  # Note [Master weights]: exact
+                state["master_param"] = p.detach().to(torch.float32, copy=True,
+                                                      memory_format=torch.preserve_format)
+                call.created.append((p, "master_param"))
 
     def _group_of(self, p: Any) -> dict:
         return next(g for g in self.param_groups if any(q is p for q in g["params"]))
@@ -766,15 +777,27 @@ class Optimizer(torch.optim.Optimizer):
     def _bind(self, call: _Call, plain: dict) -> Any:
         kernel = self._kernel
         names = {b.state for b in kernel.used_states(plain)}
-        tensors = [call.params] + [[s[b.state] for s in call.states]
-                                   for b in kernel.states if b.state in names]
+        group = self.param_groups[call.gi]
+        # Note [Master weights]: the call updates the float32 masters and writes the params
+        # (a 16-bit param's only: a state dict may bring one to a param of another dtype)
+        masters = [s.get("master_param") if p.dtype in _LOW else None
+                   for p, s in zip(call.params, call.states)] if group.get("master_weights") \
+            else []
+        if not any(m is not None for m in masters):
+            masters = []
+        params = [p if m is None else m for p, m in zip(call.params, masters)] if masters \
+            else call.params
+        tensors = [params] + [[s[b.state] for s in call.states]
+                              for b in kernel.states if b.state in names]
         ident = (call.gi, call.key, tuple(call.where),
-                 tuple(map(id, call.params)), tuple(id(t) for ts in tensors for t in ts),
+                 tuple(map(id, call.params)), tuple(map(_data_ptr, call.params)),
+                 tuple(id(t) for ts in tensors for t in ts),
                  tuple(t.data_ptr() for ts in tensors for t in ts),
                  tuple(id(v) for v in plain.values()), tuple(map(repr, plain.values())),
                  self.param_groups[call.gi].get("stochastic_rounding"),
                  self.param_groups[call.gi].get("seed"),
-                 tuple(id(s.get("kahan_comp")) for s in call.states))
+                 tuple(id(s.get("kahan_comp")) for s in call.states),
+                 group.get("master_weights"), group.get("kahan_summation"))
         hit = self._calls_cache.get(call.gi)
         if hit is not None and hit[0] == ident:
             return hit[1]
@@ -784,13 +807,17 @@ class Optimizer(torch.optim.Optimizer):
             next(views) if b.state in names else None
             for b in kernel.buffers)
         hyper = tuple(call.lr if name == "lr" else plain[name] for name in kernel.call_hypers)
-        group = self.param_groups[call.gi]
         sr: dict[str, Any] = {}
+        if masters:
+            low = [_view(p) for p in call.params]
+            sr["param_copies"] = [None if m is None else v for v, m in zip(low, masters)]
+            sr["grad_dtype"] = [v.dtype for v in low]
         if group.get("stochastic_rounding"):  # Note [Stochastic rounding]: a seed per call
             first = sum(len(g["params"]) for g in self.param_groups[: call.gi]) + call.where[0]
             sr["sr_seed"] = call_seed(group["seed"], first)
         if group.get("kahan_summation"):  # Note [Kahan summation]
-            comps = [s.get("kahan_comp") for s in call.states]
+            comps = [s.get("kahan_comp") if p.dtype in _LOW else None
+                     for p, s in zip(call.params, call.states)]
             if any(c is not None for c in comps):
                 sr["kahan_comps"] = [None if c is None else _view(c) for c in comps]
         bound = _backend.bind(kernel.name, lists, hyper, name=f"{type(self).__name__}.step",
@@ -888,7 +915,8 @@ def make_class(numpy_cls: Any) -> type:
                f"state names and state dicts; the update of :class:`fusedopt.{name}`, whose "
                "description follows.\n\n" + (numpy_cls.__doc__ or ""))
     # Note [State dtypes], [Stochastic rounding]: kept in each group, as the flags
-    flags.update(state_dtype=None, stochastic_rounding=False, seed=None, kahan_summation=False)
+    flags.update(state_dtype=None, stochastic_rounding=False, seed=None, kahan_summation=False,
+                 master_weights=False)
     cls = type(name, (*numpy_cls._front_mixins, Optimizer), {
         "__doc__": doc, "__module__": __name__.rsplit(".", 1)[0], "_numpy": numpy_cls,
         "_spec": numpy_cls._spec, "_kernel": numpy_cls._kernel,
