@@ -136,42 +136,59 @@ def test_a_group_added_with_stochastic_rounding_draws_a_seed_and_rounds_stochast
     assert 0.01 < moved < 0.2  # 3e-4 is 0.077 of the ulp below 1 (2^-8 / 2 = 0.0039)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_kahan_summation_is_the_numpy_classes_and_its_comp_is_in_the_state(dtype):
-    """Note [Kahan summation]: a ``kahan_comp`` of each 16-bit param's dtype (none for a float32
-    param), the NumPy class's bits, kept through a state dict; and refused with stochastic
-    rounding, in a group as in the constructor."""
-    gen = torch.Generator().manual_seed(3)
+def _stepped_with_twin(name, dtype, seed, **option):
+    """A fusedopt.torch optimizer over a 16-bit and a float32 param with ``option``, and its
+    NumPy class over copies, stepped three times with the same grads (lr 1e-4: below half an
+    ulp of most 16-bit params). Returns (opt, twin, p, w, gen) after checking the same bits."""
+    gen = torch.Generator().manual_seed(seed)
     p = torch.randn(30_000, generator=gen).to(dtype).requires_grad_()
     w = torch.randn(50, generator=gen).requires_grad_()
     q, v = p.detach().clone(), w.detach().clone()
-    opt = ft.AdamW([p, w], lr=1e-4, kahan_summation=True)
-    twin = fusedopt.AdamW([_numpy(q), v.numpy()], lr=1e-4, kahan_summation=True)
+    opt = getattr(ft, name)([p, w], lr=1e-4, **option)
+    twin = getattr(fusedopt, name)([_numpy(q), v.numpy()], lr=1e-4, **option)
     for _ in range(3):
         g, h = torch.randn(30_000, generator=gen).to(dtype), torch.randn(50, generator=gen)
         p.grad, w.grad = g.clone(), h.clone()
         opt.step()
         twin.step([_numpy(g), h.numpy()])
     assert torch.equal(p.detach(), q) and torch.equal(w.detach(), v)
-    comp = opt.state[p]["kahan_comp"]
-    assert comp.dtype == dtype and "kahan_comp" not in opt.state[w]
-    assert np.array_equal(_numpy(comp).astype(np.float32),
-                          twin.state[0]["kahan_comp"].astype(np.float32))
-    assert (comp != 0).float().mean().item() > 0.9  # lr 1e-4 is below half an ulp of most p
+    return opt, twin, p, w, gen
+
+
+def _reloaded_steps_alike(opt, p, w, gen, option):
+    """A new optimizer loaded from ``opt``'s state dict (a copy, as torch.save and torch.load
+    give: torch's load keeps a saved tensor of the right dtype as it is, a bfloat16 comp of a
+    bfloat16 param, which the two would then share) has ``option`` on and steps as ``opt``
+    does. Returns (the new optimizer, its 16-bit param)."""
     p2, w2 = p.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
-    again = ft.AdamW([p2, w2], lr=1e-4)
-    # a copy, as torch.save and torch.load give: torch's load keeps a saved tensor of the right
-    # dtype as it is (a bfloat16 comp of a bfloat16 param), which the two would then share
+    again = type(opt)([p2, w2], lr=1e-4)
     again.load_state_dict(copy.deepcopy(opt.state_dict()))
-    assert again.param_groups[0]["kahan_summation"] is True
-    assert again.state[p2]["kahan_comp"].dtype == dtype
-    assert torch.equal(again.state[p2]["kahan_comp"], comp)
-    g = torch.randn(30_000, generator=gen).to(dtype)
+    assert again.param_groups[0][option] is True
+    for name, s in opt.state[p].items():
+        if isinstance(s, torch.Tensor) and s.dim() > 0:
+            assert again.state[p2][name].dtype == s.dtype and torch.equal(again.state[p2][name], s)
+    g = torch.randn(30_000, generator=gen).to(p.dtype)
     p.grad, p2.grad = g.clone(), g.clone()
     w.grad, w2.grad = torch.zeros(50), torch.zeros(50)
     opt.step()
     again.step()
     assert torch.equal(p.detach(), p2.detach())
+    return again, p2
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_kahan_summation_is_the_numpy_classes_and_its_comp_is_in_the_state(dtype):
+    """Note [Kahan summation]: a ``kahan_comp`` of each 16-bit param's dtype (none for a float32
+    param), the NumPy class's bits, kept through a state dict; and refused with stochastic
+    rounding, in a group as in the constructor."""
+    opt, twin, p, w, gen = _stepped_with_twin("AdamW", dtype, 3, kahan_summation=True)
+    comp = opt.state[p]["kahan_comp"]
+    assert comp.dtype == dtype and "kahan_comp" not in opt.state[w]
+    assert np.array_equal(_numpy(comp).astype(np.float32),
+                          twin.state[0]["kahan_comp"].astype(np.float32))
+    assert (comp != 0).float().mean().item() > 0.9  # lr 1e-4 is below half an ulp of most p
+    again, p2 = _reloaded_steps_alike(opt, p, w, gen, "kahan_summation")
+    assert torch.equal(again.state[p2]["kahan_comp"], opt.state[p]["kahan_comp"])
     with pytest.raises(ValueError, match="SGD: kahan_summation and stochastic_rounding exclude"):
         ft.SGD([torch.ones(3, dtype=dtype, requires_grad=True)], lr=0.1, kahan_summation=True,
                stochastic_rounding=True)
@@ -197,35 +214,14 @@ def test_master_weights_are_the_numpy_classes_and_the_master_is_in_the_state(dty
     """Note [Master weights]: a float32 ``master_param`` per 16-bit param (none for a float32
     one), updated, and the param written from it rounded, the NumPy class's bits; kept through
     a state dict in float32; refused with kahan_summation."""
-    gen = torch.Generator().manual_seed(4)
-    p = torch.randn(30_000, generator=gen).to(dtype).requires_grad_()
-    w = torch.randn(50, generator=gen).requires_grad_()
-    q, v = p.detach().clone(), w.detach().clone()
-    opt = ft.Adam([p, w], lr=1e-4, master_weights=True)
-    twin = fusedopt.Adam([_numpy(q), v.numpy()], lr=1e-4, master_weights=True)
-    for _ in range(3):
-        g, h = torch.randn(30_000, generator=gen).to(dtype), torch.randn(50, generator=gen)
-        p.grad, w.grad = g.clone(), h.clone()
-        opt.step()
-        twin.step([_numpy(g), h.numpy()])
-    assert torch.equal(p.detach(), q) and torch.equal(w.detach(), v)
+    opt, twin, p, w, gen = _stepped_with_twin("Adam", dtype, 4, master_weights=True)
     master = opt.state[p]["master_param"]
     assert master.dtype == torch.float32 and "master_param" not in opt.state[w]
     assert np.array_equal(master.numpy(), twin.state[0]["master_param"])
     assert torch.equal(p.detach(), master.to(dtype))  # the param is its master rounded
     # lr 1e-4 moves the masters by less than half an ulp of most params: the param lags
     assert (master != p.detach().float()).float().mean().item() > 0.5
-    p2, w2 = p.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
-    again = ft.Adam([p2, w2], lr=1e-4)
-    again.load_state_dict(copy.deepcopy(opt.state_dict()))
-    assert again.param_groups[0]["master_weights"] is True
-    assert torch.equal(again.state[p2]["master_param"], master)
-    g = torch.randn(30_000, generator=gen).to(dtype)
-    p.grad, p2.grad = g.clone(), g.clone()
-    w.grad, w2.grad = torch.zeros(50), torch.zeros(50)
-    opt.step()
-    again.step()
-    assert torch.equal(p.detach(), p2.detach())
+    again, p2 = _reloaded_steps_alike(opt, p, w, gen, "master_weights")
     assert torch.equal(again.state[p2]["master_param"], opt.state[p]["master_param"])
     with pytest.raises(ValueError, match="Adam: kahan_summation and master_weights exclude"):
         ft.Adam([torch.ones(3, dtype=dtype, requires_grad=True)], master_weights=True,
