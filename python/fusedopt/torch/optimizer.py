@@ -778,7 +778,7 @@ class Optimizer(torch.optim.Optimizer):
         kernel = self._kernel
         names = {b.state for b in kernel.used_states(plain)}
         group = self.param_groups[call.gi]
-        # Note [Master weights]: the call updates the float32 masters and writes the params
+        # the call updates the float32 masters and writes the params (Note [Master weights])
         # (a 16-bit param's only: a state dict may bring one to a param of another dtype)
         masters = [s.get("master_param") if p.dtype in _LOW else None
                    for p, s in zip(call.params, call.states)] if group.get("master_weights") \
