@@ -50,7 +50,7 @@ import numbers
 import operator
 import secrets
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -217,14 +217,29 @@ def prepare_step_fns(calls: Iterable) -> None:
             core.prepare(step)
 
 
-# The options that exclude each other, and why (Optimizer._set_option).
-_WHY_MASTER = "a float32 master loses nothing to rounding: there is nothing to compensate"
-_WHY_SR = "a stochastically rounded param has no rounding error to carry"
-EXCLUSIVE_OPTIONS = {
-    "kahan_summation": {"master_weights": _WHY_MASTER, "stochastic_rounding": _WHY_SR},
-    "master_weights": {"kahan_summation": _WHY_MASTER},
-    "stochastic_rounding": {"kahan_summation": _WHY_SR},
-}
+# The pairs of low-precision options that exclude each other, and why.
+_EXCLUSIVE_OPTIONS = (
+    ("kahan_summation", "master_weights",
+     "a float32 master loses nothing to rounding: there is nothing to compensate"),
+    ("kahan_summation", "stochastic_rounding",
+     "a stochastically rounded param has no rounding error to carry"),
+)
+
+
+def check_exclusive(cls: str, options: Mapping, first: str | None = None) -> None:
+    """``ValueError`` for a pair of options both on in ``options``: with ``first``, the pairs
+    of that option only, which the message names first (the one being set)."""
+    for a, b, why in _EXCLUSIVE_OPTIONS:
+        if options.get(a) and options.get(b) and first in (None, a, b):
+            x, y = (b, a) if first == b else (a, b)
+            raise ValueError(f"{cls}: {x} and {y} exclude each other ({why})")
+
+
+def low_precision_state(params: list, states: list, name: str, is_16_bit: Callable) -> Any:
+    """State ``name`` (``master_param``, ``kahan_comp``) of each 16-bit param, None for the
+    others (a state dict may bring one to a param of another dtype); None when none has it."""
+    out = [s.get(name) if is_16_bit(p) else None for p, s in zip(params, states)]
+    return out if any(x is not None for x in out) else None
 
 
 def check_bool(cls: str, name: str, value: Any) -> bool:
@@ -402,11 +417,8 @@ class Optimizer(StateDicts):
     # ---- the low-precision options: each set checked, and the bound calls made anew --------------
 
     def _set_option(self, name: str, value: Any) -> None:
-        if value is True and name in EXCLUSIVE_OPTIONS:
-            other = next((o for o in EXCLUSIVE_OPTIONS[name] if self._options.get(o)), None)
-            if other is not None:
-                raise ValueError(f"{type(self).__name__}: {name} and {other} exclude each other "
-                                 f"({EXCLUSIVE_OPTIONS[name][other]})")
+        if value is True:
+            check_exclusive(type(self).__name__, {**self._options, name: True}, name)
         self._options[name] = value
         if hasattr(self, "_runs"):  # after the constructor: the next step binds anew
             self._forget_runs()
@@ -784,19 +796,17 @@ class Optimizer(StateDicts):
         index = (indices.start or None) if isinstance(indices, range) else indices
         extra: dict = {}
         if self.master_weights and call.states is not None:  # Note [Master weights]
-            # (a 16-bit param's only: a state dict may bring one to a param of another dtype)
-            masters = [s.get("master_param") if _arrays.is_16_bit(p) else None
-                       for p, s in zip(call.params, call.states)]
-            if any(m is not None for m in masters):
+            masters = low_precision_state(call.params, call.states, "master_param",
+                                          _arrays.is_16_bit)
+            if masters is not None:
                 params = [p if m is None else m for p, m in zip(call.params, masters)]
                 extra["param_copies"] = [None if m is None else p
                                          for p, m in zip(call.params, masters)]
                 lists = tuple(params if b.role == "param" else x
                               for b, x in zip(kernel.buffers, lists))
         if self.kahan_summation and call.states is not None:  # Note [Kahan summation]
-            comps = [s.get("kahan_comp") if _arrays.is_16_bit(p) else None
-                     for p, s in zip(call.params, call.states)]
-            if any(c is not None for c in comps):
+            comps = low_precision_state(call.params, call.states, "kahan_comp", _arrays.is_16_bit)
+            if comps is not None:
                 extra["kahan_comps"] = comps
         # grads of another dtype than their params' (bfloat16 grads of float32 params, and of
         # master weights): the call is bound for the dtypes of this step's grads

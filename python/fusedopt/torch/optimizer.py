@@ -69,10 +69,11 @@ from ..optim._state_dict import (
 )
 from ..optim.optimizer import (
     call_seed,
-    EXCLUSIVE_OPTIONS,
     check_bool,
+    check_exclusive,
     check_rounding,
     hyper_value,
+    low_precision_state,
     make_init,
     prepare_step_fns,
     run_input,
@@ -84,6 +85,10 @@ __all__ = ["Optimizer", "make_class"]
 _FLAGS = ("foreach", "fused", "capturable", "differentiable")
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _LOW = (torch.bfloat16, torch.float16)
+
+
+def _is_low(p: Any) -> bool:
+    return p.dtype in _LOW
 
 
 def _scalar(name: str, value: Any) -> Any:
@@ -327,10 +332,7 @@ class Optimizer(torch.optim.Optimizer):
         for name in ("kahan_summation", "master_weights"):
             if flags.get(name) is not None:
                 check_bool(cls, name, flags[name])
-        for a, others in EXCLUSIVE_OPTIONS.items():
-            for b, why in others.items():
-                if flags.get(a) and flags.get(b) and a < b:
-                    raise ValueError(f"{cls}: {a} and {b} exclude each other ({why})")
+        check_exclusive(cls, flags)
         if "seed" in flags:
             seed = check_rounding(cls, flags.get("stochastic_rounding"), flags["seed"])[1]
             if seed != flags["seed"] and where is not None:  # a group turned it on: drawn here
@@ -778,15 +780,15 @@ class Optimizer(torch.optim.Optimizer):
         kernel = self._kernel
         names = {b.state for b in kernel.used_states(plain)}
         group = self.param_groups[call.gi]
-        # the call updates the float32 masters and writes the params (Note [Master weights])
-        # (a 16-bit param's only: a state dict may bring one to a param of another dtype)
-        masters = [s.get("master_param") if p.dtype in _LOW else None
-                   for p, s in zip(call.params, call.states)] if group.get("master_weights") \
-            else []
-        if not any(m is not None for m in masters):
-            masters = []
-        params = [p if m is None else m for p, m in zip(call.params, masters)] if masters \
-            else call.params
+        # the call updates the float32 masters and writes the params (Note [Master weights]), and
+        # carries the compensations (Note [Kahan summation])
+        masters = comps = None
+        if group.get("master_weights"):
+            masters = low_precision_state(call.params, call.states, "master_param", _is_low)
+        if group.get("kahan_summation"):
+            comps = low_precision_state(call.params, call.states, "kahan_comp", _is_low)
+        params = call.params if masters is None else \
+            [p if m is None else m for p, m in zip(call.params, masters)]
         tensors = [params] + [[s[b.state] for s in call.states]
                               for b in kernel.states if b.state in names]
         ident = (call.gi, call.key, tuple(call.where),
@@ -796,7 +798,7 @@ class Optimizer(torch.optim.Optimizer):
                  tuple(id(v) for v in plain.values()), tuple(map(repr, plain.values())),
                  self.param_groups[call.gi].get("stochastic_rounding"),
                  self.param_groups[call.gi].get("seed"),
-                 tuple(id(s.get("kahan_comp")) for s in call.states),
+                 tuple(map(id, comps or ())),
                  group.get("master_weights"), group.get("kahan_summation"))
         hit = self._calls_cache.get(call.gi)
         if hit is not None and hit[0] == ident:
@@ -808,18 +810,15 @@ class Optimizer(torch.optim.Optimizer):
             for b in kernel.buffers)
         hyper = tuple(call.lr if name == "lr" else plain[name] for name in kernel.call_hypers)
         sr: dict[str, Any] = {}
-        if masters:
+        if masters is not None:
             low = [_view(p) for p in call.params]
             sr["param_copies"] = [None if m is None else v for v, m in zip(low, masters)]
             sr["grad_dtype"] = [v.dtype for v in low]
         if group.get("stochastic_rounding"):  # Note [Stochastic rounding]: a seed per call
             first = sum(len(g["params"]) for g in self.param_groups[: call.gi]) + call.where[0]
             sr["sr_seed"] = call_seed(group["seed"], first)
-        if group.get("kahan_summation"):  # Note [Kahan summation]
-            comps = [s.get("kahan_comp") if p.dtype in _LOW else None
-                     for p, s in zip(call.params, call.states)]
-            if any(c is not None for c in comps):
-                sr["kahan_comps"] = [None if c is None else _view(c) for c in comps]
+        if comps is not None:
+            sr["kahan_comps"] = [None if c is None else _view(c) for c in comps]
         bound = _backend.bind(kernel.name, lists, hyper, name=f"{type(self).__name__}.step",
                               index=call.where, grads_later=True,
                               aliases={"params": f"param_groups[{call.gi}]['params']"}, **sr)
