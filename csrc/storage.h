@@ -108,7 +108,7 @@ constexpr int kNumCompiledCombos = StorageCombos::size;
 // uses, bfloat16 params and grads with float32 or bfloat16 state, are also compiled as they are,
 // for the CPU kernels only (CpuCombos; the CUDA kernels and the CUDA driver's emulation are not
 // compiled for them), at two of the minutes of Note [Staged storage]. They take the staged path
-// for what only it does: stochastic rounding (Note [Stochastic rounding]) and Kahan
+// for what only it does (is_staged): stochastic rounding (Note [Stochastic rounding]) and Kahan
 // compensation (Note [Kahan summation]). Same bits either way.
 using CpuFusedCombos = TypeList<Storage<bf16, bf16, float>, Storage<bf16, bf16, bf16>>;
 constexpr int kNumCpuCombos = kNumCompiledCombos + CpuFusedCombos::size;
@@ -147,9 +147,10 @@ constexpr auto combos_of(TypeList<St...>) {
 constexpr auto kCombos = combos_of(AllCombos{});
 constexpr int kNumCombos = AllCombos::size;
 
-// Whether the CPU driver stages combination `combo` (given whether it rounds stochastically).
-constexpr bool is_staged(int combo, bool stochastic = false) {
-  return combo >= kNumCpuCombos || (stochastic && combo >= kNumCompiledCombos);
+// Whether the CPU driver stages combination `combo`, given whether its call does what only
+// staging does (`staged_only`: stochastic rounding, Kahan compensation).
+constexpr bool is_staged(int combo, bool staged_only = false) {
+  return combo >= kNumCpuCombos || (staged_only && combo >= kNumCompiledCombos);
 }
 
 // The index of (param, grad, state) in kCombos, or -1.

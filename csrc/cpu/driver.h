@@ -4,6 +4,7 @@
 // whose buffers are loaded into r, updated in registers and stored back.
 #pragma once
 
+#include <algorithm>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -238,7 +239,8 @@ inline void run_chunk_staged(const Algo& algo, const TensorRef& t, const Chunk& 
   constexpr int K = Algo::kAccumulators;
   constexpr int B = Algo::kBuffers;
   alignas(64) float stage[B][kStageTile];
-  alignas(64) double acc[K > 0 ? K : 1][kLanes] = {};
+  alignas(64) double acc[K > 0 ? K : 1][kLanes];
+  if constexpr (K > 0) std::fill(&acc[0][0], &acc[0][0] + K * kLanes, 0.0);  // (an update: none)
   DType type[B];
   for (int k = 0; k < B; ++k) type[k] = slot_dtype(w.combo, k);
   const bool kahan = w.kahan && t.copy != nullptr;           // Note [Kahan summation]
@@ -275,7 +277,9 @@ inline void run_chunk_staged(const Algo& algo, const TensorRef& t, const Chunk& 
         out(type[k], stage[k], t.ptr[k], k, at, n);
       }
     }
-    if (Algo::written(0) && copy) out(static_cast<DType>(w.copy), ptr[0], t.copy, kMaxBuffers, at, n);
+    if (Algo::written(0) && copy) {
+      out(static_cast<DType>(w.copy), ptr[0], t.copy, kMaxBuffers, at, n);
+    }
   }
   if constexpr (K > 0) {
     reduce_lanes<K>(acc, sums);
