@@ -216,15 +216,18 @@ FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE float float_of(uint32_t u) {
 // made quiet, keeping the top bits of its payload.
 //
 // bfloat16 is the upper half of a float32: rounding adds 0x7fff, plus one when the kept half is
-// odd, and cuts.
+// odd, and cuts. Its NaN test is the float comparison f != f, and the select is made on the 32-bit
+// values before the cut: GCC then emits one vector compare and one blend per 8 values, where an
+// integer test of the bits became a compare, a blend and a pack of its own, after the cut (all-
+// bfloat16 Adam, in cache, AVX2: 0.56 -> 0.73 Gelem/s). Never built with -ffinite-math-only.
 FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE float bf16_to_float(uint16_t h) {
   return float_of(static_cast<uint32_t>(h) << 16);
 }
 FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE uint16_t float_to_bf16(float f) {
   const uint32_t u = bits_of(f);
-  const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
-  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-  return static_cast<uint16_t>(nan ? ((u >> 16) | 0x40u) : rounded);
+  uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  r = f != f ? ((u >> 16) | 0x40u) : r;  // NaN
+  return static_cast<uint16_t>(r);
 }
 
 // float16 (1 sign, 5 exponent, 10 mantissa bits; bias 15). A normal result is float32's bits
@@ -304,9 +307,9 @@ FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE uint32_t sr_bits(uint32_t i, uint32_t k_lo,
 
 FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE uint16_t float_to_bf16_sr(float f, uint32_t r) {
   const uint32_t u = bits_of(f);
-  const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
-  const uint32_t rounded = (u + (r >> 16)) >> 16;
-  return static_cast<uint16_t>(nan ? ((u >> 16) | 0x40u) : rounded);
+  uint32_t res = (u + (r >> 16)) >> 16;
+  res = f != f ? ((u >> 16) | 0x40u) : res;  // NaN, as in float_to_bf16
+  return static_cast<uint16_t>(res);
 }
 
 FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE uint16_t float_to_f16_sr(float f, uint32_t r) {
