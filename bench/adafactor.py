@@ -2,7 +2,8 @@
 and torch.optim.Adafactor (its default single-tensor loop, and foreach=True), against the memory
 wall of the passes fusedopt makes, round by round.
 
-Workloads (float32):
+Workloads (float32, or bfloat16 params and grads with ``--dtype bfloat16``: fusedopt's states are
+then float32, torch's bfloat16):
   ``gpt6x768``  the matrices and vectors of 6 transformer blocks of width 768 (per block 4 of
                 768 x 768, 768 x 3072 and 3072 x 768, 8 vectors of 768, 2 of 3072): 42.5M
                 elements, nearly all factored;
@@ -15,9 +16,13 @@ param (pass A reads p and g, B reads g, C reads p and g and writes p), 32 for an
 trivial math through the same driver, timed in the same round: ``_core.cpu.rmw`` over (p, g)
 reading only (A), a sum of squares of g (B, ``fusedopt.global_norm``) and a read-modify-write of
 p reading g (C); for unfactored params ``rmw`` over (p, g, v) writing v, then p. GB/s = those bytes /
-time. Ratios (time / fusedopt.torch's time) are taken within each round.
+time. Ratios (time / fusedopt.torch's time) are taken within each round. With bfloat16 params and
+grads the bytes are 12 per factored element and 22 per unfactored one (float32 v), and the
+ceiling moves the same arrays (its pass A over an unfactored param is staged: float32 v written,
+bfloat16 p and g read).
 
     python bench/adafactor.py --rounds 7 --json bench/results/<machine>-adafactor.json
+    python bench/adafactor.py --dtype bfloat16 --json bench/results/<machine>-adafactor-bf16.json
 """
 
 from __future__ import annotations
@@ -53,29 +58,39 @@ def shapes_of(workload: str, quick: bool) -> list[tuple]:
     raise SystemExit(f"unknown workload {workload!r}")
 
 
-def bytes_of(shapes: list[tuple]) -> int:
-    return sum(int(np.prod(s)) * (24 if len(s) >= 2 else 32) for s in shapes)
+def bytes_of(shapes: list[tuple], dtype: torch.dtype = torch.float32) -> int:
+    factored, plain = (24, 32) if dtype == torch.float32 else (12, 22)
+    return sum(int(np.prod(s)) * (factored if len(s) >= 2 else plain) for s in shapes)
 
 
-def _tensors(shapes, seed):
+def _tensors(shapes, seed, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
-    ps = [torch.randn(s, generator=g).requires_grad_() for s in shapes]
+    ps = [torch.randn(s, generator=g).to(dtype).requires_grad_() for s in shapes]
     for p in ps:
-        p.grad = torch.randn(p.shape, generator=g)
+        p.grad = torch.randn(p.shape, generator=g).to(dtype)
     return ps
 
 
-def implementations(shapes: list[tuple]) -> dict:
+def _array(t: torch.Tensor) -> np.ndarray:
+    """A NumPy view of a CPU tensor's memory (bfloat16 as ml_dtypes.bfloat16)."""
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        import ml_dtypes
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
+
+
+def implementations(shapes: list[tuple], dtype: torch.dtype = torch.float32) -> dict:
     """name -> one step, each over its own tensors (same shapes and values)."""
     out = {}
-    ps = _tensors(shapes, 0)
-    flat_p = [p.detach().numpy().reshape(-1) for p in ps]
-    flat_g = [p.grad.numpy().reshape(-1) for p in ps]
+    ps = _tensors(shapes, 0, dtype)
+    flat_p = [_array(p).reshape(-1) for p in ps]
+    flat_g = [_array(p.grad).reshape(-1) for p in ps]
     mat = [i for i, s in enumerate(shapes) if len(s) >= 2]
     vec = [i for i, s in enumerate(shapes) if len(s) < 2]
     mp, mg = [flat_p[i] for i in mat], [flat_g[i] for i in mat]
     vp, vg = [flat_p[i] for i in vec], [flat_g[i] for i in vec]
-    vv = [np.zeros_like(x) for x in vp]
+    vv = [np.zeros(x.shape, np.float32 if dtype != torch.float64 else x.dtype) for x in vp]
 
     def ceiling():
         if mat:
@@ -87,22 +102,22 @@ def implementations(shapes: list[tuple]) -> dict:
             _core.cpu.rmw(vp, vg, [vv], writes=1)  # C: reads p, g, v; writes p
 
     out["ceiling"] = ceiling
-    opt = ft.Adafactor(_tensors(shapes, 0))
+    opt = ft.Adafactor(_tensors(shapes, 0, dtype))
     out["fusedopt.torch"] = opt.step
-    ps = _tensors(shapes, 0)
-    arrays = [p.detach().numpy() for p in ps]
-    np_grads = [p.grad.numpy() for p in ps]
+    ps = _tensors(shapes, 0, dtype)
+    arrays = [_array(p) for p in ps]
+    np_grads = [_array(p.grad) for p in ps]
     np_opt = fusedopt.Adafactor(arrays)
     out["fusedopt (NumPy)"] = lambda: np_opt.step(np_grads)
-    out["torch (default loop)"] = torch.optim.Adafactor(_tensors(shapes, 0)).step
-    out["torch foreach"] = torch.optim.Adafactor(_tensors(shapes, 0), foreach=True).step
+    out["torch (default loop)"] = torch.optim.Adafactor(_tensors(shapes, 0, dtype)).step
+    out["torch foreach"] = torch.optim.Adafactor(_tensors(shapes, 0, dtype), foreach=True).step
     return out
 
 
-def run_workload(name, shapes, rounds, reps, skip=()):
-    impls = {k: v for k, v in implementations(shapes).items() if k not in skip}
+def run_workload(name, shapes, rounds, reps, skip=(), dtype=torch.float32):
+    impls = {k: v for k, v in implementations(shapes, dtype).items() if k not in skip}
     return torch_front.run_workload(name, [], rounds, reps, 1, impls=impls,
-                                    nbytes=bytes_of(shapes))
+                                    nbytes=bytes_of(shapes, dtype))
 
 
 def main():
@@ -112,6 +127,8 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--skip", default="", help="implementations left out, comma-separated")
     ap.add_argument("--quick", action="store_true", help="tiny shapes (the smoke test)")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                    help="of the params and grads")
     ap.add_argument("--json")
     args = ap.parse_args()
     info = machine_info()
@@ -122,7 +139,8 @@ def main():
     rows = []
     skip = tuple(s for s in args.skip.split(",") if s)
     for w in args.workloads.split(","):
-        rows += run_workload(w, shapes_of(w, args.quick), args.rounds, args.reps, skip)
+        rows += run_workload(w, shapes_of(w, args.quick), args.rounds, args.reps, skip,
+                             getattr(torch, args.dtype))
     torch_front.print_rows(rows)
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": info, "args": vars(args), "rows": rows},

@@ -176,11 +176,12 @@ def test_torch_side_by_side_benches_run(tmp_path, script, impls):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
-def test_adafactor_bench_runs(tmp_path):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_adafactor_bench_runs(tmp_path, dtype):
     """bench/adafactor.py: every implementation on every workload, a row each in the JSON."""
     out = tmp_path / "out.json"
     subprocess.run([sys.executable, str(REPO / "bench" / "adafactor.py"), "--quick",
-                    "--rounds", "1", "--reps", "1", "--json", str(out)],
+                    "--rounds", "1", "--reps", "1", "--dtype", dtype, "--json", str(out)],
                    check=True, env=child_env(), capture_output=True, timeout=600)
     rows = json.loads(out.read_text())["rows"]
     impls = {"ceiling", "fusedopt.torch", "fusedopt (NumPy)", "torch (default loop)",

@@ -742,21 +742,177 @@ def test_optimizer_stochastic_rounding_is_seeded_and_recorded():
         fusedopt.Adam([start.copy()], stochastic_rounding=True, seed=-3)
 
 
+# ---- Adafactor (Note [Adafactor in 16 bits]) -----------------------------------------------------
+
+# 0-d, 1-d, a matrix, batched matrices; a matrix of 2 column blocks and 3 row blocks (3 x 70 x
+# 2100 is 3 matrices of 2 x 3 tiles) and a vector of 4 chunks (Note [Adafactor's sums])
+ADAFACTOR_SHAPES = [(), (17,), (5, 7), (2, 3, 6), (3, 70, 2100), (200_000,)]
+
+
+def _adafactor_states(params):
+    """float32 zero states for each param: its factors for 2 or more dims, else its variance."""
+    row, col, var = [], [], []
+    for p in params:
+        two = p.ndim >= 2
+        row.append(np.zeros((*p.shape[:-1], 1), F32) if two else None)
+        col.append(np.zeros((*p.shape[:-2], 1, p.shape[-1]), F32) if two else None)
+        var.append(None if two else np.zeros(p.shape, F32))
+    return row, col, var
+
+
+def _adafactor_problem(dtype, steps=3):
+    rng = np.random.default_rng(11)
+    params = [np.asarray(rng.standard_normal(s), dtype) for s in ADAFACTOR_SHAPES]
+    grads = [[np.asarray(rng.standard_normal(s) * 0.1, dtype) for s in ADAFACTOR_SHAPES]
+             for _ in range(steps)]
+    return params, grads
+
+
+@pytest.mark.parametrize("kw", [{}, dict(weight_decay=0.1, maximize=True, lr=0.05)],
+                         ids=["default", "wd-maximize"])
 @pytest.mark.parametrize("dtype", [BF16, F16], ids=["bf16", "fp16"])
-def test_adafactor_refuses_16_bit_params_and_writes_nothing(dtype):
-    """Adafactor's own driver runs float32 and float64 only: a 16-bit param (which the other
-    algorithms take) is refused by name, never read as float32."""
-    p = np.ones((8, 8), dtype)
-    g = np.ones((8, 8), dtype)
-    before = p.tobytes()
-    with pytest.raises(TypeError, match=rf"adafactor: params\[0\] has dtype {dtype.name}, "
-                                        r"expected float32 or float64"):
-        functional.adafactor([p], [g], [np.zeros((8, 1), dtype)], [np.zeros((1, 8), dtype)],
-                             [None], steps=[1])
-    with pytest.raises(TypeError, match=rf"Adafactor.step: params\[0\] has dtype {dtype.name}, "
-                                        r"expected float32 or float64"):
-        fusedopt.Adafactor([p]).step([g])
-    assert p.tobytes() == before
+def test_adafactor_16_bit_is_the_float32_kernel_rounded_once(dtype, kw):
+    """A 16-bit Adafactor step gives the bits of the float32 kernel run on the same values (every
+    16-bit value is a float32) with float32 states, the param then rounded by NumPy / ml_dtypes;
+    eps1 None is the 16-bit dtype's machine epsilon. Three steps, each oracle step starting from
+    the 16-bit call's params."""
+    params, grads = _adafactor_problem(dtype)
+    row, col, var = _adafactor_states(params)
+    orow, ocol, ovar = _adafactor_states(params)
+    eps1 = float(np.finfo(dtype).eps)
+    for t, gs in enumerate(grads, start=1):
+        want = [p.astype(F32) for p in params]
+        functional.adafactor(want, [g.astype(F32) for g in gs], orow, ocol, ovar, steps=t,
+                             eps=(eps1, 1e-3), **kw)
+        functional.adafactor(params, gs, row, col, var, steps=t, **kw)
+        for i, (p, w) in enumerate(zip(params, want)):
+            assert p.dtype == dtype
+            assert p.tobytes() == w.astype(dtype).tobytes(), f"step {t}: params[{i}]"
+        for name, a, b in (("row_var", row, orow), ("col_var", col, ocol), ("variance", var, ovar)):
+            for i, (x, y) in enumerate(zip(a, b)):
+                if x is not None:
+                    assert x.dtype == F32 and x.tobytes() == y.tobytes(), f"step {t}: {name}[{i}]"
+
+
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=["bf16", "fp16"])
+def test_adafactor_16_bit_step_is_within_one_ulp_of_the_reference(dtype):
+    """Tolerance table: one step from the same 16-bit values, a param within 1 ulp of its dtype
+    of the float64 reference's (rounded to it), or within 2^-20 of the tensor's largest magnitude;
+    the float32 states within 1e-5 relative plus 1e-6 of their largest magnitude (tests/
+    test_adafactor.py's float32 contract)."""
+    params, grads = _adafactor_problem(dtype, steps=1)
+    row, col, var = _adafactor_states(params)
+    p64 = [p.astype(F64) for p in params]
+    r64, c64, v64 = ([None if x is None else x.astype(F64) for x in a] for a in (row, col, var))
+    functional.adafactor(params, grads[0], row, col, var, steps=1)
+    reference.adafactor(p64, [g.astype(F64) for g in grads[0]], r64, c64, v64, steps=1,
+                        eps=(float(np.finfo(dtype).eps), 1e-3))
+    for i, (a, r) in enumerate(zip(params, p64)):
+        a32 = a.astype(F32)
+        ulps = _ulps_apart(a32, r.astype(F32), dtype)
+        near = np.abs(a32 - r) <= 2.0**-20 * max(float(np.max(np.abs(r))), 1e-30)
+        bad = (ulps > 1) & ~near
+        assert not bad.any(), f"params[{i}]: {int(bad.sum())} of {a.size} past 1 ulp"
+    for a, b in zip(row + col + var, r64 + c64 + v64):
+        if a is not None:
+            scale = max(float(np.max(np.abs(b))), 1.0)
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * scale)
+
+
+def _adafactor_16_bit_run(dtype):
+    params, grads = _adafactor_problem(dtype)
+    row, col, var = _adafactor_states(params)
+    for t, gs in enumerate(grads, start=1):
+        functional.adafactor(params, gs, row, col, var, steps=t, weight_decay=0.01)
+    return [a.tobytes() for a in params + row + col + var if a is not None]
+
+
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=["bf16", "fp16"])
+def test_adafactor_16_bit_is_bitwise_equal_across_simd_paths_and_thread_counts(dtype):
+    isas = list(fusedopt.build_info()["simd_supported"])
+    active = fusedopt.build_info()["simd_active"]
+    before = fusedopt.get_num_threads()
+    results = {}
+    try:
+        for isa in isas:
+            _core.cpu.set_simd(isa)
+            for threads in (1, 3):
+                fusedopt.set_num_threads(threads)
+                results[(isa, threads)] = _adafactor_16_bit_run(dtype)
+    finally:
+        _core.cpu.set_simd(active)
+        fusedopt.set_num_threads(before)
+    base = next(iter(results))
+    for key, arrays in results.items():
+        assert arrays == results[base], f"{key} != {base}"
+
+
+def test_adafactor_class_keeps_float32_state_for_16_bit_params_and_round_trips():
+    """The class: float32 states for bfloat16 and float16 params (float64 for float64), its steps
+    the functional call's bits, and a state dict that continues the run exactly."""
+    rng = np.random.default_rng(2)
+    shapes = [(6, 5), (7,), (6, 5), ()]
+    dtypes = [BF16, BF16, F16, F64]
+    start = [np.asarray(rng.standard_normal(s), d) for s, d in zip(shapes, dtypes)]
+    grads = [[np.asarray(rng.standard_normal(s), d) for s, d in zip(shapes, dtypes)]
+             for _ in range(4)]
+    opt = fusedopt.Adafactor([p.copy() for p in start], lr=0.05, weight_decay=0.01)
+    params = [p.copy() for p in start]
+    row, col, var = _adafactor_states(params)
+    row[3] = col[3] = None
+    var[3] = np.zeros((), F64)
+    for t in (1, 2):
+        opt.step(grads[t - 1])
+        for k in range(3):  # one call per dtype (the class makes one per group)
+            idx = [i for i, d in enumerate(dtypes) if d == [BF16, F16, F64][k]]
+            functional.adafactor([params[i] for i in idx], [grads[t - 1][i] for i in idx],
+                                 [row[i] for i in idx], [col[i] for i in idx],
+                                 [var[i] for i in idx], steps=t, lr=0.05, weight_decay=0.01,
+                                 eps=(float(np.finfo(BF16).eps), 1e-3))  # the group's first
+    for i, (a, b) in enumerate(zip(opt.param_groups[0]["params"], params)):
+        assert a.dtype == dtypes[i] and a.tobytes() == b.tobytes(), f"params[{i}]"
+    want = {0: F32, 1: F32, 2: F32, 3: F64}
+    for i, s in opt.state.items():
+        for name, x in s.items():
+            if name != "step":
+                assert x.dtype == want[i], (i, name, x.dtype)
+    other = fusedopt.Adafactor([p.copy() for p in opt.param_groups[0]["params"]], lr=0.05,
+                               weight_decay=0.01)
+    other.load_state_dict(opt.state_dict())
+    for gs in grads[2:]:
+        opt.step(gs)
+        other.step(gs)
+    for a, b in zip(opt.param_groups[0]["params"], other.param_groups[0]["params"]):
+        assert a.tobytes() == b.tobytes()
+
+
+def _adafactor_bad_16_bit_calls():
+    p = np.ones((4, 3), BF16)
+    g = np.full((4, 3), 0.5, BF16)
+    row, col = np.zeros((4, 1), F32), np.zeros((1, 3), F32)
+    return [
+        ("grads", lambda: functional.adafactor([p], [g.astype(F32)], [row], [col], [None],
+                                               steps=[1]),
+         r"adafactor: grads\[0\] has dtype float32, expected bfloat16 \(the dtype of params\[0\]\)"),
+        ("state", lambda: functional.adafactor([p], [g], [row.astype(BF16)], [col], [None],
+                                               steps=[1]),
+         r"adafactor: row_vars\[0\] has dtype bfloat16, expected float32 \(the state of "
+         r"bfloat16 params\[0\]\)"),
+        ("int", lambda: functional.adafactor([p.view(np.int16)], [g.view(np.int16)], [row],
+                                             [col], [None], steps=[1]),
+         r"adafactor: params\[0\] has dtype int16, expected float32, float64, bfloat16 or "
+         r"float16"),
+    ], p, g, row, col
+
+
+@pytest.mark.parametrize("case", [0, 1, 2], ids=["grads", "state", "int"])
+def test_adafactor_refuses_mismatched_16_bit_dtypes_and_writes_nothing(case):
+    calls, p, g, row, col = _adafactor_bad_16_bit_calls()
+    _, call, match = calls[case]
+    before = [a.tobytes() for a in (p, g, row, col)]
+    with pytest.raises(TypeError, match=match):
+        call()
+    assert [a.tobytes() for a in (p, g, row, col)] == before
 
 
 def test_ewa_copies_are_the_averages_rounded():

@@ -271,3 +271,50 @@ def test_compensations_and_masters_of_a_state_dict_are_ignored_for_float32_param
         again.step()
         twin.step()
         assert torch.equal(w.detach(), plain.detach()), option
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_adafactor_16_bit_tensors_step_as_the_numpy_class_and_load_torchs_state(dtype):
+    """fusedopt.torch.Adafactor over 16-bit CPU tensors: float32 states, the NumPy class's bits
+    over the same values, and torch.optim.Adafactor's state dict (its states in the param's
+    dtype) loaded into float32 exactly, then the run continuing as the NumPy class's."""
+    gen = torch.Generator().manual_seed(4)
+    shapes = [(9, 13), (21,), (2, 3, 5)]
+    ps = [torch.randn(s, generator=gen).to(dtype).requires_grad_() for s in shapes]
+    twins = [_numpy(p.detach().clone()) for p in ps]
+    opt = ft.Adafactor(ps, lr=0.05, weight_decay=0.01)
+    twin = fusedopt.Adafactor(twins, lr=0.05, weight_decay=0.01)
+    peer_ps = [p.detach().clone().requires_grad_() for p in ps]
+    peer = torch.optim.Adafactor(peer_ps, lr=0.05, weight_decay=0.01)
+    for _ in range(2):
+        gs = [torch.randn(s, generator=gen).to(dtype) for s in shapes]
+        for p, q, g in zip(ps, peer_ps, gs):
+            p.grad, q.grad = g.clone(), g.clone()
+        opt.step()
+        twin.step([_numpy(g) for g in gs])
+        peer.step()
+    for p, w in zip(ps, twins):
+        assert _numpy(p).tobytes() == w.tobytes()
+    for s in opt.state.values():
+        assert {t.dtype for k, t in s.items() if k != "step"} == {torch.float32}
+    sd = peer.state_dict()
+    assert sd["state"][0]["row_var"].dtype == dtype  # torch keeps them in the param's dtype
+    opt.load_state_dict(sd)
+    for i, p in enumerate(ps):
+        for name, t in opt.state[p].items():
+            if name != "step":
+                assert t.dtype == torch.float32
+                assert torch.equal(t, sd["state"][i][name].float()), (i, name)
+    with torch.no_grad():
+        for p, q in zip(ps, peer_ps):
+            p.copy_(q)
+    twins = [_numpy(q.detach().clone()) for q in peer_ps]
+    twin = fusedopt.Adafactor(twins, lr=0.05, weight_decay=0.01)
+    twin.load_state_dict(sd)
+    gs = [torch.randn(s, generator=gen).to(dtype) for s in shapes]
+    for p, g in zip(ps, gs):
+        p.grad = g.clone()
+    opt.step()
+    twin.step([_numpy(g) for g in gs])
+    for p, w in zip(ps, twins):
+        assert _numpy(p).tobytes() == w.tobytes()

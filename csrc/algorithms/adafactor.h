@@ -38,6 +38,16 @@
 // matrix (the two norms, the row and column norms, the full-size vhat and its division, clamp,
 // rsqrt and product, the update).
 //
+// Note [Adafactor in 16 bits]
+// A bfloat16 or float16 param (and its grad, of its dtype) is read as float32 (exactly), its
+// states are float32, the math is the float32 kernel's, and the new param is rounded once, to
+// nearest even, as it is stored: the bits of the float32 kernel run on the same values, the param
+// then rounded (tests/test_low_precision.py). eps1 None is the machine epsilon of the param's own
+// dtype, as torch's loop sets it (2^-7 for bfloat16). torch keeps the states of a 16-bit param in
+// its dtype and does its math there; ours are the float32 states the other algorithms keep for a
+// 16-bit param by default (a torch state dict loads into them exactly). Stochastic rounding,
+// master weights and Kahan summation are not made for Adafactor (its classes refuse them).
+//
 // Note [Adafactor's sums]
 // Every sum is formed in double from the stored values, in an order fixed by the shapes alone,
 // so the results are the same bits for any thread count and on every SIMD path. A factored
@@ -79,7 +89,9 @@ struct AdafactorTensor {
   int64_t batch, rows, cols;
   int64_t step;  // 1-based, of this update
   bool factored;
-  bool is_double;  // the dtype of all its buffers: float64, else float32
+  // the dtype of its param and grad; its states are float64 for a float64 param, else float32
+  // (Note [Adafactor in 16 bits])
+  DType dtype;
 };
 
 // The per-param values of a step, in double (Note [Step scalars in double]).

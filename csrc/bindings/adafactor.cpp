@@ -25,7 +25,8 @@ std::vector<int64_t> dims_of(const py::detail::PyArray_Proxy* a) {
   return std::vector<int64_t>(a->dimensions, a->dimensions + a->nd);
 }
 
-// A factor of a param of shape `p` (row: [..., R, 1]; col: [..., 1, C]) or its variance.
+// A factor of a param of shape `p` (row: [..., R, 1]; col: [..., 1, C]) or its variance: of
+// the param's dtype, float32 for a 16-bit param (Note [Adafactor in 16 bits]).
 void check_state(const Names& names, const ListArg& arg, size_t i, PyObject* o, PyObject* param,
                  const char* plist, const std::vector<int64_t>& want, FirstState* first,
                  std::vector<Span>& spans, const Site* site, uint16_t rank) {
@@ -33,9 +34,12 @@ void check_state(const Names& names, const ListArg& arg, size_t i, PyObject* o, 
   const auto* p = py::detail::array_proxy(param);
   const int pt = py::detail::array_descriptor_proxy(p->descr)->type_num;
   const int st = py::detail::array_descriptor_proxy(a->descr)->type_num;
-  if (st != pt) {
+  const bool low = pt != npy::NPY_FLOAT_ && pt != npy::NPY_DOUBLE_;
+  if (st != (low ? static_cast<int>(npy::NPY_FLOAT_) : pt)) {
     names.type(names.item(arg.name, i) + " has dtype " + dtype_str(o) + ", expected " +
-               dtype_str(param) + " (the dtype of " + names.item(plist, i) + ")");
+               (low ? std::string("float32 (the state of ") + type_name_of(pt) + " " +
+                          names.item(plist, i) + ")"
+                    : dtype_str(param) + " (the dtype of " + names.item(plist, i) + ")"));
   }
   if (dims_of(a) != want) {
     names.value(names.item(arg.name, i) + " has shape " + shape_str(a->dimensions, a->nd) +
@@ -87,9 +91,9 @@ void adafactor(py::handle params, py::handle grads, py::handle row_vars, py::han
     PyObject* p = ps[i].ptr();
     const auto* pa_ = check_slot(names, pa, 0, i, p, nullptr, nullptr, nullptr);
     const int pt = py::detail::array_descriptor_proxy(pa_->descr)->type_num;
-    if (pt != npy::NPY_FLOAT_ && pt != npy::NPY_DOUBLE_) {  // the others' 16-bit storage, not ours
+    if (dtype_of(pt) < 0) {
       names.type(names.item("params", i) + " has dtype " + dtype_str(p) +
-                 ", expected float32 or float64");
+                 ", expected float32, float64, bfloat16 or float16");
     }
     const auto* ga_ = check_slot(names, ga, 1, i, gs[i].ptr(), p, "params", nullptr);
     if (py::detail::array_descriptor_proxy(ga_->descr)->type_num != pt) {
@@ -128,7 +132,7 @@ void adafactor(py::handle params, py::handle grads, py::handle row_vars, py::han
     t.grad = ga_->data;
     t.step = step;
     t.factored = factored;
-    t.is_double = pt == npy::NPY_DOUBLE_;
+    t.dtype = static_cast<DType>(dtype_of(pt));
     FirstState first;
     const std::vector<int64_t> shape = dims_of(pa_);
     if (factored) {
@@ -170,13 +174,14 @@ void adafactor(py::handle params, py::handle grads, py::handle row_vars, py::han
   check_no_overlap(spans);
   if (check_only) return;
   const AdafactorHyper h{lr, beta2_decay, eps1, eps2, d, weight_decay, maximize};
-  std::vector<AdafactorTensor> f32, f64;
-  for (const AdafactorTensor& t : ts) (t.is_double ? f64 : f32).push_back(t);
+  std::vector<AdafactorTensor> by_dtype[kNumDTypes];  // one kernel call per dtype
+  for (const AdafactorTensor& t : ts) by_dtype[static_cast<int>(t.dtype)].push_back(t);
   const int threads = thread_setting();
   py::gil_scoped_release nogil;
   const auto& k = cpu::active();
-  k.adafactor(f32.data(), static_cast<int64_t>(f32.size()), h, threads);
-  k.adafactor(f64.data(), static_cast<int64_t>(f64.size()), h, threads);
+  for (const auto& list : by_dtype) {
+    k.adafactor(list.data(), static_cast<int64_t>(list.size()), h, threads);
+  }
 }
 
 }  // namespace
@@ -190,6 +195,8 @@ void def_adafactor(py::module_& cpu) {
           "Adafactor over NumPy arrays (csrc/algorithms/adafactor.h), updated in place: for a "
           "param of 2 or more dims its row_var [..., R, 1] and col_var [..., 1, C] (variances[i] "
           "None), else its variance (row_vars[i], col_vars[i] None); steps[i] its 1-based step. "
+          "Params float32, float64, bfloat16 or float16, each grad of its param's dtype, states "
+          "of it too (float32 for a 16-bit param). "
           "Everything is checked before anything is written (check_only: nothing is). The hyper-parameters are taken as "
           "given (fusedopt.functional.adafactor checks them).");
 }

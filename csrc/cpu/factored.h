@@ -150,7 +150,9 @@ Scratch<O>& scratch() {
   return s;
 }
 
-template <class O>
+// P: the storage type of the params and grads (float, double, bf16, f16); O: the compute and
+// state type (double for double, else float; Note [Adafactor in 16 bits]).
+template <class P, class O>
 struct Call {
   const AdafactorHyper& h;
   const AdafactorTensor* ts;
@@ -195,11 +197,12 @@ struct Call {
     alignas(64) double pl[kFactorLanes] = {};  // the tile's p^2, row after row
     for (int64_t r = it.r0; r < it.r1; ++r) {
       const int64_t at = (it.m * t.rows + r) * C + it.c0;
-      const O* __restrict pr = static_cast<const O*>(t.param) + at;
-      const O* __restrict gr = static_cast<const O*>(t.grad) + at;
+      const P* __restrict pr = static_cast<const P*>(t.param) + at;
+      const P* __restrict gr = static_cast<const P*>(t.grad) + at;
       alignas(64) double gl[kFactorLanes] = {};  // the row's g^2
       auto one = [&](int64_t j, int q) {
-        const double x = static_cast<double>(pr[j]), y = static_cast<double>(gr[j]);
+        const double x = static_cast<double>(load<O>(pr[j]));
+        const double y = static_cast<double>(load<O>(gr[j]));
         const double y2 = y * y;
         col[j] += y2;
         gl[q] += y2;
@@ -282,13 +285,13 @@ struct Call {
     const int64_t width = it.c1 - it.c0;
     alignas(64) double ul[kFactorLanes] = {};  // the tile's U^2, row after row
     for (int64_t r = it.r0; r < it.r1; ++r) {
-      const O* __restrict gr =
-          static_cast<const O*>(t.grad) + (it.m * t.rows + r) * t.cols + it.c0;
+      const P* __restrict gr =
+          static_cast<const P*>(t.grad) + (it.m * t.rows + r) * t.cols + it.c0;
       const int64_t row = w.rows_at[it.tensor] + it.m * t.rows + r;
       const O b = row_b[row], rr = f.rv[r], limit = row_limit[row];
       lanes_add(ul, width, [&](int64_t j) {
         const double u = static_cast<double>(
-            dir.template factored<Maximize>(gr[j], b, s[j], rr, c[j], limit));
+            dir.template factored<Maximize>(load<O>(gr[j]), b, s[j], rr, c[j], limit));
         return u * u;
       });
     }
@@ -308,14 +311,14 @@ struct Call {
     const int64_t width = it.c1 - it.c0;
     for (int64_t r = it.r0; r < it.r1; ++r) {
       const int64_t at = (it.m * t.rows + r) * t.cols + it.c0;
-      O* __restrict pr = static_cast<O*>(t.param) + at;
-      const O* __restrict gr = static_cast<const O*>(t.grad) + at;
+      P* __restrict pr = static_cast<P*>(t.param) + at;
+      const P* __restrict gr = static_cast<const P*>(t.grad) + at;
       const int64_t row = w.rows_at[it.tensor] + it.m * t.rows + r;
       const O b = row_b[row], rr = fs.rv[r], limit = row_limit[row];
 #pragma GCC ivdep
       for (int64_t j = 0; j < width; ++j) {
-        const O u = dir.template factored<Maximize>(gr[j], b, s[j], rr, c[j], limit);
-        pr[j] = adafactor_param<Decay>(pr[j], u, decay, f);
+        const O u = dir.template factored<Maximize>(load<O>(gr[j]), b, s[j], rr, c[j], limit);
+        pr[j] = store<P>(adafactor_param<Decay>(load<O>(pr[j]), u, decay, f));
       }
     }
   }
@@ -328,16 +331,17 @@ struct Call {
     const O wgt = O(adafactor_scalars(h, t.step).w), one_minus = O(1) - wgt;
     const AdafactorDirection<O> dir = direction();
     const int64_t len = it.c1 - it.c0;
-    const O* __restrict p = static_cast<const O*>(t.param) + it.c0;
-    const O* __restrict g = static_cast<const O*>(t.grad) + it.c0;
+    const P* __restrict p = static_cast<const P*>(t.param) + it.c0;
+    const P* __restrict g = static_cast<const P*>(t.grad) + it.c0;
     O* __restrict v = static_cast<O*>(t.variance) + it.c0;
     alignas(64) double pl[kFactorLanes] = {};
     alignas(64) double ul[kFactorLanes] = {};
     auto one = [&](int64_t j, int q) {
-      const O nv = torch_lerp<High>(v[j], g[j] * g[j], wgt, one_minus);
+      const O gj = load<O>(g[j]);
+      const O nv = torch_lerp<High>(v[j], gj * gj, wgt, one_minus);
       v[j] = nv;
-      const double x = static_cast<double>(p[j]);
-      const double u = static_cast<double>(dir.template plain<Maximize>(g[j], nv));
+      const double x = static_cast<double>(load<O>(p[j]));
+      const double u = static_cast<double>(dir.template plain<Maximize>(gj, nv));
       pl[q] += x * x;
       ul[q] += u * u;
     };
@@ -351,15 +355,16 @@ struct Call {
   void plain_update(int64_t k, const std::vector<O>& neg_factor) {
     const Item& it = w.items[k];
     const AdafactorTensor& t = ts[it.tensor];
-    O* __restrict p = static_cast<O*>(t.param) + it.c0;
-    const O* __restrict g = static_cast<const O*>(t.grad) + it.c0;
+    P* __restrict p = static_cast<P*>(t.param) + it.c0;
+    const P* __restrict g = static_cast<const P*>(t.grad) + it.c0;
     const O* __restrict v = static_cast<const O*>(t.variance) + it.c0;
     const O decay = O(adafactor_scalars(h, t.step).decay), f = neg_factor[it.tensor];
     const AdafactorDirection<O> dir = direction();
     const int64_t len = it.c1 - it.c0;
 #pragma GCC ivdep
     for (int64_t j = 0; j < len; ++j) {
-      p[j] = adafactor_param<Decay>(p[j], dir.template plain<Maximize>(g[j], v[j]), decay, f);
+      const O u = dir.template plain<Maximize>(load<O>(g[j]), v[j]);
+      p[j] = store<P>(adafactor_param<Decay>(load<O>(p[j]), u, decay, f));
     }
   }
 
@@ -409,10 +414,10 @@ struct Call {
 
 }  // namespace factored
 
-// Adafactor over params of one dtype (O: float for float32, double for float64).
-template <class O>
+// Adafactor over params of one storage type P (O: double for double, else float).
+template <class P, class O = opmath_t<P>>
 void adafactor_of(const AdafactorTensor* ts, int64_t n, const AdafactorHyper& h, int max_threads) {
-  factored::Call<O> call(h, ts, n, max_threads, factored::scratch<O>());
+  factored::Call<P, O> call(h, ts, n, max_threads, factored::scratch<O>());
   bool_switch(h.maximize, [&](auto M) {
     bool_switch(h.weight_decay != 0.0, [&](auto D) {
       call.template run<decltype(M)::value, decltype(D)::value>();

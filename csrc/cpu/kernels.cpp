@@ -114,10 +114,11 @@ void rmw_k(const WorkView& w, int nbuf, int nwrite) {
 
 void adafactor_k(const AdafactorTensor* ts, int64_t n, const AdafactorHyper& h, int max_threads) {
   if (n == 0) return;
-  if (ts[0].is_double) {
-    adafactor_of<double>(ts, n, h, max_threads);
-  } else {
-    adafactor_of<float>(ts, n, h, max_threads);
+  switch (ts[0].dtype) {  // one dtype per call (the binding groups them)
+    case DType::Float32: return adafactor_of<float>(ts, n, h, max_threads);
+    case DType::Float64: return adafactor_of<double>(ts, n, h, max_threads);
+    case DType::BFloat16: return adafactor_of<bf16>(ts, n, h, max_threads);
+    case DType::Float16: return adafactor_of<f16>(ts, n, h, max_threads);
   }
 }
 

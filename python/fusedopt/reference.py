@@ -775,7 +775,8 @@ def adafactor(
     ``variance = lerp(variance, g^2, w)``, ``vhat = variance``;
     ``U = g / sqrt(max(vhat, eps1^2))``, ``den = max(1, rms(U) / d)``, ``p -= alpha/den * U``.
     ``eps1`` None is the machine epsilon of ``params[0]``'s dtype. Python's ``max`` keeps
-    ``eps2`` (or 1) against a NaN norm. ``lerp`` is torch's (exact in float64)."""
+    ``eps2`` (or 1) against a NaN norm. ``lerp`` is torch's (exact in float64). Computed in
+    float64; each array is written back in its own dtype (a 16-bit param rounded once)."""
     params = _arrays("adafactor", "params", params)
     n = len(params)
     grads = _arrays("adafactor", "grads", grads, n)

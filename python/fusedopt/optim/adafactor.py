@@ -68,25 +68,32 @@ def call(params: list, grads: list, row_vars: list, col_vars: list, variances: l
             raise TypeError(f"{name}: params are CUDA arrays; Adafactor has no CUDA kernel yet "
                             "(only NumPy arrays)")
     eps1, eps2 = eps
-    if eps1 is None:
+    if eps1 is None:  # (np.finfo knows ml_dtypes.bfloat16 once ml_dtypes is imported)
         eps1 = float(np.finfo(params[0].dtype).eps) if params and isinstance(
-            params[0], np.ndarray) and params[0].dtype.kind == "f" else 0.0
+            params[0], np.ndarray) and params[0].dtype.name in _FLOATS else 0.0
     _core.cpu.adafactor(params, grads, row_vars, col_vars, variances, steps, lr=float(lr),
                         beta2_decay=float(beta2_decay), eps1=float(eps1), eps2=float(eps2),
                         d=float(d), weight_decay=float(weight_decay), maximize=bool(maximize),
                         name=name, index=index, check_only=check_only)
 
 
+_FLOATS = ("float16", "bfloat16", "float32", "float64")
+
+
+def state_dtype(p: Any) -> np.dtype:
+    """The dtype of a param's states: its own, float32 for a 16-bit param (Note [Adafactor in
+    16 bits] in csrc/algorithms/adafactor.h)."""
+    return np.dtype(np.float32) if p.dtype.name in ("float16", "bfloat16") else p.dtype
+
+
 def new_state(p: np.ndarray) -> dict:
     """torch's state of a param before its first step: its factors, or its variance."""
+    dtype = state_dtype(p)
     if p.ndim >= 2:
-        row = np.zeros((*p.shape[:-1], 1), p.dtype)
-        col = np.zeros((*p.shape[:-2], 1, p.shape[-1]), p.dtype)
+        row = np.zeros((*p.shape[:-1], 1), dtype)
+        col = np.zeros((*p.shape[:-2], 1, p.shape[-1]), dtype)
         return {"step": 0, "row_var": row, "col_var": col}
-    return {"step": 0, "variance": np.zeros(p.shape, p.dtype)}
-
-
-_FLOATS = ("float16", "bfloat16", "float32", "float64")
+    return {"step": 0, "variance": np.zeros(p.shape, dtype)}
 
 
 def _load(fail: str, where: str, value: Any, like: np.ndarray) -> np.ndarray:
@@ -147,9 +154,18 @@ class Adafactor:
     [Adafactor's direction]), within about 1.5 ulp of the exact value. CPU only (NumPy arrays):
     there is no CUDA kernel yet.
 
+    A bfloat16 (``ml_dtypes.bfloat16``) or float16 param, with a grad of its dtype, keeps float32
+    states; the math is the float32 kernel's and the new param is rounded once to nearest even
+    (Note [Adafactor in 16 bits]), and :math:`\epsilon_1` None is its dtype's machine epsilon
+    (2^-7 for bfloat16), as torch's loop sets it. torch keeps such a param's states, and does its
+    math, in the param's dtype. Stochastic rounding, master weights and Kahan summation (the
+    other classes' ``stochastic_rounding``, ``master_weights``, ``kahan_summation``) are not
+    made for Adafactor.
+
     Args:
-        params: an array, a list of arrays, or a list of param-group dicts. Float32 or float64,
-            C-contiguous (F-ordered 1-D arrays are contiguous too), updated in place.
+        params: an array, a list of arrays, or a list of param-group dicts. Float32, float64,
+            bfloat16 or float16, C-contiguous (F-ordered 1-D arrays are contiguous too), updated
+            in place.
         lr (float or schedule): :math:`\eta`, the cap of the relative step size (default: 1e-2).
         beta2_decay (float): :math:`c \le 0` (default: -0.8).
         eps (tuple[float | None, float]): :math:`(\epsilon_1, \epsilon_2)` (default:
@@ -161,7 +177,8 @@ class Adafactor:
         maximize (bool): ascend instead of descend (default: False).
 
     State per param: ``step``, and ``row_var`` (shape ``[..., R, 1]``) and ``col_var``
-    (``[..., 1, C]``) for a param of 2 or more dims, else ``variance``. ``state_dict()`` and
+    (``[..., 1, C]``) for a param of 2 or more dims, else ``variance``; of the param's dtype,
+    float32 for a 16-bit param. ``state_dict()`` and
     ``load_state_dict()`` take torch's layout: a state dict of ``torch.optim.Adafactor`` loads
     here, and ours into it (as tensors: ``torch.as_tensor`` of each array).
 
@@ -303,7 +320,8 @@ class Adafactor:
 
     def load_state_dict(self, state_dict: Mapping) -> None:
         """A state dict of this class or of ``torch.optim.Adafactor`` (tensors are read as
-        arrays of the param's dtype). Everything is checked before anything is replaced."""
+        arrays of the state's dtype: a torch state of a bfloat16 param, in bfloat16, exactly).
+        Everything is checked before anything is replaced."""
         fail = "Adafactor.load_state_dict"
         groups = state_dict["param_groups"]
         if len(groups) != len(self.param_groups):

@@ -12,14 +12,12 @@ from typing import Any
 import torch
 
 from ..optim import adafactor as _adafactor
+from .optimizer import _view
 
 __all__ = ["Adafactor"]
 
-_DTYPES = (torch.float32, torch.float64)
-
-
-def _view(t: torch.Tensor) -> Any:
-    return t.detach().numpy()
+_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_LOW = (torch.bfloat16, torch.float16)
 
 
 def _number(lr: Any) -> Any:
@@ -30,9 +28,10 @@ def _number(lr: Any) -> Any:
 class Adafactor(torch.optim.Optimizer):
     __doc__ = (
         "``torch.optim.Adafactor`` (the same arguments, defaults, state names and state dicts),\n"
-        "each group's step one fused call over its CPU tensors (float32 or float64, contiguous).\n"
-        "``step`` keeps torch's float32 step tensor per param. There is no CUDA kernel yet: a\n"
-        "CUDA param is refused.\n\nThe rule, from :class:`fusedopt.Adafactor`:\n\n"
+        "each group's step one fused call over its CPU tensors (float32, float64, bfloat16 or\n"
+        "float16, contiguous; a 16-bit param's states are float32, where torch keeps them in its\n"
+        "dtype). ``step`` keeps torch's float32 step tensor per param. There is no CUDA kernel\n"
+        "yet: a CUDA param is refused.\n\nThe rule, from :class:`fusedopt.Adafactor`:\n\n"
         + (_adafactor.Adafactor.__doc__ or "")
     )
 
@@ -73,7 +72,8 @@ class Adafactor(torch.optim.Optimizer):
             raise TypeError(f"{where} is on {p.device}; Adafactor has no CUDA kernel yet "
                             "(CPU tensors only)")
         if p.dtype not in _DTYPES:
-            raise TypeError(f"{where} has dtype {p.dtype}, expected float32 or float64")
+            raise TypeError(f"{where} has dtype {p.dtype}, expected torch.float32, torch.float64, "
+                            "torch.bfloat16 or torch.float16")
         if g.dtype != p.dtype:
             raise TypeError(f"{where}.grad has dtype {g.dtype}, expected {p.dtype}")
         for what, t in (("", p), (".grad", g)):
@@ -99,11 +99,13 @@ class Adafactor(torch.optim.Optimizer):
             state = self.state.get(p)
             if not state:
                 state = {"step": torch.tensor(0.0, dtype=torch.float32)}
+                dtype = torch.float32 if p.dtype in _LOW else p.dtype
                 if g.dim() > 1:
-                    state["row_var"] = g.new_zeros((*g.shape[:-1], 1))
-                    state["col_var"] = g.new_zeros((*g.shape[:-2], 1, g.shape[-1]))
+                    state["row_var"] = g.new_zeros((*g.shape[:-1], 1), dtype=dtype)
+                    state["col_var"] = g.new_zeros((*g.shape[:-2], 1, g.shape[-1]), dtype=dtype)
                 else:
-                    state["variance"] = torch.zeros_like(g, memory_format=torch.preserve_format)
+                    state["variance"] = torch.zeros_like(g, dtype=dtype,
+                                                         memory_format=torch.preserve_format)
             views[0].append(_view(p))
             for out, name in zip(views[1:], ("row_var", "col_var", "variance")):
                 t = state.get(name)
@@ -118,6 +120,22 @@ class Adafactor(torch.optim.Optimizer):
                         lr=float(_number(group["lr"])), beta2_decay=group["beta2_decay"],
                         eps=group["eps"], d=group["d"], weight_decay=group["weight_decay"],
                         maximize=group["maximize"], name="Adafactor.step", check_only=check_only)
+
+    def load_state_dict(self, state_dict: Any) -> None:
+        """torch's, then a 16-bit param's states made float32 again from the saved tensors
+        (torch's load casts them to the param's dtype; a saved bfloat16 state is exact in
+        float32)."""
+        super().load_state_dict(state_dict)
+        saved = state_dict["state"]
+        ids = (i for g in state_dict["param_groups"] for i in g["params"])
+        params = (p for g in self.param_groups for p in g["params"])
+        for p, i in zip(params, ids):
+            entry, mine = saved.get(i), dict.get(self.state, p)
+            if p.dtype not in _LOW or not entry or not mine:
+                continue
+            for name in ("row_var", "col_var", "variance"):
+                if isinstance(entry.get(name), torch.Tensor):
+                    mine[name] = entry[name].detach().to(p.device, torch.float32, copy=True)
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
