@@ -11,6 +11,7 @@ operation is rounded to float32 (a few ulps per step), and a step moves p by up 
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -39,17 +40,19 @@ def close(a, b, what):
 
 
 def new_states(arrays):
-    """Zero states for each array: its factors for 2 or more dims, else its variance."""
+    """Zero states for each array: its factors for 2 or more dims, else its variance (float32
+    for a 16-bit array: Note [Adafactor in 16 bits])."""
     row, col, var = [], [], []
     for a in arrays:
+        dtype = np.float32 if a.dtype.itemsize == 2 else a.dtype
         if a.ndim >= 2:
-            row.append(np.zeros((*a.shape[:-1], 1), a.dtype))
-            col.append(np.zeros((*a.shape[:-2], 1, a.shape[-1]), a.dtype))
+            row.append(np.zeros((*a.shape[:-1], 1), dtype))
+            col.append(np.zeros((*a.shape[:-2], 1, a.shape[-1]), dtype))
             var.append(None)
         else:
             row.append(None)
             col.append(None)
-            var.append(np.zeros(a.shape, a.dtype))
+            var.append(np.zeros(a.shape, dtype))
     return row, col, var
 
 
@@ -183,7 +186,8 @@ def _run_tiled(dtype):
     return [a for a in ps + row + col + var if a is not None]
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, ml_dtypes.bfloat16, np.float16],
+                         ids=["fp32", "fp64", "bf16", "fp16"])
 def test_bitwise_equal_across_thread_counts_and_simd_paths(dtype):
     isas = list(fusedopt.build_info()["simd_supported"])
     active = fusedopt.build_info()["simd_active"]

@@ -819,34 +819,6 @@ def test_adafactor_16_bit_step_is_within_one_ulp_of_the_reference(dtype):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * scale)
 
 
-def _adafactor_16_bit_run(dtype):
-    params, grads = _adafactor_problem(dtype)
-    row, col, var = _adafactor_states(params)
-    for t, gs in enumerate(grads, start=1):
-        functional.adafactor(params, gs, row, col, var, steps=t, weight_decay=0.01)
-    return [a.tobytes() for a in params + row + col + var if a is not None]
-
-
-@pytest.mark.parametrize("dtype", [BF16, F16], ids=["bf16", "fp16"])
-def test_adafactor_16_bit_is_bitwise_equal_across_simd_paths_and_thread_counts(dtype):
-    isas = list(fusedopt.build_info()["simd_supported"])
-    active = fusedopt.build_info()["simd_active"]
-    before = fusedopt.get_num_threads()
-    results = {}
-    try:
-        for isa in isas:
-            _core.cpu.set_simd(isa)
-            for threads in (1, 3):
-                fusedopt.set_num_threads(threads)
-                results[(isa, threads)] = _adafactor_16_bit_run(dtype)
-    finally:
-        _core.cpu.set_simd(active)
-        fusedopt.set_num_threads(before)
-    base = next(iter(results))
-    for key, arrays in results.items():
-        assert arrays == results[base], f"{key} != {base}"
-
-
 def test_adafactor_class_keeps_float32_state_for_16_bit_params_and_round_trips():
     """The class: float32 states for bfloat16 and float16 params (float64 for float64), its steps
     the functional call's bits, and a state dict that continues the run exactly."""
