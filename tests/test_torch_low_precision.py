@@ -318,3 +318,23 @@ def test_adafactor_16_bit_tensors_step_as_the_numpy_class_and_load_torchs_state(
     twin.step([_numpy(g) for g in gs])
     for p, w in zip(ps, twins):
         assert _numpy(p).tobytes() == w.tobytes()
+
+
+def test_adafactor_sees_a_param_reinterpreted_in_the_same_memory():
+    """fusedopt.torch.Adafactor keeps each param's NumPy view from step to step while its memory,
+    shape and dtype stay: a param made float16 over the same memory (p.data = p.data.view(...))
+    is stepped as float16, as fusedopt.functional steps a copy of it."""
+    gen = torch.Generator().manual_seed(8)
+    p = torch.randn(4, 6, generator=gen).to(torch.bfloat16).requires_grad_()
+    opt = ft.Adafactor([p])
+    p.grad = torch.randn(4, 6, generator=gen).to(torch.bfloat16)
+    opt.step()
+    ptr = p.data_ptr()
+    p.data = p.data.view(torch.float16)
+    assert p.data_ptr() == ptr
+    p.grad = torch.randn(4, 6, generator=gen).to(torch.float16)
+    want = p.detach().numpy().copy()
+    row, col = (opt.state[p][k].numpy().copy() for k in ("row_var", "col_var"))
+    fusedopt.functional.adafactor([want], [p.grad.numpy()], [row], [col], [None], steps=2)
+    opt.step()
+    assert p.detach().numpy().tobytes() == want.tobytes()

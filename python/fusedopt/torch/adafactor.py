@@ -81,12 +81,27 @@ class Adafactor(torch.optim.Optimizer):
                 raise ValueError(f"{where}{what} is not contiguous (fusedopt updates in place "
                                  "and never copies)")
 
-    def _gather(self, gi: int, group: dict) -> tuple:
+    @staticmethod
+    def _view_of(t: torch.Tensor, kept: dict, seen: dict) -> Any:
+        """The NumPy view of param or state ``t`` made at the last step (in ``kept``), if ``t``
+        still has the memory, shape and dtype it had then, else a new one; put in ``seen`` for
+        the next step. Replaced memory (``p.data = ...``) is always seen: a kept view holds its
+        memory, which no other tensor can then have."""
+        entry = kept.get(id(t))
+        ptr = t.data_ptr()
+        if entry is not None and entry[0] is t and entry[1] == ptr and entry[2] == t.shape \
+                and entry[3] is t.dtype:
+            view = entry[4]
+        else:
+            view = _view(t)
+        seen[id(t)] = (t, ptr, t.shape, t.dtype, view)
+        return view
+
+    def _gather(self, gi: int, group: dict, kept: dict, seen: dict) -> tuple:
         """The params of group ``gi`` that have grads, their grads, their states (torch's
         _init_group for a new one, kept apart until the step is made), and NumPy views of each
-        param and of its row_var, col_var and variance (None where it has not that state). The
-        views are made anew at every step: a param's memory or a state's may have been replaced
-        (``p.data = ...``, ``load_state_dict``) since the last."""
+        param and of its row_var, col_var and variance (None where it has not that state), made
+        anew where a tensor's memory changed since the last step (``_view_of``)."""
         params, grads, states = [], [], []
         views: tuple = ([], [], [], [])
         for k, p in enumerate(group["params"]):
@@ -106,12 +121,12 @@ class Adafactor(torch.optim.Optimizer):
                 else:
                     state["variance"] = torch.zeros_like(g, dtype=dtype,
                                                          memory_format=torch.preserve_format)
-            views[0].append(_view(p))
+            views[0].append(self._view_of(p, kept, seen))
             for out, name in zip(views[1:], ("row_var", "col_var", "variance")):
                 t = state.get(name)
-                out.append(None if t is None else _view(t))
+                out.append(None if t is None else self._view_of(t, kept, seen))
             params.append(p)
-            grads.append(_view(g))
+            grads.append(_view(g))  # not kept: a grad set to None must be freed
             states.append(state)
         return params, grads, states, views
 
@@ -125,6 +140,7 @@ class Adafactor(torch.optim.Optimizer):
         """torch's, then a 16-bit param's states made float32 again from the saved tensors
         (torch's load casts them to the param's dtype; a saved bfloat16 state is exact in
         float32)."""
+        self.__dict__.pop("_views", None)  # (the views of the states it replaces)
         super().load_state_dict(state_dict)
         saved = state_dict["state"]
         ids = (i for g in state_dict["param_groups"] for i in g["params"])
@@ -150,12 +166,17 @@ class Adafactor(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         calls = []
+        # the last step's views (copies and pickles have none: torch's __getstate__ keeps its
+        # own fields only)
+        kept: dict = self.__dict__.get("_views", {})
+        seen: dict = {}
         for gi, group in enumerate(self.param_groups):
-            params, grads, states, views = self._gather(gi, group)
+            params, grads, states, views = self._gather(gi, group, kept, seen)
             if params:
                 _adafactor.check_hyper("Adafactor.step", {**group, "lr": _number(group["lr"])})
                 steps = [int(x) + 1 for x in torch.stack([s["step"] for s in states]).tolist()]
                 calls.append((group, params, grads, states, views, steps))
+        self._views = seen
         if len(calls) > 1:  # all of them checked together (overlap across groups) first
             every: list = [sum((c[4][k] for c in calls), []) for k in range(4)]
             self._call(calls[0][0], every, sum((c[2] for c in calls), []),
