@@ -116,7 +116,9 @@ class cpu:
                   variances: Sequence[np.ndarray | None], steps: Sequence[int], *, lr: float,
                   beta2_decay: float, eps1: float, eps2: float, d: float, weight_decay: float,
                   maximize: bool, name: str = "adafactor", index: Any = None,
-                  check_only: bool = False) -> None: ...
+                  check_only: bool = False, sr_seed: int | None = None,
+                  param_copies: Sequence[np.ndarray | None] | None = None,
+                  kahan_comps: Sequence[np.ndarray | None] | None = None) -> None: ...
     @staticmethod
     def set_num_threads(n: int) -> None: ...
     @staticmethod
@@ -187,7 +189,8 @@ def functional_stub() -> str:
                     "    lr: float = 0.01,", "    beta2_decay: float = -0.8,",
                     "    eps: tuple[float | None, float] = (None, 0.001),", "    d: float = 1.0,",
                     "    weight_decay: float = 0.0,", "    maximize: bool = False,",
-                    ") -> None: ...", ""]
+                    "    sr_seed: int | None = None,", "    param_copies: Arrays | None = None,",
+                    "    kahan_comps: Arrays | None = None,", ") -> None: ...", ""]
             continue
         spec = specs[name]
         parts = [f"{b.list}: Arrays | None = None" if b.optional else f"{b.list}: Arrays"

@@ -178,17 +178,19 @@ def _tiled_case(dtype):
     return ps, gs
 
 
-def _run_tiled(dtype):
+def _run_tiled(dtype, sr_seed=None):
     ps, gseq = _tiled_case(dtype)
     row, col, var = new_states(ps)
     for t, gs in enumerate(gseq, start=1):
-        functional.adafactor(ps, gs, row, col, var, steps=t, weight_decay=0.01)
+        functional.adafactor(ps, gs, row, col, var, steps=t, weight_decay=0.01, sr_seed=sr_seed)
     return [a for a in ps + row + col + var if a is not None]
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64, ml_dtypes.bfloat16, np.float16],
-                         ids=["fp32", "fp64", "bf16", "fp16"])
-def test_bitwise_equal_across_thread_counts_and_simd_paths(dtype):
+@pytest.mark.parametrize("dtype,sr_seed", [
+    (np.float32, None), (np.float64, None), (ml_dtypes.bfloat16, None), (np.float16, None),
+    (ml_dtypes.bfloat16, 5), (np.float16, 5)],
+    ids=["fp32", "fp64", "bf16", "fp16", "bf16-sr", "fp16-sr"])
+def test_bitwise_equal_across_thread_counts_and_simd_paths(dtype, sr_seed):
     isas = list(fusedopt.build_info()["simd_supported"])
     active = fusedopt.build_info()["simd_active"]
     before = fusedopt.get_num_threads()
@@ -198,7 +200,7 @@ def test_bitwise_equal_across_thread_counts_and_simd_paths(dtype):
             _core.cpu.set_simd(isa)
             for threads in (1, 2, 3):
                 fusedopt.set_num_threads(threads)
-                results[(isa, threads)] = _run_tiled(dtype)
+                results[(isa, threads)] = _run_tiled(dtype, sr_seed)
     finally:
         _core.cpu.set_simd(active)
         fusedopt.set_num_threads(before)

@@ -819,6 +819,279 @@ def test_adafactor_16_bit_step_is_within_one_ulp_of_the_reference(dtype):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * scale)
 
 
+_M64 = (1 << 64) - 1
+
+
+def _splitmix64(z):
+    z = (z + 0x9E3779B97F4A7C15) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def _mix32(x):
+    x = x ^ (x >> np.uint32(16))
+    x = x * np.uint32(0x7FEB352D)
+    x = x ^ (x >> np.uint32(15))
+    x = x * np.uint32(0x846CA68B)
+    return x ^ (x >> np.uint32(16))
+
+
+def _bf16_sr_oracle(x32, seed, step, tensor, slot=0):
+    """x32 (finite, under 2^32 elements) stored into bfloat16 by the rule of Note [Stochastic
+    rounding], written out here: the random bits of element i are mix32(mix32(i ^ lo) + hi), (lo,
+    hi) the halves of the key of (seed, step, tensor, buffer slot: 0 the param, 5 its copy), and
+    the value rounds up when its low 16 bits plus the top 16 random bits carry."""
+    run = _splitmix64(seed ^ _splitmix64(step))
+    key = _splitmix64(run ^ _splitmix64(tensor ^ (slot << 40)))
+    lo, hi = np.uint32(key & 0xFFFFFFFF), np.uint32(key >> 32)
+    with np.errstate(over="ignore"):
+        r = _mix32(_mix32(np.arange(x32.size, dtype=np.uint32) ^ lo) + hi)
+        u = np.ascontiguousarray(x32, np.float32).reshape(-1).view(np.uint32)
+        out = ((u + (r >> np.uint32(16))) >> np.uint32(16)).astype(np.uint16)
+    return out.view(BF16).reshape(x32.shape)
+
+
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=["bf16", "fp16"])
+def test_adafactor_stochastic_rounding_stores_a_neighbour_of_the_float32_kernels_value(dtype):
+    """With sr_seed, each 16-bit param is the float32 kernel's value (Note [Adafactor in 16
+    bits]) rounded to one of its two neighbours; for bfloat16 exactly the one the rule of Note
+    [Stochastic rounding] draws, keyed by (seed, the param's step, its position in the call,
+    element), as the other algorithms key theirs; the states are the float32 kernel's bits. A
+    second seed draws differently, the same seed the same."""
+    params, grads = _adafactor_problem(dtype, steps=2)
+    row, col, var = _adafactor_states(params)
+    orow, ocol, ovar = _adafactor_states(params)
+    eps = (float(np.finfo(dtype).eps), 1e-3)
+    for t, gs in enumerate(grads, start=1):
+        want = [p.astype(F32) for p in params]
+        functional.adafactor(want, [g.astype(F32) for g in gs], orow, ocol, ovar, steps=t,
+                             eps=eps)
+        again = [p.copy() for p in params]
+        other = [p.copy() for p in params]
+        states = [[None if x is None else x.copy() for x in a] for a in (row, col, var)]
+        functional.adafactor(params, gs, row, col, var, steps=t, sr_seed=99)
+        functional.adafactor(again, gs, *[[None if x is None else x.copy() for x in a]
+                                          for a in states], steps=t, sr_seed=99)
+        functional.adafactor(other, gs, *states, steps=t, sr_seed=100)
+        moved = 0
+        for i, (p, w) in enumerate(zip(params, want)):
+            lo, hi = _neighbours(w, dtype)
+            got = p.astype(F32)
+            assert ((got == lo) | (got == hi)).all(), f"step {t}: params[{i}]"
+            if dtype == BF16:
+                assert p.tobytes() == _bf16_sr_oracle(w, 99, t, i).tobytes(), f"params[{i}]"
+            assert p.tobytes() == again[i].tobytes()
+            moved += int((p.view(np.uint16) != other[i].view(np.uint16)).sum())
+        assert moved > 1000  # of 639,000 elements
+        for a, b in ((row, orow), (col, ocol), (var, ovar)):
+            for x, y in zip(a, b):
+                assert x is None or x.tobytes() == y.tobytes()
+
+
+def test_adafactor_stochastic_rounding_is_unbiased_over_seeds():
+    """The mean over 4096 seeds of one bfloat16 Adafactor step is the float32 kernel's value
+    within 5 binomial standard deviations, element by element."""
+    rng = np.random.default_rng(21)
+    p0 = np.asarray(rng.standard_normal((8, 16)), BF16)
+    g = np.asarray(rng.standard_normal((8, 16)), BF16)
+    want = p0.astype(F32)
+    row, col, _ = _adafactor_states([p0])
+    functional.adafactor([want], [g.astype(F32)], row, col, [None], steps=1, lr=0.05,
+                         eps=(float(np.finfo(BF16).eps), 1e-3))
+    n = 4096
+    total = np.zeros(p0.shape)
+    for seed in range(n):
+        p = p0.copy()
+        r, c, _ = _adafactor_states([p])
+        functional.adafactor([p], [g], r, c, [None], steps=1, lr=0.05, sr_seed=seed)
+        total += p.astype(np.float64)
+    lo, hi = _neighbours(want, BF16)
+    gap = (hi - lo).astype(np.float64)
+    frac = np.where(gap > 0, (want - lo) / np.where(gap > 0, gap, 1), 0)
+    sigma = gap * np.sqrt(frac * (1 - frac) / n)
+    err = np.abs(total / n - want)
+    assert (err <= 5 * sigma + 1e-300).all(), (err.max(), sigma.max())
+
+
+def test_adafactor_class_rounds_stochastically_with_its_recorded_seed():
+    """stochastic_rounding=True: each group's call draws under call_seed(seed, its first flat
+    index); the seed is in the state dict, and an optimizer loaded from it continues with the
+    same bits."""
+    rng = np.random.default_rng(5)
+    start = [np.asarray(rng.standard_normal(s), BF16) for s in ((6, 40), (300,))]
+    grads = [[np.asarray(rng.standard_normal(p.shape), BF16) for p in start] for _ in range(3)]
+    opt = fusedopt.Adafactor([{"params": [start[0].copy()]}, {"params": [start[1].copy()]}],
+                             stochastic_rounding=True, seed=1234)
+    assert opt.stochastic_rounding and opt.seed == 1234
+    ps = [p.copy() for p in start]
+    row, col, var = _adafactor_states(ps)
+    opt.step(grads[0])
+    for i in range(2):
+        functional.adafactor([ps[i]], [grads[0][i]], [row[i]], [col[i]], [var[i]], steps=1,
+                             sr_seed=call_seed(1234, i))
+    mine = [g["params"][0] for g in opt.param_groups]
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(mine, ps))
+    sd = opt.state_dict()
+    assert sd["stochastic_rounding"] == {"seed": 1234}
+    other = fusedopt.Adafactor([{"params": [mine[0].copy()]}, {"params": [mine[1].copy()]}],
+                               stochastic_rounding=True)
+    assert other.seed != 1234  # drawn
+    other.load_state_dict(sd)
+    assert other.seed == 1234
+    for gs in grads[1:]:
+        opt.step(gs)
+        other.step(gs)
+    theirs = [g["params"][0] for g in other.param_groups]
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(mine, theirs))
+    with pytest.raises(TypeError, match="Adafactor: stochastic_rounding must be a bool"):
+        fusedopt.Adafactor([start[0].copy()], stochastic_rounding=1)
+    with pytest.raises(ValueError, match=r"Adafactor: seed must be in \[0, 2\*\*64\), got -1"):
+        fusedopt.Adafactor([start[0].copy()], stochastic_rounding=True, seed=-1)
+    with pytest.raises(TypeError, match="sr_seed must be an int"):
+        functional.adafactor([start[1].copy()], [grads[0][1]], None, None,
+                             [np.zeros(300, F32)], steps=1, sr_seed=1.5)
+
+
+@pytest.mark.parametrize("sr", [None, 31], ids=["nearest", "stochastic"])
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=["bf16", "fp16"])
+def test_adafactor_float32_master_with_16_bit_grads_writes_its_copy(dtype, sr):
+    """float32 params (the masters) with 16-bit grads: the float32 kernel's bits on the grads'
+    values, states too; each param's copy (param_copies, of the grads' dtype) is the new param
+    rounded to nearest, or stochastically (bfloat16: exactly the draw of the copy's key, slot
+    5; float16: a neighbour)."""
+    params16, grads = _adafactor_problem(dtype, steps=2)
+    masters = [p.astype(F32) for p in params16]
+    copies = [p.copy() for p in params16]
+    row, col, var = _adafactor_states(masters)
+    orow, ocol, ovar = _adafactor_states(masters)
+    want = [m.copy() for m in masters]
+    for t, gs in enumerate(grads, start=1):
+        functional.adafactor(want, [g.astype(F32) for g in gs], orow, ocol, ovar, steps=t)
+        functional.adafactor(masters, gs, row, col, var, steps=t, param_copies=copies,
+                             sr_seed=sr)
+        for i, (m, w, c) in enumerate(zip(masters, want, copies)):
+            assert m.tobytes() == w.tobytes(), f"step {t}: params[{i}]"
+            if sr is None:
+                assert c.tobytes() == w.astype(dtype).tobytes(), f"step {t}: copies[{i}]"
+            elif dtype == BF16:
+                assert c.tobytes() == _bf16_sr_oracle(w, sr, t, i, slot=5).tobytes()
+            else:
+                lo, hi = _neighbours(w, dtype)
+                assert ((c.astype(F32) == lo) | (c.astype(F32) == hi)).all()
+        for a, b in ((row, orow), (col, ocol), (var, ovar)):
+            assert all(x is None or x.tobytes() == y.tobytes() for x, y in zip(a, b))
+
+
+def _kahan_oracle(q, p, c, dtype):
+    """Note [Kahan summation] in float32 NumPy arithmetic (finite values): the compensated sum
+    of the old 16-bit value and the new float32 value q, and the new compensation."""
+    old = p.astype(F32)
+    u = c.astype(F32) + (q - old)
+    stored = (old + u).astype(dtype)
+    return stored, (u - (stored.astype(F32) - old)).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=["bf16", "fp16"])
+def test_adafactor_kahan_compensation_is_the_rule_of_the_note(dtype):
+    """kahan_comps: each 16-bit param and its compensation are the Kahan store of the float32
+    kernel's new value (from the 16-bit param's values), written out in NumPy, step after step;
+    the states are the float32 kernel's."""
+    params, grads = _adafactor_problem(dtype, steps=3)
+    comps = [np.zeros_like(p) for p in params]
+    row, col, var = _adafactor_states(params)
+    orow, ocol, ovar = _adafactor_states(params)
+    eps = (float(np.finfo(dtype).eps), 1e-3)
+    for t, gs in enumerate(grads, start=1):
+        q = [p.astype(F32) for p in params]
+        functional.adafactor(q, [g.astype(F32) for g in gs], orow, ocol, ovar, steps=t, eps=eps,
+                             lr=1e-3)
+        want = [_kahan_oracle(x, p, c, dtype) for x, p, c in zip(q, params, comps)]
+        functional.adafactor(params, gs, row, col, var, steps=t, kahan_comps=comps, lr=1e-3)
+        for i, ((wp, wc), p, c) in enumerate(zip(want, params, comps)):
+            assert p.tobytes() == wp.tobytes(), f"step {t}: params[{i}]"
+            assert c.tobytes() == wc.tobytes(), f"step {t}: kahan_comps[{i}]"
+    assert any(c.any() for c in comps)
+
+
+def test_adafactor_copies_and_compensations_are_checked_before_anything_is_written():
+    p32 = np.ones((4, 3), F32)
+    p16 = np.ones((4, 3), BF16)
+    g16 = np.full((4, 3), 0.5, BF16)
+    row, col = np.zeros((4, 1), F32), np.zeros((1, 3), F32)
+    arrays = (p32, p16, g16, row, col)
+    before = [a.tobytes() for a in arrays]
+    cases = [
+        (TypeError, r"param_copies\[0\] has dtype float16, expected bfloat16 \(the dtype of "
+                    r"grads\[0\]",
+         lambda: functional.adafactor([p32], [g16], [row], [col], [None],
+                                      steps=1, param_copies=[np.ones((4, 3), F16)])),
+        (TypeError, r"param_copies\[0\]: copies are written of float32 params",
+         lambda: functional.adafactor([p16], [g16], [row], [col], [None], steps=1,
+                                      param_copies=[np.ones((4, 3), BF16)])),
+        (TypeError, r"kahan_comps\[0\]: Kahan compensations are of bfloat16 or float16 params",
+         lambda: functional.adafactor([p32], [g16], [row], [col], [None], steps=1,
+                                      kahan_comps=[np.ones((4, 3), F32)])),
+        (ValueError, r"kahan_comps and sr_seed exclude each other",
+         lambda: functional.adafactor([p16], [g16], [row], [col], [None], steps=1, sr_seed=1,
+                                      kahan_comps=[np.zeros((4, 3), BF16)])),
+        (ValueError, r"param_copies\[0\] overlaps params\[0\]",
+         lambda: functional.adafactor([p32], [g16], [row], [col], [None], steps=1,
+                                      param_copies=[p32.view(BF16).reshape(-1)[:12]
+                                                    .reshape(4, 3)])),
+        (TypeError, r"grads\[0\] has dtype bfloat16, expected float64",
+         lambda: functional.adafactor([np.ones((4, 3))], [g16], [row.astype(F64)],
+                                      [col.astype(F64)], [None], steps=1)),
+    ]
+    for exc, match, call in cases:
+        with pytest.raises(exc, match=match):
+            call()
+        assert [a.tobytes() for a in arrays] == before, match
+
+
+@pytest.mark.parametrize("option", ["master_weights", "kahan_summation"])
+def test_adafactor_class_master_weights_and_kahan_summation(option):
+    """The class: master_weights keeps master_param (float32) and writes the param from it;
+    kahan_summation keeps kahan_comp (the param's dtype); either as the functional call, a float32
+    param left alone by both; the state dict round trip continues the run with the same bits;
+    the options exclude each other and stochastic rounding as the other classes' do."""
+    rng = np.random.default_rng(9)
+    start = [np.asarray(rng.standard_normal(s), d) for s, d in (((6, 5), BF16), ((9,), F16),
+                                                                 ((4,), F32))]
+    grads = [[np.asarray(rng.standard_normal(p.shape), p.dtype) for p in start] for _ in range(4)]
+    opt = fusedopt.Adafactor([p.copy() for p in start], lr=1e-3, **{option: True})
+    ps = [p.copy() for p in start]
+    extra = [p.astype(F32) if option == "master_weights" else np.zeros_like(p) for p in ps[:2]]
+    row, col, var = _adafactor_states(ps)
+    eps = (float(np.finfo(BF16).eps), 1e-3)  # the group's first param's
+    for t in (1, 2):
+        opt.step(grads[t - 1])
+        for i in range(3):
+            kw = {}
+            if i < 2:
+                kw = ({"param_copies": [ps[i]]} if option == "master_weights"
+                      else {"kahan_comps": [extra[i]]})
+            target = extra[i] if i < 2 and option == "master_weights" else ps[i]
+            functional.adafactor([target], [grads[t - 1][i]], [row[i]], [col[i]], [var[i]],
+                                 steps=t, lr=1e-3, eps=eps, **kw)
+    name = "master_param" if option == "master_weights" else "kahan_comp"
+    mine = opt.param_groups[0]["params"]
+    for i in range(3):
+        assert mine[i].tobytes() == ps[i].tobytes(), f"params[{i}]"
+        if i < 2:
+            assert opt.state[i][name].tobytes() == extra[i].tobytes()
+            assert opt.state[i][name].dtype == (F32 if option == "master_weights" else ps[i].dtype)
+        else:
+            assert name not in opt.state[i]
+    _adafactor_reload_continues(opt, grads[2:], lr=1e-3, **{option: True})
+    with pytest.raises(ValueError, match="exclude each other"):
+        fusedopt.Adafactor([start[0].copy()], master_weights=True, kahan_summation=True)
+    with pytest.raises(ValueError, match="Adafactor: stochastic_rounding and kahan_summation exclude"):
+        fusedopt.Adafactor([start[0].copy()], kahan_summation=True).stochastic_rounding = True
+    with pytest.raises(TypeError, match=f"Adafactor: {option} must be a bool"):
+        fusedopt.Adafactor([start[0].copy()], **{option: 1})
+
+
 def test_adafactor_class_keeps_float32_state_for_16_bit_params_and_round_trips():
     """The class: float32 states for bfloat16 and float16 params (float64 for float64), its steps
     the functional call's bits, and a state dict that continues the run exactly."""
@@ -848,10 +1121,15 @@ def test_adafactor_class_keeps_float32_state_for_16_bit_params_and_round_trips()
         for name, x in s.items():
             if name != "step":
                 assert x.dtype == want[i], (i, name, x.dtype)
-    other = fusedopt.Adafactor([p.copy() for p in opt.param_groups[0]["params"]], lr=0.05,
-                               weight_decay=0.01)
+    _adafactor_reload_continues(opt, grads[2:], lr=0.05, weight_decay=0.01)
+
+
+def _adafactor_reload_continues(opt, grads, **kw):
+    """A new Adafactor(**kw) over copies of opt's (one group's) params, loaded with opt's state
+    dict, steps with opt's bits over `grads`."""
+    other = fusedopt.Adafactor([p.copy() for p in opt.param_groups[0]["params"]], **kw)
     other.load_state_dict(opt.state_dict())
-    for gs in grads[2:]:
+    for gs in grads:
         opt.step(gs)
         other.step(gs)
     for a, b in zip(opt.param_groups[0]["params"], other.param_groups[0]["params"]):

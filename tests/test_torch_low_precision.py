@@ -311,6 +311,12 @@ def test_adafactor_16_bit_tensors_step_as_the_numpy_class_and_load_torchs_state(
     twins = [_numpy(q.detach().clone()) for q in peer_ps]
     twin = fusedopt.Adafactor(twins, lr=0.05, weight_decay=0.01)
     twin.load_state_dict(sd)
+    _step_alike(opt, twin, ps, twins, shapes, gen, dtype)
+
+
+def _step_alike(opt, twin, ps, twins, shapes, gen, dtype):
+    """One step of a fusedopt.torch optimizer over ps and of its NumPy twin over twins, on the
+    same new grads: the same bits."""
     gs = [torch.randn(s, generator=gen).to(dtype) for s in shapes]
     for p, g in zip(ps, gs):
         p.grad = g.clone()
@@ -338,3 +344,59 @@ def test_adafactor_sees_a_param_reinterpreted_in_the_same_memory():
     fusedopt.functional.adafactor([want], [p.grad.numpy()], [row], [col], [None], steps=2)
     opt.step()
     assert p.detach().numpy().tobytes() == want.tobytes()
+
+
+def test_adafactor_stochastic_rounding_is_the_numpy_classes_and_its_seed_is_in_the_groups():
+    """fusedopt.torch.Adafactor(stochastic_rounding=True, seed=...) steps as the NumPy class with
+    that seed, group by group; the flags are group keys that its state dict keeps and that a
+    torch.optim.Adafactor state dict (which lacks them) leaves as they were."""
+    gen = torch.Generator().manual_seed(6)
+    shapes = [(5, 40), (70,)]
+    ps = [torch.randn(s, generator=gen).to(torch.bfloat16).requires_grad_() for s in shapes]
+    twins = [_numpy(p.detach().clone()) for p in ps]
+    opt = ft.Adafactor([{"params": [ps[0]]}, {"params": [ps[1]]}], stochastic_rounding=True,
+                       seed=77)
+    twin = fusedopt.Adafactor([{"params": [twins[0]]}, {"params": [twins[1]]}],
+                              stochastic_rounding=True, seed=77)
+    assert [g["seed"] for g in opt.param_groups] == [77, 77]
+    for _ in range(2):
+        _step_alike(opt, twin, ps, twins, shapes, gen, torch.bfloat16)
+    sd = opt.state_dict()
+    assert all(g["stochastic_rounding"] and g["seed"] == 77 for g in sd["param_groups"])
+    peer = torch.optim.Adafactor([p.detach().clone().requires_grad_() for p in ps])
+    for q in peer.param_groups[0]["params"]:
+        q.grad = torch.ones_like(q)
+    peer.step()
+    other = ft.Adafactor([p.detach().clone().requires_grad_() for p in ps],
+                         stochastic_rounding=True, seed=5)
+    other.load_state_dict(peer.state_dict())
+    assert other.param_groups[0]["stochastic_rounding"] and other.param_groups[0]["seed"] == 5
+    drawn = ft.Adafactor([ps[0]])
+    drawn.add_param_group({"params": [ps[1]], "stochastic_rounding": True})
+    assert drawn.param_groups[0]["seed"] is None and isinstance(drawn.param_groups[1]["seed"], int)
+
+
+@pytest.mark.parametrize("option", ["master_weights", "kahan_summation"])
+def test_adafactor_master_weights_and_kahan_are_the_numpy_classes(option):
+    """fusedopt.torch.Adafactor with master_weights (master_param float32) or kahan_summation
+    (kahan_comp of the param's dtype) steps as the NumPy class; its state dict reloads (torch's
+    load would cast the master to bfloat16: it is float32 again, from the saved tensor) and the
+    run continues with the same bits."""
+    gen = torch.Generator().manual_seed(10)
+    shapes = [(6, 7), (11,)]
+    ps = [torch.randn(s, generator=gen).to(torch.bfloat16).requires_grad_() for s in shapes]
+    twins = [_numpy(p.detach().clone()) for p in ps]
+    opt = ft.Adafactor(ps, lr=1e-3, **{option: True})
+    twin = fusedopt.Adafactor(twins, lr=1e-3, **{option: True})
+    name = "master_param" if option == "master_weights" else "kahan_comp"
+
+    for _ in range(2):
+        _step_alike(opt, twin, ps, twins, shapes, gen, torch.bfloat16)
+    for i, p in enumerate(ps):
+        t = opt.state[p][name]
+        assert t.dtype == (torch.float32 if option == "master_weights" else torch.bfloat16)
+        assert _numpy(t).tobytes() == twin.state[i][name].tobytes()
+    sd = copy.deepcopy(opt.state_dict())
+    opt.load_state_dict(sd)
+    assert all(opt.state[p][name].dtype == sd["state"][i][name].dtype for i, p in enumerate(ps))
+    _step_alike(opt, twin, ps, twins, shapes, gen, torch.bfloat16)

@@ -42,11 +42,15 @@
 // A bfloat16 or float16 param (and its grad, of its dtype) is read as float32 (exactly), its
 // states are float32, the math is the float32 kernel's, and the new param is rounded once, to
 // nearest even, as it is stored: the bits of the float32 kernel run on the same values, the param
-// then rounded (tests/test_low_precision.py). eps1 None is the machine epsilon of the param's own
+// then rounded (tests/test_low_precision.py); or stochastically (Note [Stochastic rounding] in
+// storage.h), each element by its bits under the key of (the call's seed, the param's own step,
+// its position in the call, the element), as the other algorithms key theirs. eps1 None is the machine epsilon of the param's own
 // dtype, as torch's loop sets it (2^-7 for bfloat16). torch keeps the states of a 16-bit param in
 // its dtype and does its math there; ours are the float32 states the other algorithms keep for a
-// 16-bit param by default (a torch state dict loads into them exactly). Stochastic rounding,
-// master weights and Kahan summation are not made for Adafactor (its classes refuse them).
+// 16-bit param by default (a torch state dict loads into them exactly). A float32 param may take
+// 16-bit grads, and be written with a 16-bit copy (master weights: the float32 master is the
+// param of the kernel, the 16-bit param its copy, rounded as a 16-bit param is); a 16-bit param
+// may carry a Kahan compensation, stored as the other algorithms store theirs.
 //
 // Note [Adafactor's sums]
 // Every sum is formed in double from the stored values, in an order fixed by the shapes alone,
@@ -75,6 +79,10 @@ namespace fusedopt {
 struct AdafactorHyper {
   double lr, beta2_decay, eps1, eps2, d, weight_decay;
   bool maximize;
+  // whether a 16-bit param is stored with stochastic rounding, and the call's seed (Note
+  // [Adafactor in 16 bits])
+  bool stochastic = false;
+  uint64_t sr_seed = 0;
 };
 
 // One param of a call. A factored param is `batch` matrices of rows x cols (its last two dims);
@@ -87,11 +95,17 @@ struct AdafactorTensor {
   void* col_var;
   void* variance;
   int64_t batch, rows, cols;
-  int64_t step;  // 1-based, of this update
+  int64_t step;   // 1-based, of this update
+  int64_t index;  // its position in the call (its stochastic rounding's key)
   bool factored;
-  // the dtype of its param and grad; its states are float64 for a float64 param, else float32
-  // (Note [Adafactor in 16 bits])
-  DType dtype;
+  // the dtypes of its param and grad (the grad's is the param's, or 16-bit for a float32 param);
+  // its states are float64 for a float64 param, else float32 (Note [Adafactor in 16 bits])
+  DType dtype, grad_dtype;
+  // a float32 param's 16-bit copy, of its grad's dtype, written with it (Note [Param copies]:
+  // the 16-bit param of master weights), or a 16-bit param's Kahan compensation (Note [Kahan
+  // summation] in storage.h), of its dtype; null where it has none
+  void* copy;
+  void* comp;
 };
 
 // The per-param values of a step, in double (Note [Step scalars in double]).

@@ -70,8 +70,22 @@ py::tuple as_list(const Names& names, py::handle l, const char* what, size_t n, 
 void adafactor(py::handle params, py::handle grads, py::handle row_vars, py::handle col_vars,
                py::handle variances, py::handle steps, double lr, double beta2_decay, double eps1,
                double eps2, double d, double weight_decay, bool maximize, const std::string& name,
-               py::handle index, bool check_only) {
+               py::handle index, bool check_only, py::handle sr_seed, py::handle copies,
+               py::handle comps) {
   const Names names(name, index);
+  AdafactorHyper h{lr, beta2_decay, eps1, eps2, d, weight_decay, maximize};
+  if (!sr_seed.is_none()) {  // Note [Adafactor in 16 bits]
+    if (!PyLong_Check(sr_seed.ptr()) || PyBool_Check(sr_seed.ptr())) {
+      names.type("sr_seed must be an int (or None: round to nearest), got " + type_name(sr_seed));
+    }
+    const unsigned long long v = PyLong_AsUnsignedLongLong(sr_seed.ptr());
+    if (v == static_cast<unsigned long long>(-1) && PyErr_Occurred()) {
+      PyErr_Clear();
+      names.value("sr_seed must be in [0, 2**64), got " + repr_of(sr_seed));
+    }
+    h.stochastic = true;
+    h.sr_seed = static_cast<uint64_t>(v);
+  }
   const py::tuple ps = as_list(names, params, "params", 0, true);
   const size_t n = ps.size();
   const py::tuple gs = as_list(names, grads, "grads", n, false);
@@ -79,11 +93,26 @@ void adafactor(py::handle params, py::handle grads, py::handle row_vars, py::han
   const py::tuple cs = as_list(names, col_vars, "col_vars", n, false);
   const py::tuple vs = as_list(names, variances, "variances", n, false);
   const py::tuple ss = as_list(names, steps, "steps", n, false);
+  // param copies and Kahan compensations (Note [Adafactor in 16 bits]): None, or one per param
+  if (!copies.is_none() && !comps.is_none()) {
+    names.value("kahan_comps and param_copies exclude each other (compensations are of 16-bit "
+                "params, copies of float32 ones)");
+  }
+  if (!comps.is_none() && h.stochastic) {
+    names.value("kahan_comps and sr_seed exclude each other (a stochastically rounded param has "
+                "no rounding error to carry)");
+  }
+  const py::tuple nones = py::tuple(0);
+  const py::tuple cps = copies.is_none() ? nones : as_list(names, copies, "param_copies", n, false);
+  const py::tuple kcs = comps.is_none() ? nones : as_list(names, comps, "kahan_comps", n, false);
   const ListArg pa{"params", ps, Role::Param}, ga{"grads", gs, Role::Grad},
       ra{"row_vars", rs, Role::State}, ca{"col_vars", cs, Role::State},
       va{"variances", vs, Role::State};
-  const Site sites[] = {{&names, "params"}, {&names, "grads"}, {&names, "row_vars"},
-                        {&names, "col_vars"}, {&names, "variances"}};
+  ListArg cpa{"param_copies", cps, Role::State}, kca{"kahan_comps", kcs, Role::State};
+  cpa.copy = kca.copy = kca.kahan = true;
+  const Site sites[] = {{&names, "params"},   {&names, "grads"},        {&names, "row_vars"},
+                        {&names, "col_vars"}, {&names, "variances"},    {&names, "param_copies"},
+                        {&names, "kahan_comps"}};
   std::vector<Span> spans;
   std::vector<AdafactorTensor> ts;
   ts.reserve(n);
@@ -96,9 +125,14 @@ void adafactor(py::handle params, py::handle grads, py::handle row_vars, py::han
                  ", expected float32, float64, bfloat16 or float16");
     }
     const auto* ga_ = check_slot(names, ga, 1, i, gs[i].ptr(), p, "params", nullptr);
-    if (py::detail::array_descriptor_proxy(ga_->descr)->type_num != pt) {
+    const int gt = py::detail::array_descriptor_proxy(ga_->descr)->type_num;
+    const int gd = dtype_of(gt);
+    const bool low_grad = pt == npy::NPY_FLOAT_ && (gd == static_cast<int>(DType::BFloat16) ||
+                                                    gd == static_cast<int>(DType::Float16));
+    if (gt != pt && !low_grad) {
       names.type(names.item("grads", i) + " has dtype " + dtype_str(gs[i]) + ", expected " +
-                 dtype_str(p) + " (the dtype of " + names.item("params", i) + ")");
+                 dtype_str(p) + " (the dtype of " + names.item("params", i) +
+                 (pt == npy::NPY_FLOAT_ ? "; or bfloat16 or float16)" : ")"));
     }
     const int64_t numel = numel_of(pa_);
     const bool factored = pa_->nd >= 2;
@@ -125,14 +159,37 @@ void adafactor(py::handle params, py::handle grads, py::handle row_vars, py::han
     }
     const auto [plo, phi] = extent(pa_->data, numel, pt);
     spans.push_back({plo, phi, &sites[0], static_cast<uint32_t>(i), 0, true});
-    const auto [glo, ghi] = extent(ga_->data, numel, pt);
+    const auto [glo, ghi] = extent(ga_->data, numel, gt);
     spans.push_back({glo, ghi, &sites[1], static_cast<uint32_t>(i), 1, false});
     AdafactorTensor t{};
     t.param = pa_->data;
     t.grad = ga_->data;
     t.step = step;
+    t.index = static_cast<int64_t>(i);
     t.factored = factored;
     t.dtype = static_cast<DType>(dtype_of(pt));
+    t.grad_dtype = static_cast<DType>(gd);
+    // (a copy is of its grad's dtype: the copies of one call may be of both 16-bit dtypes, and
+    // the kernel is called per (param, grad) dtype pair)
+    int copy_type = 0, comp_type = 0;
+    if (!copies.is_none() && !cps[i].is_none()) {
+      const auto* c = check_copy(names, cpa, i, cps[i].ptr(), p, "params", &copy_type);
+      const int ct = py::detail::array_descriptor_proxy(c->descr)->type_num;
+      if (ct != gt) {
+        names.type(names.item("param_copies", i) + " has dtype " + dtype_str(cps[i]) +
+                   ", expected " + dtype_str(gs[i]) + " (the dtype of " +
+                   names.item("grads", i) + ": a copy is of a float32 master with 16-bit grads)");
+      }
+      t.copy = c->data;
+      const auto [lo, hi] = extent(c->data, numel, ct);
+      spans.push_back({lo, hi, &sites[5], static_cast<uint32_t>(i), 5, true});
+    }
+    if (!comps.is_none() && !kcs[i].is_none()) {
+      const auto* c = check_copy(names, kca, i, kcs[i].ptr(), p, "params", &comp_type);
+      t.comp = c->data;
+      const auto [lo, hi] = extent(c->data, numel, pt);
+      spans.push_back({lo, hi, &sites[6], static_cast<uint32_t>(i), 6, true});
+    }
     FirstState first;
     const std::vector<int64_t> shape = dims_of(pa_);
     if (factored) {
@@ -173,9 +230,11 @@ void adafactor(py::handle params, py::handle grads, py::handle row_vars, py::han
   }
   check_no_overlap(spans);
   if (check_only) return;
-  const AdafactorHyper h{lr, beta2_decay, eps1, eps2, d, weight_decay, maximize};
-  std::vector<AdafactorTensor> by_dtype[kNumDTypes];  // one kernel call per dtype
-  for (const AdafactorTensor& t : ts) by_dtype[static_cast<int>(t.dtype)].push_back(t);
+  // one kernel call per (param dtype, grad dtype)
+  std::vector<AdafactorTensor> by_dtype[kNumDTypes * kNumDTypes];
+  for (const AdafactorTensor& t : ts) {
+    by_dtype[static_cast<int>(t.dtype) * kNumDTypes + static_cast<int>(t.grad_dtype)].push_back(t);
+  }
   const int threads = thread_setting();
   py::gil_scoped_release nogil;
   const auto& k = cpu::active();
@@ -192,11 +251,16 @@ void def_adafactor(py::module_& cpu) {
           py::arg("lr"), py::arg("beta2_decay"), py::arg("eps1"), py::arg("eps2"), py::arg("d"),
           py::arg("weight_decay"), py::arg("maximize"), py::arg("name") = "adafactor",
           py::arg("index") = py::none(), py::arg("check_only") = false,
+          py::arg("sr_seed") = py::none(), py::arg("param_copies") = py::none(),
+          py::arg("kahan_comps") = py::none(),
           "Adafactor over NumPy arrays (csrc/algorithms/adafactor.h), updated in place: for a "
           "param of 2 or more dims its row_var [..., R, 1] and col_var [..., 1, C] (variances[i] "
           "None), else its variance (row_vars[i], col_vars[i] None); steps[i] its 1-based step. "
           "Params float32, float64, bfloat16 or float16, each grad of its param's dtype, states "
-          "of it too (float32 for a 16-bit param). "
+          "of it too (float32 for a 16-bit param); sr_seed: None (a 16-bit param is rounded to "
+          "nearest) or an int (stochastically, keyed by (sr_seed, steps[i], i, element)). A "
+          "float32 param may take bfloat16 or float16 grads, and param_copies[i] of that dtype "
+          "(written with it: master weights); a 16-bit param kahan_comps[i] of its dtype. "
           "Everything is checked before anything is written (check_only: nothing is). The hyper-parameters are taken as "
           "given (fusedopt.functional.adafactor checks them).");
 }

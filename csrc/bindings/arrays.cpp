@@ -263,6 +263,49 @@ void check_layout(const Names& names, const ListArg& a, size_t i,
   if (!(arr->flags & kFlagAligned)) names.value(names.item(a.name, i) + " is not aligned");
 }
 
+// The quick tests of Note [The common array]. The reference (slot 0): a plain ndarray of a param
+// dtype, native byte order, contiguous, with the flags `want`; sets *pdt to its dtype.
+inline __attribute__((always_inline)) bool is_common_ref(PyObject* o,
+                                                         const py::detail::PyArray_Proxy* arr,
+                                                         int want, int* pdt) {
+  if (Py_TYPE(o) != reinterpret_cast<PyTypeObject*>(npy::get().PyArray_Type_)) return false;
+  const auto* descr = py::detail::array_descriptor_proxy(arr->descr);
+  const int dt = dtype_of(descr->type_num);
+  *pdt = dt;
+  return dt >= 0 && kDTypes.ok[0][0][dt] && descr->byteorder != '>' &&
+         (arr->flags & want) == want && (arr->flags & (kFlagC | kFlagF)) != 0;
+}
+
+// Another slot's array against its reference `p` (of dtype pdt): a plain ndarray of a dtype the
+// combinations allow beside pdt (role: 1 a grad, 2 a state, whose dtype must be the first
+// state's), native byte order, with the flags `want`, p's memory order and p's shape.
+inline __attribute__((always_inline)) bool is_common(PyObject* o, const py::detail::PyArray_Proxy* arr,
+                                                     int role, int want, int pdt,
+                                                     const py::detail::PyArray_Proxy* p,
+                                                     FirstState* first, const char* list) {
+  if (Py_TYPE(o) != reinterpret_cast<PyTypeObject*>(npy::get().PyArray_Type_)) return false;
+  const auto* descr = py::detail::array_descriptor_proxy(arr->descr);
+  const int dt = dtype_of(descr->type_num);
+  const int flags = arr->flags;
+  if (dt < 0 || !kDTypes.ok[role][pdt][dt] || descr->byteorder == '>' || (flags & want) != want ||
+      (flags & p->flags & (kFlagC | kFlagF)) == 0 || arr->nd != p->nd) {
+    return false;
+  }
+  for (int d = 0; d < arr->nd; ++d) {
+    if (arr->dimensions[d] != p->dimensions[d]) return false;
+  }
+  if (role == 2) {
+    if (first->type_num == 0) {
+      *first = {descr->type_num, list};
+    } else if (first->type_num != descr->type_num) {
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
 // A param copy (Note [Param copies] in cpu/driver.h) of the param `ref`: a plain or subclassed
 // ndarray, bfloat16 or float16 of the first copy's dtype (*copy_type, set by the first), of a
 // float32 param, native byte order, with check_layout's layout. Or, in a list of Kahan
@@ -317,48 +360,6 @@ const py::detail::PyArray_Proxy* check_copy(const Names& names, const ListArg& a
   return arr;
 }
 
-// The quick tests of Note [The common array]. The reference (slot 0): a plain ndarray of a param
-// dtype, native byte order, contiguous, with the flags `want`; sets *pdt to its dtype.
-inline __attribute__((always_inline)) bool is_common_ref(PyObject* o,
-                                                         const py::detail::PyArray_Proxy* arr,
-                                                         int want, int* pdt) {
-  if (Py_TYPE(o) != reinterpret_cast<PyTypeObject*>(npy::get().PyArray_Type_)) return false;
-  const auto* descr = py::detail::array_descriptor_proxy(arr->descr);
-  const int dt = dtype_of(descr->type_num);
-  *pdt = dt;
-  return dt >= 0 && kDTypes.ok[0][0][dt] && descr->byteorder != '>' &&
-         (arr->flags & want) == want && (arr->flags & (kFlagC | kFlagF)) != 0;
-}
-
-// Another slot's array against its reference `p` (of dtype pdt): a plain ndarray of a dtype the
-// combinations allow beside pdt (role: 1 a grad, 2 a state, whose dtype must be the first
-// state's), native byte order, with the flags `want`, p's memory order and p's shape.
-inline __attribute__((always_inline)) bool is_common(PyObject* o, const py::detail::PyArray_Proxy* arr,
-                                                     int role, int want, int pdt,
-                                                     const py::detail::PyArray_Proxy* p,
-                                                     FirstState* first, const char* list) {
-  if (Py_TYPE(o) != reinterpret_cast<PyTypeObject*>(npy::get().PyArray_Type_)) return false;
-  const auto* descr = py::detail::array_descriptor_proxy(arr->descr);
-  const int dt = dtype_of(descr->type_num);
-  const int flags = arr->flags;
-  if (dt < 0 || !kDTypes.ok[role][pdt][dt] || descr->byteorder == '>' || (flags & want) != want ||
-      (flags & p->flags & (kFlagC | kFlagF)) == 0 || arr->nd != p->nd) {
-    return false;
-  }
-  for (int d = 0; d < arr->nd; ++d) {
-    if (arr->dimensions[d] != p->dimensions[d]) return false;
-  }
-  if (role == 2) {
-    if (first->type_num == 0) {
-      *first = {descr->type_num, list};
-    } else if (first->type_num != descr->type_num) {
-      return false;
-    }
-  }
-  return true;
-}
-
-}  // namespace
 
 const py::detail::PyArray_Proxy* check_grad(const Names& names, const ListArg& a, size_t i,
                                             PyObject* o, PyObject* ref, const char* ref_list) {

@@ -96,6 +96,11 @@ const py::detail::PyArray_Proxy* check_array(const Names& names, const ListArg& 
 
 // check_array, and then what check_call asks of every array but the reference against it (shape,
 // memory order) and of every array (writeable if written, contiguous, aligned).
+// A param copy or Kahan compensation (arrays.cpp) of param `ref`; *copy_type: the first copy's
+// NumPy type number (0 before it).
+const py::detail::PyArray_Proxy* check_copy(const Names& names, const ListArg& a, size_t i,
+                                            PyObject* o, PyObject* ref, const char* ref_list,
+                                            int* copy_type);
 const py::detail::PyArray_Proxy* check_slot(const Names& names, const ListArg& arg, int slot,
                                             size_t i, PyObject* o, PyObject* ref,
                                             const char* ref_list, FirstState* first);

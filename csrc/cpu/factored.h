@@ -5,9 +5,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "../algorithms/adafactor.h"
+#include "driver.h"
 #include "kernels.h"
 
 #if defined(_OPENMP)
@@ -150,9 +152,10 @@ Scratch<O>& scratch() {
   return s;
 }
 
-// P: the storage type of the params and grads (float, double, bf16, f16); O: the compute and
-// state type (double for double, else float; Note [Adafactor in 16 bits]).
-template <class P, class O>
+// P: the storage type of the params (float, double, bf16, f16), G of the grads (P, or bf16 or
+// f16 for float P); O: the compute and state type (double for double, else float; Note
+// [Adafactor in 16 bits]).
+template <class P, class G, class O>
 struct Call {
   const AdafactorHyper& h;
   const AdafactorTensor* ts;
@@ -185,6 +188,79 @@ struct Call {
 
   AdafactorDirection<O> direction() const { return AdafactorDirection<O>::of(h.eps1); }
 
+  // f(j, r) for j in [0, n), r the random bits of element at + j of param t's buffer `slot`
+  // (Note [Stochastic rounding]: a key per 2^32 elements, as sr_key makes them).
+  template <class F>
+  FUSEDOPT_INLINE void with_sr_bits(int64_t n, int64_t at, const AdafactorTensor& t, int slot,
+                                    F&& f) const {
+    const uint64_t run = sr_run_key(h.sr_seed, t.step);
+    for (int64_t j0 = 0; j0 < n;) {
+      const int64_t e = at + j0;
+      const int64_t block_end = (e | int64_t{0xffffffff}) + 1;  // the next multiple of 2^32
+      const int64_t stop = std::min(n, j0 + (block_end - e));
+      const SrKey key = sr_key(run, t.index, slot, e);
+      const uint32_t first = key.first, lo = key.lo, hi = key.hi;
+#pragma GCC ivdep
+      for (int64_t j = j0; j < stop; ++j) {
+        f(j, sr_bits(first + static_cast<uint32_t>(j - j0), lo, hi));
+      }
+      j0 = stop;
+    }
+  }
+
+  // A float32 value stored into 16-bit L with stochastic rounding, under random bits r.
+  template <class L>
+  static FUSEDOPT_INLINE L store_sr(float x, uint32_t r) {
+    if constexpr (std::is_same_v<L, bf16>) {
+      return bf16{float_to_bf16_sr(x, r)};
+    } else {
+      return f16{float_to_f16_sr(x, r)};
+    }
+  }
+
+  // Stores the new params value(j) at out[j], j in [0, n), out being element `at` on of param
+  // t (Note [Adafactor in 16 bits]): rounded to nearest; for a 16-bit P with its Kahan
+  // compensation, or stochastically; for a float32 P with 16-bit grads, with its 16-bit copy
+  // rounded to nearest or stochastically (the copy's key, as the other algorithms key it).
+  template <class F>
+  FUSEDOPT_INLINE void store_params(P* __restrict out, int64_t n, int64_t at,
+                                    const AdafactorTensor& t, F&& value) const {
+    if constexpr (!std::is_same_v<P, O>) {  // a 16-bit param
+      if (t.comp != nullptr) {
+        auto* o = reinterpret_cast<uint16_t*>(out);
+        auto* c = static_cast<uint16_t*>(t.comp) + at;
+#pragma GCC ivdep
+        for (int64_t j = 0; j < n; ++j) kahan_store<P>(value(j), o + j, c + j);
+        return;
+      }
+      if (h.stochastic) {
+        with_sr_bits(n, at, t, 0, [&](int64_t j, uint32_t r) { out[j] = store_sr<P>(value(j), r); });
+        return;
+      }
+    } else if constexpr (!std::is_same_v<G, P>) {  // a float32 master and its 16-bit copy
+      if (t.copy != nullptr) {
+        G* __restrict cp = static_cast<G*>(t.copy) + at;
+        if (h.stochastic) {
+          with_sr_bits(n, at, t, kMaxBuffers, [&](int64_t j, uint32_t r) {
+            const O x = value(j);
+            out[j] = x;
+            cp[j] = store_sr<G>(x, r);
+          });
+          return;
+        }
+#pragma GCC ivdep
+        for (int64_t j = 0; j < n; ++j) {
+          const O x = value(j);
+          out[j] = x;
+          cp[j] = store<G>(x);
+        }
+        return;
+      }
+    }
+#pragma GCC ivdep
+    for (int64_t j = 0; j < n; ++j) out[j] = store<P>(value(j));
+  }
+
   // Pass A of a factored item: sum p^2, the rows' and the columns' partial sums of g^2.
   void factored_sums(int64_t k) {
     const Item& it = w.items[k];
@@ -198,7 +274,7 @@ struct Call {
     for (int64_t r = it.r0; r < it.r1; ++r) {
       const int64_t at = (it.m * t.rows + r) * C + it.c0;
       const P* __restrict pr = static_cast<const P*>(t.param) + at;
-      const P* __restrict gr = static_cast<const P*>(t.grad) + at;
+      const G* __restrict gr = static_cast<const G*>(t.grad) + at;
       alignas(64) double gl[kFactorLanes] = {};  // the row's g^2
       auto one = [&](int64_t j, int q) {
         const double x = static_cast<double>(load<O>(pr[j]));
@@ -285,8 +361,8 @@ struct Call {
     const int64_t width = it.c1 - it.c0;
     alignas(64) double ul[kFactorLanes] = {};  // the tile's U^2, row after row
     for (int64_t r = it.r0; r < it.r1; ++r) {
-      const P* __restrict gr =
-          static_cast<const P*>(t.grad) + (it.m * t.rows + r) * t.cols + it.c0;
+      const G* __restrict gr =
+          static_cast<const G*>(t.grad) + (it.m * t.rows + r) * t.cols + it.c0;
       const int64_t row = w.rows_at[it.tensor] + it.m * t.rows + r;
       const O b = row_b[row], rr = f.rv[r], limit = row_limit[row];
       lanes_add(ul, width, [&](int64_t j) {
@@ -312,14 +388,13 @@ struct Call {
     for (int64_t r = it.r0; r < it.r1; ++r) {
       const int64_t at = (it.m * t.rows + r) * t.cols + it.c0;
       P* __restrict pr = static_cast<P*>(t.param) + at;
-      const P* __restrict gr = static_cast<const P*>(t.grad) + at;
+      const G* __restrict gr = static_cast<const G*>(t.grad) + at;
       const int64_t row = w.rows_at[it.tensor] + it.m * t.rows + r;
       const O b = row_b[row], rr = fs.rv[r], limit = row_limit[row];
-#pragma GCC ivdep
-      for (int64_t j = 0; j < width; ++j) {
+      store_params(pr, width, at, t, [&](int64_t j) {
         const O u = dir.template factored<Maximize>(load<O>(gr[j]), b, s[j], rr, c[j], limit);
-        pr[j] = store<P>(adafactor_param<Decay>(load<O>(pr[j]), u, decay, f));
-      }
+        return adafactor_param<Decay>(load<O>(pr[j]), u, decay, f);
+      });
     }
   }
 
@@ -332,7 +407,7 @@ struct Call {
     const AdafactorDirection<O> dir = direction();
     const int64_t len = it.c1 - it.c0;
     const P* __restrict p = static_cast<const P*>(t.param) + it.c0;
-    const P* __restrict g = static_cast<const P*>(t.grad) + it.c0;
+    const G* __restrict g = static_cast<const G*>(t.grad) + it.c0;
     O* __restrict v = static_cast<O*>(t.variance) + it.c0;
     alignas(64) double pl[kFactorLanes] = {};
     alignas(64) double ul[kFactorLanes] = {};
@@ -356,16 +431,15 @@ struct Call {
     const Item& it = w.items[k];
     const AdafactorTensor& t = ts[it.tensor];
     P* __restrict p = static_cast<P*>(t.param) + it.c0;
-    const P* __restrict g = static_cast<const P*>(t.grad) + it.c0;
+    const G* __restrict g = static_cast<const G*>(t.grad) + it.c0;
     const O* __restrict v = static_cast<const O*>(t.variance) + it.c0;
     const O decay = O(adafactor_scalars(h, t.step).decay), f = neg_factor[it.tensor];
     const AdafactorDirection<O> dir = direction();
     const int64_t len = it.c1 - it.c0;
-#pragma GCC ivdep
-    for (int64_t j = 0; j < len; ++j) {
-      const O u = dir.template plain<Maximize>(load<O>(g[j]), v[j]);
-      p[j] = store<P>(adafactor_param<Decay>(load<O>(p[j]), u, decay, f));
-    }
+    store_params(p, len, it.c0, t, [&](int64_t j) {
+      return adafactor_param<Decay>(load<O>(p[j]), dir.template plain<Maximize>(load<O>(g[j]), v[j]),
+                                    decay, f);
+    });
   }
 
   template <bool Maximize, bool Decay>
@@ -414,10 +488,11 @@ struct Call {
 
 }  // namespace factored
 
-// Adafactor over params of one storage type P (O: double for double, else float).
-template <class P, class O = opmath_t<P>>
+// Adafactor over params of one storage type P and grads of one type G (O: double for double,
+// else float).
+template <class P, class G = P, class O = opmath_t<P>>
 void adafactor_of(const AdafactorTensor* ts, int64_t n, const AdafactorHyper& h, int max_threads) {
-  factored::Call<P, O> call(h, ts, n, max_threads, factored::scratch<O>());
+  factored::Call<P, G, O> call(h, ts, n, max_threads, factored::scratch<O>());
   bool_switch(h.maximize, [&](auto M) {
     bool_switch(h.weight_decay != 0.0, [&](auto D) {
       call.template run<decltype(M)::value, decltype(D)::value>();

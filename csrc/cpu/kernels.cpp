@@ -114,8 +114,11 @@ void rmw_k(const WorkView& w, int nbuf, int nwrite) {
 
 void adafactor_k(const AdafactorTensor* ts, int64_t n, const AdafactorHyper& h, int max_threads) {
   if (n == 0) return;
-  switch (ts[0].dtype) {  // one dtype per call (the binding groups them)
-    case DType::Float32: return adafactor_of<float>(ts, n, h, max_threads);
+  switch (ts[0].dtype) {  // one param and one grad dtype per call (the binding groups them)
+    case DType::Float32:
+      if (ts[0].grad_dtype == DType::BFloat16) return adafactor_of<float, bf16>(ts, n, h, max_threads);
+      if (ts[0].grad_dtype == DType::Float16) return adafactor_of<float, f16>(ts, n, h, max_threads);
+      return adafactor_of<float>(ts, n, h, max_threads);
     case DType::Float64: return adafactor_of<double>(ts, n, h, max_threads);
     case DType::BFloat16: return adafactor_of<bf16>(ts, n, h, max_threads);
     case DType::Float16: return adafactor_of<f16>(ts, n, h, max_threads);

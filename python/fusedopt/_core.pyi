@@ -102,7 +102,9 @@ class cpu:
                   variances: Sequence[np.ndarray | None], steps: Sequence[int], *, lr: float,
                   beta2_decay: float, eps1: float, eps2: float, d: float, weight_decay: float,
                   maximize: bool, name: str = "adafactor", index: Any = None,
-                  check_only: bool = False) -> None: ...
+                  check_only: bool = False, sr_seed: int | None = None,
+                  param_copies: Sequence[np.ndarray | None] | None = None,
+                  kahan_comps: Sequence[np.ndarray | None] | None = None) -> None: ...
     @staticmethod
     def set_num_threads(n: int) -> None: ...
     @staticmethod

@@ -153,7 +153,8 @@ globals().update({name: _make(SPECS[name], _RULES) for name in __all__})
 def adafactor(params: Any, grads: Any, row_vars: Any, col_vars: Any, variances: Any, *,
               steps: Any, lr: float = 1e-2, beta2_decay: float = -0.8,
               eps: tuple = (None, 1e-3), d: float = 1.0, weight_decay: float = 0.0,
-              maximize: bool = False) -> None:
+              maximize: bool = False, sr_seed: int | None = None, param_copies: Any = None,
+              kahan_comps: Any = None) -> None:
     """adafactor: one fused update of lists of tensors, in place; the rule is
     :class:`fusedopt.Adafactor`'s.
 
@@ -161,8 +162,13 @@ def adafactor(params: Any, grads: Any, row_vars: Any, col_vars: Any, variances: 
     for a param of 2 or more dims ``row_vars[i]`` (shape ``[..., R, 1]``) and ``col_vars[i]``
     (``[..., 1, C]``) with ``variances[i]`` None, else ``variances[i]`` (its shape) with the
     factors None; all start at zero. ``steps`` is each param's 1-based step of this update (an
-    int for all). Adafactor is not made from a spec (its state is not of its params' shapes):
-    its hyper-parameters are torch's, checked here with torch's messages.
+    int for all). 16-bit params (their states float32) are stored rounded to nearest, or with
+    stochastic rounding keyed by ``sr_seed`` (an int; None: to nearest), or with their Kahan
+    compensations ``kahan_comps[i]`` (of their dtype). A float32 param may take bfloat16 or
+    float16 grads and a copy ``param_copies[i]`` of that dtype, written with it (master
+    weights: the master is the param). Either list may hold None entries. Adafactor is not made
+    from a spec (its state is not of its params' shapes): its hyper-parameters are torch's,
+    checked here with torch's messages.
     Twin: :func:`fusedopt.reference.adafactor`."""
     from .optim import adafactor as _adafactor
 
@@ -179,7 +185,9 @@ def adafactor(params: Any, grads: Any, row_vars: Any, col_vars: Any, variances: 
                     one if col_vars is None else _as_list(col_vars),
                     one if variances is None else _as_list(variances), steps, lr=lr,
                     beta2_decay=beta2_decay, eps=eps, d=d, weight_decay=weight_decay,
-                    maximize=maximize)
+                    maximize=maximize, sr_seed=sr_seed,
+                    param_copies=None if param_copies is None else _as_list(param_copies),
+                    kahan_comps=None if kahan_comps is None else _as_list(kahan_comps))
 
 
 __all__ += ["adafactor"]

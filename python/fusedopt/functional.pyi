@@ -301,6 +301,9 @@ def adafactor(
     d: float = 1.0,
     weight_decay: float = 0.0,
     maximize: bool = False,
+    sr_seed: int | None = None,
+    param_copies: Arrays | None = None,
+    kahan_comps: Arrays | None = None,
 ) -> None: ...
 
 __all__ = ['sgd', 'adagrad', 'adadelta', 'rmsprop', 'adam', 'adamw', 'nadam', 'adamax', 'radam',

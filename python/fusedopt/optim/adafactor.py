@@ -19,6 +19,7 @@ import numpy as np
 from .. import _arrays, _core
 from ._checks import as_float, as_list, as_scalar, as_step, check_no_shared_memory, check_param
 from ._checks import resolve_lr
+from .optimizer import call_seed, check_bool, check_exclusive, check_rounding
 
 __all__ = ["Adafactor"]
 
@@ -60,9 +61,13 @@ def check_hyper(cls: str, group: Mapping) -> None:
 def call(params: list, grads: list, row_vars: list, col_vars: list, variances: list, steps: list,
          *, lr: float, beta2_decay: float, eps: Any, d: float, weight_decay: float,
          maximize: bool, name: str = "adafactor", index: Any = None,
-         check_only: bool = False) -> None:
+         check_only: bool = False, sr_seed: int | None = None, param_copies: Any = None,
+         kahan_comps: Any = None) -> None:
     """One fused Adafactor update of NumPy arrays (checked in C++ before anything is written).
-    ``eps[0]`` None is the machine epsilon of ``params[0]``'s dtype, as torch's loop sets it."""
+    ``eps[0]`` None is the machine epsilon of ``params[0]``'s dtype, as torch's loop sets it;
+    ``sr_seed`` an int: 16-bit params are stored with stochastic rounding under that seed;
+    ``param_copies`` the 16-bit copies of float32 params (master weights), ``kahan_comps`` the
+    compensations of 16-bit params (None entries: none)."""
     for x in params:
         if type(x) is not np.ndarray and _arrays.is_cuda_array(x):
             raise TypeError(f"{name}: params are CUDA arrays; Adafactor has no CUDA kernel yet "
@@ -74,7 +79,8 @@ def call(params: list, grads: list, row_vars: list, col_vars: list, variances: l
     _core.cpu.adafactor(params, grads, row_vars, col_vars, variances, steps, lr=float(lr),
                         beta2_decay=float(beta2_decay), eps1=float(eps1), eps2=float(eps2),
                         d=float(d), weight_decay=float(weight_decay), maximize=bool(maximize),
-                        name=name, index=index, check_only=check_only)
+                        name=name, index=index, check_only=check_only, sr_seed=sr_seed,
+                        param_copies=param_copies, kahan_comps=kahan_comps)
 
 
 _FLOATS = ("float16", "bfloat16", "float32", "float64")
@@ -158,9 +164,12 @@ class Adafactor:
     states; the math is the float32 kernel's and the new param is rounded once to nearest even
     (Note [Adafactor in 16 bits]), and :math:`\epsilon_1` None is its dtype's machine epsilon
     (2^-7 for bfloat16), as torch's loop sets it. torch keeps such a param's states, and does its
-    math, in the param's dtype. Stochastic rounding, master weights and Kahan summation (the
-    other classes' ``stochastic_rounding``, ``master_weights``, ``kahan_summation``) are not
-    made for Adafactor.
+    math, in the param's dtype. The other classes' remedies for 16-bit params are Adafactor's
+    too: ``stochastic_rounding=True`` (``seed`` drawn from the OS when None, recorded in the
+    state dict), ``master_weights=True`` (a float32 ``master_param`` in the state is the param
+    the step updates, the 16-bit param written from it in the same pass) and
+    ``kahan_summation=True`` (a ``kahan_comp`` of the param's dtype carries each store's
+    rounding error into the next).
 
     Args:
         params: an array, a list of arrays, or a list of param-group dicts. Float32, float64,
@@ -175,6 +184,12 @@ class Adafactor:
             torch's docstring says 1e-2, its signature 0.0).
         foreach (bool | None): torch's implementation switch, kept in the groups; unused.
         maximize (bool): ascend instead of descend (default: False).
+        stochastic_rounding (bool): store 16-bit params with stochastic rounding (default:
+            False).
+        seed (int | None): its seed, in [0, 2**64) (default: None, drawn when it is on).
+        master_weights (bool): keep a float32 master of each 16-bit param (default: False).
+        kahan_summation (bool): keep a Kahan compensation of each 16-bit param (default:
+            False; excludes the two above).
 
     State per param: ``step``, and ``row_var`` (shape ``[..., R, 1]``) and ``col_var``
     (``[..., 1, C]``) for a param of 2 or more dims, else ``variance``; of the param's dtype,
@@ -195,10 +210,16 @@ class Adafactor:
 
     def __init__(self, params: Any, lr: Any = 1e-2, beta2_decay: float = -0.8,
                  eps: tuple = (None, 1e-3), d: float = 1.0, weight_decay: float = 0.0, *,
-                 foreach: bool | None = None, maximize: bool = False) -> None:
+                 foreach: bool | None = None, maximize: bool = False,
+                 stochastic_rounding: bool = False, seed: int | None = None,
+                 master_weights: bool = False, kahan_summation: bool = False) -> None:
         self.defaults = {"lr": lr, "beta2_decay": beta2_decay, "eps": eps, "d": d,
                          "weight_decay": weight_decay, "foreach": foreach, "maximize": maximize}
         check_hyper("Adafactor", self.defaults)
+        self._rounding = check_rounding("Adafactor", stochastic_rounding, seed)
+        self._master = check_bool("Adafactor", "master_weights", master_weights)
+        self._kahan = check_bool("Adafactor", "kahan_summation", kahan_summation)
+        check_exclusive("Adafactor", self._options())
         self._bare = _arrays.looks_like_array(params)
         groups = as_list("Adafactor", "params", params)
         if not groups:
@@ -211,6 +232,54 @@ class Adafactor:
         self._lock = threading.Lock()
         for group in groups:
             self.add_param_group(group)
+
+    @property
+    def stochastic_rounding(self) -> bool:
+        """Whether 16-bit params are stored with stochastic rounding."""
+        return self._rounding[0]
+
+    @stochastic_rounding.setter
+    def stochastic_rounding(self, value: bool) -> None:
+        rounding = check_rounding("Adafactor", value, self._rounding[1])
+        check_exclusive("Adafactor", {**self._options(), "stochastic_rounding": rounding[0]},
+                        "stochastic_rounding")
+        self._rounding = rounding
+
+    @property
+    def master_weights(self) -> bool:
+        """Whether 16-bit params keep a float32 master (``master_param``)."""
+        return self._master
+
+    @master_weights.setter
+    def master_weights(self, value: bool) -> None:
+        on = check_bool("Adafactor", "master_weights", value)
+        check_exclusive("Adafactor", {**self._options(), "master_weights": on}, "master_weights")
+        self._master = on
+
+    @property
+    def kahan_summation(self) -> bool:
+        """Whether 16-bit params carry a Kahan compensation (``kahan_comp``)."""
+        return self._kahan
+
+    @kahan_summation.setter
+    def kahan_summation(self, value: bool) -> None:
+        on = check_bool("Adafactor", "kahan_summation", value)
+        check_exclusive("Adafactor", {**self._options(), "kahan_summation": on}, "kahan_summation")
+        self._kahan = on
+
+    def _options(self) -> dict:
+        return {"stochastic_rounding": self._rounding[0], "master_weights": self._master,
+                "kahan_summation": self._kahan}
+
+    @property
+    def seed(self) -> int | None:
+        """The seed of stochastic rounding (drawn from the OS when set to None with it on)."""
+        return self._rounding[1]
+
+    @seed.setter
+    def seed(self, value: int | None) -> None:
+        self._rounding = (self._rounding[0],
+                          check_rounding("Adafactor", self._rounding[0], value)[1])
 
     @property
     def state(self) -> Mapping:
@@ -282,28 +351,67 @@ class Adafactor:
             # torch's lr is one number per group; a schedule gives it at the group's first param's
             # completed steps
             lr = resolve_lr(gi, group["lr"], steps[0] - 1)
-            calls.append((group, idx, states, steps, lr))
+            extra = self._low_precision(idx, states)
+            calls.append((group, idx, states, steps, lr, start, extra))
         if len(calls) > 1:  # all of them checked together (overlap across groups) first
-            every = [(i, s, t) for _, idx, states, steps, _ in calls
-                     for i, s, t in zip(idx, states, steps)]
-            idx_all, states_all, steps_all = (list(x) for x in zip(*every))
-            self._run(calls[0][0], idx_all, states_all, steps_all, 0.0, grads, check_only=True)
-        for group, idx, states, steps, lr in calls:
-            self._run(group, idx, states, steps, lr, grads)
-            for i, s, t in zip(idx, states, steps):
+            every = [(i, s, t, m, c) for _, idx, states, steps, _, _, (ms, cs) in calls
+                     for i, s, t, m, c in zip(idx, states, steps, ms, cs)]
+            idx_all, states_all, steps_all, ms_all, cs_all = (list(x) for x in zip(*every))
+            self._run(calls[0][0], idx_all, states_all, steps_all, 0.0, grads,
+                      (ms_all, cs_all), check_only=True)
+        for group, idx, states, steps, lr, start, extra in calls:
+            self._run(group, idx, states, steps, lr, grads, extra, start=start)
+            for i, s, t, m, c in zip(idx, states, steps, *extra):
                 s["step"] = t
+                if m is not None:
+                    s["master_param"] = m
+                if c is not None:
+                    s["kahan_comp"] = c
                 self._state[i] = s
 
+    def _low_precision(self, idx: list, states: list) -> tuple[list, list]:
+        """Each 16-bit param's float32 master (master weights) and Kahan compensation, from its
+        state or made new (None where the option is off or the param is not 16-bit); a new one
+        enters the state once the step is made."""
+        masters: list = [None] * len(idx)
+        comps: list = [None] * len(idx)
+        if self._master or self._kahan:
+            for k, (i, s) in enumerate(zip(idx, states)):
+                p = self._params[i]
+                if p.dtype.name not in ("bfloat16", "float16"):
+                    continue
+                if self._master:
+                    m = s.get("master_param")
+                    masters[k] = p.astype(np.float32) if m is None else m
+                else:
+                    c = s.get("kahan_comp")
+                    comps[k] = np.zeros_like(p) if c is None else c
+        return masters, comps
+
     def _run(self, group: dict, idx: list, states: list, steps: list, lr: float,
-             grads: Any, check_only: bool = False) -> None:
-        """The call over params ``idx`` (flat indices) with ``group``'s hyper-parameters; with
-        check_only, params of several groups are only checked."""
-        call([self._params[i] for i in idx], [grads[i] for i in idx],
+             grads: Any, extra: tuple, check_only: bool = False, start: int = 0) -> None:
+        """The call over params ``idx`` (flat indices) with ``group``'s hyper-parameters (the
+        group's first param at flat index ``start``: its seed's key) and the masters and
+        compensations ``extra`` of ``_low_precision`` (a master is the param of the call, the
+        16-bit param its copy); with check_only, params of several groups are only checked."""
+        on, seed = self._rounding
+        masters, comps = extra
+        params = [self._params[i] if m is None else m for i, m in zip(idx, masters)]
+        copies = None
+        if any(m is not None for m in masters):
+            copies = [None if m is None else self._params[i] for i, m in zip(idx, masters)]
+        kahan = comps if any(c is not None for c in comps) else None
+        eps = group["eps"]
+        if eps[0] is None and idx and masters[0] is not None:  # the param's epsilon, not its master's
+            eps = (float(np.finfo(self._params[idx[0]].dtype).eps), eps[1])
+        call(params, [grads[i] for i in idx],
              [s.get("row_var") for s in states], [s.get("col_var") for s in states],
              [s.get("variance") for s in states], steps, lr=lr,
-             beta2_decay=group["beta2_decay"], eps=group["eps"], d=group["d"],
+             beta2_decay=group["beta2_decay"], eps=eps, d=group["d"],
              weight_decay=group["weight_decay"], maximize=group["maximize"],
-             name="Adafactor.step", index=idx, check_only=check_only)
+             name="Adafactor.step", index=idx, check_only=check_only,
+             sr_seed=call_seed(seed or 0, start) if on else None, param_copies=copies,
+             kahan_comps=kahan)
 
     # ---- state dicts (torch's layout) --------------------------------------------------------
 
@@ -316,7 +424,10 @@ class Adafactor:
         for g, (start, stop) in zip(self.param_groups, self._groups()):
             groups.append({**{k: v for k, v in g.items() if k != "params"},
                            "params": list(range(start, stop))})
-        return {"state": state, "param_groups": groups}
+        out = {"state": state, "param_groups": groups}
+        if self._rounding[0]:
+            out["stochastic_rounding"] = {"seed": self._rounding[1]}
+        return out
 
     def load_state_dict(self, state_dict: Mapping) -> None:
         """A state dict of this class or of ``torch.optim.Adafactor`` (tensors are read as
@@ -348,19 +459,36 @@ class Adafactor:
             i = ids[k]
             p = self._params[i]
             want = new_state(p)
-            names = set(entry) - {"step"}
+            # a 16-bit param's master and compensation: loaded (of a float32 param: ignored)
+            extras = set(entry) & {"master_param", "kahan_comp"}
+            names = set(entry) - {"step"} - extras
             if names != set(want) - {"step"}:
                 raise ValueError(f"{fail}: the state of param {k} holds {sorted(names)}, "
                                  f"expected {sorted(set(want) - {'step'})}")
+            if p.dtype.name in ("bfloat16", "float16"):
+                if "master_param" in extras:
+                    want["master_param"] = np.empty(p.shape, np.float32)
+                    names.add("master_param")
+                if "kahan_comp" in extras:
+                    want["kahan_comp"] = np.empty(p.shape, p.dtype)
+                    names.add("kahan_comp")
             s: dict[str, Any] = {"step": as_step(fail, f"state[{k}]['step']",
                                                  as_float(fail, f"state[{k}]['step']",
                                                           as_scalar(entry["step"])))}
             for name in sorted(names):
                 s[name] = _load(fail, f"state[{k}][{name!r}]", entry[name], want[name])
             loaded[i] = s
+        rounding = state_dict.get("stochastic_rounding")  # the saved seed, where there is one
+        if rounding is not None:
+            seed = rounding.get("seed") if isinstance(rounding, Mapping) else None
+            if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 1 << 64:
+                raise ValueError(f"{fail}: stochastic_rounding must be a dict with a 'seed', an "
+                                 f"int in [0, 2**64); got {rounding!r}")
         for g, merged in zip(self.param_groups, new_groups):
             g.update({k: v for k, v in merged.items() if k != "params"})
         self._state = loaded
+        if rounding is not None:
+            self.seed = rounding["seed"]
 
     def zero_grad(self) -> None:
         """Nothing to do: the NumPy classes hold no grads (kept for torch's interface)."""

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..optim import adafactor as _adafactor
+from ..optim.optimizer import call_seed, check_bool, check_exclusive, check_rounding
 from .optimizer import _view
 
 __all__ = ["Adafactor"]
 
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _LOW = (torch.bfloat16, torch.float16)
+# the low-precision group flags (Note [Adafactor in 16 bits])
+_FLAGS = ("stochastic_rounding", "seed", "master_weights", "kahan_summation")
 
 
 def _number(lr: Any) -> Any:
@@ -30,20 +34,28 @@ class Adafactor(torch.optim.Optimizer):
         "``torch.optim.Adafactor`` (the same arguments, defaults, state names and state dicts),\n"
         "each group's step one fused call over its CPU tensors (float32, float64, bfloat16 or\n"
         "float16, contiguous; a 16-bit param's states are float32, where torch keeps them in its\n"
-        "dtype). ``step`` keeps torch's float32 step tensor per param. There is no CUDA kernel\n"
-        "yet: a CUDA param is refused.\n\nThe rule, from :class:`fusedopt.Adafactor`:\n\n"
+        "dtype). ``stochastic_rounding``, ``seed`` (drawn once when None), ``master_weights`` and\n"
+        "``kahan_summation`` are group flags, kept by the state dict; ``master_param`` and\n"
+        "``kahan_comp`` are state tensors. ``step`` keeps torch's float32 step tensor per param.\n"
+        "There is no CUDA kernel yet: a CUDA param is refused.\n\n"
+        "The rule, from :class:`fusedopt.Adafactor`:\n\n"
         + (_adafactor.Adafactor.__doc__ or "")
     )
 
     def __init__(self, params: Any, lr: float = 1e-2, beta2_decay: float = -0.8,
                  eps: tuple = (None, 1e-3), d: float = 1.0, weight_decay: float = 0.0, *,
-                 foreach: bool | None = None, maximize: bool = False) -> None:
+                 foreach: bool | None = None, maximize: bool = False,
+                 stochastic_rounding: bool = False, seed: int | None = None,
+                 master_weights: bool = False, kahan_summation: bool = False) -> None:
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
         defaults = {"lr": lr, "beta2_decay": beta2_decay, "eps": eps, "d": d,
                     "weight_decay": weight_decay, "foreach": foreach, "maximize": maximize}
         _adafactor.check_hyper("Adafactor", {**defaults, "lr": _number(lr)})
-        super().__init__(params, defaults)
+        on, seed = check_rounding("Adafactor", stochastic_rounding, seed)  # drawn once
+        super().__init__(params, {**defaults, "stochastic_rounding": on, "seed": seed,
+                                  "master_weights": master_weights,
+                                  "kahan_summation": kahan_summation})
 
     def add_param_group(self, param_group: dict) -> None:
         """torch's, then refused if the group holds a param twice (torch only warns: the fused
@@ -54,9 +66,19 @@ class Adafactor(torch.optim.Optimizer):
             if len(set(map(id, group["params"]))) != len(group["params"]):
                 raise ValueError("optimizer contains a parameter group with duplicate parameters")
             _adafactor.check_hyper("Adafactor", {**group, "lr": _number(group["lr"])})
+            self._check_flags("Adafactor", group)
         except BaseException:
             self.param_groups.pop()
             raise
+
+    @staticmethod
+    def _check_flags(cls: str, group: dict) -> None:
+        """A group's low-precision flags (Note [Adafactor in 16 bits]); one that turns stochastic
+        rounding on without a seed draws one here."""
+        for name in _FLAGS[2:]:
+            check_bool(cls, name, group[name])
+        check_exclusive(cls, group)
+        group["seed"] = check_rounding(cls, group["stochastic_rounding"], group["seed"])[1]
 
     def _refuse(self, gi: int, k: int, p: torch.Tensor) -> None:
         """Raises what is wrong with param ``k`` of group ``gi`` or its grad."""
@@ -102,8 +124,9 @@ class Adafactor(torch.optim.Optimizer):
         _init_group for a new one, kept apart until the step is made), and NumPy views of each
         param and of its row_var, col_var and variance (None where it has not that state), made
         anew where a tensor's memory changed since the last step (``_view_of``)."""
-        params, grads, states = [], [], []
-        views: tuple = ([], [], [], [])
+        params, grads, states, extras = [], [], [], []
+        views: tuple = ([], [], [], [], [], [])  # params, row, col, variance, copies, comps
+        master, kahan = group["master_weights"], group["kahan_summation"]
         for k, p in enumerate(group["params"]):
             g = p.grad
             if g is None:
@@ -121,27 +144,56 @@ class Adafactor(torch.optim.Optimizer):
                 else:
                     state["variance"] = torch.zeros_like(g, dtype=dtype,
                                                          memory_format=torch.preserve_format)
-            views[0].append(self._view_of(p, kept, seen))
-            for out, name in zip(views[1:], ("row_var", "col_var", "variance")):
+            m = c = None
+            if p.dtype in _LOW and master:  # the master is the call's param, p its copy
+                m = state.get("master_param")
+                if m is None:
+                    m = p.detach().float()
+                    extras.append((state, "master_param", m))
+            elif p.dtype in _LOW and kahan:
+                c = state.get("kahan_comp")
+                if c is None:
+                    c = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    extras.append((state, "kahan_comp", c))
+            views[0].append(self._view_of(p if m is None else m, kept, seen))
+            for out, name in zip(views[1:4], ("row_var", "col_var", "variance")):
                 t = state.get(name)
                 out.append(None if t is None else self._view_of(t, kept, seen))
+            views[4].append(None if m is None else self._view_of(p, kept, seen))
+            views[5].append(None if c is None else self._view_of(c, kept, seen))
             params.append(p)
             grads.append(_view(g))  # not kept: a grad set to None must be freed
             states.append(state)
-        return params, grads, states, views
+        return params, grads, states, views, extras
 
-    def _call(self, group: dict, views: Any, grads: list, steps: list, check_only: bool) -> None:
+    def _call(self, group: dict, views: Any, grads: list, steps: list, check_only: bool,
+              first: int = 0) -> None:
+        """The call of a group whose first param has flat index ``first`` (its seed's key)."""
+        copies, comps = views[4], views[5]
+        eps = group["eps"]
+        if eps[0] is None and copies and copies[0] is not None:  # the param's, not its master's
+            eps = (float(np.finfo(copies[0].dtype).eps), eps[1])
         _adafactor.call(views[0], grads, views[1], views[2], views[3], steps,
                         lr=float(_number(group["lr"])), beta2_decay=group["beta2_decay"],
-                        eps=group["eps"], d=group["d"], weight_decay=group["weight_decay"],
-                        maximize=group["maximize"], name="Adafactor.step", check_only=check_only)
+                        eps=eps, d=group["d"], weight_decay=group["weight_decay"],
+                        maximize=group["maximize"], name="Adafactor.step", check_only=check_only,
+                        sr_seed=call_seed(group["seed"], first)
+                        if group.get("stochastic_rounding") else None,
+                        param_copies=copies if any(x is not None for x in copies) else None,
+                        kahan_comps=comps if any(x is not None for x in comps) else None)
 
     def load_state_dict(self, state_dict: Any) -> None:
         """torch's, then a 16-bit param's states made float32 again from the saved tensors
         (torch's load casts them to the param's dtype; a saved bfloat16 state is exact in
         float32)."""
         self.__dict__.pop("_views", None)  # (the views of the states it replaces)
+        kept = _FLAGS  # torch.optim's dicts lack them
+        own = [{k: g[k] for k in kept} for g in self.param_groups]
         super().load_state_dict(state_dict)
+        for group, flags in zip(self.param_groups, own):
+            for k in kept:
+                group.setdefault(k, flags[k])
+            self._check_flags("Adafactor.load_state_dict", group)
         saved = state_dict["state"]
         ids = (i for g in state_dict["param_groups"] for i in g["params"])
         params = (p for g in self.param_groups for p in g["params"])
@@ -149,7 +201,7 @@ class Adafactor(torch.optim.Optimizer):
             entry, mine = saved.get(i), dict.get(self.state, p)
             if p.dtype not in _LOW or not entry or not mine:
                 continue
-            for name in ("row_var", "col_var", "variance"):
+            for name in ("row_var", "col_var", "variance", "master_param"):
                 if isinstance(entry.get(name), torch.Tensor):
                     mine[name] = entry[name].detach().to(p.device, torch.float32, copy=True)
 
@@ -170,19 +222,23 @@ class Adafactor(torch.optim.Optimizer):
         # own fields only)
         kept: dict = self.__dict__.get("_views", {})
         seen: dict = {}
+        first = 0  # the flat index of each group's first param
         for gi, group in enumerate(self.param_groups):
-            params, grads, states, views = self._gather(gi, group, kept, seen)
+            params, grads, states, views, extras = self._gather(gi, group, kept, seen)
             if params:
                 _adafactor.check_hyper("Adafactor.step", {**group, "lr": _number(group["lr"])})
                 steps = [int(x) + 1 for x in torch.stack([s["step"] for s in states]).tolist()]
-                calls.append((group, params, grads, states, views, steps))
+                calls.append((group, params, grads, states, views, steps, first, extras))
+            first += len(group["params"])
         self._views = seen
         if len(calls) > 1:  # all of them checked together (overlap across groups) first
-            every: list = [sum((c[4][k] for c in calls), []) for k in range(4)]
+            every: list = [sum((c[4][k] for c in calls), []) for k in range(6)]
             self._call(calls[0][0], every, sum((c[2] for c in calls), []),
                        sum((c[5] for c in calls), []), check_only=True)
-        for group, params, grads, states, views, steps in calls:
-            self._call(group, views, grads, steps, check_only=False)
+        for group, params, grads, states, views, steps, first, extras in calls:
+            self._call(group, views, grads, steps, check_only=False, first=first)
+            for state, name, t in extras:  # a new master or compensation, once stepped
+                state[name] = t
             torch._foreach_add_([s["step"] for s in states], 1.0)
             for p, s in zip(params, states):
                 self.state[p] = s
