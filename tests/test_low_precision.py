@@ -944,6 +944,11 @@ def test_adafactor_class_rounds_stochastically_with_its_recorded_seed():
         other.step(gs)
     theirs = [g["params"][0] for g in other.param_groups]
     assert all(a.tobytes() == b.tobytes() for a, b in zip(mine, theirs))
+    bad = {**sd, "stochastic_rounding": {"seed": -1}}
+    with pytest.raises(ValueError, match=r"Adafactor.load_state_dict: stochastic_rounding\['seed'\] "
+                                         r"must be an int in \[0, 2\*\*64\), got -1"):
+        other.load_state_dict(bad)
+    assert other.seed == 1234
     with pytest.raises(TypeError, match="Adafactor: stochastic_rounding must be a bool"):
         fusedopt.Adafactor([start[0].copy()], stochastic_rounding=1)
     with pytest.raises(ValueError, match=r"Adafactor: seed must be in \[0, 2\*\*64\), got -1"):

@@ -74,18 +74,7 @@ void adafactor(py::handle params, py::handle grads, py::handle row_vars, py::han
                py::handle comps) {
   const Names names(name, index);
   AdafactorHyper h{lr, beta2_decay, eps1, eps2, d, weight_decay, maximize};
-  if (!sr_seed.is_none()) {  // Note [Adafactor in 16 bits]
-    if (!PyLong_Check(sr_seed.ptr()) || PyBool_Check(sr_seed.ptr())) {
-      names.type("sr_seed must be an int (or None: round to nearest), got " + type_name(sr_seed));
-    }
-    const unsigned long long v = PyLong_AsUnsignedLongLong(sr_seed.ptr());
-    if (v == static_cast<unsigned long long>(-1) && PyErr_Occurred()) {
-      PyErr_Clear();
-      names.value("sr_seed must be in [0, 2**64), got " + repr_of(sr_seed));
-    }
-    h.stochastic = true;
-    h.sr_seed = static_cast<uint64_t>(v);
-  }
+  h.stochastic = sr_seed_of(names, sr_seed, &h.sr_seed);  // Note [Adafactor in 16 bits]
   const py::tuple ps = as_list(names, params, "params", 0, true);
   const size_t n = ps.size();
   const py::tuple gs = as_list(names, grads, "grads", n, false);
@@ -94,14 +83,7 @@ void adafactor(py::handle params, py::handle grads, py::handle row_vars, py::han
   const py::tuple vs = as_list(names, variances, "variances", n, false);
   const py::tuple ss = as_list(names, steps, "steps", n, false);
   // param copies and Kahan compensations (Note [Adafactor in 16 bits]): None, or one per param
-  if (!copies.is_none() && !comps.is_none()) {
-    names.value("kahan_comps and param_copies exclude each other (compensations are of 16-bit "
-                "params, copies of float32 ones)");
-  }
-  if (!comps.is_none() && h.stochastic) {
-    names.value("kahan_comps and sr_seed exclude each other (a stochastically rounded param has "
-                "no rounding error to carry)");
-  }
+  if (!comps.is_none()) check_kahan_alone(names, !copies.is_none(), h.stochastic);
   const py::tuple nones = py::tuple(0);
   const py::tuple cps = copies.is_none() ? nones : as_list(names, copies, "param_copies", n, false);
   const py::tuple kcs = comps.is_none() ? nones : as_list(names, comps, "kahan_comps", n, false);

@@ -129,6 +129,31 @@ int type_num_of(const Names& names, const char* what, py::handle dtype) {
   return num;
 }
 
+bool sr_seed_of(const Names& names, py::handle sr_seed, uint64_t* seed) {
+  if (sr_seed.is_none()) return false;
+  if (!PyLong_Check(sr_seed.ptr()) || PyBool_Check(sr_seed.ptr())) {
+    names.type("sr_seed must be an int (or None: round to nearest), got " + type_name(sr_seed));
+  }
+  const unsigned long long v = PyLong_AsUnsignedLongLong(sr_seed.ptr());
+  if (v == static_cast<unsigned long long>(-1) && PyErr_Occurred()) {
+    PyErr_Clear();
+    names.value("sr_seed must be in [0, 2**64), got " + py::repr(sr_seed).cast<std::string>());
+  }
+  *seed = static_cast<uint64_t>(v);
+  return true;
+}
+
+void check_kahan_alone(const Names& names, bool copies, bool stochastic) {
+  if (copies) {
+    names.value("kahan_comps and param_copies exclude each other (compensations are of 16-bit "
+                "params, copies of float32 ones)");
+  }
+  if (stochastic) {
+    names.value("kahan_comps and sr_seed exclude each other (a stochastically rounded param has "
+                "no rounding error to carry)");
+  }
+}
+
 int thread_setting() { return g_threads.load(std::memory_order_relaxed); }
 void set_thread_setting(int n) { g_threads.store(n, std::memory_order_relaxed); }
 

@@ -127,6 +127,12 @@ int type_num_of(const Names& names, const char* what, py::handle dtype);
 int64_t numel_of(const py::detail::PyArray_Proxy* a);
 std::string shape_str(const int64_t* dims, int nd);
 std::string dtype_str(py::handle a);
+// The sr_seed argument of an update (Note [Stochastic rounding]): false for None, else true with
+// *seed set; an int in [0, 2**64) or a TypeError / ValueError naming it.
+bool sr_seed_of(const Names& names, py::handle sr_seed, uint64_t* seed);
+// The exclusions of kahan_comps (Note [Kahan summation]), when a call has them: not with
+// param_copies, not with an sr_seed.
+void check_kahan_alone(const Names& names, bool copies, bool stochastic);
 int thread_setting();
 void set_thread_setting(int n);
 

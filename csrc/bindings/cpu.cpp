@@ -128,16 +128,7 @@ CpuBound::CpuBound(const SpecInfo& spec, py::handle lists, py::handle hyper, std
       names_.type(std::string(spec_.name) + " takes no sr_seed: it has no step to key the "
                   "draws by");
     }
-    if (!PyLong_Check(sr_seed.ptr()) || PyBool_Check(sr_seed.ptr())) {
-      names_.type("sr_seed must be an int (or None: round to nearest), got " + type_name(sr_seed));
-    }
-    const unsigned long long v = PyLong_AsUnsignedLongLong(sr_seed.ptr());
-    if (v == static_cast<unsigned long long>(-1) && PyErr_Occurred()) {
-      PyErr_Clear();
-      names_.value("sr_seed must be in [0, 2**64), got " + py::repr(sr_seed).cast<std::string>());
-    }
-    stochastic_ = true;
-    seed_ = static_cast<uint64_t>(v);
+    stochastic_ = sr_seed_of(names_, sr_seed, &seed_);
   }
   if (!copies.is_none()) {  // Note [Param copies]: after the slots
     if (!has_grad_slot_ || spec_.reduce > 0) {
@@ -153,14 +144,7 @@ CpuBound::CpuBound(const SpecInfo& spec, py::handle lists, py::handle hyper, std
       names_.type(std::string(spec_.name) + " takes no kahan_comps (they are of an update's "
                   "params)");
     }
-    if (!copies.is_none()) {
-      names_.value("kahan_comps and param_copies exclude each other (compensations are of 16-bit "
-                   "params, copies of float32 ones)");
-    }
-    if (stochastic_) {
-      names_.value("kahan_comps and sr_seed exclude each other (a stochastically rounded param "
-                   "has no rounding error to carry)");
-    }
+    check_kahan_alone(names_, !copies.is_none(), stochastic_);
     ListArg c{"kahan_comps", kahan, Role::State};
     c.copy = true;
     c.kahan = true;

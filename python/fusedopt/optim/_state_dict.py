@@ -46,6 +46,21 @@ def check_entry_names(fail: str, cls: str, where: str, names: Any, known: Any,
             raise ValueError(f"{fail}: {where} lacks {name!r}")
 
 
+def saved_seed(fail: str, state_dict: Any) -> int | None:
+    """The seed of stochastic rounding a state dict records (Note [Stochastic rounding]), checked;
+    None where it has none."""
+    rounding = state_dict.get("stochastic_rounding") if isinstance(state_dict, Mapping) else None
+    if rounding is None:
+        return None
+    if not isinstance(rounding, Mapping) or "seed" not in rounding:
+        raise ValueError(f"{fail}: stochastic_rounding must be a dict with a 'seed'")
+    seed = rounding["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 1 << 64:
+        raise ValueError(f"{fail}: stochastic_rounding['seed'] must be an int in [0, 2**64), "
+                         f"got {seed!r}")
+    return seed
+
+
 def group_state_values(kept: Mapping, entries: Iterable, initial: Mapping) -> dict:
     """The group keys a peer keeps in place of per-param state (``kept``: {group key: state
     name}, Schedule-Free's ``k``), from the first of a group's state ``entries`` that has state
@@ -92,6 +107,7 @@ class StateDicts:
     _params: list
     _metas: list
     _slices: list
+    seed: int | None  # of stochastic rounding (the class's property)
     _kernel: ClassVar[Any]
     _state_names: ClassVar[tuple]
     _always: ClassVar[tuple]
@@ -192,15 +208,7 @@ class StateDicts:
                 raise ValueError(f"{fail}: state[{sid!r}] belongs to no parameter listed in param_groups")
             i = id_map[sid]
             new_state[i] = self._load_entry(fail, f"state[{sid!r}]", entry, i)
-        seed = None  # Note [Stochastic rounding]: the saved seed, where the dict has one
-        rounding = state_dict.get("stochastic_rounding") if isinstance(state_dict, Mapping) else None
-        if rounding is not None:
-            if not isinstance(rounding, Mapping) or "seed" not in rounding:
-                raise ValueError(f"{fail}: stochastic_rounding must be a dict with a 'seed'")
-            seed = rounding["seed"]
-            if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 1 << 64:
-                raise ValueError(f"{fail}: stochastic_rounding['seed'] must be an int in "
-                                 f"[0, 2**64), got {seed!r}")
+        seed = saved_seed(fail, state_dict)
 
         self._state = dict(sorted(new_state.items()))
         if seed is not None:

@@ -19,6 +19,7 @@ import numpy as np
 from .. import _arrays, _core
 from ._checks import as_float, as_list, as_scalar, as_step, check_no_shared_memory, check_param
 from ._checks import resolve_lr
+from ._state_dict import saved_seed
 from .optimizer import call_seed, check_bool, check_exclusive, check_rounding
 
 __all__ = ["Adafactor"]
@@ -478,17 +479,12 @@ class Adafactor:
             for name in sorted(names):
                 s[name] = _load(fail, f"state[{k}][{name!r}]", entry[name], want[name])
             loaded[i] = s
-        rounding = state_dict.get("stochastic_rounding")  # the saved seed, where there is one
-        if rounding is not None:
-            seed = rounding.get("seed") if isinstance(rounding, Mapping) else None
-            if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 1 << 64:
-                raise ValueError(f"{fail}: stochastic_rounding must be a dict with a 'seed', an "
-                                 f"int in [0, 2**64); got {rounding!r}")
+        seed = saved_seed(fail, state_dict)
         for g, merged in zip(self.param_groups, new_groups):
             g.update({k: v for k, v in merged.items() if k != "params"})
         self._state = loaded
-        if rounding is not None:
-            self.seed = rounding["seed"]
+        if seed is not None:
+            self.seed = seed
 
     def zero_grad(self) -> None:
         """Nothing to do: the NumPy classes hold no grads (kept for torch's interface)."""
