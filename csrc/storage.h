@@ -112,7 +112,8 @@ constexpr int kNumCompiledCombos = StorageCombos::size;
 // step of ZeRO-Offload (92% staged, 100% compiled). Each adds about a quarter of a minute of
 // compiler time per instruction set. They take the staged path for what only it does
 // (is_staged): stochastic rounding (Note [Stochastic rounding]), Kahan compensation (Note [Kahan
-// summation]) and param copies (Note [Param copies]). Same bits either way.
+// summation]) and param copies (Note [Param copies]; but Note [Compiled param copies]). Same bits
+// either way.
 using CpuFusedCombos = TypeList<Storage<bf16, bf16, float>, Storage<bf16, bf16, bf16>,
                                 Storage<float, float, bf16>, Storage<float, bf16, float>>;
 constexpr int kNumCpuCombos = kNumCompiledCombos + CpuFusedCombos::size;
@@ -151,11 +152,7 @@ constexpr auto kCombos = combos_of(AllCombos{});
 constexpr int kNumCombos = AllCombos::size;
 
 // Whether the CPU driver stages combination `combo`, given whether its call does what only
-// staging does (`staged_only`: stochastic rounding, Kahan compensation).
-constexpr bool is_staged(int combo, bool staged_only = false) {
-  return combo >= kNumCpuCombos || (staged_only && combo >= kNumCompiledCombos);
-}
-
+// staging does (`staged_only`: stochastic rounding, Kahan compensation, param copies but those of
 // The index of (param, grad, state) in kCombos, or -1.
 constexpr int combo_index(DType param, DType grad, DType state) {
   for (int i = 0; i < kNumCombos; ++i) {
@@ -163,6 +160,28 @@ constexpr int combo_index(DType param, DType grad, DType state) {
     if (c.param == param && c.grad == grad && c.state == state) return i;
   }
   return -1;
+}
+
+// Note [Compiled param copies]).
+constexpr bool is_staged(int combo, bool staged_only = false) {
+  return combo >= kNumCpuCombos || (staged_only && combo >= kNumCompiledCombos);
+}
+
+// Note [Compiled param copies]
+// Param copies (Note [Param copies] in cpu/driver.h) are written from the staging tile, but for
+// ZeRO-Offload's step (float32 params and state, bfloat16 grads) with bfloat16 copies, the step
+// that sends the params back to the GPU: its compiled loop stores each new param's rounding too
+// (Adam on a 2-vCPU Zen 5: staged at 88% of the memory wall). The copy loops of that one
+// combination are all the compile time it adds. Same bits either way.
+using CompiledCopyStorage = Storage<float, bf16, float>;
+constexpr int kCompiledCopyCombo =
+    combo_index(DType::Float32, DType::BFloat16, DType::Float32);
+static_assert(kCompiledCopyCombo >= kNumCompiledCombos && kCompiledCopyCombo < kNumCpuCombos,
+              "the compiled-copy combination is one of CpuFusedCombos");
+// Whether a call of combination `combo` with param copies of DType `copy` (or -1) must stage.
+constexpr bool copies_staged(int combo, int copy) {
+  return copy >= 0 &&
+         !(combo == kCompiledCopyCombo && copy == static_cast<int>(DType::BFloat16));
 }
 
 // The buffer type of slot `slot` in combination `combo` (Note [Kernel slots]).

@@ -57,6 +57,22 @@ __attribute__((noinline)) void update_loop(const Algo& algo, int64_t len, std::i
   }
 }
 
+// ... and writing each new param also to `copy`, rounded (Note [Compiled param copies]).
+template <class Algo, size_t... I, class... P>
+__attribute__((noinline)) void update_copy_loop(const Algo& algo, int64_t len,
+                                                std::index_sequence<I...>, bf16* __restrict copy,
+                                                P* __restrict... b) {
+  using O = typename Algo::O;
+  const Algo a = algo;
+#pragma GCC ivdep
+  for (int64_t i = 0; i < len; ++i) {
+    O r[] = {load_slot<Algo, I>(b[i])...};
+    a(r);
+    ((Algo::written(I) ? void(b[i] = store<P>(r[I])) : void()), ...);
+    copy[i] = store<bf16>(r[0]);
+  }
+}
+
 // Note [Deterministic reductions]
 // A reduction pass (an algorithm object with kAccumulators > 0) sums, per tensor, terms that the
 // algorithm forms from each element, in double. To give the same bits for any thread count, on
@@ -214,7 +230,8 @@ __attribute__((noinline)) inline void stage_out(DType d, const float* __restrict
 // 16-bit params the model computes with written in the same pass; or the bfloat16 params sent
 // back to the GPU after a CPU step). The copy is the stored param rounded once, written from the
 // staging tile (Note [The staging tile]) while the param is in L1: 2 more bytes per element and
-// no pass of its own. Only a pass that writes the params writes their copies.
+// no pass of its own (or from the compiled loop: Note [Compiled param copies] in storage.h). Only
+// a pass that writes the params writes their copies.
 
 // The new values q of n 16-bit params of dtype d at `param` (still holding their old values), with
 // their compensations at `comp`, stored by Note [Kahan summation] (storage.h).
@@ -289,12 +306,15 @@ inline void run_chunk_staged(const Algo& algo, const TensorRef& t, const Chunk& 
 }
 
 // One chunk: through staging where the buffers are not all float32 (a staged combination, or a
-// compiled one run staged for stochastic rounding or Kahan compensation: the float32 algorithm
-// object stands for every combination then), or for param copies.
+// compiled one run staged for stochastic rounding, Kahan compensation or param copies: the
+// float32 algorithm object stands for every combination then), or for param copies of all-float32
+// params. The one compiled combination that writes copies itself (Note [Compiled param copies]
+// in storage.h) finds them in t.copy.
 template <class Algo, size_t... I>
 inline void run_chunk(const Algo& algo, const TensorRef& t, const Chunk& ch, double* sums,
                       const WorkView& w, int64_t tensor, std::index_sequence<I...> idx) {
-  if constexpr (std::is_same_v<typename Algo::storage, Storage<float, float, float>>) {
+  using St = typename Algo::storage;
+  if constexpr (std::is_same_v<St, Storage<float, float, float>>) {
     static_assert(kCombos.at[0].param == DType::Float32 && kCombos.at[0].grad == DType::Float32 &&
                   kCombos.at[0].state == DType::Float32, "combination 0 is all float32");
     if (w.combo != 0 || t.copy != nullptr) {
@@ -306,9 +326,18 @@ inline void run_chunk(const Algo& algo, const TensorRef& t, const Chunk& ch, dou
     (void)tensor;
   }
   if constexpr (Algo::kAccumulators > 0) {
+    static_assert(!(std::is_same_v<St, CompiledCopyStorage> && Algo::written(0)),
+                  "a compiled reduction pass that wrote params would write their copies");
     reduce_loop(algo, ch.len, sums, idx, (static_cast<slot_t<Algo, I>*>(t.ptr[I]) + ch.begin)...);
   } else {
     (void)sums;
+    if constexpr (std::is_same_v<St, CompiledCopyStorage> && Algo::written(0)) {
+      if (t.copy != nullptr) {
+        update_copy_loop(algo, ch.len, idx, static_cast<bf16*>(t.copy) + ch.begin,
+                         (static_cast<slot_t<Algo, I>*>(t.ptr[I]) + ch.begin)...);
+        return;
+      }
+    }
     update_loop(algo, ch.len, idx, (static_cast<slot_t<Algo, I>*>(t.ptr[I]) + ch.begin)...);
   }
 }
