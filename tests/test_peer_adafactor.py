@@ -357,7 +357,7 @@ def test_the_torch_class_sees_replaced_memory_and_copies():
             p.data = p.data.t().contiguous()
             q.data = q.data.t().contiguous()
         if k == 1:
-            ours.load_state_dict(theirs.state_dict())
+            ours.load_state_dict(copy.deepcopy(theirs.state_dict()))  # (else they share states)
     close(p.detach(), q.detach(), "after p.data and load_state_dict")
     twin = copy.deepcopy(ours)
     for x in (p, twin.param_groups[0]["params"][0]):
@@ -365,3 +365,71 @@ def test_the_torch_class_sees_replaced_memory_and_copies():
     ours.step()
     twin.step()
     torch.testing.assert_close(twin.param_groups[0]["params"][0], p, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("edit", ["state entry", "state data", "state deleted", "param data",
+                                  "param reshaped", "param replaced", "grad None", "params list",
+                                  "lr", "new group", "load"])
+def test_edits_between_steady_steps_take_effect(edit):
+    """fusedopt.torch.Adafactor's steps that repeat the last one reuse its gather (Note
+    [Adafactor's steady step]); each edit made to it and to torch.optim.Adafactor between steps
+    is seen: the runs continue alike, in float64."""
+    shapes = [(4, 5), (6,), (2, 3, 4), (3, 3)]
+    ps = [p.requires_grad_() for p in _params(torch.float64, shapes)]
+    qs = [p.detach().clone().requires_grad_() for p in ps]
+    ours = ft.Adafactor([{"params": ps[:2]}, {"params": ps[2:]}], lr=0.05)
+    theirs = torch.optim.Adafactor([{"params": qs[:2]}, {"params": qs[2:]}], lr=0.05)
+    seq = _grad_seq(ps, 6)
+
+    def step(k):
+        for x, y, g in zip(ps, qs, seq[k]):
+            if x.grad is not None or k == 0 or edit != "grad None":
+                x.grad, y.grad = g.reshape(x.shape).clone(), g.reshape(y.shape).clone()
+        ours.step()
+        theirs.step()
+
+    for k in range(3):
+        step(k)
+    if edit == "state entry":
+        for opt, x in ((ours, ps[0]), (theirs, qs[0])):
+            opt.state[x]["row_var"] = torch.full_like(opt.state[x]["row_var"], 0.5)
+    elif edit == "state data":
+        for opt, x in ((ours, ps[1]), (theirs, qs[1])):
+            opt.state[x]["variance"].data = torch.full_like(x.detach(), 0.25)
+    elif edit == "state deleted":
+        for opt, x in ((ours, ps[2]), (theirs, qs[2])):
+            del opt.state[x]
+    elif edit == "param replaced":  # in the group's list, by a param with no state
+        for opt, xs in ((ours, ps), (theirs, qs)):
+            xs[3] = xs[3].detach().clone().requires_grad_()
+            opt.param_groups[1]["params"][1] = xs[3]
+    elif edit == "param data":
+        for x in (ps[3], qs[3]):
+            x.data = torch.full_like(x.detach(), 2.0)
+    elif edit == "param reshaped":  # the same memory, another shape: other states
+        for opt, x in ((ours, ps[0]), (theirs, qs[0])):
+            x.data = x.data.view(5, 4)
+            del opt.state[x]
+    elif edit == "grad None":
+        ps[1].grad = qs[1].grad = None
+    elif edit == "params list":
+        for opt in (ours, theirs):
+            opt.param_groups[1]["params"].pop()
+    elif edit == "lr":
+        for opt in (ours, theirs):
+            opt.param_groups[0]["lr"] = 0.2
+    elif edit == "new group":
+        extra = _params(torch.float64, [(3, 2)], seed=7)[0]
+        ps.append(extra.clone().requires_grad_())
+        qs.append(extra.clone().requires_grad_())
+        seq = [gs + [torch.full((3, 2), 0.5 + k, dtype=torch.float64)] for k, gs in enumerate(seq)]
+        ours.add_param_group({"params": [ps[-1]]})
+        theirs.add_param_group({"params": [qs[-1]]})
+    elif edit == "load":
+        ours.load_state_dict(copy.deepcopy(theirs.state_dict()))  # (else they share states)
+    for k in range(3, 6):
+        step(k)
+    for i, (x, y) in enumerate(zip(ps, qs)):
+        close(x.detach(), y.detach(), f"{edit}: param {i}")
+        for name, v in theirs.state[y].items():
+            close(ours.state[x][name], v, f"{edit}: param {i} {name}")

@@ -3,18 +3,31 @@
 Adafactor is not made from a spec (:mod:`fusedopt.optim.adafactor` says why), so its torch class is
 this one: torch's base class keeps the param groups, hooks and state dicts; the step hands the
 params, grads and states, as NumPy views of the same memory, to the call the NumPy class makes.
+
+Note [Adafactor's steady step]
+    Most steps repeat the last one. After a step in which every param of every group had a grad,
+    each group keeps what it gathered (``_Gathered``: its params, their state dicts and state
+    tensors, the NumPy views of them, and the data addresses and shapes). The next step reuses
+    it if, compared by C loops over the lists (``map``), every group has the same params list
+    holding the same params, each with a contiguous grad of its dtype, at the same address and
+    shape, the same state dict, holding the same state tensors at the same addresses and shapes,
+    and the same 16-bit flags. Only the grads are read anew (their views are never kept: a grad
+    set to None must be freed). Anything else, a ``load_state_dict`` included, takes the general
+    gather, which checks, allocates and makes views where memory changed. The hyper-parameters
+    and step counts are read at every step either way, and the call checks its arrays as always.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import operator
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from ..optim import adafactor as _adafactor
 from ..optim.optimizer import call_seed, check_bool, check_exclusive, check_rounding
-from .optimizer import _view
+from .optimizer import _data_ptr, _grad, _is_contiguous, _view
 
 __all__ = ["Adafactor"]
 
@@ -22,6 +35,29 @@ _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _LOW = (torch.bfloat16, torch.float16)
 # the low-precision group flags (Note [Adafactor in 16 bits])
 _FLAGS = ("stochastic_rounding", "seed", "master_weights", "kahan_summation")
+
+
+_shape = operator.attrgetter("shape")
+_dtype = operator.attrgetter("dtype")
+_STATES = ("row_var", "col_var", "variance", "master_param", "kahan_comp")
+
+
+class _Gathered(NamedTuple):
+    """A group's last gather, all of whose params had grads (Note [Adafactor's steady step])."""
+
+    plist: list  # the group's params list
+    params: tuple
+    flags: tuple  # master_weights, kahan_summation
+    pptrs: list
+    shapes: list
+    dtypes: list
+    states: list  # each param's state dict
+    owners: list  # the state dict of each state tensor below
+    names: list  # its name there
+    tensors: list
+    tptrs: list
+    tshapes: list
+    views: tuple  # the views _gather made (without the grads')
 
 
 def _number(lr: Any) -> Any:
@@ -166,6 +202,51 @@ class Adafactor(torch.optim.Optimizer):
             states.append(state)
         return params, grads, states, views, extras
 
+    def _steady(self, group: dict, last: _Gathered | None) -> list | None:
+        """The grads of a group that repeats its last gather ``last``, or None (Note [Adafactor's
+        steady step])."""
+        plist = group["params"]
+        if last is None or plist is not last.plist or len(plist) != len(last.params) \
+                or not all(map(operator.is_, plist, last.params)) \
+                or (group["master_weights"], group["kahan_summation"]) != last.flags:
+            return None
+        grads = list(map(_grad, plist))
+        if not all(map(operator.is_not, grads, [None] * len(grads))):
+            return None
+        try:
+            list(map(_data_ptr, grads))  # (raises for a sparse grad)
+        except RuntimeError:  # the general step names it
+            return None
+        if not all(map(_is_contiguous, grads)) or list(map(_dtype, grads)) != last.dtypes \
+                or list(map(_data_ptr, plist)) != last.pptrs \
+                or list(map(_shape, plist)) != last.shapes \
+                or list(map(_dtype, plist)) != last.dtypes \
+                or not all(map(operator.is_, map(self.state.get, plist), last.states)) \
+                or not all(map(operator.is_, map(dict.get, last.owners, last.names), last.tensors)) \
+                or list(map(_data_ptr, last.tensors)) != last.tptrs \
+                or list(map(_shape, last.tensors)) != last.tshapes:
+            return None
+        return grads
+
+    @staticmethod
+    def _gathered(group: dict, params: list, states: list, views: tuple) -> _Gathered | None:
+        """What ``_steady`` compares a group's next step with, if all its params had grads."""
+        if len(params) != len(group["params"]):
+            return None
+        owners, names, tensors = [], [], []
+        for st in states:
+            for name in _STATES:
+                t = st.get(name)
+                if t is not None:
+                    owners.append(st)
+                    names.append(name)
+                    tensors.append(t)
+        return _Gathered(group["params"], tuple(params),
+                         (group["master_weights"], group["kahan_summation"]),
+                         list(map(_data_ptr, params)), list(map(_shape, params)),
+                         list(map(_dtype, params)), list(states), owners, names, tensors,
+                         list(map(_data_ptr, tensors)), list(map(_shape, tensors)), views)
+
     def _call(self, group: dict, views: Any, grads: list, steps: list, check_only: bool,
               first: int = 0) -> None:
         """The call of a group whose first param has flat index ``first`` (its seed's key)."""
@@ -187,6 +268,7 @@ class Adafactor(torch.optim.Optimizer):
         (torch's load casts them to the param's dtype; a saved bfloat16 state is exact in
         float32)."""
         self.__dict__.pop("_views", None)  # (the views of the states it replaces)
+        self.__dict__.pop("_last", None)
         kept = _FLAGS  # torch.optim's dicts lack them
         own = [{k: g[k] for k in kept} for g in self.param_groups]
         super().load_state_dict(state_dict)
@@ -218,19 +300,32 @@ class Adafactor(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         calls = []
-        # the last step's views (copies and pickles have none: torch's __getstate__ keeps its
-        # own fields only)
+        # the last step's gathers and views (copies and pickles have none: torch's __getstate__
+        # keeps its own fields only)
+        last: list = self.__dict__.get("_last", [])
+        steady_grads: list = list(map(self._steady, self.param_groups, last)) \
+            if len(last) == len(self.param_groups) else [None]
+        steady = all(map(operator.is_not, steady_grads, [None] * len(steady_grads)))
         kept: dict = self.__dict__.get("_views", {})
         seen: dict = {}
         first = 0  # the flat index of each group's first param
+        gathered = []
         for gi, group in enumerate(self.param_groups):
-            params, grads, states, views, extras = self._gather(gi, group, kept, seen)
+            if steady:
+                params, states, views = list(last[gi].params), last[gi].states, last[gi].views
+                grads = list(map(_view, steady_grads[gi] or ()))
+                extras: list = []
+            else:
+                params, grads, states, views, extras = self._gather(gi, group, kept, seen)
+                gathered.append(None if extras else self._gathered(group, params, states, views))
             if params:
                 _adafactor.check_hyper("Adafactor.step", {**group, "lr": _number(group["lr"])})
                 steps = [int(x) + 1 for x in torch.stack([s["step"] for s in states]).tolist()]
                 calls.append((group, params, grads, states, views, steps, first, extras))
             first += len(group["params"])
-        self._views = seen
+        if not steady:
+            self._views = seen
+            self._last = gathered
         if len(calls) > 1:  # all of them checked together (overlap across groups) first
             every: list = [sum((c[4][k] for c in calls), []) for k in range(6)]
             self._call(calls[0][0], every, sum((c[2] for c in calls), []),
@@ -240,6 +335,7 @@ class Adafactor(torch.optim.Optimizer):
             for state, name, t in extras:  # a new master or compensation, once stepped
                 state[name] = t
             torch._foreach_add_([s["step"] for s in states], 1.0)
-            for p, s in zip(params, states):
-                self.state[p] = s
+            if not steady:  # (a steady step's states are in place)
+                for p, s in zip(params, states):
+                    self.state[p] = s
         return loss
