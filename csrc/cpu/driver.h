@@ -40,9 +40,11 @@ FUSEDOPT_INLINE typename Algo::O load_slot(const P& x) {
 // sees through (an array of pointers indexed in a loop defeats it).
 // Not inlined: the staged combinations (Note [The staging tile]) call the same loop as their
 // float32 kernel, so that no algorithm's loop is compiled twice.
-template <class Algo, size_t... I, class... P>
+// With Copy, each new param is also written to `copy`, rounded (Note [Compiled param copies] in
+// storage.h); `copy` is unused otherwise.
+template <bool Copy = false, class Algo, size_t... I, class... P>
 __attribute__((noinline)) void update_loop(const Algo& algo, int64_t len, std::index_sequence<I...>,
-                        P* __restrict... b) {
+                                           bf16* __restrict copy, P* __restrict... b) {
   using O = typename Algo::O;
   // The buffers of one tensor never overlap (the bindings refuse that): hence __restrict and
   // ivdep, so the loop vectorizes without run-time alias checks. Not `omp simd`: GCC turns the
@@ -54,22 +56,7 @@ __attribute__((noinline)) void update_loop(const Algo& algo, int64_t len, std::i
     O r[] = {load_slot<Algo, I>(b[i])...};
     a(r);
     ((Algo::written(I) ? void(b[i] = store<P>(r[I])) : void()), ...);
-  }
-}
-
-// ... and writing each new param also to `copy`, rounded (Note [Compiled param copies]).
-template <class Algo, size_t... I, class... P>
-__attribute__((noinline)) void update_copy_loop(const Algo& algo, int64_t len,
-                                                std::index_sequence<I...>, bf16* __restrict copy,
-                                                P* __restrict... b) {
-  using O = typename Algo::O;
-  const Algo a = algo;
-#pragma GCC ivdep
-  for (int64_t i = 0; i < len; ++i) {
-    O r[] = {load_slot<Algo, I>(b[i])...};
-    a(r);
-    ((Algo::written(I) ? void(b[i] = store<P>(r[I])) : void()), ...);
-    copy[i] = store<bf16>(r[0]);
+    if constexpr (Copy) copy[i] = store<bf16>(r[0]);
   }
 }
 
@@ -283,7 +270,7 @@ inline void run_chunk_staged(const Algo& algo, const TensorRef& t, const Chunk& 
     if constexpr (K > 0) {
       reduce_rows(algo, n, acc, idx, ptr[I]...);
     } else {
-      update_loop(algo, n, idx, ptr[I]...);
+      update_loop(algo, n, idx, nullptr, ptr[I]...);
     }
     for (int k = 0; k < B; ++k) {
       if (type[k] == DType::Float32 || !Algo::written(k)) continue;
@@ -333,12 +320,13 @@ inline void run_chunk(const Algo& algo, const TensorRef& t, const Chunk& ch, dou
     (void)sums;
     if constexpr (std::is_same_v<St, CompiledCopyStorage> && Algo::written(0)) {
       if (t.copy != nullptr) {
-        update_copy_loop(algo, ch.len, idx, static_cast<bf16*>(t.copy) + ch.begin,
-                         (static_cast<slot_t<Algo, I>*>(t.ptr[I]) + ch.begin)...);
+        update_loop<true>(algo, ch.len, idx, static_cast<bf16*>(t.copy) + ch.begin,
+                          (static_cast<slot_t<Algo, I>*>(t.ptr[I]) + ch.begin)...);
         return;
       }
     }
-    update_loop(algo, ch.len, idx, (static_cast<slot_t<Algo, I>*>(t.ptr[I]) + ch.begin)...);
+    update_loop(algo, ch.len, idx, nullptr,
+                (static_cast<slot_t<Algo, I>*>(t.ptr[I]) + ch.begin)...);
   }
 }
 
