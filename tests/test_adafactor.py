@@ -359,3 +359,23 @@ def test_steps_are_checked_before_anything_is_written():
         with pytest.raises(err, match=match):
             functional.adafactor([p], [np.ones(3)], None, None, [np.zeros(3)], steps=steps)
         assert (p == 1).all()
+
+
+def test_large_state_gets_its_own_page_offsets():
+    """Note [State at its own 4 KiB offset], as the generic classes allocate: a large param's
+    variance (slot 0), and a 16-bit param's master or Kahan compensation (slot 1), start 1088 *
+    (slot + 1) bytes after the param in the page (fusedopt.state_like's rule)."""
+    rng = np.random.default_rng(3)
+
+    def after(a, p):
+        return (a.ctypes.data - p.ctypes.data) % 4096
+
+    v = rng.standard_normal(40_000).astype(np.float32)  # 156 KiB
+    opt = fusedopt.Adafactor([v])
+    opt.step([np.ones_like(v)])
+    assert after(opt.state[0]["variance"], v) == 1088
+    for option, name in (("master_weights", "master_param"), ("kahan_summation", "kahan_comp")):
+        w = rng.standard_normal((200, 300)).astype(ml_dtypes.bfloat16)  # 117 KiB
+        opt = fusedopt.Adafactor([w], **{option: True})
+        opt.step([np.ones_like(w)])
+        assert after(opt.state[0][name], w) == 2176, option

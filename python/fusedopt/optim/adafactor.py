@@ -100,7 +100,9 @@ def new_state(p: np.ndarray) -> dict:
         row = np.zeros((*p.shape[:-1], 1), dtype)
         col = np.zeros((*p.shape[:-2], 1, p.shape[-1]), dtype)
         return {"step": 0, "row_var": row, "col_var": col}
-    return {"step": 0, "variance": np.zeros(p.shape, dtype)}
+    # (its own offset in the page, as the generic classes' state: Note [State at its own 4 KiB
+    # offset])
+    return {"step": 0, "variance": _arrays.state_like(p, 0.0, 0, dtype)}
 
 
 def _load(fail: str, where: str, value: Any, like: np.ndarray) -> np.ndarray:
@@ -383,10 +385,13 @@ class Adafactor:
                     continue
                 if self._master:
                     m = s.get("master_param")
-                    masters[k] = p.astype(np.float32) if m is None else m
+                    if m is None:
+                        m = _arrays.state_like(p, 0.0, 1, np.float32)
+                        m[...] = p  # exact: every 16-bit value is a float32
+                    masters[k] = m
                 else:
                     c = s.get("kahan_comp")
-                    comps[k] = np.zeros_like(p) if c is None else c
+                    comps[k] = _arrays.state_like(p, 0.0, 1, p.dtype) if c is None else c
         return masters, comps
 
     def _run(self, group: dict, idx: list, states: list, steps: list, lr: float,
