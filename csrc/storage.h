@@ -151,8 +151,6 @@ constexpr auto combos_of(TypeList<St...>) {
 constexpr auto kCombos = combos_of(AllCombos{});
 constexpr int kNumCombos = AllCombos::size;
 
-// Whether the CPU driver stages combination `combo`, given whether its call does what only
-// staging does (`staged_only`: stochastic rounding, Kahan compensation, param copies but those of
 // The index of (param, grad, state) in kCombos, or -1.
 constexpr int combo_index(DType param, DType grad, DType state) {
   for (int i = 0; i < kNumCombos; ++i) {
@@ -162,6 +160,8 @@ constexpr int combo_index(DType param, DType grad, DType state) {
   return -1;
 }
 
+// Whether the CPU driver stages combination `combo`, given whether its call does what only
+// staging does (`staged_only`: stochastic rounding, Kahan compensation, param copies but those of
 // Note [Compiled param copies]).
 constexpr bool is_staged(int combo, bool staged_only = false) {
   return combo >= kNumCpuCombos || (staged_only && combo >= kNumCompiledCombos);

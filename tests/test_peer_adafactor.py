@@ -433,3 +433,26 @@ def test_edits_between_steady_steps_take_effect(edit):
         close(x.detach(), y.detach(), f"{edit}: param {i}")
         for name, v in theirs.state[y].items():
             close(ours.state[x][name], v, f"{edit}: param {i} {name}")
+
+
+@pytest.mark.parametrize("edit", ["param transposed", "state reinterpreted"])
+def test_a_steady_step_refuses_what_the_general_step_refuses(edit):
+    """Memory that keeps its address and shape but not its layout or dtype between steps (Note
+    [Adafactor's steady step]) is refused as a first step refuses it, and nothing is written."""
+    p = torch.arange(16.0, dtype=torch.float32).reshape(4, 4).requires_grad_()
+    opt = ft.Adafactor([p])
+    for _ in range(2):
+        p.grad = torch.ones(4, 4, dtype=torch.float32)
+        opt.step()
+    if edit == "param transposed":  # the same address and shape, not contiguous
+        p.data = p.data.t()
+        error, match = ValueError, "contiguous"
+    else:  # the same address and shape, int32 (float32's width)
+        rv = opt.state[p]["row_var"]
+        rv.data = rv.data.view(torch.int32)
+        error, match = TypeError, "dtype"
+    before = p.detach().clone()
+    p.grad = torch.ones(4, 4, dtype=torch.float32)
+    with pytest.raises(error, match=match):
+        opt.step()
+    torch.testing.assert_close(p.detach(), before, rtol=0, atol=0)

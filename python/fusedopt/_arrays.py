@@ -366,7 +366,7 @@ _STAGGER_MIN_BYTES = 64 << 10
 # An optimizer keeps its state in the dtype its `state_dtype` names: None (the default) is the
 # param's dtype, but float32 for 16-bit params (bfloat16, float16: their state is float32, as
 # master-weight training keeps it); "float32" or "bfloat16" name it for every param. The CPU
-# kernels take the combinations csrc/storage.h lists (StagedCombos) and refuse the others by the
+# kernels take the combinations csrc/storage.h lists (AllCombos) and refuse the others by the
 # name of the state list; bfloat16 arrays are ml_dtypes.bfloat16 NumPy arrays.
 _STATE_DTYPES = ("float32", "bfloat16")
 

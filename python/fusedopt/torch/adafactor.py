@@ -9,12 +9,13 @@ Note [Adafactor's steady step]
     each group keeps what it gathered (``_Gathered``: its params, their state dicts and state
     tensors, the NumPy views of them, and the data addresses and shapes). The next step reuses
     it if, compared by C loops over the lists (``map``), every group has the same params list
-    holding the same params, each with a contiguous grad of its dtype, at the same address and
-    shape, the same state dict, holding the same state tensors at the same addresses and shapes,
-    and the same 16-bit flags. Only the grads are read anew (their views are never kept: a grad
-    set to None must be freed). Anything else, a ``load_state_dict`` included, takes the general
-    gather, which checks, allocates and makes views where memory changed. The hyper-parameters
-    and step counts are read at every step either way, and the call checks its arrays as always.
+    holding the same params, contiguous, each with a contiguous grad of its dtype, at the same
+    address and shape, the same state dict, holding the same state tensors, contiguous, at the
+    same addresses and of the same shapes and dtypes, and the same 16-bit flags. Only the grads
+    are read anew (their views are never kept: a grad set to None must be freed). Anything else,
+    a ``load_state_dict`` included, takes the general gather, which checks, allocates and makes
+    views where memory changed. The hyper-parameters and step counts are read at every step
+    either way, and the call checks its arrays as always.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class _Gathered(NamedTuple):
     tensors: list
     tptrs: list
     tshapes: list
+    tdtypes: list
     views: tuple  # the views _gather made (without the grads')
 
 
@@ -220,11 +222,14 @@ class Adafactor(torch.optim.Optimizer):
         if not all(map(_is_contiguous, grads)) or list(map(_dtype, grads)) != last.dtypes \
                 or list(map(_data_ptr, plist)) != last.pptrs \
                 or list(map(_shape, plist)) != last.shapes \
+                or not all(map(_is_contiguous, plist)) \
                 or list(map(_dtype, plist)) != last.dtypes \
                 or not all(map(operator.is_, map(self.state.get, plist), last.states)) \
                 or not all(map(operator.is_, map(dict.get, last.owners, last.names), last.tensors)) \
                 or list(map(_data_ptr, last.tensors)) != last.tptrs \
-                or list(map(_shape, last.tensors)) != last.tshapes:
+                or list(map(_shape, last.tensors)) != last.tshapes \
+                or list(map(_dtype, last.tensors)) != last.tdtypes \
+                or not all(map(_is_contiguous, last.tensors)):
             return None
         return grads
 
@@ -245,7 +250,8 @@ class Adafactor(torch.optim.Optimizer):
                          (group["master_weights"], group["kahan_summation"]),
                          list(map(_data_ptr, params)), list(map(_shape, params)),
                          list(map(_dtype, params)), list(states), owners, names, tensors,
-                         list(map(_data_ptr, tensors)), list(map(_shape, tensors)), views)
+                         list(map(_data_ptr, tensors)), list(map(_shape, tensors)),
+                         list(map(_dtype, tensors)), views)
 
     def _call(self, group: dict, views: Any, grads: list, steps: list, check_only: bool,
               first: int = 0) -> None:
