@@ -367,9 +367,10 @@ def test_the_torch_class_sees_replaced_memory_and_copies():
     torch.testing.assert_close(twin.param_groups[0]["params"][0], p, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("edit", ["state entry", "state data", "state deleted", "param data",
-                                  "param reshaped", "param replaced", "grad None", "params list",
-                                  "lr", "new group", "load"])
+@pytest.mark.parametrize("edit", ["state entry", "state data", "state deleted", "step replaced",
+                                  "step data", "step in place", "param data", "param reshaped",
+                                  "param replaced", "grad None", "params list", "lr", "new group",
+                                  "load"])
 def test_edits_between_steady_steps_take_effect(edit):
     """fusedopt.torch.Adafactor's steps that repeat the last one reuse its gather (Note
     [Adafactor's steady step]); each edit made to it and to torch.optim.Adafactor between steps
@@ -396,6 +397,15 @@ def test_edits_between_steady_steps_take_effect(edit):
     elif edit == "state data":
         for opt, x in ((ours, ps[1]), (theirs, qs[1])):
             opt.state[x]["variance"].data = torch.full_like(x.detach(), 0.25)
+    elif edit == "step replaced":
+        for opt, x in ((ours, ps[0]), (theirs, qs[0])):
+            opt.state[x]["step"] = torch.tensor(10.0)
+    elif edit == "step data":
+        for opt, x in ((ours, ps[1]), (theirs, qs[1])):
+            opt.state[x]["step"].data = torch.tensor(20.0)
+    elif edit == "step in place":
+        for opt, x in ((ours, ps[2]), (theirs, qs[2])):
+            opt.state[x]["step"].fill_(30.0)
     elif edit == "state deleted":
         for opt, x in ((ours, ps[2]), (theirs, qs[2])):
             del opt.state[x]

@@ -11,11 +11,14 @@ Note [Adafactor's steady step]
     it if, compared by C loops over the lists (``map``), every group has the same params list
     holding the same params, contiguous, each with a contiguous grad of its dtype, at the same
     address and shape, the same state dict, holding the same state tensors, contiguous, at the
-    same addresses and of the same shapes and dtypes, and the same 16-bit flags. Only the grads
-    are read anew (their views are never kept: a grad set to None must be freed). Anything else,
-    a ``load_state_dict`` included, takes the general gather, which checks, allocates and makes
-    views where memory changed. The hyper-parameters and step counts are read at every step
-    either way, and the call checks its arrays as always.
+    same addresses and of the same shapes and dtypes, the same step tensors at the same
+    addresses, and the same 16-bit flags. Only the grads are read anew (their views are never
+    kept: a grad set to None must be freed). The step counts are read and advanced through the
+    step tensors' NumPy views (torch's ``_foreach_add_`` pays a dispatch per 0-d tensor;
+    bench/README.md has the figures). Anything else, a ``load_state_dict`` included, takes the
+    general gather, which checks, allocates and makes views where memory changed. The
+    hyper-parameters are read at every step either way, and the call checks its arrays as
+    always.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ _FLAGS = ("stochastic_rounding", "seed", "master_weights", "kahan_summation")
 _shape = operator.attrgetter("shape")
 _dtype = operator.attrgetter("dtype")
 _STATES = ("row_var", "col_var", "variance", "master_param", "kahan_comp")
+_STEP = ("step",)
 
 
 class _Gathered(NamedTuple):
@@ -59,6 +63,9 @@ class _Gathered(NamedTuple):
     tptrs: list
     tshapes: list
     tdtypes: list
+    counts: list  # the step tensors
+    cptrs: list
+    count_views: list
     views: tuple  # the views _gather made (without the grads')
 
 
@@ -229,7 +236,10 @@ class Adafactor(torch.optim.Optimizer):
                 or list(map(_data_ptr, last.tensors)) != last.tptrs \
                 or list(map(_shape, last.tensors)) != last.tshapes \
                 or list(map(_dtype, last.tensors)) != last.tdtypes \
-                or not all(map(_is_contiguous, last.tensors)):
+                or not all(map(_is_contiguous, last.tensors)) \
+                or not all(map(operator.is_, map(dict.get, last.states, _STEP * len(plist)),
+                               last.counts)) \
+                or list(map(_data_ptr, last.counts)) != last.cptrs:
             return None
         return grads
 
@@ -239,6 +249,7 @@ class Adafactor(torch.optim.Optimizer):
         if len(params) != len(group["params"]):
             return None
         owners, names, tensors = [], [], []
+        counts = [st["step"] for st in states]
         for st in states:
             for name in _STATES:
                 t = st.get(name)
@@ -251,7 +262,8 @@ class Adafactor(torch.optim.Optimizer):
                          list(map(_data_ptr, params)), list(map(_shape, params)),
                          list(map(_dtype, params)), list(states), owners, names, tensors,
                          list(map(_data_ptr, tensors)), list(map(_shape, tensors)),
-                         list(map(_dtype, tensors)), views)
+                         list(map(_dtype, tensors)), counts, list(map(_data_ptr, counts)),
+                         list(map(_view, counts)), views)
 
     def _call(self, group: dict, views: Any, grads: list, steps: list, check_only: bool,
               first: int = 0) -> None:
@@ -321,13 +333,19 @@ class Adafactor(torch.optim.Optimizer):
                 params, states, views = list(last[gi].params), last[gi].states, last[gi].views
                 grads = list(map(_view, steady_grads[gi] or ()))
                 extras: list = []
+                counts = last[gi].count_views
             else:
                 params, grads, states, views, extras = self._gather(gi, group, kept, seen)
                 gathered.append(None if extras else self._gathered(group, params, states, views))
             if params:
                 _adafactor.check_hyper("Adafactor.step", {**group, "lr": _number(group["lr"])})
-                steps = [int(x) + 1 for x in torch.stack([s["step"] for s in states]).tolist()]
-                calls.append((group, params, grads, states, views, steps, first, extras))
+                if steady:  # the step tensors' NumPy views
+                    steps = [int(c) + 1 for c in counts]
+                else:
+                    steps = [int(x) + 1
+                             for x in torch.stack([s["step"] for s in states]).tolist()]
+                    counts = None
+                calls.append((group, params, grads, states, views, steps, first, extras, counts))
             first += len(group["params"])
         if not steady:
             self._views = seen
@@ -336,12 +354,15 @@ class Adafactor(torch.optim.Optimizer):
             every: list = [sum((c[4][k] for c in calls), []) for k in range(6)]
             self._call(calls[0][0], every, sum((c[2] for c in calls), []),
                        sum((c[5] for c in calls), []), check_only=True)
-        for group, params, grads, states, views, steps, first, extras in calls:
+        for group, params, grads, states, views, steps, first, extras, counts in calls:
             self._call(group, views, grads, steps, check_only=False, first=first)
             for state, name, t in extras:  # a new master or compensation, once stepped
                 state[name] = t
-            torch._foreach_add_([s["step"] for s in states], 1.0)
-            if not steady:  # (a steady step's states are in place)
+            if steady:  # (a steady step's states are in place)
+                for c in counts:
+                    c += 1  # in the step tensor's memory, as torch's float32 add
+            else:
+                torch._foreach_add_([s["step"] for s in states], 1.0)
                 for p, s in zip(params, states):
                     self.state[p] = s
         return loss
