@@ -20,7 +20,7 @@ from .. import _arrays, _core
 from ._checks import as_float, as_list, as_scalar, as_step, check_no_shared_memory, check_param
 from ._checks import resolve_lr
 from ._state_dict import saved_seed
-from .optimizer import call_seed, check_bool, check_exclusive, check_rounding
+from .optimizer import call_seed, check_bool, check_exclusive, check_rounding, new_low_precision_state
 
 __all__ = ["Adafactor"]
 
@@ -385,13 +385,10 @@ class Adafactor:
                     continue
                 if self._master:
                     m = s.get("master_param")
-                    if m is None:
-                        m = _arrays.state_like(p, 0.0, 1, np.float32)
-                        m[...] = p  # exact: every 16-bit value is a float32
-                    masters[k] = m
+                    masters[k] = new_low_precision_state(p, "master_param", 1) if m is None else m
                 else:
                     c = s.get("kahan_comp")
-                    comps[k] = _arrays.state_like(p, 0.0, 1, p.dtype) if c is None else c
+                    comps[k] = new_low_precision_state(p, "kahan_comp", 1) if c is None else c
         return masters, comps
 
     def _run(self, group: dict, idx: list, states: list, steps: list, lr: float,

@@ -242,6 +242,16 @@ def low_precision_state(params: list, states: list, name: str, is_16_bit: Callab
     return out if any(x is not None for x in out) else None
 
 
+def new_low_precision_state(p: Any, name: str, slot: int) -> Any:
+    """A new ``master_param`` (the values of 16-bit param ``p``, float32) or ``kahan_comp`` (zeros
+    of its dtype), at the page offset of state ``slot`` (Note [State at its own 4 KiB offset])."""
+    if name == "master_param":
+        master = _arrays.state_like(p, 0.0, slot, np.float32)
+        master[...] = p  # exact: every 16-bit value is a float32
+        return master
+    return _arrays.state_like(p, 0.0, slot, p.dtype)  # Note [Kahan summation]: nothing dropped yet
+
+
 def check_bool(cls: str, name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{cls}: {name} must be a bool, got {type(value).__name__}")
@@ -750,13 +760,7 @@ class Optimizer(StateDicts):
                         state[name] = self._new_buffer(name, p, group)
                         call.created.append((i, name))
             if extra and _arrays.is_16_bit(p) and extra not in state:
-                slot = self._state_names.index(extra)
-                if extra == "master_param":
-                    master = _arrays.state_like(p, 0.0, slot, np.float32)
-                    master[...] = p  # exact: every 16-bit value is a float32
-                    state[extra] = master
-                else:  # Note [Kahan summation]: nothing dropped yet
-                    state[extra] = _arrays.state_like(p, 0.0, slot, p.dtype)
+                state[extra] = new_low_precision_state(p, extra, self._state_names.index(extra))
                 call.created.append((i, extra))
             states.append(state)
         call.buffers = {name: [state[name] for state in states] for name in names}
