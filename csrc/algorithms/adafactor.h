@@ -44,13 +44,14 @@
 // nearest even, as it is stored: the bits of the float32 kernel run on the same values, the param
 // then rounded (tests/test_low_precision.py); or stochastically (Note [Stochastic rounding] in
 // storage.h), each element by its bits under the key of (the call's seed, the param's own step,
-// its position in the call, the element), as the other algorithms key theirs. eps1 None is the machine epsilon of the param's own
-// dtype, as torch's loop sets it (2^-7 for bfloat16). torch keeps the states of a 16-bit param in
-// its dtype and does its math there; ours are the float32 states the other algorithms keep for a
-// 16-bit param by default (a torch state dict loads into them exactly). A float32 param may take
-// 16-bit grads, and be written with a 16-bit copy (master weights: the float32 master is the
-// param of the kernel, the 16-bit param its copy, rounded as a 16-bit param is); a 16-bit param
-// may carry a Kahan compensation, stored as the other algorithms store theirs.
+// its position in the call, the element), as the other algorithms key theirs. eps1 None is the
+// machine epsilon of the param's own dtype, as torch's loop sets it (2^-7 for bfloat16). torch
+// keeps the states of a 16-bit param in its dtype and does its math there; ours are the float32
+// states the other algorithms keep for a 16-bit param by default (a torch state dict loads into
+// them exactly). A float32 param may take 16-bit grads, and be written with a 16-bit copy (master
+// weights: the float32 master is the param of the kernel, the 16-bit param its copy, rounded as a
+// 16-bit param is); a 16-bit param may carry a Kahan compensation, stored as the other
+// algorithms store theirs.
 //
 // Note [Adafactor's sums]
 // Every sum is formed in double from the stored values, in an order fixed by the shapes alone,

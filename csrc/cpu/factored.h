@@ -39,12 +39,35 @@ constexpr TileShape adafactor_tiles(int64_t cols) {
 
 namespace factored {
 
+// Note [Adafactor's prefetch]
+// Each loop over a factored param streams its params and grads from memory while it reads its
+// columns' factors or sums (kept in L1 or L2) beside them. The hardware prefetchers alone keep
+// too few of the streamed lines in flight there: on the Zen 5 guest of bench/results, pass B
+// read its grads at about half the rate of a plain sum of their squares (bench/README.md,
+// "Adafactor"). So every block of kFactorLanes elements asks for the lines of the streamed
+// arrays kPrefetchAhead elements on. Past a row's end that is the next row, the tile's next
+// memory; past the array's end a prefetch is a no-op (it never faults, and the address is formed
+// as an integer, not by pointer arithmetic past the array).
+constexpr int64_t kPrefetchAhead = 1024;
+
+// Asks for the lines of the block of kFactorLanes elements kPrefetchAhead elements after p (a
+// block of unaligned elements spans one line more, which the next block's first request covers).
+template <class T>
+FUSEDOPT_INLINE void prefetch_block(const T* p) {
+  const uintptr_t at = reinterpret_cast<uintptr_t>(p) + kPrefetchAhead * sizeof(T);
+  for (size_t b = 0; b < kFactorLanes * sizeof(T); b += 64) {
+    __builtin_prefetch(reinterpret_cast<const void*>(at + b));
+  }
+}
+
 // Calls f(j, q) for j in [0, len) in order, q = j % kFactorLanes its lane: a block of
-// kFactorLanes elements at a time, which the compiler vectorizes across the lanes.
-template <class F>
-FUSEDOPT_INLINE void for_lanes(int64_t len, F&& f) {
+// kFactorLanes elements at a time, which the compiler vectorizes across the lanes, each block
+// prefetching the arrays `ahead` (Note [Adafactor's prefetch]).
+template <class F, class... T>
+FUSEDOPT_INLINE void for_lanes(int64_t len, F&& f, const T*... ahead) {
   int64_t j = 0;
   for (; j + kFactorLanes <= len; j += kFactorLanes) {
+    (prefetch_block(ahead + j), ...);
 #pragma GCC ivdep
     for (int q = 0; q < kFactorLanes; ++q) f(j + q, q);
   }
@@ -52,9 +75,9 @@ FUSEDOPT_INLINE void for_lanes(int64_t len, F&& f) {
 }
 
 // Adds term(j) to lane j % kFactorLanes for j in [0, len), in order within each lane.
-template <class F>
-FUSEDOPT_INLINE void lanes_add(double* __restrict acc, int64_t len, F&& term) {
-  for_lanes(len, [&](int64_t j, int q) { acc[q] += term(j); });
+template <class F, class... T>
+FUSEDOPT_INLINE void lanes_add(double* __restrict acc, int64_t len, F&& term, const T*... ahead) {
+  for_lanes(len, [&](int64_t j, int q) { acc[q] += term(j); }, ahead...);
 }
 
 // A sum's lanes (Note [Adafactor's sums]) combined by the fixed pairwise tree.
@@ -222,15 +245,16 @@ struct Call {
   // t (Note [Adafactor in 16 bits]): rounded to nearest; for a 16-bit P with its Kahan
   // compensation, or stochastically; for a float32 P with 16-bit grads, with its 16-bit copy
   // rounded to nearest or stochastically (the copy's key, as the other algorithms key it).
-  template <class F>
+  // Each block prefetches the arrays `ahead` that value reads (Note [Adafactor's prefetch]; not
+  // the stochastic stores, whose random bits are the larger part of their work).
+  template <class F, class... T>
   FUSEDOPT_INLINE void store_params(P* __restrict out, int64_t n, int64_t at,
-                                    const AdafactorTensor& t, F&& value) const {
+                                    const AdafactorTensor& t, F&& value, const T*... ahead) const {
     if constexpr (!std::is_same_v<P, O>) {  // a 16-bit param
       if (t.comp != nullptr) {
         auto* o = reinterpret_cast<uint16_t*>(out);
         auto* c = static_cast<uint16_t*>(t.comp) + at;
-#pragma GCC ivdep
-        for (int64_t j = 0; j < n; ++j) kahan_store<P>(value(j), o + j, c + j);
+        for_lanes(n, [&](int64_t j, int) { kahan_store<P>(value(j), o + j, c + j); }, ahead...);
         return;
       }
       if (h.stochastic) {
@@ -248,17 +272,15 @@ struct Call {
           });
           return;
         }
-#pragma GCC ivdep
-        for (int64_t j = 0; j < n; ++j) {
+        for_lanes(n, [&](int64_t j, int) {
           const O x = value(j);
           out[j] = x;
           cp[j] = store<G>(x);
-        }
+        }, ahead...);
         return;
       }
     }
-#pragma GCC ivdep
-    for (int64_t j = 0; j < n; ++j) out[j] = store<P>(value(j));
+    for_lanes(n, [&](int64_t j, int) { out[j] = store<P>(value(j)); }, ahead...);
   }
 
   // Pass A of a factored item: sum p^2, the rows' and the columns' partial sums of g^2.
@@ -284,7 +306,7 @@ struct Call {
         gl[q] += y2;
         pl[q] += x * x;
       };
-      for_lanes(width, one);
+      for_lanes(width, one, pr, gr);
       row_parts[w.row_at[it.tensor] + (it.m * t.rows + r) * w.ncb[it.tensor] + it.cb] =
           lane_sum(gl);
     }
@@ -369,7 +391,7 @@ struct Call {
         const double u = static_cast<double>(
             dir.template factored<Maximize>(load<O>(gr[j]), b, s[j], rr, c[j], limit));
         return u * u;
-      });
+      }, gr);
     }
     u2[k] = lane_sum(ul);
   }
@@ -394,7 +416,7 @@ struct Call {
       store_params(pr, width, at, t, [&](int64_t j) {
         const O u = dir.template factored<Maximize>(load<O>(gr[j]), b, s[j], rr, c[j], limit);
         return adafactor_param<Decay>(load<O>(pr[j]), u, decay, f);
-      });
+      }, pr, gr);
     }
   }
 
