@@ -212,10 +212,12 @@ struct Call {
   AdafactorDirection<O> direction() const { return AdafactorDirection<O>::of(h.eps1); }
 
   // f(j, r) for j in [0, n), r the random bits of element at + j of param t's buffer `slot`
-  // (Note [Stochastic rounding]: a key per 2^32 elements, as sr_key makes them).
-  template <class F>
+  // (Note [Stochastic rounding]: a key per 2^32 elements, as sr_key makes them), a block of
+  // kFactorLanes elements at a time, each prefetching the arrays `ahead` (Note [Adafactor's
+  // prefetch]).
+  template <class F, class... T>
   FUSEDOPT_INLINE void with_sr_bits(int64_t n, int64_t at, const AdafactorTensor& t, int slot,
-                                    F&& f) const {
+                                    F&& f, const T*... ahead) const {
     const uint64_t run = sr_run_key(h.sr_seed, t.step);
     for (int64_t j0 = 0; j0 < n;) {
       const int64_t e = at + j0;
@@ -223,10 +225,9 @@ struct Call {
       const int64_t stop = std::min(n, j0 + (block_end - e));
       const SrKey key = sr_key(run, t.index, slot, e);
       const uint32_t first = key.first, lo = key.lo, hi = key.hi;
-#pragma GCC ivdep
-      for (int64_t j = j0; j < stop; ++j) {
-        f(j, sr_bits(first + static_cast<uint32_t>(j - j0), lo, hi));
-      }
+      for_lanes(stop - j0, [&](int64_t j, int) {
+        f(j0 + j, sr_bits(first + static_cast<uint32_t>(j), lo, hi));
+      }, (ahead + j0)...);
       j0 = stop;
     }
   }
@@ -245,8 +246,7 @@ struct Call {
   // t (Note [Adafactor in 16 bits]): rounded to nearest; for a 16-bit P with its Kahan
   // compensation, or stochastically; for a float32 P with 16-bit grads, with its 16-bit copy
   // rounded to nearest or stochastically (the copy's key, as the other algorithms key it).
-  // Each block prefetches the arrays `ahead` that value reads (Note [Adafactor's prefetch]; not
-  // the stochastic stores, whose random bits are the larger part of their work).
+  // Each block prefetches the arrays `ahead` that value reads (Note [Adafactor's prefetch]).
   template <class F, class... T>
   FUSEDOPT_INLINE void store_params(P* __restrict out, int64_t n, int64_t at,
                                     const AdafactorTensor& t, F&& value, const T*... ahead) const {
@@ -258,7 +258,8 @@ struct Call {
         return;
       }
       if (h.stochastic) {
-        with_sr_bits(n, at, t, 0, [&](int64_t j, uint32_t r) { out[j] = store_sr<P>(value(j), r); });
+        with_sr_bits(n, at, t, 0, [&](int64_t j, uint32_t r) { out[j] = store_sr<P>(value(j), r); },
+                     ahead...);
         return;
       }
     } else if constexpr (!std::is_same_v<G, P>) {  // a float32 master and its 16-bit copy
@@ -269,7 +270,7 @@ struct Call {
             const O x = value(j);
             out[j] = x;
             cp[j] = store_sr<G>(x, r);
-          });
+          }, ahead...);
           return;
         }
         for_lanes(n, [&](int64_t j, int) {
