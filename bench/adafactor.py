@@ -19,7 +19,11 @@ p reading g (C); for unfactored params ``rmw`` over (p, g, v) writing v, then p.
 time. Ratios (time / fusedopt.torch's time) are taken within each round. With bfloat16 params and
 grads the bytes are 12 per factored element and 22 per unfactored one (float32 v), and the
 ceiling moves the same arrays (its pass A over an unfactored param is staged: float32 v written,
-bfloat16 p and g read).
+bfloat16 p and g read). With bfloat16 the NumPy class also runs with each 16-bit remedy, at its
+own bytes per element (factored / unfactored) against that ceiling's GB/s in the same round:
+``stochastic_rounding=True`` (12 / 22, the same arrays), ``kahan_summation=True`` (16 / 26: the
+bfloat16 compensation read in pass C and written) and ``master_weights=True`` (20 / 30: the
+float32 master read in A and C and written in C, with the bfloat16 param written as its copy).
 
     python bench/adafactor.py --rounds 7 --json bench/results/<machine>-adafactor.json
     python bench/adafactor.py --dtype bfloat16 --json bench/results/<machine>-adafactor-bf16.json
@@ -58,9 +62,18 @@ def shapes_of(workload: str, quick: bool) -> list[tuple]:
     raise SystemExit(f"unknown workload {workload!r}")
 
 
-def bytes_of(shapes: list[tuple], dtype: torch.dtype = torch.float32) -> int:
-    factored, plain = (24, 32) if dtype == torch.float32 else (12, 22)
+# bytes per element (factored, unfactored) of each way of stepping (the module's docstring)
+BYTES = {"float32": (24, 32), "bfloat16": (12, 22), "SR": (12, 22), "Kahan": (16, 26),
+         "master": (20, 30)}
+
+
+def bytes_of(shapes: list[tuple], dtype: torch.dtype = torch.float32, remedy: str = "") -> int:
+    factored, plain = BYTES[remedy or str(dtype).removeprefix("torch.")]
     return sum(int(np.prod(s)) * (factored if len(s) >= 2 else plain) for s in shapes)
+
+
+REMEDIES = {"SR": {"stochastic_rounding": True, "seed": 0}, "Kahan": {"kahan_summation": True},
+            "master": {"master_weights": True}}
 
 
 def _tensors(shapes, seed, dtype=torch.float32):
@@ -109,6 +122,12 @@ def implementations(shapes: list[tuple], dtype: torch.dtype = torch.float32) -> 
     np_grads = [_array(p.grad) for p in ps]
     np_opt = fusedopt.Adafactor(arrays)
     out["fusedopt (NumPy)"] = lambda: np_opt.step(np_grads)
+    if dtype == torch.bfloat16:
+        for remedy, options in REMEDIES.items():
+            rps = _tensors(shapes, 0, dtype)
+            ropt = fusedopt.Adafactor([_array(p) for p in rps], **options)
+            rgrads = [_array(p.grad) for p in rps]
+            out[f"fusedopt (NumPy) {remedy}"] = lambda o=ropt, g=rgrads: o.step(g)
     out["torch (default loop)"] = torch.optim.Adafactor(_tensors(shapes, 0, dtype)).step
     out["torch foreach"] = torch.optim.Adafactor(_tensors(shapes, 0, dtype), foreach=True).step
     return out
@@ -116,8 +135,9 @@ def implementations(shapes: list[tuple], dtype: torch.dtype = torch.float32) -> 
 
 def run_workload(name, shapes, rounds, reps, skip=(), dtype=torch.float32):
     impls = {k: v for k, v in implementations(shapes, dtype).items() if k not in skip}
-    return torch_front.run_workload(name, [], rounds, reps, 1, impls=impls,
-                                    nbytes=bytes_of(shapes, dtype))
+    nbytes = {k: bytes_of(shapes, dtype, next((r for r in REMEDIES if k.endswith(" " + r)), ""))
+              for k in impls}
+    return torch_front.run_workload(name, [], rounds, reps, 1, impls=impls, nbytes=nbytes)
 
 
 def main():

@@ -83,7 +83,9 @@ def run_workload(name, sizes, rounds, reps, steps, impls=None, base="fusedopt.to
                  bytes_per_element=BYTES_PER_ELEMENT, nbytes=None):
     """Rows of one workload: each implementation of ``impls`` (default: the Adam steps above)
     timed once per round in a rotated order; ratios to ``base``'s time in the same round. GB/s
-    counts ``nbytes`` per step (default: ``bytes_per_element`` per element of ``sizes``)."""
+    counts ``nbytes`` per step (default: ``bytes_per_element`` per element of ``sizes``), or
+    ``nbytes[name]`` where it is a dict (an implementation that moves other bytes: its % of the
+    ceiling is then its GB/s over the ceiling's in the same round)."""
     impls = implementations(sizes) if impls is None else impls
     names = list(impls)
     for fn in impls.values():  # warm-up: state allocated, pages touched, calls bound
@@ -95,15 +97,17 @@ def run_workload(name, sizes, rounds, reps, steps, impls=None, base="fusedopt.to
         for n in order:
             times[n].append(time_once(impls[n], steps, reps))
     nbytes = sum(sizes) * bytes_per_element if nbytes is None else nbytes
+    moved = nbytes if isinstance(nbytes, dict) else dict.fromkeys(names, nbytes)
     rows = []
     base_times = times[base]
     for n in names:
         ratio = [a / b for a, b in zip(times[n], base_times)]
-        ceil = [c / a for c, a in zip(times["ceiling"], times[n])]
+        scale = moved[n] / moved["ceiling"]
+        ceil = [scale * c / a for c, a in zip(times["ceiling"], times[n])]
         t = statistics.median(times[n])
         rows.append({
-            "workload": name, "impl": n, "median_us": t * 1e6,
-            "gb_s": nbytes / t / 1e9,
+            "workload": name, "impl": n, "median_us": t * 1e6, "bytes": moved[n],
+            "gb_s": moved[n] / t / 1e9,
             "time_vs_fusedopt_torch": statistics.median(ratio),
             "range": [min(ratio), max(ratio)],
             "pct_ceiling": 100 * statistics.median(ceil),
