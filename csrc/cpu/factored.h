@@ -44,8 +44,8 @@ namespace factored {
 // columns' factors or sums (kept in L1 or L2) beside them. The hardware prefetchers alone keep
 // too few of the streamed lines in flight there: on the Zen 5 guest of bench/results, pass B
 // read its grads at about half the rate of a plain sum of their squares (bench/README.md,
-// "Adafactor"). So every block of kFactorLanes elements asks for the lines of the streamed
-// arrays kPrefetchAhead elements on. Past a row's end that is the next row, the tile's next
+// "Adafactor's prefetch"). So every block of kFactorLanes elements (and of the stochastic
+// stores) asks for the lines of the streamed arrays kPrefetchAhead elements on. Past a row's end that is the next row, the tile's next
 // memory; past the array's end a prefetch is a no-op (it never faults, and the address is formed
 // as an integer, not by pointer arithmetic past the array).
 constexpr int64_t kPrefetchAhead = 1024;
