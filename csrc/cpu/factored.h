@@ -45,9 +45,10 @@ namespace factored {
 // too few of the streamed lines in flight there: on the Zen 5 guest of bench/results, pass B
 // read its grads at about half the rate of a plain sum of their squares (bench/README.md,
 // "Adafactor's prefetch"). So every block of kFactorLanes elements (and of the stochastic
-// stores) asks for the lines of the streamed arrays kPrefetchAhead elements on. Past a row's end that is the next row, the tile's next
-// memory; past the array's end a prefetch is a no-op (it never faults, and the address is formed
-// as an integer, not by pointer arithmetic past the array).
+// stores) asks for the lines of the streamed arrays kPrefetchAhead elements on. Past a row's
+// end that is the next row, the tile's next memory; past the array's end a prefetch is a no-op
+// (it never faults, and the address is formed as an integer, not by pointer arithmetic past the
+// array).
 constexpr int64_t kPrefetchAhead = 1024;
 
 // Asks for the lines of the block of kFactorLanes elements kPrefetchAhead elements after p (a
