@@ -45,10 +45,12 @@ namespace factored {
 // too few of the streamed lines in flight there: on the Zen 5 guest of bench/results, pass B
 // read its grads at about half the rate of a plain sum of their squares (bench/README.md,
 // "Adafactor's prefetch"). So every block of kFactorLanes elements (and of the stochastic
-// stores) asks for the lines of the streamed arrays kPrefetchAhead elements on. Past a row's
-// end that is the next row, the tile's next memory; past the array's end a prefetch is a no-op
-// (it never faults, and the address is formed as an integer, not by pointer arithmetic past the
-// array).
+// stores) asks for the lines of its params and grads, and of a Kahan store's compensation,
+// kPrefetchAhead elements on. Past a row's end that is the next row, the tile's next memory,
+// where a tile is whole rows (up to kTileCols columns; a wider param's tile row is followed in
+// memory by the next column block, so its prefetches there are wasted and the start of its next
+// row is not prefetched). Past the array's end a prefetch is harmless: it never faults, and its
+// address is formed as an integer, not by pointer arithmetic past the array.
 constexpr int64_t kPrefetchAhead = 1024;
 
 // Asks for the lines of the block of kFactorLanes elements kPrefetchAhead elements after p (a
@@ -72,6 +74,9 @@ FUSEDOPT_INLINE void for_lanes(int64_t len, F&& f, const T*... ahead) {
 #pragma GCC ivdep
     for (int q = 0; q < kFactorLanes; ++q) f(j + q, q);
   }
+  // (the tail is every element of a row narrower than kFactorLanes: vectorized too, each lane
+  // taking one element at most)
+#pragma GCC ivdep
   for (int q = 0; j + q < len; ++q) f(j + q, q);
 }
 
@@ -247,7 +252,8 @@ struct Call {
   // t (Note [Adafactor in 16 bits]): rounded to nearest; for a 16-bit P with its Kahan
   // compensation, or stochastically; for a float32 P with 16-bit grads, with its 16-bit copy
   // rounded to nearest or stochastically (the copy's key, as the other algorithms key it).
-  // Each block prefetches the arrays `ahead` that value reads (Note [Adafactor's prefetch]).
+  // Each block prefetches the arrays `ahead` that value reads, and the compensation of a Kahan
+  // store (Note [Adafactor's prefetch]).
   template <class F, class... T>
   FUSEDOPT_INLINE void store_params(P* __restrict out, int64_t n, int64_t at,
                                     const AdafactorTensor& t, F&& value, const T*... ahead) const {
@@ -255,7 +261,8 @@ struct Call {
       if (t.comp != nullptr) {
         auto* o = reinterpret_cast<uint16_t*>(out);
         auto* c = static_cast<uint16_t*>(t.comp) + at;
-        for_lanes(n, [&](int64_t j, int) { kahan_store<P>(value(j), o + j, c + j); }, ahead...);
+        for_lanes(n, [&](int64_t j, int) { kahan_store<P>(value(j), o + j, c + j); }, ahead...,
+                  static_cast<const uint16_t*>(c));
         return;
       }
       if (h.stochastic) {
