@@ -111,9 +111,9 @@ constexpr int kNumCompiledCombos = StorageCombos::size;
 // its memory wall staged, 87% compiled); and float32 params with bfloat16 grads, the optimizer
 // step of ZeRO-Offload (92% staged, 100% compiled). Each adds about a quarter of a minute of
 // compiler time per instruction set. They take the staged path for what only it does
-// (is_staged): stochastic rounding (Note [Stochastic rounding]), Kahan compensation (Note [Kahan
-// summation]) and param copies (Note [Param copies]; but Note [Compiled param copies]). Same bits
-// either way.
+// (is_staged): stochastic rounding (Note [Stochastic rounding]), Kahan compensation of float16
+// params (Note [Kahan summation]; but Note [Compiled Kahan summation]) and param copies (Note
+// [Param copies]; but Note [Compiled param copies]). Same bits either way.
 using CpuFusedCombos = TypeList<Storage<bf16, bf16, float>, Storage<bf16, bf16, bf16>,
                                 Storage<float, float, bf16>, Storage<float, bf16, float>>;
 constexpr int kNumCpuCombos = kNumCompiledCombos + CpuFusedCombos::size;
@@ -161,8 +161,8 @@ constexpr int combo_index(DType param, DType grad, DType state) {
 }
 
 // Whether the CPU driver stages combination `combo`, given whether its call does what only
-// staging does (`staged_only`: stochastic rounding, Kahan compensation, param copies but those of
-// Note [Compiled param copies]).
+// staging does (`staged_only`: stochastic rounding; Kahan compensation but that of Note [Compiled
+// Kahan summation]; param copies but those of Note [Compiled param copies]).
 constexpr bool is_staged(int combo, bool staged_only = false) {
   return combo >= kNumCpuCombos || (staged_only && combo >= kNumCompiledCombos);
 }
@@ -182,6 +182,22 @@ static_assert(kCompiledCopyCombo >= kNumCompiledCombos && kCompiledCopyCombo < k
 constexpr bool copies_staged(int combo, int copy) {
   return copy >= 0 &&
          !(combo == kCompiledCopyCombo && copy == static_cast<int>(DType::BFloat16));
+}
+
+// Note [Compiled Kahan summation]
+// Staged, Kahan compensation (Note [Kahan summation]) costs a pass over each tile in kahan_out
+// (cpu/driver.h) besides the staging. So the compiled combinations with bfloat16 params (of
+// CpuFusedCombos) store each new param with its compensation in their own loop, by the same
+// kahan_store, in place of its plain store; float16 params stay staged. Same bits either way.
+// Adam over bfloat16 params with float32 state, on a 2-vCPU Zen 5 (AVX-512): 52-55% of the memory
+// wall staged, 91-97% compiled (on a 2-vCPU Zen 3 with AVX2 the same change gained nothing: its
+// cost there was kahan_store's instructions).
+template <class St>
+constexpr bool kKahanCompiled = std::is_same_v<typename St::param_t, bf16>;
+// Whether a Kahan-compensated call of combination `combo` must stage.
+constexpr bool kahan_staged(int combo) {
+  return !(combo >= kNumCompiledCombos && combo < kNumCpuCombos &&
+           kCombos.at[combo].param == DType::BFloat16);
 }
 
 // The buffer type of slot `slot` in combination `combo` (Note [Kernel slots]).

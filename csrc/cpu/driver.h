@@ -35,28 +35,41 @@ FUSEDOPT_INLINE typename Algo::O load_slot(const P& x) {
   }
 }
 
+// What the element loop does besides storing the written slots: nothing; also write each new
+// param's bfloat16 copy (Note [Compiled param copies] in storage.h); or store the param with
+// its Kahan compensation (Note [Compiled Kahan summation] in storage.h), in place of its store.
+enum class ParamStore { Plain, Copy, Kahan };
+
+template <class P0, class... P>
+FUSEDOPT_INLINE P0* first_of(P0* p, P*...) {
+  return p;
+}
+
 // The element loop over one chunk. The buffers arrive as separate restrict pointers, paired
 // with their compile-time slots, so the loads and stores are straight-line code the vectorizer
 // sees through (an array of pointers indexed in a loop defeats it).
 // Not inlined: the staged combinations (Note [The staging tile]) call the same loop as their
 // float32 kernel, so that no algorithm's loop is compiled twice.
-// With Copy, each new param is also written to `copy`, rounded (Note [Compiled param copies] in
-// storage.h); `copy` is unused otherwise.
-template <bool Copy = false, class Algo, size_t... I, class... P>
+// `side` is the params' bfloat16 copies (ParamStore::Copy) or their compensations
+// (ParamStore::Kahan, of the params' bfloat16 dtype); unused otherwise.
+template <ParamStore Store = ParamStore::Plain, class Algo, size_t... I, class... P>
 __attribute__((noinline)) void update_loop(const Algo& algo, int64_t len, std::index_sequence<I...>,
-                                           bf16* __restrict copy, P* __restrict... b) {
+                                           bf16* __restrict side, P* __restrict... b) {
   using O = typename Algo::O;
+  constexpr bool kahan = Store == ParamStore::Kahan;
   // The buffers of one tensor never overlap (the bindings refuse that): hence __restrict and
   // ivdep, so the loop vectorizes without run-time alias checks. Not `omp simd`: GCC turns the
   // addressable r[] into a per-lane "simd array" and then gives up on the loop. The local copy of
   // the algorithm keeps its scalars in registers rather than behind a pointer.
   const Algo a = algo;
+  [[maybe_unused]] auto* __restrict param = first_of(b...);
 #pragma GCC ivdep
   for (int64_t i = 0; i < len; ++i) {
     O r[] = {load_slot<Algo, I>(b[i])...};
     a(r);
-    ((Algo::written(I) ? void(b[i] = store<P>(r[I])) : void()), ...);
-    if constexpr (Copy) copy[i] = store<bf16>(r[0]);
+    ((Algo::written(I) && !(kahan && I == 0) ? void(b[i] = store<P>(r[I])) : void()), ...);
+    if constexpr (Store == ParamStore::Copy) side[i] = store<bf16>(r[0]);
+    if constexpr (kahan) kahan_store<bf16>(r[0], &param[i].bits, &side[i].bits);
   }
 }
 
@@ -296,7 +309,8 @@ inline void run_chunk_staged(const Algo& algo, const TensorRef& t, const Chunk& 
 // compiled one run staged for stochastic rounding, Kahan compensation or param copies: the
 // float32 algorithm object stands for every combination then), or for param copies of all-float32
 // params. The one compiled combination that writes copies itself (Note [Compiled param copies]
-// in storage.h) finds them in t.copy.
+// in storage.h) finds them in t.copy, and so do the compiled ones that compensate their bfloat16
+// params themselves (Note [Compiled Kahan summation]) their compensations.
 template <class Algo, size_t... I>
 inline void run_chunk(const Algo& algo, const TensorRef& t, const Chunk& ch, double* sums,
                       const WorkView& w, int64_t tensor, std::index_sequence<I...> idx) {
@@ -315,13 +329,21 @@ inline void run_chunk(const Algo& algo, const TensorRef& t, const Chunk& ch, dou
   if constexpr (Algo::kAccumulators > 0) {
     static_assert(!(std::is_same_v<St, CompiledCopyStorage> && Algo::written(0)),
                   "a compiled reduction pass that wrote params would write their copies");
+    static_assert(!(kKahanCompiled<St> && Algo::written(0)),
+                  "a compiled reduction pass that wrote params would not compensate them");
     reduce_loop(algo, ch.len, sums, idx, (static_cast<slot_t<Algo, I>*>(t.ptr[I]) + ch.begin)...);
   } else {
     (void)sums;
-    if constexpr (std::is_same_v<St, CompiledCopyStorage> && Algo::written(0)) {
-      if (t.copy != nullptr) {
-        update_loop<true>(algo, ch.len, idx, static_cast<bf16*>(t.copy) + ch.begin,
-                          (static_cast<slot_t<Algo, I>*>(t.ptr[I]) + ch.begin)...);
+    if constexpr (Algo::written(0) && kKahanCompiled<St>) {
+      if (w.kahan && t.copy != nullptr) {  // the params' compensations
+        update_loop<ParamStore::Kahan>(algo, ch.len, idx, static_cast<bf16*>(t.copy) + ch.begin,
+                                       (static_cast<slot_t<Algo, I>*>(t.ptr[I]) + ch.begin)...);
+        return;
+      }
+    } else if constexpr (Algo::written(0) && std::is_same_v<St, CompiledCopyStorage>) {
+      if (t.copy != nullptr) {  // the params' copies
+        update_loop<ParamStore::Copy>(algo, ch.len, idx, static_cast<bf16*>(t.copy) + ch.begin,
+                                      (static_cast<slot_t<Algo, I>*>(t.ptr[I]) + ch.begin)...);
         return;
       }
     }
