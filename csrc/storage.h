@@ -167,6 +167,15 @@ constexpr bool is_staged(int combo, bool staged_only = false) {
   return combo >= kNumCpuCombos || (staged_only && combo >= kNumCompiledCombos);
 }
 
+// Whether a call of combination `combo` with param copies of DType `copy` (or -1) stores 16-bit
+// values, the only ones stochastic rounding rounds (grads are never stored): float32 params
+// and state updated from bfloat16 grads (ZeRO-Offload's step) stay compiled with it on.
+constexpr bool stores_16_bit(int combo, int copy) {
+  const Combo& c = kCombos.at[combo];
+  auto narrow = [](DType d) { return d == DType::BFloat16 || d == DType::Float16; };
+  return narrow(c.param) || narrow(c.state) || copy >= 0;
+}
+
 // Note [Compiled param copies]
 // Param copies (Note [Param copies] in cpu/driver.h) are written from the staging tile, but for
 // ZeRO-Offload's step (float32 params and state, bfloat16 grads) with bfloat16 copies, the step
@@ -365,6 +374,17 @@ FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE uint16_t float_to_f16_sr(float f, uint32_t 
   res = a >= 0x47800000u ? 0x7c00u : res;  // 2^16 and past: infinity
   res = a > 0x7f800000u ? nan : res;
   return static_cast<uint16_t>(sign | res);
+}
+
+// The bits of x stored into the 16-bit type S with stochastic rounding under random bits r.
+template <class S>
+FUSEDOPT_HOST_DEVICE FUSEDOPT_INLINE uint16_t float_to_sr(float x, uint32_t r) {
+  if constexpr (std::is_same_v<S, bf16>) {
+    return float_to_bf16_sr(x, r);
+  } else {
+    static_assert(std::is_same_v<S, f16>, "stochastic rounding stores bfloat16 or float16");
+    return float_to_f16_sr(x, r);
+  }
 }
 
 template <>

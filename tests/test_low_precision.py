@@ -695,6 +695,22 @@ def test_stochastic_rounding_changes_only_16_bit_stores():
     functional.sgd([p], [g], [None], step=1, lr=0.1, sr_seed=5)
     functional.sgd([q], [g], [None], step=1, lr=0.1)
     assert p.tobytes() == q.tobytes()
+    # the offload step (float32 params and state, bfloat16 grads) stores nothing in 16 bits but
+    # its copies, which round stochastically: with no copies it is the call without the seed
+    gb = g.astype(BF16)
+    for copies in (False, True):
+        bufs = [[x.copy() for x in (p, np.zeros_like(p), np.zeros_like(p))] for _ in range(2)]
+        cps = [[np.zeros(5000, BF16)] if copies else None for _ in range(2)]
+        for t in (1, 2):
+            for (pp, m, v), cp, seed in zip(bufs, cps, (7, None)):
+                functional.adam([pp], [gb], [m], [v], step=t, lr=0.1, param_copies=cp,
+                                sr_seed=seed)
+        for a, b in zip(bufs[0], bufs[1]):
+            assert a.tobytes() == b.tobytes(), copies
+        if copies:
+            assert cps[0][0].tobytes() != cps[1][0].tobytes()
+            assert np.all(np.abs(cps[0][0].astype(np.float32) - bufs[0][0])
+                          <= np.abs(bufs[0][0]) * 2.0 ** -7)
     with pytest.raises(TypeError, match="sr_seed must be an int"):
         functional.sgd([p], [g], [None], step=1, lr=0.1, sr_seed=1.5)
     with pytest.raises(ValueError, match=r"sr_seed must be in \[0, 2\*\*64\)"):

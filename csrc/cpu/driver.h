@@ -184,24 +184,27 @@ inline SrKey sr_key(uint64_t run_key, int64_t tensor, int slot, int64_t at) {
   return {static_cast<uint32_t>(at), static_cast<uint32_t>(k), static_cast<uint32_t>(k >> 32)};
 }
 
+// n float32 at src stored as 16-bit S at dst with stochastic rounding under the key `sr`.
+template <class S>
+FUSEDOPT_INLINE void stage_out_sr(const float* __restrict src, uint16_t* __restrict o, int64_t n,
+                                  const SrKey& sr) {
+  const uint32_t first = sr.first, lo = sr.lo, hi = sr.hi;
+#pragma GCC ivdep
+  for (int64_t i = 0; i < n; ++i) {
+    o[i] = float_to_sr<S>(src[i], sr_bits(first + static_cast<uint32_t>(i), lo, hi));
+  }
+}
+
 // n float32 at src, rounded once to dtype d at dst: to nearest (Note [Rounding to 16 bits]), or
 // stochastically under the key `sr` (Note [Stochastic rounding]) when it is not null.
 __attribute__((noinline)) inline void stage_out(DType d, const float* __restrict src, void* dst,
                                                 int64_t n, const SrKey* sr = nullptr) {
   if (sr != nullptr) {
-    const uint32_t first = sr->first, lo = sr->lo, hi = sr->hi;
+    auto* o = static_cast<uint16_t*>(dst);
     if (d == DType::BFloat16) {
-      auto* o = static_cast<uint16_t*>(dst);
-#pragma GCC ivdep
-      for (int64_t i = 0; i < n; ++i) {
-        o[i] = float_to_bf16_sr(src[i], sr_bits(first + static_cast<uint32_t>(i), lo, hi));
-      }
+      stage_out_sr<bf16>(src, o, n, *sr);
     } else {
-      auto* o = static_cast<uint16_t*>(dst);
-#pragma GCC ivdep
-      for (int64_t i = 0; i < n; ++i) {
-        o[i] = float_to_f16_sr(src[i], sr_bits(first + static_cast<uint32_t>(i), lo, hi));
-      }
+      stage_out_sr<f16>(src, o, n, *sr);
     }
     return;
   }

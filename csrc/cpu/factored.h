@@ -238,16 +238,6 @@ struct Call {
     }
   }
 
-  // A float32 value stored into 16-bit L with stochastic rounding, under random bits r.
-  template <class L>
-  static FUSEDOPT_INLINE L store_sr(float x, uint32_t r) {
-    if constexpr (std::is_same_v<L, bf16>) {
-      return bf16{float_to_bf16_sr(x, r)};
-    } else {
-      return f16{float_to_f16_sr(x, r)};
-    }
-  }
-
   // Stores the new params value(j) at out[j], j in [0, n), out being element `at` on of param
   // t (Note [Adafactor in 16 bits]): rounded to nearest; for a 16-bit P with its Kahan
   // compensation, or stochastically; for a float32 P with 16-bit grads, with its 16-bit copy
@@ -266,8 +256,9 @@ struct Call {
         return;
       }
       if (h.stochastic) {
-        with_sr_bits(n, at, t, 0, [&](int64_t j, uint32_t r) { out[j] = store_sr<P>(value(j), r); },
-                     ahead...);
+        with_sr_bits(n, at, t, 0, [&](int64_t j, uint32_t r) {
+          out[j] = P{float_to_sr<P>(value(j), r)};
+        }, ahead...);
         return;
       }
     } else if constexpr (!std::is_same_v<G, P>) {  // a float32 master and its 16-bit copy
@@ -277,7 +268,7 @@ struct Call {
           with_sr_bits(n, at, t, kMaxBuffers, [&](int64_t j, uint32_t r) {
             const O x = value(j);
             out[j] = x;
-            cp[j] = store_sr<G>(x, r);
+            cp[j] = G{float_to_sr<G>(x, r)};
           }, ahead...);
           return;
         }

@@ -18,8 +18,9 @@ namespace {
 template <class Spec>
 struct Entry {
   static void run(const WorkView& w, const Launch& l) {
-    const bool staged = is_staged(w.combo, w.stochastic || (w.kahan && kahan_staged(w.combo)) ||
-                                               copies_staged(w.combo, w.copy));
+    const bool staged =
+        is_staged(w.combo, (w.stochastic && stores_16_bit(w.combo, w.copy)) ||
+                               (w.kahan && kahan_staged(w.combo)) || copies_staged(w.combo, w.copy));
     with_algorithm<Spec, CpuCombos>(l.hyper, l.step, w.combo, [&](const auto& algo) {
       using A = std::decay_t<decltype(algo)>;
       if constexpr (A::kBuffers > 1 && A::read(1)) {  // Note [The fused unscale]
