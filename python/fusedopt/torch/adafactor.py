@@ -31,12 +31,11 @@ import torch
 
 from ..optim import adafactor as _adafactor
 from ..optim.optimizer import call_seed, check_bool, check_exclusive, check_rounding
-from .optimizer import _data_ptr, _grad, _is_contiguous, _view
+from .optimizer import (_DTYPES, _LOW, _data_ptr, _grad, _is_contiguous, _view, load_keeping,
+                        loaded_entries)
 
 __all__ = ["Adafactor"]
 
-_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-_LOW = (torch.bfloat16, torch.float16)
 # the low-precision group flags (Note [Adafactor in 16 bits])
 _FLAGS = ("stochastic_rounding", "seed", "master_weights", "kahan_summation")
 
@@ -287,19 +286,11 @@ class Adafactor(torch.optim.Optimizer):
         float32)."""
         self.__dict__.pop("_views", None)  # (the views of the states it replaces)
         self.__dict__.pop("_last", None)
-        kept = _FLAGS  # torch.optim's dicts lack them
-        own = [{k: g[k] for k in kept} for g in self.param_groups]
-        super().load_state_dict(state_dict)
-        for group, flags in zip(self.param_groups, own):
-            for k in kept:
-                group.setdefault(k, flags[k])
+        load_keeping(self, super().load_state_dict, state_dict, _FLAGS)
+        for group in self.param_groups:
             self._check_flags("Adafactor.load_state_dict", group)
-        saved = state_dict["state"]
-        ids = (i for g in state_dict["param_groups"] for i in g["params"])
-        params = (p for g in self.param_groups for p in g["params"])
-        for p, i in zip(params, ids):
-            entry, mine = saved.get(i), dict.get(self.state, p)
-            if p.dtype not in _LOW or not entry or not mine:
+        for p, entry, mine in loaded_entries(self, state_dict):
+            if p.dtype not in _LOW:
                 continue
             for name in ("row_var", "col_var", "variance", "master_param"):
                 if isinstance(entry.get(name), torch.Tensor):

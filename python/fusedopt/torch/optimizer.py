@@ -85,10 +85,42 @@ __all__ = ["Optimizer", "make_class"]
 _FLAGS = ("foreach", "fused", "capturable", "differentiable")
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _LOW = (torch.bfloat16, torch.float16)
+# The low-precision options, group keys that torch.optim's state dicts lack.
+LOW_PRECISION_FLAGS = ("state_dtype", "stochastic_rounding", "seed", "kahan_summation",
+                       "master_weights")
 
 
 def _is_low(p: Any) -> bool:
     return p.dtype in _LOW
+
+
+def load_keeping(opt: torch.optim.Optimizer, load: Any, state_dict: Any, kept: Any) -> None:
+    """``load(state_dict)`` (torch's ``load_state_dict`` of ``opt``), then each group's values of
+    the keys ``kept`` back where its loaded group lacks them (a ``torch.optim`` dict has none of
+    this library's options)."""
+    groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
+    own = [{k: g[k] for k in kept if k in g} for g in opt.param_groups]
+    missing = [[k for k in kept if k not in saved] if isinstance(saved, dict) else []
+               for saved in (groups if isinstance(groups, (list, tuple)) else ())]
+    load(state_dict)
+    for group, mine, gone in zip(opt.param_groups, own, missing):
+        group.update((k, mine[k]) for k in gone if k in mine)
+
+
+def loaded_entries(opt: torch.optim.Optimizer, state_dict: Any) -> Any:
+    """(param, its entry in ``state_dict``, its entry in ``opt.state``) for each param of ``opt``
+    that has both, after ``opt`` loaded ``state_dict``: where to undo what torch's load did to the
+    saved tensors."""
+    groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
+    states = state_dict.get("state") if isinstance(state_dict, dict) else None
+    if not isinstance(groups, (list, tuple)) or not isinstance(states, dict):
+        return
+    params = (p for g in opt.param_groups for p in g["params"])
+    ids = (i for g in groups for i in g["params"])
+    for p, i in zip(params, ids):
+        entry, mine = states.get(i), dict.get(opt.state, p)
+        if entry and mine:
+            yield p, entry, mine
 
 
 def _scalar(name: str, value: Any) -> Any:
@@ -456,41 +488,24 @@ class Optimizer(torch.optim.Optimizer):
             for sid, entry in states.items():
                 if isinstance(entry, dict) and entry:
                     check_entry_names(fail, cls, f"state[{sid!r}]", entry, known, required)
-        # torch.optim's dicts lack these
-        kept = (*self._numpy._kept_on_load, "state_dtype", "stochastic_rounding", "seed",
-                "kahan_summation", "master_weights")
-        own = [{k: g[k] for k in kept if k in g} for g in self.param_groups]
-        missing = [[k for k in kept if k not in saved] if isinstance(saved, dict) else []
-                   for saved in (groups if isinstance(groups, (list, tuple)) else ())]
-        super().load_state_dict(state_dict)  # its __setstate__ resets the runs
-        for group, mine, gone in zip(self.param_groups, own, missing):
-            group.update((k, mine[k]) for k in gone if k in mine)
-        if isinstance(groups, (list, tuple)) and isinstance(states, dict):
+        # torch.optim's dicts lack these; its __setstate__ resets the runs
+        load_keeping(self, super().load_state_dict, state_dict,
+                     (*self._numpy._kept_on_load, *LOW_PRECISION_FLAGS))
+        names = self._numpy._state_names
+        for p, entry, mine_ in loaded_entries(self, state_dict):
             # torch's load cast the state tensors to the param's dtype: in the state's dtype again,
-            # from the saved tensors (a bfloat16 param's float32 state is not rounded on the way)
-            params = (p for g in self.param_groups for p in g["params"])
-            ids = (i for g in groups for i in g["params"])
-            names = self._numpy._state_names
-            for p, i in zip(params, ids):
-                entry, mine_ = states.get(i), dict.get(self.state, p)
-                if not entry or not mine_:
-                    continue
-                dtype = self._state_dtype(p, self._group_of(p))
-                for name in names:
-                    saved = entry.get(name)
-                    want = p.dtype if name == "kahan_comp" else \
-                        torch.float32 if name == "master_param" else dtype
-                    if isinstance(saved, torch.Tensor) and mine_[name].dtype != want:
-                        mine_[name] = saved.detach().to(p.device, want, copy=True)
-        if self._scalar_state and isinstance(groups, (list, tuple)) and isinstance(states, dict):
-            # torch's load cast them to the param's dtype: float64 again
-            params = (p for g in self.param_groups for p in g["params"])
-            ids = (i for g in groups for i in g["params"])
-            for p, i in zip(params, ids):
-                entry, mine_ = states.get(i), dict.get(self.state, p)
-                for name in self._scalar_state:
-                    if entry and mine_ and isinstance(entry.get(name), torch.Tensor):
-                        mine_[name] = entry[name].detach().to(torch.float64, copy=True)
+            # from the saved tensors (a bfloat16 param's float32 state is not rounded on the way);
+            # scalar state float64 again
+            dtype = self._state_dtype(p, self._group_of(p))
+            for name in names:
+                saved = entry.get(name)
+                want = p.dtype if name == "kahan_comp" else \
+                    torch.float32 if name == "master_param" else dtype
+                if isinstance(saved, torch.Tensor) and mine_[name].dtype != want:
+                    mine_[name] = saved.detach().to(p.device, want, copy=True)
+            for name in self._scalar_state:
+                if isinstance(entry.get(name), torch.Tensor):
+                    mine_[name] = entry[name].detach().to(torch.float64, copy=True)
 
     def _with_group_state(self, state_dict: Any) -> Any:
         """``with_group_state`` (``optim/_state_dict.py``) with the values as torch keeps them: a
