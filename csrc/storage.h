@@ -121,7 +121,8 @@ constexpr int kNumCpuCombos = kNumCompiledCombos + CpuFusedCombos::size;
 // The staged combinations, which the README lists ("Low precision"): float16 params with float32
 // or bfloat16 state; float32 params with float16 grads, or with bfloat16 grads and state (the
 // optimizer step of mixed-precision training, whose float32 params are the master weights); and
-// those of CpuFusedCombos, staged where they round stochastically, compensate or write copies.
+// those of CpuFusedCombos, staged where they store 16-bit values with stochastic rounding, or
+// write copies (but Notes [Compiled param copies] and [Compiled Kahan summation]).
 using StagedCombos =
     TypeList<Storage<f16, f16, float>, Storage<f16, f16, bf16>, Storage<float, f16, float>,
              Storage<float, bf16, bf16>, Storage<float, f16, bf16>>;

@@ -98,6 +98,39 @@ def test_kahan_stores_the_float32_kernels_new_values_compensated(algo, combo):
                                                       err_msg=f"{algo.name} {k}[{i}] step {t}")
 
 
+def test_kahan_with_a_grad_scale_stores_the_unscaled_float32_step_compensated():
+    """grad_scale (Note [The fused unscale]) on compensated bf16 params: the Kahan stores of what
+    the float32 kernel computes from the same scaled grads and scale."""
+    from fusedopt import _core
+    hyper = (1e-2, (0.9, 0.999), 1e-8, 0.0, False, False, False)
+    rng = np.random.default_rng(9)
+    for sd in (F32, BF16):
+        params = [rng.standard_normal(n).astype(BF16) for n in (33, 3077)]
+        comps = _comps(params, rng, BF16)
+        states = [[np.zeros(p.shape, sd) for p in params] for _ in range(2)]
+        p32 = [p.astype(np.float32) for p in params]
+        s32 = [[np.zeros(p.shape, np.float32) for p in params] for _ in range(2)]
+        b = _core.cpu.bind("adam", (params, None, *states, None), hyper, grads_later=True,
+                           kahan_comps=comps)
+        b32 = _core.cpu.bind("adam", (p32, None, *s32, None), hyper, grads_later=True)
+        for t in (1, 2, 3):
+            grads = [(rng.standard_normal(p.shape) * 1024).astype(BF16) for p in params]
+            old = [p.astype(np.float32) for p in params]
+            c32 = [c.astype(np.float32) for c in comps]
+            b32.run([x.astype(np.float32) for x in grads], step=t, grad_scale=1024.0)
+            b.run(grads, step=t, grad_scale=1024.0)
+            for i in range(len(params)):
+                want_p, want_c = kahan32(p32[i], old[i], c32[i], BF16)
+                np.testing.assert_array_equal(params[i].astype(np.float32), want_p)
+                np.testing.assert_array_equal(comps[i].astype(np.float32), want_c)
+                p32[i][...] = params[i].astype(np.float32)  # the float32 run goes on from them
+            for k in range(2):
+                for i in range(len(params)):
+                    np.testing.assert_array_equal(states[k][i].astype(np.float32),
+                                                  lp(s32[k][i], sd))
+                    s32[k][i][...] = states[k][i].astype(np.float32)
+
+
 def test_ewa_averages_are_compensated():
     """EWA's averages (its "params") of 16-bit values: an average of many values moves by less
     than half an ulp per step, the case compensation is for."""

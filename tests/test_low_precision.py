@@ -711,6 +711,14 @@ def test_stochastic_rounding_changes_only_16_bit_stores():
             assert cps[0][0].tobytes() != cps[1][0].tobytes()
             assert np.all(np.abs(cps[0][0].astype(np.float32) - bufs[0][0])
                           <= np.abs(bufs[0][0]) * 2.0 ** -7)
+    # float32 params with bfloat16 state: the states round stochastically, so two seeds differ
+    moments = []
+    for seed in (7, 8):
+        pp, m, v = p.copy(), np.zeros(5000, BF16), np.zeros(5000, BF16)
+        for t in (1, 2):
+            functional.adam([pp], [g], [m], [v], step=t, lr=0.1, sr_seed=seed)
+        moments.append((m.tobytes(), v.tobytes()))
+    assert moments[0][0] != moments[1][0] and moments[0][1] != moments[1][1]
     with pytest.raises(TypeError, match="sr_seed must be an int"):
         functional.sgd([p], [g], [None], step=1, lr=0.1, sr_seed=1.5)
     with pytest.raises(ValueError, match=r"sr_seed must be in \[0, 2\*\*64\)"):

@@ -62,7 +62,7 @@ __attribute__((noinline)) void update_loop(const Algo& algo, int64_t len, std::i
   // addressable r[] into a per-lane "simd array" and then gives up on the loop. The local copy of
   // the algorithm keeps its scalars in registers rather than behind a pointer.
   const Algo a = algo;
-  [[maybe_unused]] auto* __restrict param = first_of(b...);
+  [[maybe_unused]] auto* param = first_of(b...);  // (based on slot 0's restrict pointer)
 #pragma GCC ivdep
   for (int64_t i = 0; i < len; ++i) {
     O r[] = {load_slot<Algo, I>(b[i])...};
@@ -252,7 +252,7 @@ __attribute__((noinline)) inline void kahan_out(DType d, const float* __restrict
 }
 
 // One chunk of a staged combination `combo` (or of any float32 call with param copies of DType
-// `copy`, or of Kahan-compensated 16-bit params), for a float32 algorithm object.
+// `copy`, or of Kahan-compensated float16 params), for a float32 algorithm object.
 template <class Algo, size_t... I>
 inline void run_chunk_staged(const Algo& algo, const TensorRef& t, const Chunk& ch, double* sums,
                              const WorkView& w, int64_t tensor, std::index_sequence<I...> idx) {

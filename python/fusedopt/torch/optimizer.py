@@ -53,6 +53,7 @@ import collections
 import inspect
 import itertools
 import operator
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -97,8 +98,9 @@ def _is_low(p: Any) -> bool:
 def load_keeping(opt: torch.optim.Optimizer, load: Any, state_dict: Any, kept: Any) -> None:
     """``load(state_dict)`` (torch's ``load_state_dict`` of ``opt``), then each group's values of
     the keys ``kept`` back where its loaded group lacks them (a ``torch.optim`` dict has none of
-    this library's options)."""
-    groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
+    this library's options). What the loaded groups lack is read before ``load``, so before
+    torch's load pre-hooks."""
+    groups = state_dict.get("param_groups") if isinstance(state_dict, Mapping) else None
     own = [{k: g[k] for k in kept if k in g} for g in opt.param_groups]
     missing = [[k for k in kept if k not in saved] if isinstance(saved, dict) else []
                for saved in (groups if isinstance(groups, (list, tuple)) else ())]
@@ -111,9 +113,9 @@ def loaded_entries(opt: torch.optim.Optimizer, state_dict: Any) -> Any:
     """(param, its entry in ``state_dict``, its entry in ``opt.state``) for each param of ``opt``
     that has both, after ``opt`` loaded ``state_dict``: where to undo what torch's load did to the
     saved tensors."""
-    groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
-    states = state_dict.get("state") if isinstance(state_dict, dict) else None
-    if not isinstance(groups, (list, tuple)) or not isinstance(states, dict):
+    groups = state_dict.get("param_groups") if isinstance(state_dict, Mapping) else None
+    states = state_dict.get("state") if isinstance(state_dict, Mapping) else None
+    if not isinstance(groups, (list, tuple)) or not isinstance(states, Mapping):
         return
     params = (p for g in opt.param_groups for p in g["params"])
     ids = (i for g in groups for i in g["params"])
