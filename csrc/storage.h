@@ -206,8 +206,7 @@ template <class St>
 constexpr bool kKahanCompiled = std::is_same_v<typename St::param_t, bf16>;
 // Whether a Kahan-compensated call of combination `combo` must stage.
 constexpr bool kahan_staged(int combo) {
-  return !(combo >= kNumCompiledCombos && combo < kNumCpuCombos &&
-           kCombos.at[combo].param == DType::BFloat16);
+  return !(combo < kNumCpuCombos && kCombos.at[combo].param == DType::BFloat16);
 }
 
 // The buffer type of slot `slot` in combination `combo` (Note [Kernel slots]).

@@ -337,16 +337,14 @@ inline void run_chunk(const Algo& algo, const TensorRef& t, const Chunk& ch, dou
     reduce_loop(algo, ch.len, sums, idx, (static_cast<slot_t<Algo, I>*>(t.ptr[I]) + ch.begin)...);
   } else {
     (void)sums;
-    if constexpr (Algo::written(0) && kKahanCompiled<St>) {
-      if (w.kahan && t.copy != nullptr) {  // the params' compensations
-        update_loop<ParamStore::Kahan>(algo, ch.len, idx, static_cast<bf16*>(t.copy) + ch.begin,
-                                       (static_cast<slot_t<Algo, I>*>(t.ptr[I]) + ch.begin)...);
-        return;
-      }
-    } else if constexpr (Algo::written(0) && std::is_same_v<St, CompiledCopyStorage>) {
-      if (t.copy != nullptr) {  // the params' copies
-        update_loop<ParamStore::Copy>(algo, ch.len, idx, static_cast<bf16*>(t.copy) + ch.begin,
-                                      (static_cast<slot_t<Algo, I>*>(t.ptr[I]) + ch.begin)...);
+    // the params' compensations (where w.kahan), or their copies, stored by the loop itself
+    constexpr ParamStore store = kKahanCompiled<St> ? ParamStore::Kahan
+                                 : std::is_same_v<St, CompiledCopyStorage> ? ParamStore::Copy
+                                 : ParamStore::Plain;
+    if constexpr (Algo::written(0) && store != ParamStore::Plain) {
+      if (t.copy != nullptr && (store == ParamStore::Copy || w.kahan)) {
+        update_loop<store>(algo, ch.len, idx, static_cast<bf16*>(t.copy) + ch.begin,
+                           (static_cast<slot_t<Algo, I>*>(t.ptr[I]) + ch.begin)...);
         return;
       }
     }
